@@ -1,0 +1,220 @@
+"""The ``monai-memorization`` command line (built with ``fire``).
+
+Each command is a method of :class:`Commands`; ``fire`` turns ``train_detector`` into
+``train-detector``. Errors about the user's input end in one line on stderr and exit code 2
+(set ``MONAI_MEMORIZATION_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["Commands", "main"]
+
+
+class Commands:
+    """Did the generative model copy our patients? Memorization checks for MONAI models."""
+
+    def phantoms(
+        self,
+        modality: str = "ct",
+        out: str = "phantoms",
+        n: int = 32,
+        seed: int = 0,
+        shape: tuple | None = None,
+        n_val: int | None = None,
+        n_holdout: int | None = None,
+    ) -> str:
+        """Generate an embedded phantom dataset and its datalist.
+
+        Args:
+            modality: ct, mr or xr.
+            out: output folder (must not exist or be empty).
+            n: number of training subjects.
+            seed: dataset seed; the same seed gives byte-identical files.
+            shape: spatial shape, e.g. "[32,32,32]" (default: 64^3 CT, 32x128x128 MR, 256^2 X-ray).
+            n_val: validation subjects (default n // 8, at least 1).
+            n_holdout: held-out subjects for calibrating the detector (default n // 2, at least 2).
+
+        Returns:
+            Path of the written dataset.json.
+        """
+        from monai_memorization.data.phantoms import write_dataset
+
+        return str(write_dataset(modality, out, n=n, seed=seed, shape=shape, n_val=n_val, n_holdout=n_holdout))
+
+    def validate(
+        self,
+        datalist: str,
+        section: str = "training",
+        data_root: str | None = None,
+        spatial_dims: int | None = None,
+        channels: int = 1,
+    ) -> str:
+        """Validate a datalist and every image in it; one line per problem, exit 2 on the first.
+
+        Args:
+            datalist: the Decathlon-style JSON datalist.
+            section: comma-separated lists to check, e.g. "training,holdout".
+            data_root: folder relative paths resolve against (default: the datalist's folder).
+            spatial_dims: required spatial dimensions (2 or 3).
+            channels: required channels.
+
+        Returns:
+            A one-line summary.
+        """
+        from monai_memorization.data.validation import validate_datalist
+
+        lists = validate_datalist(datalist, section, data_root, spatial_dims=spatial_dims, channels=channels)
+        counts = ", ".join(f"{k}: {len(v)}" for k, v in lists.items())
+        return f"{datalist}: OK ({counts})"
+
+    def train_detector(
+        self,
+        datalist: str,
+        out: str = "copy_detector.pt",
+        modality: str | None = None,
+        section: str = "training",
+        spatial_size: tuple | None = None,
+        epochs: int = 200,
+        batch_size: int = 32,
+        embed_dim: int | None = None,
+        network: str | None = None,
+        lr: float = 1e-4,
+        temperature: float = 0.07,
+        augment: str = "default",
+        device: str | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        mlflow: bool = True,
+        tracking_uri: str | None = None,
+        experiment_name: str = "copy_detector",
+    ) -> str:
+        """Train the self-supervised contrastive copy detector on the generator's training data.
+
+        Args:
+            datalist: datalist .json (its "training" list), a folder of NIfTI/PNG/DICOM images.
+            out: detector checkpoint to write (.pt).
+            modality: ct, mr or xr (default: the datalist's "modality").
+            section: datalist list to train on.
+            spatial_size: image size, e.g. "[64,64]" (default: the datalist's "shape").
+            epochs: training epochs (the study: about 200).
+            batch_size: samples per batch (the other samples are the negatives).
+            embed_dim: embedding size (default 128 in 2D, 32 in 3D).
+            network: resnet (default in 2D, ResNet-50) or conv (default in 3D).
+            lr: Adam learning rate, cosine-decayed.
+            temperature: NT-Xent temperature.
+            augment: "default" (flip, rotation, shift, blur, gamma, intensity, noise), "study"
+                (flip and rotation only) or a JSON object of contrastive_augmentations arguments.
+            device: cuda or cpu (default: cuda when available).
+            num_workers: DataLoader workers.
+            seed: random seed.
+            mlflow: log the run to MLflow.
+            tracking_uri: MLflow tracking URI (default: sqlite mlflow.db next to the checkpoint).
+            experiment_name: MLflow experiment.
+
+        Returns:
+            A one-line summary with the checkpoint path.
+        """
+        import json
+
+        from monai_memorization.detection.augment import STUDY_AUGMENTATIONS
+        from monai_memorization.engines.contrastive import train_detector
+        from monai_memorization.errors import DataValidationError
+
+        if augment == "default":
+            aug = None
+        elif augment == "study":
+            aug = dict(STUDY_AUGMENTATIONS)
+        elif isinstance(augment, dict):
+            aug = augment
+        else:
+            try:
+                aug = json.loads(augment)
+            except (TypeError, ValueError):
+                raise DataValidationError(f"--augment must be 'default', 'study' or a JSON object, got {augment!r}") from None
+        res = train_detector(
+            datalist, out, modality=modality, section=section, spatial_size=spatial_size, epochs=epochs,
+            batch_size=batch_size, embed_dim=embed_dim, network=network, lr=lr, temperature=temperature,
+            augmentations=aug, device=device, num_workers=num_workers, seed=seed, log_to_mlflow=mlflow,
+            tracking_uri=tracking_uri, experiment_name=experiment_name,
+        )
+        last = res["history"][-1] if res["history"] else {}
+        return (
+            f"{res['path']}: detector trained ({len(res['history'])} epochs, loss {last.get('epoch_loss', float('nan')):.4f}, "
+            f"positive/negative similarity {last.get('mean_positive_similarity', float('nan')):.3f}/"
+            f"{last.get('mean_negative_similarity', float('nan')):.3f})"
+        )
+
+    def scan(
+        self,
+        train: str,
+        holdout: str,
+        synthetic: str,
+        detector: str,
+        out: str = "memorization_report",
+        percentile: float = 95.0,
+        modality: str | None = None,
+        batch_size: int = 16,
+        device: str | None = None,
+        top_k: int = 8,
+        mlflow: bool = True,
+        tracking_uri: str | None = None,
+        log_images_to_mlflow: bool = False,
+        holdout_section: str = "holdout",
+    ) -> str:
+        """Scan synthetic images for copies of training images; write the memorization report.
+
+        Args:
+            train: the generator's training set: datalist .json ("training" list) or a folder.
+            holdout: held-out data the generator never saw: datalist .json ("holdout" list) or a folder.
+            synthetic: the synthetic images: a folder (NIfTI/PNG/DICOM) or a datalist .json.
+            detector: checkpoint from train-detector.
+            out: report folder (report.html, report.json, pairs.csv/json, memorized.csv, PNGs).
+            percentile: threshold percentile of training-to-nearest-held-out correlations.
+            modality: ct, mr or xr (default: the detector's).
+            batch_size: images per embedding batch.
+            device: cuda or cpu.
+            top_k: flagged pairs shown in the montage.
+            mlflow: log metrics and non-image files to MLflow.
+            tracking_uri: MLflow tracking URI (default: sqlite mlflow.db next to the report folder).
+            log_images_to_mlflow: also log the pair montage and HTML report (they show patient images).
+            holdout_section: datalist list holding the held-out images.
+
+        Returns:
+            A one-line summary with both fractions and the report path.
+        """
+        from monai_memorization.detection.scan import run_scan
+
+        r = run_scan(
+            train, holdout, synthetic, detector, out, percentile=percentile, modality=modality,
+            log_to_mlflow=mlflow, tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow,
+            batch_size=batch_size, device=device, top_k=top_k, holdout_section=holdout_section,
+        )
+        return (
+            f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train} "
+            f"(95% CI {100 * r.copy_fraction_ci[0]:.1f}-{100 * r.copy_fraction_ci[1]:.1f}%); memorized: {r.n_memorized} "
+            f"= {100 * r.memorized_fraction:.1f}% (95% CI {100 * r.memorized_fraction_ci[0]:.1f}-"
+            f"{100 * r.memorized_fraction_ci[1]:.1f}%); threshold {r.threshold:.4f}; report: {r.report_path}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``monai-memorization`` console script."""
+    import fire
+
+    from monai_memorization.errors import MemorizationError
+
+    try:
+        fire.Fire(Commands, command=argv, name="monai-memorization")
+    except (MemorizationError, FileExistsError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("MONAI_MEMORIZATION_DEBUG"):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"monai-memorization: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Datalists in MONAI's Decathlon format, and image sets given as folders or lists of paths.
+
+A datalist is a JSON file with lists such as ``training``, ``validation`` and ``holdout`` of
+``{"image": path, "subject": id}``; relative paths resolve against a data root (by default the
+datalist's own folder), as :func:`monai.data.load_decathlon_datalist` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from monai.data import load_decathlon_datalist
+
+from monai_memorization.errors import DataValidationError
+
+__all__ = ["IMAGE_SUFFIXES", "read_datalist", "load_datalist", "items_from_folder", "items_from_source", "subject_of"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm")
+
+
+def subject_of(path: str | os.PathLike) -> str:
+    """Subject id derived from a file or series-folder name (the name without image suffixes)."""
+    name = Path(path).name
+    for suf in IMAGE_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def read_datalist(path: str | os.PathLike, sections: Sequence[str] = ("training",)) -> dict[str, Any]:
+    """Parse a datalist file and check its structure.
+
+    Args:
+        path: the JSON datalist.
+        sections: lists that must be present, non-empty, and hold ``{"image": ...}`` items or paths.
+
+    Returns:
+        The parsed JSON object.
+
+    Raises:
+        DataValidationError: the file is missing, not JSON, not an object, or a section is
+            missing, not a list, empty, or has items without an ``image``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataValidationError(f"{p}: datalist file not found")
+    try:
+        data = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataValidationError(f"{p}: datalist is not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DataValidationError(f"{p}: datalist must be a JSON object with lists such as 'training', got {type(data).__name__}")
+    for sec in sections:
+        if sec not in data:
+            have = ", ".join(k for k, v in data.items() if isinstance(v, list)) or "none"
+            raise DataValidationError(f"{p}: datalist has no '{sec}' list (lists present: {have})")
+        items = data[sec]
+        if not isinstance(items, list):
+            raise DataValidationError(f"{p}: '{sec}' must be a list, got {type(items).__name__}")
+        if not items:
+            raise DataValidationError(f"{p}: '{sec}' list is empty")
+        for i, it in enumerate(items):
+            if isinstance(it, str):
+                continue
+            if not isinstance(it, dict) or not isinstance(it.get("image"), (str, list)) or not it.get("image"):
+                raise DataValidationError(f"{p}: {sec}[{i}] has no 'image' path")
+    return data
+
+
+def load_datalist(
+    path: str | os.PathLike, section: str = "training", data_root: str | os.PathLike | None = None
+) -> list[dict]:
+    """Items of one datalist section with absolute image paths and a subject id each.
+
+    Args:
+        path: the JSON datalist.
+        section: which list to read (``training``, ``validation``, ``holdout``, ...).
+        data_root: folder that relative paths resolve against; the datalist's folder when None.
+
+    Returns:
+        ``[{"image": absolute path, "subject": id, ...}, ...]``.
+    """
+    read_datalist(path, (section,))
+    base = Path(data_root) if data_root is not None else Path(path).resolve().parent
+    items = load_decathlon_datalist(str(path), is_segmentation=False, data_list_key=section, base_dir=str(base))
+    for it in items:
+        if isinstance(it["image"], str):
+            it["image"] = os.path.abspath(it["image"])
+        it.setdefault("subject", subject_of(it["image"]))
+    return items
+
+
+def _is_dicom_file(p: Path) -> bool:
+    if p.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(p, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_dicom_series(folder: Path) -> bool:
+    files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+    return bool(files) and all(_is_dicom_file(f) for f in files)
+
+
+def items_from_folder(folder: str | os.PathLike) -> list[dict]:
+    """Items for every image in a folder: NIfTI, PNG/JPEG files, and DICOM series sub-folders.
+
+    A folder that is itself one DICOM series gives one item.
+
+    Args:
+        folder: the folder.
+
+    Returns:
+        Items sorted by name, ``{"image": absolute path, "subject": id}``.
+    """
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        raise DataValidationError(f"{root}: folder not found")
+    if _is_dicom_series(root):
+        return [{"image": str(root), "subject": root.name}]
+    items = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.lower().endswith(".dcm"):
+            items.append({"image": str(p), "subject": subject_of(p)})
+        elif p.is_dir() and _is_dicom_series(p):
+            items.append({"image": str(p), "subject": p.name})
+    if not items:
+        raise DataValidationError(f"{root}: folder holds no images (.nii.gz, .nii, .png, .jpg or DICOM series)")
+    return items
+
+
+def items_from_source(source: Any, section: str = "training", data_root: str | os.PathLike | None = None) -> list[dict]:
+    """Items from a datalist, a folder, a single image, or a list of paths or items.
+
+    Args:
+        source: a ``.json`` datalist, a folder, an image path, or a list of paths / item dicts.
+        section: the datalist section to read when ``source`` is a datalist.
+        data_root: where relative datalist paths resolve (the datalist's folder by default).
+
+    Returns:
+        ``[{"image": absolute path, "subject": id, ...}, ...]``.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if p.name.lower().endswith(".json"):
+            return load_datalist(p, section, data_root)
+        if p.is_dir():
+            return items_from_folder(p)
+        if p.is_file() or p.name.lower().endswith(IMAGE_SUFFIXES):
+            return [{"image": str(p.resolve()), "subject": subject_of(p)}]
+        raise DataValidationError(f"{p}: not found (expected a datalist .json, a folder or an image file)")
+    if isinstance(source, Iterable):
+        items = []
+        for it in source:
+            if isinstance(it, dict):
+                item = dict(it)
+                item["image"] = os.path.abspath(item["image"])
+                item.setdefault("subject", subject_of(item["image"]))
+                items.append(item)
+            else:
+                items.append({"image": os.path.abspath(it), "subject": subject_of(it)})
+        return items
+    raise DataValidationError(f"cannot read images from {source!r}: expected a datalist, a folder or a list of paths")

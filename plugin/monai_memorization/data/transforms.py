@@ -1,0 +1,106 @@
+"""MONAI transform chains that load and normalise each modality.
+
+Every chain reads NIfTI, DICOM series folders and PNG/JPEG through ``LoadImaged``, puts the
+channel first, reorients 3D volumes to RAS, maps intensities to [0, 1] the way the modality
+needs (CT: a Hounsfield window; MR: percentiles, robust to the bias field and outliers;
+X-ray: min-max), and resizes or crops to a configured shape. Keys other than the image
+(``subject``, for instance) pass through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from monai import transforms as mt
+
+__all__ = ["CT_WINDOW", "MR_PERCENTILES", "intensity_transform", "get_transforms", "augmentations"]
+
+#: Hounsfield window mapped to [0, 1] for CT.
+CT_WINDOW = (-1000.0, 1000.0)
+#: Percentiles mapped to [0, 1] for MR.
+MR_PERCENTILES = (0.0, 99.5)
+
+
+def intensity_transform(modality: str, keys: Sequence[str] = ("image",)) -> mt.MapTransform:
+    """The modality's intensity normalisation to [0, 1].
+
+    Args:
+        modality: ``"ct"``, ``"mr"`` or ``"xr"``.
+        keys: keys to normalise.
+
+    Returns:
+        A dictionary transform.
+    """
+    m = modality.lower()
+    if m == "ct":
+        return mt.ScaleIntensityRanged(keys, a_min=CT_WINDOW[0], a_max=CT_WINDOW[1], b_min=0.0, b_max=1.0, clip=True)
+    if m == "mr":
+        return mt.ScaleIntensityRangePercentilesd(
+            keys, lower=MR_PERCENTILES[0], upper=MR_PERCENTILES[1], b_min=0.0, b_max=1.0, clip=True
+        )
+    if m == "xr":
+        return mt.ScaleIntensityd(keys, minv=0.0, maxv=1.0)
+    raise ValueError(f"unknown modality {modality!r}: expected ct, mr or xr")
+
+
+def augmentations(keys: Sequence[str] = ("image",), spatial_dims: int = 3, prob: float = 0.5) -> list:
+    """Light geometric augmentation (flip and a rotation of up to 5 degrees), as in the study.
+
+    Args:
+        keys: keys to augment.
+        spatial_dims: 2 or 3.
+        prob: probability of each augmentation.
+
+    Returns:
+        A list of random dictionary transforms.
+    """
+    angle = 5.0 * 3.141592653589793 / 180.0
+    rng = angle if spatial_dims == 2 else (0.0, 0.0, angle)
+    return [
+        mt.RandFlipd(keys, prob=prob, spatial_axis=0),
+        mt.RandRotated(keys, range_x=rng if spatial_dims == 2 else 0.0, range_z=angle if spatial_dims == 3 else 0.0,
+                       prob=prob, keep_size=True, padding_mode="border"),
+    ]
+
+
+def get_transforms(
+    modality: str,
+    spatial_size: Sequence[int] | int | None = None,
+    keys: Sequence[str] = ("image",),
+    augment: bool = False,
+    spatial_mode: str = "resize",
+) -> mt.Compose:
+    """Load, orient, normalise and size images of one modality.
+
+    Args:
+        modality: ``"ct"``, ``"mr"`` or ``"xr"``.
+        spatial_size: output spatial shape; the images' own shape when None.
+        keys: image keys of the data dictionaries.
+        augment: append flip/rotation augmentation (see :func:`augmentations`).
+        spatial_mode: ``"resize"`` (interpolate the whole image to ``spatial_size``) or
+            ``"crop"`` (centre crop / pad to it).
+
+    Returns:
+        A ``Compose`` whose output ``image`` is a float32 tensor ``(1, *spatial)`` in [0, 1].
+    """
+    m = modality.lower()
+    keys = list(keys)
+    spatial_dims = 2 if m == "xr" else 3
+    chain: list = [
+        mt.LoadImaged(keys, image_only=True, ensure_channel_first=True),
+    ]
+    if spatial_dims == 3:
+        chain.append(mt.Orientationd(keys, axcodes="RAS"))
+    chain.append(intensity_transform(m, keys))
+    if spatial_size is not None:
+        size = [int(spatial_size)] * spatial_dims if isinstance(spatial_size, int) else [int(s) for s in spatial_size]
+        if spatial_mode == "resize":
+            chain.append(mt.Resized(keys, spatial_size=size, mode="area"))
+        elif spatial_mode == "crop":
+            chain.append(mt.ResizeWithPadOrCropd(keys, spatial_size=size, mode="minimum"))
+        else:
+            raise ValueError(f"spatial_mode must be 'resize' or 'crop', got {spatial_mode!r}")
+    if augment:
+        chain.extend(augmentations(keys, spatial_dims))
+    chain.append(mt.EnsureTyped(keys, dtype="float32"))
+    return mt.Compose(chain)

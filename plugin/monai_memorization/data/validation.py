@@ -1,0 +1,188 @@
+"""Validate a whole datalist before any training starts.
+
+Every problem ends in one :class:`~monai_memorization.errors.DataValidationError` whose
+message is one line naming the file and the problem, so that a user can fix the data and
+rerun, and nothing is half-written by a run that would otherwise fail hours in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from monai_memorization.data.datalist import load_datalist, read_datalist
+from monai_memorization.errors import DataValidationError
+
+__all__ = ["ImageInfo", "check_image", "validate_items", "validate_datalist"]
+
+
+class ImageInfo(dict):
+    """What validation learned about an image: ``shape`` (spatial), ``channels``, ``spacing``."""
+
+
+def _channel_dim(meta: dict) -> int | None:
+    cd = meta.get("original_channel_dim", "no_channel")
+    if cd is None or isinstance(cd, str):
+        return None
+    try:
+        if isinstance(cd, float) and math.isnan(cd):
+            return None
+        return int(cd)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_image(path: str | os.PathLike, spatial_dims: int | None = None, channels: int | None = 1) -> ImageInfo:
+    """Read one image (file or DICOM series folder) and check it can be trained on.
+
+    Args:
+        path: the image.
+        spatial_dims: required number of spatial dimensions (2 or 3), or None for any.
+        channels: required number of channels, or None for any.
+
+    Returns:
+        :class:`ImageInfo` with the spatial ``shape``, ``channels`` and ``spacing``.
+
+    Raises:
+        DataValidationError: missing, zero-byte, unreadable or corrupt file; wrong number of
+            dimensions or channels; NaN/Inf values; a constant image.
+    """
+    from monai.transforms import LoadImage
+
+    p = Path(path)
+    if not p.exists():
+        raise DataValidationError(f"{p}: file not found")
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataValidationError(f"{p}: zero-byte file")
+    if p.is_dir() and not any(f.is_file() for f in p.iterdir()):
+        raise DataValidationError(f"{p}: empty folder (expected a DICOM series)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = LoadImage(image_only=True)(str(p))
+    except Exception as e:  # every reader failed: report the first line of the cause
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataValidationError(f"{p}: unreadable or corrupt image ({first[:200]})") from None
+    arr = np.asarray(img)
+    cd = _channel_dim(img.meta)
+    if cd is None:
+        nch, spatial = 1, tuple(arr.shape)
+    else:
+        nch = int(arr.shape[cd])
+        spatial = tuple(s for i, s in enumerate(arr.shape) if i != (cd % arr.ndim))
+    # a trailing singleton axis (x, y, z, 1) is one channel, not a fourth dimension
+    if spatial_dims is not None and len(spatial) != spatial_dims:
+        raise DataValidationError(
+            f"{p}: has {len(spatial)} spatial dimensions (shape {tuple(arr.shape)}), expected {spatial_dims}"
+        )
+    if channels is not None and nch != channels:
+        raise DataValidationError(f"{p}: has {nch} channels (shape {tuple(arr.shape)}), expected {channels}")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise DataValidationError(f"{p}: contains {bad} NaN or Inf values")
+    lo, hi = arr.min(), arr.max()
+    if lo == hi:
+        raise DataValidationError(f"{p}: constant image (every value is {lo.item():g})")
+    try:  # spacing from the affine (every reader provides one)
+        sp = [float(s) for s in np.asarray(img.pixdim)[: len(spatial)]]
+    except Exception:
+        sp = None
+    return ImageInfo(shape=spatial, channels=nch, spacing=sp)
+
+
+def validate_items(
+    items: Sequence[dict],
+    name: str = "images",
+    spatial_dims: int | None = None,
+    channels: int | None = 1,
+    progress: bool = False,
+) -> list[ImageInfo]:
+    """Check every item of a list; the first problem raises.
+
+    Args:
+        items: ``{"image": path, ...}`` items with absolute paths.
+        name: what the list is called in messages.
+        spatial_dims: required spatial dimensions; when None, the first image's count is
+            required of all the others.
+        channels: required channels.
+        progress: show a progress bar.
+
+    Returns:
+        One :class:`ImageInfo` per item.
+    """
+    from tqdm.auto import tqdm
+
+    if not items:
+        raise DataValidationError(f"{name}: no images")
+    infos = []
+    for it in tqdm(items, desc=f"validating {name}", disable=not progress, unit="image"):
+        info = check_image(it["image"], spatial_dims=spatial_dims, channels=channels)
+        if spatial_dims is None:
+            spatial_dims = len(info["shape"])
+        infos.append(info)
+    return infos
+
+
+def validate_datalist(
+    datalist: str | os.PathLike,
+    section: str | Sequence[str] = ("training",),
+    data_root: str | os.PathLike | None = None,
+    spatial_dims: int | None = None,
+    channels: int | None = 1,
+    progress: bool = True,
+) -> dict[str, list[dict]]:
+    """Validate a datalist's structure and every image it names, before training starts.
+
+    Checks, in order: the file is JSON with the requested non-empty lists; no image path or
+    subject id appears twice (within or across the lists); every image exists, is not empty,
+    reads, has the expected dimensions and channels, has no NaN/Inf and is not constant.
+
+    Args:
+        datalist: path of the JSON datalist.
+        section: list(s) to validate (a comma-separated string works too).
+        data_root: folder that relative image paths resolve against (datalist's folder by default).
+        spatial_dims: required spatial dimensions (2 or 3); by default all images must match the first.
+        channels: required number of channels (1 for every model here).
+        progress: show a progress bar.
+
+    Returns:
+        ``{section: items}`` with absolute paths, ready for a MONAI dataset.
+
+    Raises:
+        DataValidationError: with a one-line message naming the file and the problem.
+    """
+    sections = [s.strip() for s in section.split(",")] if isinstance(section, str) else list(section)
+    read_datalist(datalist, sections)
+    lists = {s: load_datalist(datalist, s, data_root) for s in sections}
+    seen_path: dict[str, str] = {}
+    seen_subject: dict[str, str] = {}
+    for s, items in lists.items():
+        for i, it in enumerate(items):
+            where = f"{s}[{i}]"
+            img = it["image"]
+            key = os.path.normpath(img) if isinstance(img, str) else repr(img)
+            if key in seen_path:
+                raise DataValidationError(f"{datalist}: duplicate entry {img} ({seen_path[key]} and {where})")
+            seen_path[key] = where
+            sub = it.get("subject")
+            if sub is not None:
+                if sub in seen_subject:
+                    raise DataValidationError(f"{datalist}: duplicate subject '{sub}' ({seen_subject[sub]} and {where})")
+                seen_subject[sub] = where
+    for s, items in lists.items():
+        validate_items(items, name=f"{datalist}:{s}", spatial_dims=spatial_dims, channels=channels, progress=progress)
+        if spatial_dims is None:
+            spatial_dims = len(check_image(items[0]["image"], channels=channels)["shape"])
+    return lists
+
+
+def describe(datalist: str | os.PathLike, section: str = "training") -> dict[str, Any]:
+    """Shape and spacing of the first image of a datalist section (after validation)."""
+    items = load_datalist(datalist, section)
+    return dict(check_image(items[0]["image"], channels=None))

@@ -1,0 +1,45 @@
+"""Ignite training engines for the latent diffusion bundles (and the copy detector's encoder).
+
+* :mod:`.autoencoder` - :class:`AutoencoderKLTrainer` (stage 1: L1 + KL + patch adversarial).
+* :mod:`.diffusion` - :class:`DiffusionTrainer` / :class:`DiffusionEvaluator` (stage 2: DDPM, MSE on the noise)
+  and :func:`prepare_latent_info` (latent scale factor 1/std, latent shape, training affine).
+* :mod:`.sampling` - :class:`LatentDiffusionSampler` / :class:`DiffusionSampler` (seeded DDIM sampling),
+  :func:`save_samples`, :func:`save_montage`, :class:`SampleMontage`.
+* :mod:`.checkpoint` - :class:`TrainingCheckpoint` (atomic periodic/final checkpoints, resume) and
+  :func:`load_weights` (also for old ``monai-generative`` checkpoints).
+"""
+
+from monai_memorization.engines.autoencoder import AutoencoderKLTrainer, ReconstructionInferer
+from monai_memorization.engines.checkpoint import TrainingCheckpoint, latest_checkpoint, load_weights
+from monai_memorization.engines.diffusion import (
+    DiffusionEvaluator,
+    DiffusionTrainer,
+    compute_scale_factor,
+    load_latent_info,
+    prepare_latent_info,
+)
+from monai_memorization.engines.sampling import (
+    DiffusionSampler,
+    LatentDiffusionSampler,
+    SampleMontage,
+    save_montage,
+    save_samples,
+)
+
+__all__ = [
+    "AutoencoderKLTrainer",
+    "ReconstructionInferer",
+    "DiffusionTrainer",
+    "DiffusionEvaluator",
+    "compute_scale_factor",
+    "prepare_latent_info",
+    "load_latent_info",
+    "LatentDiffusionSampler",
+    "DiffusionSampler",
+    "SampleMontage",
+    "save_samples",
+    "save_montage",
+    "TrainingCheckpoint",
+    "latest_checkpoint",
+    "load_weights",
+]

@@ -1,0 +1,474 @@
+"""Self-supervised contrastive training of the copy detector's encoder (SimCLR / NT-Xent).
+
+A positive pair is a sample and an augmented view of it; every other sample in the batch is a
+negative. The loss is ``monai.losses.ContrastiveLoss`` (NT-Xent, temperature 0.07), the optimiser
+Adam (1e-4) with cosine decay, and the engine a ``monai.engines.SupervisedTrainer`` whose iteration
+embeds both views. Per epoch, :class:`SimilarityHistogramHandler` records the Pearson correlation of
+positive and negative pairs (metrics + a PNG histogram, logged to MLflow when a run is active).
+
+The bundle ``bundles/copy_detector/configs/train.json`` wires the same pieces from config;
+:func:`train_detector` builds them in Python for the CLI (``monai-memorization train-detector``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.engines import SupervisedTrainer
+from monai.handlers import LrScheduleHandler, MLFlowHandler, StatsHandler
+from monai.losses import ContrastiveLoss
+from monai.utils import set_determinism
+from torch import nn
+
+from monai_memorization.detection.augment import contrastive_augmentations, pair_views
+from monai_memorization.detection.detector import save_detector
+from monai_memorization.errors import DataValidationError, MemorizationError
+
+__all__ = [
+    "ContrastiveTrainer",
+    "SimilarityHistogramHandler",
+    "SaveDetectorHandler",
+    "pearson_pair_similarities",
+    "default_network",
+    "contrastive_transform",
+    "mlflow_handler",
+    "default_tracking_uri",
+    "train_detector",
+]
+
+logger = logging.getLogger(__name__)
+
+VIEW_KEY = "image_2"
+
+
+def pearson_pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pearson correlations of positive pairs ``(z1[i], z2[i])`` and negative pairs ``(z1[i], z2[j]), i != j``.
+
+    Args:
+        z1: ``[B, d]`` embeddings of the samples.
+        z2: ``[B, d]`` embeddings of their augmented views.
+
+    Returns:
+        ``(positive [B], negative [B*(B-1)])`` on the CPU.
+    """
+    a = z1.detach().float()
+    b = z2.detach().float()
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sim = a @ b.T
+    eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    return sim[eye].cpu(), sim[~eye].cpu()
+
+
+class ContrastiveTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` whose iteration embeds a sample and its augmented view.
+
+    The batch holds the sample under ``image_key`` and its augmented view under ``view_key``; the
+    loss is ``loss_function(z_sample, z_view)`` (``monai.losses.ContrastiveLoss``). The output holds
+    ``loss``, ``pos_sim`` and ``neg_sim`` (Pearson correlations of positive and negative pairs).
+
+    Args:
+        image_key: key of the sample in the batch.
+        view_key: key of the augmented view.
+        args, kwargs: as for ``monai.engines.SupervisedTrainer``.
+    """
+
+    def __init__(self, *args, image_key: str = "image", view_key: str = VIEW_KEY, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.image_key = image_key
+        self.view_key = view_key
+
+    def _iteration(self, engine: ContrastiveTrainer, batchdata: dict[str, Any]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        x1 = batchdata[engine.image_key].to(engine.state.device, non_blocking=engine.non_blocking)
+        x2 = batchdata[engine.view_key].to(engine.state.device, non_blocking=engine.non_blocking)
+        if x1.shape[0] < 2:
+            raise DataValidationError("a contrastive batch needs at least 2 samples (use drop_last or a larger set)")
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        z = engine.network(torch.cat([x1, x2], dim=0))
+        z1, z2 = z[: x1.shape[0]], z[x1.shape[0] :]
+        loss = engine.loss_function(z1, z2)
+        if not torch.isfinite(loss):
+            raise MemorizationError(f"contrastive loss became {loss.item()} at iteration {engine.state.iteration}")
+        loss.backward()
+        engine.optimizer.step()
+        pos, neg = pearson_pair_similarities(z1, z2)
+        return {"loss": loss.detach(), "pos_sim": pos, "neg_sim": neg}
+
+
+class SimilarityHistogramHandler:
+    """Per-epoch positive/negative-pair similarity: metrics, a PNG histogram and MLflow artifacts.
+
+    At every epoch end it sets ``engine.state.metrics`` ``mean_positive_similarity``,
+    ``mean_negative_similarity``, ``similarity_gap`` and ``epoch_loss`` (mean loss of the epoch) (attach it before an ``MLFlowHandler`` /
+    ``StatsHandler`` so they log them), writes ``similarity_epoch_XXXX.png`` into ``output_dir`` and,
+    when ``mlflow_handler`` has an active run, logs the PNG under ``similarity_histograms/``.
+
+    Args:
+        output_dir: folder for the PNGs (None: no PNG, metrics only).
+        mlflow_handler: the run's ``monai.handlers.MLFlowHandler`` (optional).
+        every: write a PNG every ``every`` epochs (and at the last epoch).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike | None = None, mlflow_handler: MLFlowHandler | None = None, every: int = 1) -> None:
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.mlflow_handler = mlflow_handler
+        self.every = max(1, int(every))
+        self.history: list[dict[str, float]] = []
+        self._pos: list[torch.Tensor] = []
+        self._neg: list[torch.Tensor] = []
+        self._loss: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``EPOCH_STARTED``, ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _reset(self, engine: Engine) -> None:
+        self._pos, self._neg, self._loss = [], [], []
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        self._pos.append(out["pos_sim"])
+        self._neg.append(out["neg_sim"])
+        self._loss.append(float(out["loss"]))
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        from monai_memorization.report.plots import plot_similarity_histogram
+
+        pos = torch.cat(self._pos).numpy()
+        neg = torch.cat(self._neg).numpy()
+        epoch = engine.state.epoch
+        stats = {
+            "mean_positive_similarity": float(pos.mean()),
+            "mean_negative_similarity": float(neg.mean()),
+            "similarity_gap": float(pos.mean() - neg.mean()),
+            "epoch_loss": float(np.mean(self._loss)),
+        }
+        engine.state.metrics.update(stats)
+        self.history.append({"epoch": epoch, **stats})
+        last = engine.state.max_epochs is not None and epoch == engine.state.max_epochs
+        if self.output_dir is not None and (epoch % self.every == 0 or last):
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            png = plot_similarity_histogram(pos, neg, epoch, self.output_dir / f"similarity_epoch_{epoch:04d}.png")
+            h = self.mlflow_handler
+            if h is not None and getattr(h, "cur_run", None) is not None:
+                h.client.log_artifact(h.cur_run.info.run_id, str(png), artifact_path="similarity_histograms")
+
+
+class SaveDetectorHandler:
+    """Save the encoder as a copy detector (:func:`save_detector`) when training completes.
+
+    Args:
+        path: destination ``.pt``.
+        network: the encoder being trained.
+        config: detector config (see :func:`save_detector`); ``epochs_trained`` is added.
+        mlflow_handler: when given and its run is active, the detector is logged as an artifact.
+    """
+
+    def __init__(self, path: str | os.PathLike, network: nn.Module, config: dict, mlflow_handler: MLFlowHandler | None = None) -> None:
+        self.path = Path(path)
+        self.network = network
+        self.config = dict(config)
+        self.mlflow_handler = mlflow_handler
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``COMPLETED``."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        cfg = dict(self.config, epochs_trained=int(engine.state.epoch))
+        save_detector(self.path, self.network, cfg)
+        logger.info("saved copy detector to %s", self.path)
+        h = self.mlflow_handler
+        if h is not None and getattr(h, "cur_run", None) is not None:
+            h.client.log_artifact(h.cur_run.info.run_id, str(self.path), artifact_path="detector")
+
+
+def default_network(spatial_dims: int, embed_dim: int | None = None) -> tuple[str, dict]:
+    """The study's encoder for the dimensionality: ResNet-50 (2D, 128-d) or a strided conv encoder (3D, 32-d).
+
+    Args:
+        spatial_dims: 2 or 3.
+        embed_dim: embedding size (default 128 in 2D, 32 in 3D).
+
+    Returns:
+        ``(name, kwargs)`` for :func:`monai_memorization.networks.build_encoder`.
+    """
+    if spatial_dims == 2:
+        return "resnet", {"spatial_dims": 2, "in_channels": 1, "embed_dim": embed_dim or 128}
+    if spatial_dims == 3:
+        return "conv", {"spatial_dims": 3, "in_channels": 1, "embed_dim": embed_dim or 32}
+    raise DataValidationError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+
+
+def contrastive_transform(
+    modality: str | None,
+    spatial_dims: int,
+    spatial_size: Sequence[int] | None,
+    augmentations: dict | None = None,
+    from_files: bool = True,
+):
+    """Preprocessing (from files) + a copied, augmented view under ``image_2``.
+
+    Args:
+        modality: ``ct``/``mr``/``xr`` (the data layer's normalisation); ignored for in-memory data.
+        spatial_dims: 2 or 3.
+        spatial_size: size images are resized to.
+        augmentations: keyword arguments for :func:`contrastive_augmentations`.
+        from_files: items hold file paths (True) or ``[1, *spatial]`` arrays in [0, 1] (False).
+
+    Returns:
+        a ``monai.transforms.Compose``.
+    """
+    from monai import transforms as mt
+
+    if from_files:
+        from monai_memorization.data.transforms import get_transforms
+
+        pre = get_transforms(modality, spatial_size=spatial_size)
+    else:
+        pre = mt.EnsureTyped(keys="image", dtype="float32", track_meta=False)
+    aug = contrastive_augmentations(spatial_dims, keys=VIEW_KEY, spatial_size=spatial_size, **(augmentations or {}))
+    return pair_views(pre, aug)
+
+
+def default_tracking_uri(folder: str | os.PathLike) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project's local sqlite store in ``folder``.
+
+    Args:
+        folder: where ``mlflow.db`` (and the ``mlruns`` artifact folder) live by default.
+
+    Returns:
+        an MLflow tracking URI.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    from monai_memorization.tracking import sqlite_tracking_uri
+
+    return sqlite_tracking_uri(folder)
+
+
+def mlflow_handler(
+    tracking_uri: str | None = None,
+    experiment_name: str = "copy_detector",
+    run_name: str | None = None,
+    params: dict | None = None,
+) -> MLFlowHandler:
+    """``monai.handlers.MLFlowHandler`` logging the loss per iteration and the epoch metrics.
+
+    Args:
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
+        experiment_name: MLflow experiment.
+        run_name: MLflow run name.
+        params: run parameters to record.
+
+    Returns:
+        the handler (attach it to the trainer).
+    """
+    return MLFlowHandler(
+        tracking_uri=tracking_uri or default_tracking_uri(os.getcwd()),
+        experiment_name=experiment_name,
+        run_name=run_name,
+        experiment_param=params,
+        output_transform=lambda out: {"loss": float(out["loss"])},
+        tag_name="loss",
+        close_on_complete=True,
+    )
+
+
+def _in_memory_items(images) -> list[dict]:
+    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.ndim not in (4, 5) or arr.shape[1] != 1:
+        raise DataValidationError(f"in-memory images must be [N, 1, *spatial] (2D or 3D), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise DataValidationError("in-memory images contain NaN or Inf")
+    return [{"image": arr[i].astype(np.float32), "subject": f"sample_{i:05d}"} for i in range(len(arr))]
+
+
+def train_detector(
+    source: Any,
+    out: str | os.PathLike,
+    modality: str | None = None,
+    spatial_dims: int | None = None,
+    spatial_size: Sequence[int] | int | None = None,
+    section: str = "training",
+    epochs: int = 200,
+    batch_size: int = 32,
+    embed_dim: int | None = None,
+    network: str | None = None,
+    network_kwargs: dict | None = None,
+    lr: float = 1e-4,
+    temperature: float = 0.07,
+    augmentations: dict | None = None,
+    device: str | None = None,
+    num_workers: int = 0,
+    cache_rate: float = 1.0,
+    seed: int = 0,
+    log_to_mlflow: bool = True,
+    tracking_uri: str | None = None,
+    experiment_name: str = "copy_detector",
+    run_name: str | None = None,
+    histogram_dir: str | os.PathLike | None = None,
+    histogram_every: int = 1,
+    progress: bool = True,
+    validate: bool = True,
+) -> dict[str, Any]:
+    """Train a contrastive copy-detector encoder and save it with :func:`save_detector`.
+
+    Args:
+        source: a datalist ``.json``, a folder of images, a list of paths/items, or an in-memory
+            array ``[N, 1, *spatial]`` with values in [0, 1].
+        out: the detector checkpoint to write (``.pt``).
+        modality: ``ct``/``mr``/``xr``; read from the datalist's ``modality`` when None.
+        spatial_dims: 2 or 3; from the modality (or the array) when None.
+        spatial_size: training/scan image size; the datalist's ``shape`` (or the images') when None.
+        section: datalist section with the generator's training data.
+        epochs: training epochs (the study: about 200).
+        batch_size: samples per batch (each brings its augmented view; the rest are negatives).
+        embed_dim: embedding size (default 128 in 2D, 32 in 3D).
+        network: ``"resnet"`` or ``"conv"`` (default ResNet-50 in 2D, conv encoder in 3D).
+        network_kwargs: extra encoder arguments (e.g. ``{"layers": [1, 1, 1, 1]}`` for a small ResNet).
+        lr: Adam learning rate (cosine-decayed to 0 over ``epochs``).
+        temperature: NT-Xent temperature.
+        augmentations: keyword arguments for :func:`contrastive_augmentations`.
+        device: ``"cuda"``/``"cpu"`` (default: CUDA when available).
+        num_workers: DataLoader workers.
+        cache_rate: fraction of preprocessed images cached in memory (``monai.data.CacheDataset``).
+        seed: random seed (``monai.utils.set_determinism``).
+        log_to_mlflow: track the run with MLflow.
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else
+            ``sqlite:///<folder of out>/mlflow.db``).
+        experiment_name: MLflow experiment.
+        run_name: MLflow run name.
+        histogram_dir: folder for per-epoch similarity histograms (default: ``<out stem>_histograms``).
+        histogram_every: write a histogram every N epochs.
+        progress: show an ignite progress bar.
+        validate: check every input image (readable, finite, one channel) before training.
+
+    Returns:
+        ``{"path", "config", "history": [{"epoch", "loss", "mean_positive_similarity", ...}],
+        "mlflow_run_id"}``.
+    """
+    out = Path(out)
+    from_files = not isinstance(source, (np.ndarray, torch.Tensor))
+    meta: dict = {}
+    if from_files:
+        from monai_memorization.data.datalist import items_from_source, read_datalist
+
+        if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".json"):
+            meta = read_datalist(source, (section,))
+        items = items_from_source(source, section=section)
+        modality = (modality or meta.get("modality") or "").lower() or None
+        if modality is None:
+            raise DataValidationError(f"{source}: modality unknown; pass modality='ct', 'mr' or 'xr'")
+        spatial_dims = spatial_dims or (2 if modality == "xr" else 3)
+        if validate:
+            from monai_memorization.data.validation import validate_items
+
+            validate_items(items, name=str(source), spatial_dims=spatial_dims, channels=1)
+        if spatial_size is None:
+            spatial_size = meta.get("shape")
+        if spatial_size is None:
+            from monai_memorization.data.validation import check_image
+
+            spatial_size = list(check_image(items[0]["image"]).get("shape", []))[-spatial_dims:]
+    else:
+        items = _in_memory_items(source)
+        spatial_dims = spatial_dims or items[0]["image"].ndim - 1
+        spatial_size = spatial_size or list(items[0]["image"].shape[1:])
+    if isinstance(spatial_size, int):
+        spatial_size = [spatial_size] * spatial_dims
+    spatial_size = [int(s) for s in spatial_size]
+    if len(spatial_size) != spatial_dims:
+        raise DataValidationError(f"{source}: spatial_size {spatial_size} does not have {spatial_dims} dimensions")
+    if len(items) < 2:
+        raise DataValidationError(f"{source}: contrastive training needs at least 2 images, got {len(items)}")
+
+    set_determinism(seed=seed)
+    name, kwargs = default_network(spatial_dims, embed_dim)
+    if network is not None:
+        name = network
+        kwargs = {"spatial_dims": spatial_dims, "in_channels": 1, "embed_dim": kwargs["embed_dim"]}
+    kwargs.update(network_kwargs or {})
+    from monai_memorization.networks.encoders import build_encoder
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net = build_encoder(name, **kwargs).to(dev)
+
+    transform = contrastive_transform(modality, spatial_dims, spatial_size, augmentations, from_files=from_files)
+    if cache_rate > 0:
+        ds = CacheDataset(items, transform, cache_rate=cache_rate, num_workers=num_workers or None, progress=progress)
+    else:
+        ds = Dataset(items, transform)
+    bs = min(batch_size, len(items))
+    loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=num_workers)
+
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    config = {
+        "network": name,
+        "network_kwargs": kwargs,
+        "spatial_dims": spatial_dims,
+        "embed_dim": int(kwargs["embed_dim"]),
+        "spatial_size": spatial_size,
+        "modality": modality,
+        "temperature": temperature,
+        "lr": lr,
+        "epochs": epochs,
+        "batch_size": bs,
+        "augmentations": dict(augmentations or {}),
+        "n_train": len(items),
+        "train_source": str(source) if from_files and isinstance(source, (str, os.PathLike)) else "in-memory",
+        "seed": seed,
+    }
+    handlers: list = []
+    hist_dir = Path(histogram_dir) if histogram_dir is not None else out.parent / f"{out.stem}_histograms"
+    mlf = None
+    if log_to_mlflow:
+        params = {k: v for k, v in config.items() if k != "network_kwargs"}
+        params["network_kwargs"] = json.dumps(kwargs, sort_keys=True)
+        mlf = mlflow_handler(tracking_uri or default_tracking_uri(out.parent), experiment_name, run_name, params)
+    sim = SimilarityHistogramHandler(hist_dir, mlflow_handler=mlf, every=histogram_every)
+    handlers.append(sim)
+    handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))
+    handlers.append(StatsHandler(tag_name="loss", output_transform=lambda o: float(o["loss"]), iteration_log=False))
+    # before the MLflow handler: its COMPLETED handler closes the run
+    handlers.append(SaveDetectorHandler(out, net, config, mlflow_handler=mlf))
+    if mlf is not None:
+        handlers.append(mlf)
+
+    trainer = ContrastiveTrainer(
+        device=dev,
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=net,
+        optimizer=optimizer,
+        loss_function=ContrastiveLoss(temperature=temperature),
+        train_handlers=handlers,
+        decollate=False,
+    )
+    run_ids: list[str] = []
+    if mlf is not None:
+        trainer.add_event_handler(Events.STARTED, lambda e: run_ids.append(mlf.cur_run.info.run_id) if mlf.cur_run else None)
+    if progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=False).attach(trainer, output_transform=lambda o: {"loss": float(o["loss"])})
+    trainer.run()
+    return {"path": str(out), "config": config, "history": sim.history, "mlflow_run_id": run_ids[0] if run_ids else None}

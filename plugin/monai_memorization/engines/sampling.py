@@ -1,0 +1,297 @@
+"""Seeded sampling from trained diffusion models, sample files, and a montage handler.
+
+Samplers are plain callables, so an Ignite handler (e.g. a memorization check run every N epochs)
+can hold one and call it::
+
+    sampler = LatentDiffusionSampler(autoencoder, unet, DDIMScheduler(1000, schedule="scaled_linear_beta",
+                                     beta_start=0.0015, beta_end=0.0195, clip_sample=False),
+                                     latent_shape=(3, 16, 16, 16), scale_factor=0.9, num_inference_steps=50)
+    images = sampler(num_samples=16, seed=0)   # tensor [16, 1, 64, 64, 64] on the CPU, values in [0, 1]
+
+The same ``(num_samples, seed)`` gives the same images (the initial noise comes from a seeded CPU
+generator and DDIM with ``eta=0`` is deterministic). The networks are put into eval mode for the
+call and returned to their previous mode afterwards. ``latent_shape``/``scale_factor`` come from the
+``latent_info.json`` written by stage-2 training (:func:`monai_memorization.engines.diffusion.prepare_latent_info`).
+
+:func:`save_samples` writes NIfTI (3D, with the training data's affine so spacing is kept) or
+16-bit PNG (2D) through MONAI's ``SaveImage``; :func:`save_montage` draws a PNG grid (middle slice
+for 3D); :class:`SampleMontage` is an Ignite handler drawing one at the end of training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor
+from monai.inferers import DiffusionInferer, LatentDiffusionInferer
+from monai.transforms import SaveImage
+
+__all__ = ["LatentDiffusionSampler", "DiffusionSampler", "save_samples", "save_montage", "SampleMontage"]
+
+logger = logging.getLogger(__name__)
+
+
+class _SamplerBase:
+    def __init__(
+        self,
+        scheduler: Any,
+        sample_shape: Sequence[int],
+        num_inference_steps: int = 50,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+        intensity_range: tuple[float, float] | None = (0.0, 1.0),
+        verbose: bool = False,
+    ) -> None:
+        self.scheduler = scheduler
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.num_inference_steps = int(num_inference_steps)
+        self.device = torch.device(device) if device is not None else None
+        self.batch_size = max(1, int(batch_size))
+        self.intensity_range = tuple(intensity_range) if intensity_range is not None else None
+        self.verbose = verbose
+
+    def _networks(self) -> list[torch.nn.Module]:
+        raise NotImplementedError
+
+    def _sample(self, noise: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, num_samples: int, seed: int = 0) -> torch.Tensor:
+        """Draw ``num_samples`` images.
+
+        Args:
+            num_samples: number of images.
+            seed: seed of the initial noise.
+
+        Returns:
+            float32 CPU tensor ``[num_samples, C, *spatial]``, clipped to ``intensity_range``.
+        """
+        nets = self._networks()
+        device = self.device or next(nets[0].parameters()).device
+        modes = [n.training for n in nets]
+        for n in nets:
+            n.eval()
+        try:
+            self.scheduler.set_timesteps(num_inference_steps=self.num_inference_steps, device=device)
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            noise = torch.randn((int(num_samples), *self.sample_shape), generator=gen)
+            out = []
+            for start in range(0, int(num_samples), self.batch_size):
+                chunk = noise[start : start + self.batch_size].to(device)
+                out.append(self._sample(chunk).float().cpu())
+        finally:
+            for n, m in zip(nets, modes):
+                n.train(m)
+        images = torch.cat(out) if out else torch.zeros((0,))
+        if self.intensity_range is not None:
+            images = images.clamp(*self.intensity_range)
+        return images
+
+
+class LatentDiffusionSampler(_SamplerBase):
+    """DDIM (or any MONAI scheduler) sampling from a latent diffusion model.
+
+    Args:
+        autoencoder: the stage-1 AutoencoderKL.
+        diffusion_unet: the stage-2 DiffusionModelUNet.
+        scheduler: sampling scheduler, e.g. ``DDIMScheduler`` with the training beta schedule.
+        latent_shape: ``(latent_channels, *latent_spatial)``.
+        scale_factor: the latent scale factor used in training (``1/std`` of the latents).
+        num_inference_steps: sampling steps (50 by default).
+        device: device to sample on (the networks' device by default).
+        batch_size: images decoded per forward pass.
+        intensity_range: clip range of the output, the training range [0, 1]; None: no clipping.
+        verbose: show the scheduler's progress bar.
+    """
+
+    def __init__(
+        self,
+        autoencoder: torch.nn.Module,
+        diffusion_unet: torch.nn.Module,
+        scheduler: Any,
+        latent_shape: Sequence[int],
+        scale_factor: float,
+        num_inference_steps: int = 50,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+        intensity_range: tuple[float, float] | None = (0.0, 1.0),
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(scheduler, latent_shape, num_inference_steps, device, batch_size, intensity_range, verbose)
+        self.autoencoder = autoencoder
+        self.diffusion_unet = diffusion_unet
+        self.scale_factor = float(scale_factor)
+        self.inferer = LatentDiffusionInferer(scheduler=scheduler, scale_factor=self.scale_factor)
+
+    def _networks(self) -> list[torch.nn.Module]:
+        return [self.diffusion_unet, self.autoencoder]
+
+    def _sample(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.inferer.sample(
+            input_noise=noise,
+            autoencoder_model=self.autoencoder,
+            diffusion_model=self.diffusion_unet,
+            scheduler=self.scheduler,
+            verbose=self.verbose,
+        )
+
+
+class DiffusionSampler(_SamplerBase):
+    """Sampling from a pixel-space diffusion model (:class:`~monai.inferers.DiffusionInferer`).
+
+    Args:
+        diffusion_unet: the DiffusionModelUNet.
+        scheduler: sampling scheduler (e.g. ``DDIMScheduler``).
+        image_shape: ``(channels, *spatial)`` of the images.
+        num_inference_steps, device, batch_size, intensity_range, verbose: as for :class:`LatentDiffusionSampler`.
+    """
+
+    def __init__(
+        self,
+        diffusion_unet: torch.nn.Module,
+        scheduler: Any,
+        image_shape: Sequence[int],
+        num_inference_steps: int = 50,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+        intensity_range: tuple[float, float] | None = (0.0, 1.0),
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(scheduler, image_shape, num_inference_steps, device, batch_size, intensity_range, verbose)
+        self.diffusion_unet = diffusion_unet
+        self.inferer = DiffusionInferer(scheduler=scheduler)
+
+    def _networks(self) -> list[torch.nn.Module]:
+        return [self.diffusion_unet]
+
+    def _sample(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.inferer.sample(
+            input_noise=noise, diffusion_model=self.diffusion_unet, scheduler=self.scheduler, verbose=self.verbose
+        )
+
+
+def save_samples(
+    images: torch.Tensor,
+    output_dir: str | Path,
+    affine: Any = None,
+    prefix: str = "sample",
+    start: int = 0,
+) -> list[Path]:
+    """Write images as ``<prefix>_<i:04d>.nii.gz`` (3D, with ``affine``) or ``.png`` (2D, 16-bit).
+
+    Args:
+        images: ``[N, 1, *spatial]`` in [0, 1].
+        output_dir: folder (created when missing).
+        affine: 4x4 affine of the training images for 3D (keeps their spacing); identity when None.
+        prefix: file name prefix.
+        start: index of the first file.
+
+    Returns:
+        the written paths.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spatial_dims = images.ndim - 2
+    if spatial_dims == 3:
+        saver = SaveImage(
+            output_dir=str(out), output_ext=".nii.gz", output_postfix="", separate_folder=False,
+            resample=False, output_dtype=np.float32, print_log=False,
+        )
+        ext = ".nii.gz"
+    elif spatial_dims == 2:
+        saver = SaveImage(
+            output_dir=str(out), output_ext=".png", output_postfix="", separate_folder=False,
+            scale=65535, output_dtype=np.uint16, print_log=False,
+        )
+        ext = ".png"
+    else:
+        raise ValueError(f"save_samples: expected [N, C, H, W] or [N, C, D, H, W], got shape {tuple(images.shape)}")
+    aff = torch.as_tensor(np.asarray(affine, dtype=np.float64)) if affine is not None else None
+    paths = []
+    for i, img in enumerate(images):
+        name = f"{prefix}_{start + i:04d}"
+        meta = {"filename_or_obj": name}
+        mt = MetaTensor(img.detach().float().cpu(), affine=aff, meta=meta) if aff is not None and spatial_dims == 3 else MetaTensor(img.detach().float().cpu(), meta=meta)
+        saver(mt)
+        paths.append(out / f"{name}{ext}")
+    return paths
+
+
+def save_montage(images: torch.Tensor, path: str | Path, ncols: int | None = None, title: str | None = None) -> Path:
+    """Save a PNG grid of images (middle slice of the last spatial axis for 3D).
+
+    Args:
+        images: ``[N, C, *spatial]``.
+        path: output ``.png``.
+        ncols: columns (about sqrt(N) by default).
+        title: optional figure title.
+
+    Returns:
+        the path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs = images.detach().float().cpu()
+    if imgs.ndim == 5:
+        imgs = imgs[..., imgs.shape[-1] // 2]
+    n = max(1, imgs.shape[0])
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2 * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < imgs.shape[0]:
+            ax.imshow(np.rot90(imgs[k, 0].numpy()), cmap="gray", vmin=0.0, vmax=1.0)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class SampleMontage:
+    """Ignite handler: at the end of training, draw seeded samples and save a PNG montage.
+
+    Put it before an ``MLFlowHandler`` whose ``artifacts`` include ``path`` in the handler list, so
+    the montage exists when that handler logs its artifacts (samples are synthetic; no training
+    pixels are shown).
+
+    Args:
+        sampler: a :class:`LatentDiffusionSampler` or :class:`DiffusionSampler`.
+        path: the ``.png`` to write.
+        num_samples: images in the montage.
+        seed: sampling seed.
+        event: when to draw it (``Events.COMPLETED`` by default).
+    """
+
+    def __init__(self, sampler: Any, path: str | Path, num_samples: int = 16, seed: int = 0, event: Any = None) -> None:
+        self.sampler = sampler
+        self.path = Path(path)
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.event = event if event is not None else Events.COMPLETED
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine``."""
+        engine.add_event_handler(self.event, self)
+
+    def __call__(self, engine: Engine | None = None) -> Path:
+        """Sample and write the montage; returns its path."""
+        images = self.sampler(self.num_samples, seed=self.seed)
+        epoch = getattr(getattr(engine, "state", None), "epoch", None)
+        save_montage(images, self.path, title=f"samples (epoch {epoch})" if epoch is not None else "samples")
+        logger.info(f"sample montage written to {self.path}")
+        return self.path

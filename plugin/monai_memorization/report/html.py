@@ -1,0 +1,126 @@
+"""A self-contained HTML memorization report (images embedded as base64, one file)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_html_report"]
+
+_CSS = """
+body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}.copy{background:#fde2e2}.big{font-size:1.3em;font-weight:600}
+.note{color:#555;font-size:.9em}img{max-width:100%}
+"""
+
+
+def _img(path: str | os.PathLike, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if v is None:
+        return "n/a"
+    return html.escape(str(v))
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], highlight: str | None = None) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        cls = ' class="copy"' if highlight and r.get(highlight) else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def write_html_report(
+    path: str | os.PathLike,
+    summary: Mapping[str, Any],
+    pairs: Sequence[Mapping[str, Any]],
+    memorized: Sequence[Mapping[str, Any]] = (),
+    images: Mapping[str, str | os.PathLike] | None = None,
+    links: Sequence[str] = (),
+    max_rows: int = 50,
+    title: str = "Memorization report",
+) -> Path:
+    """Write one HTML file with the headline figures, definitions, plots and the top pairs.
+
+    Args:
+        path: the ``.html`` to write.
+        summary: the scan summary (``ScanResult.summary()``): threshold, fractions, CIs, counts,
+            definitions, detector.
+        pairs: per-synthetic-sample rows (``synthetic_id``, ``train_id``, ``train_subject``,
+            ``correlation``, ``is_copy``).
+        memorized: per-training-sample rows (``train_id``, ``correlation``, ``is_memorized``).
+        images: caption -> PNG path; embedded as base64 so the report is one file.
+        links: files next to the report (relative names) listed as links, e.g. ``pairs.csv``.
+        max_rows: rows of each table (highest correlation first).
+        title: page title.
+
+    Returns:
+        the written path.
+    """
+    s = dict(summary)
+    copy_ci = s.get("copy_fraction_ci") or [None, None]
+    mem_ci = s.get("memorized_fraction_ci") or [None, None]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p class='big'>"
+        f"Synthetic copies: {s.get('n_copies', 'n/a')} = {_pct(s.get('copy_fraction'))} of N_train "
+        f"(95% CI {_pct(copy_ci[0])} - {_pct(copy_ci[1])}).<br>"
+        f"Memorized training samples: {s.get('n_memorized', 'n/a')} = {_pct(s.get('memorized_fraction'))} of N_train "
+        f"(95% CI {_pct(mem_ci[0])} - {_pct(mem_ci[1])}).</p>",
+        _table(
+            [
+                {"quantity": "threshold (Pearson correlation)", "value": s.get("threshold")},
+                {"quantity": "threshold percentile", "value": s.get("percentile")},
+                {"quantity": "N_train", "value": s.get("n_train")},
+                {"quantity": "N_holdout", "value": s.get("n_holdout")},
+                {"quantity": "N_synthetic", "value": s.get("n_synthetic")},
+                {"quantity": "copies / N_synthetic", "value": s.get("synthetic_copy_rate")},
+                {"quantity": "detector", "value": s.get("detector")},
+                {"quantity": "detector sha256", "value": s.get("detector_sha256")},
+            ],
+            ["quantity", "value"],
+        ),
+        "<h2>Definitions</h2><ul>",
+    ]
+    for k, v in (s.get("definitions") or {}).items():
+        parts.append(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>")
+    parts.append("</ul>")
+    for caption, png in (images or {}).items():
+        parts.append(f"<h2>{html.escape(caption)}</h2>{_img(png, caption)}")
+    top = sorted(pairs, key=lambda r: -float(r.get("correlation", 0.0)))[:max_rows]
+    parts.append(f"<h2>Synthetic samples, highest correlation first (top {len(top)} of {len(pairs)})</h2>")
+    parts.append(_table(top, ["synthetic_id", "train_id", "train_subject", "correlation", "is_copy"], highlight="is_copy"))
+    if memorized:
+        topm = sorted(memorized, key=lambda r: -float(r.get("correlation", 0.0)))[:max_rows]
+        parts.append(f"<h2>Training samples, highest correlation first (top {len(topm)} of {len(memorized)})</h2>")
+        parts.append(
+            _table(topm, ["train_id", "train_subject", "synthetic_id", "correlation", "holdout_correlation", "is_memorized"], highlight="is_memorized")
+        )
+    if links:
+        parts.append("<h2>Files</h2><ul>")
+        parts.extend(f'<li><a href="{html.escape(name)}">{html.escape(name)}</a></li>' for name in links)
+        parts.append("</ul>")
+    parts.append(
+        "<p class='note'>Pairs shown here contain training images (patient data): share this report only "
+        "where the training data may be seen.</p></body></html>"
+    )
+    path = Path(path)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

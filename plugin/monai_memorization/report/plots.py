@@ -1,0 +1,148 @@
+"""Matplotlib (Agg) figures for the copy detector: correlation histograms and pair montages."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_correlation_histogram", "plot_pair_montage", "plot_similarity_histogram", "preview_slice"]
+
+
+def _bins(*arrays: np.ndarray, n: int = 60) -> np.ndarray:
+    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays if a is not None and len(a)])
+    lo, hi = (float(vals.min()), float(vals.max())) if len(vals) else (-1.0, 1.0)
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.01, hi + 0.01
+    return np.linspace(lo, hi, n + 1)
+
+
+def plot_correlation_histogram(
+    calibration_corr: np.ndarray,
+    synthetic_corr: np.ndarray,
+    threshold: float,
+    path: str | os.PathLike,
+    percentile: float = 95.0,
+    title: str = "Nearest-neighbour correlation",
+) -> Path:
+    """Histogram of training-to-nearest-held-out and synthetic-to-nearest-training correlations.
+
+    Args:
+        calibration_corr: each training sample's correlation to its nearest held-out sample.
+        synthetic_corr: each synthetic sample's correlation to its nearest training sample.
+        threshold: the calibrated threshold (drawn as a vertical line).
+        path: PNG to write.
+        percentile: the threshold's percentile, for the legend.
+        title: figure title.
+
+    Returns:
+        the PNG path.
+    """
+    bins = _bins(calibration_corr, synthetic_corr, np.array([threshold]))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.hist(calibration_corr, bins=bins, alpha=0.6, density=True, label="training -> nearest held-out")
+    ax.hist(synthetic_corr, bins=bins, alpha=0.6, density=True, label="synthetic -> nearest training")
+    ax.axvline(threshold, color="k", ls="--", lw=1.5, label=f"threshold {threshold:.4f} ({percentile:g}th pct.)")
+    ax.set_xlabel("Pearson correlation of embeddings")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def preview_slice(image: np.ndarray) -> np.ndarray:
+    """A 2D view of an image: itself for 2D, the three central orthogonal slices side by side for 3D.
+
+    Args:
+        image: ``[*spatial]`` or ``[1, *spatial]`` array.
+
+    Returns:
+        2D array.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim in (3, 4) and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim == 2:
+        return img
+    if img.ndim != 3:
+        raise ValueError(f"cannot preview an image of shape {img.shape}")
+    views = [img[img.shape[0] // 2], img[:, img.shape[1] // 2], img[:, :, img.shape[2] // 2]]
+    h = max(v.shape[0] for v in views)
+    padded = [np.pad(v, ((0, h - v.shape[0]), (0, 1)), constant_values=float(img.min())) for v in views]
+    return np.concatenate(padded, axis=1)
+
+
+def plot_pair_montage(
+    pairs: Sequence[dict],
+    path: str | os.PathLike,
+    title: str = "Top flagged pairs (synthetic | nearest training)",
+) -> Path:
+    """Montage of synthetic samples beside their nearest training samples.
+
+    Args:
+        pairs: dicts with ``synthetic`` and ``train`` (arrays, 2D or 3D), ``correlation`` and
+            optionally ``synthetic_id``/``train_id``. An empty list writes a "no flagged pairs" figure.
+        path: PNG to write.
+        title: figure title.
+
+    Returns:
+        the PNG path.
+    """
+    n = len(pairs)
+    fig, axes = plt.subplots(max(n, 1), 2, figsize=(6, 2.6 * max(n, 1)), dpi=100, squeeze=False)
+    if n == 0:
+        for ax in axes[0]:
+            ax.axis("off")
+        axes[0, 0].text(0.5, 0.5, "no flagged pairs", ha="center", va="center", fontsize=12, transform=axes[0, 0].transAxes)
+    for row, p in enumerate(pairs):
+        for col, (key, label) in enumerate((("synthetic", "synthetic"), ("train", "training"))):
+            ax = axes[row, col]
+            ax.imshow(preview_slice(p[key]), cmap="gray", vmin=0.0, vmax=1.0)
+            ident = p.get(f"{key}_id", "")
+            ax.set_title(f"{label} {ident}" + (f"\nr = {p['correlation']:.4f}" if col == 0 else ""), fontsize=8)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_similarity_histogram(
+    positive: np.ndarray, negative: np.ndarray, epoch: int, path: str | os.PathLike
+) -> Path:
+    """Per-epoch histogram of positive-pair and negative-pair similarity during contrastive training.
+
+    Args:
+        positive: similarities of (sample, augmented view) pairs.
+        negative: similarities of pairs of different samples.
+        epoch: epoch number for the title.
+        path: PNG to write.
+
+    Returns:
+        the PNG path.
+    """
+    bins = _bins(positive, negative)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.hist(negative, bins=bins, alpha=0.6, density=True, label=f"negative pairs (mean {np.mean(negative):.3f})")
+    ax.hist(positive, bins=bins, alpha=0.6, density=True, label=f"positive pairs (mean {np.mean(positive):.3f})")
+    ax.set_xlabel("Pearson correlation of embeddings")
+    ax.set_ylabel("density")
+    ax.set_title(f"epoch {epoch}")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,146 @@
+"""Small MLflow helpers shared by the bundles and the copy detector.
+
+The bundles log with MONAI's :class:`~monai.handlers.MLFlowHandler`; these helpers only supply what
+its configuration needs:
+
+* :func:`sqlite_tracking_uri` - the default store, a local SQLite file in the bundle's output
+  folder (``sqlite:///<output_dir>/mlflow.db``). Open it with
+  ``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``. The ``MLFLOW_TRACKING_URI``
+  environment variable, or a ``tracking_uri`` override, points the logging elsewhere.
+* :func:`unique_mlflow_handlers` - drops a second ``MLFlowHandler`` from a handler list. MONAI's
+  ``--tracking mlflow`` appends its own handler to ``train#handlers``; since the bundles already log
+  (to the same ``tracking_uri``/``experiment_name`` config keys MONAI's settings use), the appended
+  one would log everything twice.
+* :func:`output_scalars` - an ``output_transform`` giving ``{name: float}`` from an engine output.
+* :func:`export_executed_config` - writes the configuration being run (after overrides) to a file,
+  for logging as an artifact.
+* :func:`count_parameters` - number of trainable parameters, for run parameters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DEFAULT_DB_NAME",
+    "sqlite_tracking_uri",
+    "unique_mlflow_handlers",
+    "output_scalars",
+    "export_executed_config",
+    "count_parameters",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DB_NAME = "mlflow.db"
+
+
+def sqlite_tracking_uri(output_dir: str | Path, db_name: str = DEFAULT_DB_NAME) -> str:
+    """Return ``sqlite:///<abs output_dir>/<db_name>``, creating ``output_dir``.
+
+    Args:
+        output_dir: folder of the store (a bundle's ``eval`` folder by default).
+        db_name: file name of the SQLite database.
+
+    Returns:
+        an MLflow tracking URI. Artifacts go to ``<output_dir>/mlruns`` (MONAI's MLFlowHandler default).
+    """
+    folder = Path(output_dir).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    from monai.utils import path_to_sqlite_uri
+
+    return path_to_sqlite_uri(str(folder / db_name))
+
+
+def unique_mlflow_handlers(handlers: Iterable[Any] | None) -> list[Any]:
+    """Return ``handlers`` without MLFlowHandlers after the first one (order kept otherwise).
+
+    Args:
+        handlers: a handler list (e.g. a bundle's ``train#handlers``); None gives ``[]``.
+
+    Returns:
+        the filtered list.
+    """
+    from monai.handlers import MLFlowHandler
+
+    out, seen = [], False
+    for h in handlers or []:
+        if isinstance(h, MLFlowHandler):
+            if seen:
+                logger.info("MLflow logging is already configured by the bundle; ignoring the extra MLFlowHandler")
+                continue
+            seen = True
+        out.append(h)
+    return out
+
+
+def output_scalars(keys: Sequence[str]) -> Callable[[Any], dict[str, float]]:
+    """Build an ``output_transform`` returning ``{key: float}`` for the ``keys`` present in an engine output.
+
+    Works with batched dict outputs and decollated lists of dicts (the first item is used).
+
+    Args:
+        keys: output keys to report, e.g. ``["loss", "recon_loss"]``.
+
+    Returns:
+        the transform.
+    """
+    keys = list(keys)
+
+    def _transform(output: Any) -> dict[str, float]:
+        if isinstance(output, list) and output and isinstance(output[0], dict):
+            output = output[0]
+        if not isinstance(output, dict):
+            return {}
+        res = {}
+        for k in keys:
+            v = output.get(k)
+            if v is None:
+                continue
+            res[k] = float(v.detach().float().mean().item()) if isinstance(v, torch.Tensor) else float(v)
+        return res
+
+    return _transform
+
+
+def export_executed_config(path: str | Path) -> str | None:
+    """Write the bundle configuration being executed (after command-line overrides) to ``path``.
+
+    Meant to be called from a bundle config expression (e.g. in ``initialize``): it finds the
+    ``monai.bundle.ConfigParser`` evaluating that expression on the call stack and exports its
+    configuration as JSON. Outside a bundle run it writes nothing.
+
+    Args:
+        path: the ``.json`` to write.
+
+    Returns:
+        the path as a string, or None when no bundle parser is running.
+    """
+    from monai.bundle import ConfigParser
+
+    frame = inspect.currentframe()
+    parser = None
+    while frame is not None:
+        cand = frame.f_locals.get("self")
+        if isinstance(cand, ConfigParser):
+            parser = cand
+            break
+        frame = frame.f_back
+    del frame
+    if parser is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ConfigParser.export_config_file(parser.get(), str(path), fmt="json", indent=2)
+    return str(path)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of trainable parameters of ``module``."""
+    return int(sum(p.numel() for p in module.parameters() if p.requires_grad))

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny phantom datasets made once per test session."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+
+TINY_SHAPES = {"ct": (16, 16, 16), "mr": (8, 32, 32), "xr": (32, 32)}
+
+
+def _tiny(modality, tmp_path_factory):
+    from monai_memorization.data.phantoms import write_dataset
+
+    out = tmp_path_factory.mktemp(f"{modality}_phantoms") / "data"
+    return str(write_dataset(modality, out, n=8, seed=0, shape=TINY_SHAPES[modality], n_val=2, n_holdout=4, progress=False))
+
+
+@pytest.fixture(scope="session")
+def ct_datalist(tmp_path_factory):
+    """Datalist of a tiny CT phantom set (16^3; 8 training, 2 validation, 4 holdout)."""
+    return _tiny("ct", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def mr_datalist(tmp_path_factory):
+    """Datalist of a tiny MR phantom set (8x32x32; 8 training, 2 validation, 4 holdout)."""
+    return _tiny("mr", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def xr_datalist(tmp_path_factory):
+    """Datalist of a tiny X-ray phantom set (32x32; 8 training, 2 validation, 4 holdout)."""
+    return _tiny("xr", tmp_path_factory)
