@@ -15,6 +15,8 @@ its configuration needs:
 * :func:`export_executed_config` - writes the configuration being run (after overrides) to a file,
   for logging as an artifact.
 * :func:`count_parameters` - number of trainable parameters, for run parameters.
+* :func:`running_bundle_root` - the folder of the bundle being run, so outputs land inside the
+  bundle whatever the working directory (``--bundle_root`` overrides it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "output_scalars",
     "export_executed_config",
     "count_parameters",
+    "running_bundle_root",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,21 +127,49 @@ def export_executed_config(path: str | Path) -> str | None:
     """
     from monai.bundle import ConfigParser
 
-    frame = inspect.currentframe()
-    parser = None
-    while frame is not None:
-        cand = frame.f_locals.get("self")
-        if isinstance(cand, ConfigParser):
-            parser = cand
-            break
-        frame = frame.f_back
-    del frame
+    parser = _on_stack(ConfigParser)
     if parser is None:
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ConfigParser.export_config_file(parser.get(), str(path), fmt="json", indent=2)
     return str(path)
+
+
+def _on_stack(cls: type) -> Any:
+    """The nearest ``self`` of type ``cls`` among the calling frames, or None."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            cand = frame.f_locals.get("self")
+            if isinstance(cand, cls):
+                return cand
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def running_bundle_root(default: str = ".") -> str:
+    """Folder of the bundle whose config is being run: the parent of the first config file's folder.
+
+    Meant for a config's ``"bundle_root"`` expression: ``python -m monai.bundle run --config_file
+    bundles/ldm_ct/configs/train.json`` then writes under ``bundles/ldm_ct`` from any working
+    directory. Outside a :class:`monai.bundle.ConfigWorkflow` it returns ``default``.
+
+    Args:
+        default: returned when no workflow is running.
+
+    Returns:
+        an absolute path (or ``default``).
+    """
+    from monai.bundle import ConfigWorkflow
+
+    wf = _on_stack(ConfigWorkflow)
+    root = getattr(wf, "config_root_path", None)
+    if root is None:
+        return default
+    return str(Path(root).resolve().parent)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

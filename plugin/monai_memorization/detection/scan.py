@@ -507,9 +507,14 @@ def run_scan(
             shapes[name] = [tuple(i["shape"]) for i in infos]
             for info, item in zip(infos, items):
                 if len(info["shape"]) != spatial_dims:
+                    if name == "training":  # the data define the task: the detector is the mismatch
+                        raise DetectorError(
+                            f"{detector}: the detector is {spatial_dims}D but training image {item['image']} is "
+                            f"{len(info['shape'])}D; train a detector on this data"
+                        )
                     raise DataValidationError(
                         f"{item['image']}: {name} image has {len(info['shape'])} spatial dimensions, "
-                        f"the detector {detector} expects {spatial_dims}"
+                        f"the training set and detector have {spatial_dims}"
                     )
         _check_shapes(shapes["training"], shapes["synthetic"], sets["synthetic"], spatial_size, spatial_dims)
 

@@ -31,7 +31,13 @@ from monai.utils import AdversarialIterationEvents, AdversarialKeys
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
-__all__ = ["AutoencoderKLTrainer", "ReconstructionInferer", "kl_loss", "prepare_image_batch"]
+__all__ = [
+    "AutoencoderKLTrainer",
+    "ReconstructionInferer",
+    "kl_loss",
+    "prepare_image_batch",
+    "prepare_reconstruction_batch",
+]
 
 
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -68,6 +74,18 @@ def prepare_image_batch(batchdata: Any, device: torch.device | str, non_blocking
     if isinstance(image, MetaTensor):
         image = image.as_tensor()
     return image.to(device=device, non_blocking=non_blocking, **kwargs), None
+
+
+def prepare_reconstruction_batch(batchdata: Any, device: torch.device | str, non_blocking: bool = False, **kwargs: Any):
+    """``prepare_batch`` for reconstruction evaluators: returns ``(image, image)`` (the target is the input).
+
+    Args: as for :func:`prepare_image_batch`.
+
+    Returns:
+        ``(image, image)``.
+    """
+    image = prepare_image_batch(batchdata, device, non_blocking, **kwargs)[0]
+    return image, image
 
 
 class ReconstructionInferer(Inferer):

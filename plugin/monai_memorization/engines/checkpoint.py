@@ -192,5 +192,8 @@ def load_weights(
         else:
             module.load_state_dict(state)
     except (KeyError, RuntimeError) as e:
-        raise MemorizationError(f"{path}: weights do not fit {type(module).__name__} ({str(e).splitlines()[0]})") from e
+        raise MemorizationError(
+            f"{path}: weights do not fit {type(module).__name__} ({str(e).splitlines()[0][:200]}); "
+            "build the network with the settings used in training (e.g. the same quick.json overlay)"
+        ) from e
     return network

@@ -37,6 +37,7 @@ __all__ = [
     "ContrastiveTrainer",
     "SimilarityHistogramHandler",
     "SaveDetectorHandler",
+    "BatchNormRecalibrationHandler",
     "pearson_pair_similarities",
     "default_network",
     "contrastive_transform",
@@ -168,6 +169,40 @@ class SimilarityHistogramHandler:
             h = self.mlflow_handler
             if h is not None and getattr(h, "cur_run", None) is not None:
                 h.client.log_artifact(h.cur_run.info.run_id, str(png), artifact_path="similarity_histograms")
+
+
+class BatchNormRecalibrationHandler:
+    """Recompute BatchNorm running statistics on the un-augmented training images when training ends.
+
+    The detector embeds in eval mode, where BatchNorm uses running averages that lag behind the
+    weights after short trainings; ``torch.optim.swa_utils.update_bn`` replaces them with exact
+    averages over the training set (no gradient step, weights unchanged).
+
+    Args:
+        loader: yields batches (dicts with ``key``) of the training images.
+        network: the encoder.
+        key: image key of the batches.
+    """
+
+    def __init__(self, loader, network: nn.Module, key: str = "image") -> None:
+        self.loader = loader
+        self.network = network
+        self.key = key
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``COMPLETED`` (attach before :class:`SaveDetectorHandler`)."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from torch.optim.swa_utils import update_bn
+
+        module = self.network.module if hasattr(self.network, "module") else self.network
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+            return
+        device = next(module.parameters()).device
+        was_training = module.training
+        update_bn((b[self.key] if isinstance(b, dict) else b for b in self.loader), module, device=device)
+        module.train(was_training)
 
 
 class SaveDetectorHandler:
@@ -448,6 +483,7 @@ def train_detector(
     handlers.append(sim)
     handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))
     handlers.append(StatsHandler(tag_name="loss", output_transform=lambda o: float(o["loss"]), iteration_log=False))
+    handlers.append(BatchNormRecalibrationHandler(DataLoader(ds, batch_size=bs, shuffle=False, num_workers=num_workers), net))
     # before the MLflow handler: its COMPLETED handler closes the run
     handlers.append(SaveDetectorHandler(out, net, config, mlflow_handler=mlf))
     if mlf is not None:

@@ -1,0 +1,414 @@
+"""The release gate: copy only the synthetic samples that a memorization scan did not flag.
+
+:func:`filter_release` reads a scan report (the folder written by ``monai-memorization scan`` /
+:func:`monai_memorization.detection.scan.run_scan`, or its ``report.json``), matches every image in
+the synthetic folder to its row in the report's ``pairs.json``, and copies the samples whose
+``is_copy`` is false into the output folder together with
+
+* ``manifest.json`` -- what was released and why: the sha256 and size of every released file,
+  the threshold and percentile, the detector checkpoint and its sha256, the sha256 of the report
+  files it was decided from, the counts, and the excluded files with their correlation;
+* ``SHA256SUMS`` -- the same hashes in ``sha256sum`` format, so a reviewer can check the files
+  with nothing but coreutils (``cd OUT && sha256sum -c SHA256SUMS``).
+
+Nothing is half-written: the release is assembled in a temporary folder next to ``out_dir`` and
+renamed into place at the end. Every image in the synthetic folder must appear in the report and
+every report row must name an existing file, otherwise the gate refuses with one line (a report
+made for other files cannot decide about these).
+
+:func:`verify_manifest` re-checks a release folder: every listed file exists with the listed hash,
+no unlisted file is present, no excluded file slipped in, the counts add up, and (given the
+report) every released file was scanned and not flagged, under the same threshold and detector.
+A reviewer runs it as ``python -m monai_memorization.release verify OUT [--report REPORT]``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monai_memorization.errors import MemorizationError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "SUMS_NAME",
+    "MANIFEST_FORMAT",
+    "ReleaseResult",
+    "filter_release",
+    "verify_manifest",
+    "load_report",
+]
+
+MANIFEST_NAME = "manifest.json"
+SUMS_NAME = "SHA256SUMS"
+MANIFEST_FORMAT = "monai_memorization.release"
+MANIFEST_VERSION = 1
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".mha", ".nrrd")
+
+
+class ReleaseError(MemorizationError):
+    """The release cannot be made or does not verify (the message is the one line a user sees)."""
+
+
+@dataclass
+class ReleaseResult:
+    """Outcome of :func:`filter_release`.
+
+    Attributes:
+        out_dir: the release folder.
+        manifest_path: its ``manifest.json``.
+        released: names (relative to ``out_dir``) of the released samples.
+        excluded: names (relative to the synthetic folder) of the samples left out as copies.
+        threshold: the correlation threshold the report used.
+        detector_sha256: sha256 of the detector checkpoint the report used.
+    """
+
+    out_dir: str
+    manifest_path: str
+    released: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    threshold: float = float("nan")
+    detector_sha256: str | None = None
+
+    @property
+    def n_released(self) -> int:
+        """Number of released samples."""
+        return len(self.released)
+
+    @property
+    def n_excluded(self) -> int:
+        """Number of samples left out."""
+        return len(self.excluded)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_image_entry(p: Path) -> bool:
+    """An image file, or a sub-folder (a DICOM series), ignoring hidden entries."""
+    if p.name.startswith("."):
+        return False
+    if p.is_dir():
+        return True
+    return p.is_file() and p.name.lower().endswith(_IMAGE_SUFFIXES)
+
+
+def load_report(report: str | os.PathLike) -> tuple[dict, list[dict], Path]:
+    """Read a scan report: its summary and its per-synthetic-sample pairs.
+
+    Args:
+        report: the report folder, its ``report.json`` or its ``pairs.json``.
+
+    Returns:
+        ``(summary, pairs, folder)``: ``report.json`` as a dict, the rows of ``pairs.json``
+        (``synthetic_id``, ``synthetic_path``, ``correlation``, ``is_copy``, ...) and the report folder.
+
+    Raises:
+        ReleaseError: missing or malformed report files.
+    """
+    p = Path(report)
+    folder = p if p.is_dir() else p.parent
+    summary_path, pairs_path = folder / "report.json", folder / "pairs.json"
+    for f in (summary_path, pairs_path):
+        if not f.is_file():
+            raise ReleaseError(f"{f}: not found; --report must be a scan report folder (with report.json and pairs.json)")
+    try:
+        summary = json.loads(summary_path.read_text())
+        pairs = json.loads(pairs_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ReleaseError(f"{folder}: unreadable scan report ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(summary, dict) or "threshold" not in summary:
+        raise ReleaseError(f"{summary_path}: not a scan report (no 'threshold')")
+    if not isinstance(pairs, list) or not pairs:
+        raise ReleaseError(f"{pairs_path}: no per-sample rows")
+    for i, row in enumerate(pairs):
+        if not isinstance(row, dict) or not isinstance(row.get("is_copy"), bool) or not (row.get("synthetic_path") or row.get("synthetic_id")):
+            raise ReleaseError(f"{pairs_path}: row {i} lacks 'is_copy' or the synthetic file")
+    return summary, pairs, folder
+
+
+def _match_rows(entries: list[Path], pairs: list[dict], synthetic_dir: Path, report_folder: Path) -> dict[Path, dict]:
+    """Map every entry of the synthetic folder to exactly one report row (by path, else by file name)."""
+    by_path: dict[str, dict] = {}
+    by_name: dict[str, list[dict]] = {}
+    for row in pairs:
+        sp = row.get("synthetic_path") or ""
+        if sp:
+            by_path[os.path.realpath(sp)] = row
+            by_name.setdefault(Path(sp).name, []).append(row)
+    matched: dict[Path, dict] = {}
+    used: set[int] = set()
+    for entry in entries:
+        row = by_path.get(os.path.realpath(entry))
+        if row is None:  # the folder was moved or copied after the scan: match on the file name
+            cands = by_name.get(entry.name, [])
+            if len(cands) > 1:
+                raise ReleaseError(f"{entry}: its name matches {len(cands)} rows of {report_folder / 'pairs.json'}; cannot tell which")
+            row = cands[0] if cands else None
+        if row is None:
+            raise ReleaseError(
+                f"{entry}: not in the scan report {report_folder} (the report was made for other files; scan {synthetic_dir} again)"
+            )
+        if id(row) in used:
+            raise ReleaseError(f"{entry}: matches a report row already used by another file")
+        used.add(id(row))
+        matched[entry] = row
+    unmatched = [r for r in pairs if id(r) not in used]
+    if unmatched:
+        r = unmatched[0]
+        raise ReleaseError(
+            f"{r.get('synthetic_path') or r.get('synthetic_id')}: scanned in {report_folder} but not found in {synthetic_dir} "
+            f"({len(unmatched)} report rows without a file)"
+        )
+    return matched
+
+
+def _files_of(entry: Path) -> list[Path]:
+    """The regular files of an entry: itself, or every file below a series folder (sorted)."""
+    if entry.is_dir():
+        return sorted(p for p in entry.rglob("*") if p.is_file())
+    return [entry]
+
+
+def _prepare_out(out_dir: Path, synthetic_dir: Path) -> Path:
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ReleaseError(f"{out_dir}: exists and is not a folder")
+        content = [p.name for p in out_dir.iterdir()]
+        if content and MANIFEST_NAME not in content:
+            raise ReleaseError(f"{out_dir}: folder exists and is not a previous release; choose another --out")
+    if out_dir.resolve() == synthetic_dir.resolve() or synthetic_dir.resolve() in out_dir.resolve().parents:
+        raise ReleaseError(f"{out_dir}: the release folder must lie outside the synthetic folder {synthetic_dir}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+
+
+def _commit(tmp: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def filter_release(
+    synthetic_dir: str | os.PathLike,
+    report: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    progress: bool = False,
+) -> ReleaseResult:
+    """Copy the synthetic samples not flagged as copies into ``out_dir`` and write the manifest.
+
+    Args:
+        synthetic_dir: the folder of synthetic images that was scanned (NIfTI, PNG, JPEG files or
+            DICOM series sub-folders).
+        report: the scan report folder (or its ``report.json``).
+        out_dir: the release folder to create (it must not exist, be empty, or be a previous
+            release, which is replaced).
+        progress: show a progress bar while copying.
+
+    Returns:
+        :class:`ReleaseResult`.
+
+    Raises:
+        ReleaseError: the report is missing or malformed, or it does not describe exactly the
+            images in ``synthetic_dir``. Nothing is written in that case.
+    """
+    synthetic_dir, out_dir = Path(synthetic_dir), Path(out_dir)
+    if not synthetic_dir.is_dir():
+        raise ReleaseError(f"{synthetic_dir}: synthetic folder not found")
+    summary, pairs, folder = load_report(report)
+    entries = sorted(p for p in synthetic_dir.iterdir() if _is_image_entry(p))
+    if not entries:
+        raise ReleaseError(f"{synthetic_dir}: holds no images")
+    matched = _match_rows(entries, pairs, synthetic_dir, folder)
+
+    tmp = _prepare_out(out_dir, synthetic_dir)
+    try:
+        released_rows, excluded_rows, sums = [], [], []
+        iterator: Any = entries
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(entries, desc="release", unit="file", leave=False)
+        for entry in iterator:
+            row = matched[entry]
+            corr = row.get("correlation")
+            if row["is_copy"]:
+                excluded_rows.append({"file": entry.name, "correlation": corr, "reason": "copy of a training sample"})
+                continue
+            dest = tmp / entry.name
+            if entry.is_dir():
+                shutil.copytree(entry, dest)
+            else:
+                shutil.copy2(entry, dest)
+            files = []
+            for f in _files_of(dest):
+                rel = f.relative_to(tmp).as_posix()
+                digest = _sha256(f)
+                files.append({"path": rel, "sha256": digest, "bytes": f.stat().st_size})
+                sums.append(f"{digest}  {rel}")
+            released_rows.append({"file": entry.name, "correlation": corr, "files": files})
+        detector_sha = summary.get("detector_sha256")
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "rule": "a sample is released when the Pearson correlation (detector embeddings) to its nearest training "
+            "sample is not above the threshold; samples above it are copies and are left out",
+            "source": str(synthetic_dir.resolve()),
+            "report": str(folder.resolve()),
+            "report_sha256": {name: _sha256(folder / name) for name in ("report.json", "pairs.json")},
+            "threshold": summary.get("threshold"),
+            "percentile": summary.get("percentile"),
+            "detector": summary.get("detector"),
+            "detector_sha256": detector_sha,
+            "counts": {"synthetic": len(entries), "released": len(released_rows), "excluded": len(excluded_rows)},
+            "released": released_rows,
+            "excluded": excluded_rows,
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        (tmp / SUMS_NAME).write_text("".join(s + "\n" for s in sums))
+        _commit(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReleaseResult(
+        out_dir=str(out_dir.resolve()),
+        manifest_path=str((out_dir / MANIFEST_NAME).resolve()),
+        released=[r["file"] for r in released_rows],
+        excluded=[r["file"] for r in excluded_rows],
+        threshold=float(summary["threshold"]),
+        detector_sha256=detector_sha,
+    )
+
+
+def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None = None) -> dict:
+    """Check a release folder against its manifest (and, optionally, against the scan report).
+
+    Checks: the manifest is readable and of this format; every listed file exists with the listed
+    sha256 and size; ``SHA256SUMS`` agrees with the manifest; no file is present that the manifest
+    does not list; no excluded sample is present; the counts add up. With ``report``: the report
+    files have the hashes recorded in the manifest, every released sample is a row of the report
+    with ``is_copy`` false, every excluded one is flagged, and threshold and detector agree.
+
+    Args:
+        out_dir: the release folder.
+        report: optional scan report folder to re-check the decisions against.
+
+    Returns:
+        the manifest (a dict) when everything verifies.
+
+    Raises:
+        ReleaseError: naming the first file or field that does not verify.
+    """
+    out_dir = Path(out_dir)
+    mpath = out_dir / MANIFEST_NAME
+    if not mpath.is_file():
+        raise ReleaseError(f"{mpath}: not found; not a release folder")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise ReleaseError(f"{mpath}: unreadable ({type(e).__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ReleaseError(f"{mpath}: not a release manifest (format is not '{MANIFEST_FORMAT}')")
+    released, excluded = manifest.get("released", []), manifest.get("excluded", [])
+    counts = manifest.get("counts", {})
+    if counts.get("released") != len(released) or counts.get("excluded") != len(excluded) or counts.get(
+        "synthetic"
+    ) != len(released) + len(excluded):
+        raise ReleaseError(f"{mpath}: counts {counts} do not match {len(released)} released and {len(excluded)} excluded entries")
+    listed: dict[str, dict] = {}
+    for r in released:
+        for f in r.get("files", []):
+            listed[f["path"]] = f
+    for rel, f in listed.items():
+        p = out_dir / rel
+        if not p.is_file():
+            raise ReleaseError(f"{p}: listed in the manifest but missing")
+        if p.stat().st_size != f.get("bytes"):
+            raise ReleaseError(f"{p}: size {p.stat().st_size} differs from the manifest ({f.get('bytes')})")
+        if _sha256(p) != f.get("sha256"):
+            raise ReleaseError(f"{p}: sha256 differs from the manifest (file changed after release)")
+    present = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()} - {MANIFEST_NAME, SUMS_NAME}
+    extra = sorted(present - set(listed))
+    if extra:
+        raise ReleaseError(f"{out_dir / extra[0]}: present in the release but not listed in the manifest")
+    for r in excluded:
+        if (out_dir / r["file"]).exists():
+            raise ReleaseError(f"{out_dir / r['file']}: excluded as a copy but present in the release")
+    spath = out_dir / SUMS_NAME
+    if not spath.is_file():
+        raise ReleaseError(f"{spath}: not found")
+    sums = {}
+    for line in spath.read_text().splitlines():
+        if line.strip():
+            digest, _, rel = line.partition("  ")
+            sums[rel] = digest
+    if sums != {rel: f["sha256"] for rel, f in listed.items()}:
+        raise ReleaseError(f"{spath}: does not agree with {mpath}")
+
+    if report is not None:
+        summary, pairs, folder = load_report(report)
+        for name, digest in (manifest.get("report_sha256") or {}).items():
+            if _sha256(folder / name) != digest:
+                raise ReleaseError(f"{folder / name}: differs from the report the release was made from")
+        if summary.get("detector_sha256") != manifest.get("detector_sha256"):
+            raise ReleaseError(f"{folder}: detector sha256 differs from the manifest's")
+        if summary.get("threshold") != manifest.get("threshold"):
+            raise ReleaseError(f"{folder}: threshold {summary.get('threshold')} differs from the manifest's {manifest.get('threshold')}")
+        flags: dict[str, bool] = {}
+        for row in pairs:
+            name = Path(row.get("synthetic_path") or row.get("synthetic_id")).name
+            flags[name] = row["is_copy"]
+        for r in released:
+            if r["file"] not in flags:
+                raise ReleaseError(f"{out_dir / r['file']}: released but not in the scan report {folder}")
+            if flags[r["file"]]:
+                raise ReleaseError(f"{out_dir / r['file']}: released although the scan report flags it as a copy")
+        for r in excluded:
+            if not flags.get(r["file"], False):
+                raise ReleaseError(f"{r['file']}: excluded although the scan report does not flag it")
+    return manifest
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m monai_memorization.release verify OUT [--report REPORT]`` for reviewers."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m monai_memorization.release", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("verify", help="verify a release folder against its manifest")
+    v.add_argument("out_dir")
+    v.add_argument("--report", default=None, help="scan report folder to re-check the decisions against")
+    args = parser.parse_args(argv)
+    try:
+        m = verify_manifest(args.out_dir, args.report)
+    except MemorizationError as e:
+        print(f"release: error: {e}", file=sys.stderr)
+        return 2
+    c = m["counts"]
+    print(
+        f"{args.out_dir}: OK ({c['released']} released, {c['excluded']} excluded of {c['synthetic']}; threshold "
+        f"{m['threshold']}; detector sha256 {str(m['detector_sha256'])[:12]})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

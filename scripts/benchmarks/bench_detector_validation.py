@@ -1,0 +1,345 @@
+"""Validation benchmark: does the copy detector find planted copies among novel subjects?
+
+On embedded phantoms (``monai_memorization.data.phantoms``), in 2D (X-ray) and 3D (CT):
+
+* training subjects train the contrastive detector (and a small AutoencoderKL);
+* held-out subjects (as many as training subjects) calibrate the threshold (95th percentile);
+* positives: copies of training samples -- exact, and each transformed kind of
+  ``phantoms.COPY_KINDS`` (flip, rotation up to 5 degrees, small shift, intensity scaling, gamma,
+  noise, blur) -- plus autoencoder round-trip copies (a training sample encoded and decoded by a
+  trained ``monai.networks.nets.AutoencoderKL``: the blurred form a memorizing LDM returns);
+* negatives: novel subjects never used anywhere else.
+
+Each query gets a score from (a) the trained detector (embedding correlation to the nearest training
+sample), (b) pixel Pearson correlation to the nearest training image, (c) SSIM to the nearest training
+image (``monai.metrics.SSIMMetric``; in 3D among the 16 training images nearest by pixel correlation),
+(d) the same encoder untrained (random weights; BatchNorm statistics recomputed on the training
+images like the trained one). Reported: ROC AUC (``monai.metrics.compute_roc_auc``), TPR at 1% FPR,
+per-kind TPR at that operating point, and the false-positive rate of the calibrated threshold on the
+novel subjects. Results: ``scripts/benchmarks/results/bench_detector_validation.md``.
+
+Usage::
+
+    python scripts/benchmarks/bench_detector_validation.py            # 2D 64x64 and 3D 32^3, CPU
+    python scripts/benchmarks/bench_detector_validation.py --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_detector_validation.md"
+
+
+# ------------------------------------------------------------------------------------------ data
+def normalise(modality: str, raw: np.ndarray) -> np.ndarray:
+    """The data layer's intensity normalisation to [0, 1]; returns ``[1, *S]`` float32."""
+    from monai_memorization.data.transforms import intensity_transform
+
+    out = intensity_transform(modality)({"image": torch.as_tensor(raw[None], dtype=torch.float32)})["image"]
+    return np.asarray(out, dtype=np.float32)
+
+
+def build_sets(modality, shape, n_train, n_holdout, n_novel, n_per_kind, seed=0):
+    """Training, held-out and novel subjects, and transformed copies of training subjects."""
+    from monai_memorization.data.phantoms import COPY_KINDS, make_phantom, transformed_copy
+
+    rng = np.random.default_rng(seed)
+    raw_train = [make_phantom(modality, seed=seed, subject=s, shape=shape) for s in range(n_train)]
+    train = np.stack([normalise(modality, r) for r in raw_train])
+    hold = np.stack([normalise(modality, make_phantom(modality, seed=seed, subject=n_train + s, shape=shape)) for s in range(n_holdout)])
+    novel = np.stack([
+        normalise(modality, make_phantom(modality, seed=seed, subject=n_train + n_holdout + s, shape=shape)) for s in range(n_novel)
+    ])
+    copies, kinds, sources = [], [], []
+    for kind in COPY_KINDS:
+        for j, i in enumerate(rng.choice(n_train, size=n_per_kind, replace=False)):
+            copies.append(normalise(modality, transformed_copy(raw_train[i], kind, seed=1000 * j + int(i))))
+            kinds.append(kind)
+            sources.append(int(i))
+    return train, hold, novel, np.stack(copies), kinds, sources
+
+
+def train_autoencoder(train: np.ndarray, epochs: int, device: str, spatial_dims: int):
+    """A small AutoencoderKL trained with the project's AutoencoderKLTrainer (L1 + KL; adversarial term off)."""
+    from monai.data import DataLoader
+    from monai.networks.nets import AutoencoderKL, PatchDiscriminator
+
+    from monai_memorization.engines.autoencoder import AutoencoderKLTrainer
+
+    torch.manual_seed(0)
+    ch = (32, 64, 64) if spatial_dims == 2 else (16, 32, 32)
+    ae = AutoencoderKL(
+        spatial_dims=spatial_dims, in_channels=1, out_channels=1, channels=ch, latent_channels=3,
+        num_res_blocks=1, attention_levels=(False, False, False), norm_num_groups=16,
+    ).to(device)
+    disc = PatchDiscriminator(spatial_dims=spatial_dims, num_layers_d=2, channels=16, in_channels=1, out_channels=1).to(device)
+    data = [{"image": torch.as_tensor(x)} for x in train]
+    loader = DataLoader(data, batch_size=16, shuffle=True)
+    trainer = AutoencoderKLTrainer(
+        device=device, max_epochs=epochs, train_data_loader=loader, g_network=ae,
+        g_optimizer=torch.optim.Adam(ae.parameters(), lr=1e-3), d_network=disc,
+        d_optimizer=torch.optim.Adam(disc.parameters(), lr=1e-4), kl_weight=1e-6, adv_warmup_epochs=epochs,
+    )
+    trainer.run()
+    return ae.eval()
+
+
+@torch.no_grad()
+def reconstruct(ae, x: np.ndarray, device: str) -> np.ndarray:
+    out = []
+    for s in range(0, len(x), 16):
+        out.append(ae.reconstruct(torch.as_tensor(x[s : s + 16], device=device)).clamp(0, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------ scores
+def nn_corr(ref: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation (and index) of each query row's nearest reference row (exact faiss)."""
+    from monai_memorization.detection.index import CorrelationIndex
+
+    index = CorrelationIndex(ref.shape[1], use_gpu=False)
+    index.add(ref)
+    c, i = index.search(query, k=1)
+    return c[:, 0], i[:, 0]
+
+
+def pixel_scores(train, query):
+    return nn_corr(train.reshape(len(train), -1), query.reshape(len(query), -1))
+
+
+@torch.no_grad()
+def ssim_scores(train, query, spatial_dims, candidates=None):
+    """Max SSIM of each query to the training images (all, or the ``candidates`` nearest by pixel correlation)."""
+    from monai.metrics import SSIMMetric
+
+    from monai_memorization.detection.index import CorrelationIndex
+
+    metric = SSIMMetric(spatial_dims=spatial_dims, data_range=1.0, win_size=7)
+    t = torch.as_tensor(train)
+    if candidates:
+        index = CorrelationIndex(int(np.prod(train.shape[1:])), use_gpu=False)
+        index.add(train.reshape(len(train), -1))
+        _, cand = index.search(query.reshape(len(query), -1), k=candidates)
+    else:
+        cand = np.tile(np.arange(len(train)), (len(query), 1))
+    out = np.empty(len(query), np.float32)
+    for qi in range(len(query)):
+        ref = t[cand[qi]]
+        q = torch.as_tensor(query[qi : qi + 1]).expand_as(ref)
+        out[qi] = float(metric(q, ref).max())
+    return out
+
+
+def embed(encoder, x):
+    from monai_memorization.detection.embed import embed_tensor
+
+    return embed_tensor(encoder, torch.as_tensor(x), batch_size=32)
+
+
+def untrained_encoder(cfg, train, device):
+    from torch.optim.swa_utils import update_bn
+
+    from monai_memorization.networks import build_encoder
+
+    torch.manual_seed(123)
+    enc = build_encoder(cfg["network"], **cfg["network_kwargs"]).to(device)
+    update_bn((torch.as_tensor(train[s : s + 32]) for s in range(0, len(train), 32)), enc, device=torch.device(device))
+    return enc.eval()
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def roc_auc(pos, neg) -> float:
+    from monai.metrics import compute_roc_auc
+
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+    s = torch.as_tensor(np.concatenate([pos, neg]), dtype=torch.float64)
+    return float(compute_roc_auc(s, y))
+
+
+def tpr_at_fpr(pos, neg, fpr=0.01):
+    """TPR at the score cut-off that lets at most ``fpr`` of the negatives through; returns (tpr, cut-off)."""
+    k = int(np.floor(fpr * len(neg)))
+    cut = np.sort(neg)[::-1][k]
+    return float(np.mean(pos > cut)), float(cut)
+
+
+def evaluate(dim_name, modality, shape, args, device, tmp):
+    from monai_memorization.detection.calibrate import calibrate_threshold
+    from monai_memorization.detection.detector import load_detector
+    from monai_memorization.engines.contrastive import train_detector
+
+    spatial_dims = len(shape)
+    t0 = time.perf_counter()
+    train, hold, novel, copies, kinds, sources = build_sets(
+        modality, shape, args.n_train, args.n_holdout or args.n_train, args.n_novel, args.n_per_kind
+    )
+    timing = {"data": time.perf_counter() - t0}
+
+    t0 = time.perf_counter()
+    ae = train_autoencoder(train, args.ae_epochs, device, spatial_dims)
+    ae_idx = np.random.default_rng(7).choice(len(train), size=args.n_per_kind * 2, replace=False)
+    ae_copies = reconstruct(ae, train[ae_idx], device)
+    ae_psnr = float(np.mean([10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12)) for a, b in zip(ae_copies, train[ae_idx])]))
+    timing["autoencoder"] = time.perf_counter() - t0
+    copies = np.concatenate([copies, ae_copies])
+    kinds = kinds + ["autoencoder"] * len(ae_idx)
+    sources = sources + [int(i) for i in ae_idx]
+
+    t0 = time.perf_counter()
+    net_kwargs = json.loads(args.net2d) if spatial_dims == 2 else json.loads(args.net3d)
+    aug = json.loads(args.augment) if args.augment else None
+    res = train_detector(
+        train, Path(tmp) / f"det_{dim_name}.pt", epochs=args.epochs, batch_size=args.batch_size,
+        network_kwargs=net_kwargs or None, lr=args.lr, augmentations=aug, device=device, log_to_mlflow=False,
+        progress=False, histogram_dir=Path(tmp) / f"hist_{dim_name}", histogram_every=max(1, args.epochs),
+        seed=0,
+    )
+    timing["detector_training"] = time.perf_counter() - t0
+    enc, cfg = load_detector(res["path"], device=device)
+
+    t0 = time.perf_counter()
+    scores, nn = {}, {}
+    for name, e in (("trained detector", enc), ("untrained encoder", untrained_encoder(cfg, train, device))):
+        tr, ho, cp, nv = embed(e, train), embed(e, hold), embed(e, copies), embed(e, novel)
+        pos, pos_idx = nn_corr(tr, cp)
+        neg, _ = nn_corr(tr, nv)
+        scores[name] = (pos, neg)
+        nn[name] = pos_idx
+        if name == "trained detector":
+            thr, calib = calibrate_threshold(tr, ho, percentile=95.0, use_gpu=False)
+            calibrated = {
+                "threshold": thr,
+                "fpr_novel": float(np.mean(neg > thr)),
+                "tpr_copies": float(np.mean(pos > thr)),
+                "n_novel": len(neg),
+                "source_found": float(np.mean(pos_idx == np.array(sources))),
+            }
+    timing["embedding"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pos, pos_idx = pixel_scores(train, copies)
+    neg, _ = pixel_scores(train, novel)
+    scores["pixel correlation"] = (pos, neg)
+    nn["pixel correlation"] = pos_idx
+    cand = None if spatial_dims == 2 else 16
+    scores["SSIM"] = (ssim_scores(train, copies, spatial_dims, cand), ssim_scores(train, novel, spatial_dims, cand))
+    timing["baselines"] = time.perf_counter() - t0
+
+    table = {}
+    kinds_arr = np.array(kinds)
+    for name, (pos, neg) in scores.items():
+        tpr, cut = tpr_at_fpr(pos, neg)
+        per_kind = {k: float(np.mean(pos[kinds_arr == k] > cut)) for k in dict.fromkeys(kinds)}
+        table[name] = {"auc": roc_auc(pos, neg), "tpr_at_1pct_fpr": tpr, "cut": cut, "per_kind_tpr": per_kind}
+    hist = res["history"][-1]
+    return {
+        "dims": dim_name, "modality": modality, "shape": list(shape), "n_train": len(train), "n_holdout": len(hold),
+        "n_novel": len(novel), "n_copies": len(copies), "kinds": dict(zip(*np.unique(kinds, return_counts=True))),
+        "detector": {"network": cfg["network"], "network_kwargs": cfg["network_kwargs"], "epochs": args.epochs,
+                     "batch_size": args.batch_size, "lr": args.lr, "final_loss": hist["epoch_loss"],
+                     "final_pos_sim": hist["mean_positive_similarity"], "final_neg_sim": hist["mean_negative_similarity"]},
+        "autoencoder_psnr_db": ae_psnr, "table": table, "calibrated": calibrated, "timing_s": timing,
+    }
+
+
+def write_markdown(results, args, total_s, path):
+    lines = [
+        "# Copy-detector validation on planted copies",
+        "",
+        f"Command: `python scripts/benchmarks/bench_detector_validation.py {args.cmdline}`  ",
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, device {args.device}; "
+        f"total wall time {total_s / 60:.1f} min.",
+        "",
+        "Positives: copies of training samples (exact; flip; rotation 2-5 deg; shift 2-5%; intensity scaling; gamma; "
+        "noise; blur -- `phantoms.transformed_copy` -- and AutoencoderKL round trips). Negatives: novel subjects. "
+        "Score = similarity to the nearest training sample. TPR@1%FPR: at the score cut-off passing at most 1% of "
+        "novel subjects. Calibrated threshold: 95th percentile of training-to-nearest-held-out correlation, "
+        "held-out set as large as the training set; its FPR is measured on the novel subjects.",
+        "",
+    ]
+    for r in results:
+        d = r["detector"]
+        lines += [
+            f"## {r['dims']} ({r['modality'].upper()}, {'x'.join(map(str, r['shape']))})",
+            "",
+            f"N_train {r['n_train']}, N_holdout {r['n_holdout']}, novel subjects {r['n_novel']}, planted copies "
+            f"{r['n_copies']} ({', '.join(f'{k} {v}' for k, v in r['kinds'].items())}).  ",
+            f"Detector: `{d['network']}` {json.dumps(d['network_kwargs'])}, {d['epochs']} epochs, batch {d['batch_size']}, "
+            f"lr {d['lr']}; final loss {d['final_loss']:.3f}, positive/negative pair correlation "
+            f"{d['final_pos_sim']:.3f}/{d['final_neg_sim']:.3f}.  ",
+            f"Autoencoder round-trip copies: PSNR {r['autoencoder_psnr_db']:.1f} dB against their training image.  ",
+            "Timing (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["timing_s"].items()),
+            "",
+            "| method | ROC AUC | TPR@1%FPR | " + " | ".join(r["table"]["trained detector"]["per_kind_tpr"]) + " |",
+            "|---|---:|---:|" + "---:|" * len(r["table"]["trained detector"]["per_kind_tpr"]),
+        ]
+        for name, t in r["table"].items():
+            lines.append(
+                f"| {name} | {t['auc']:.4f} | {t['tpr_at_1pct_fpr']:.3f} | "
+                + " | ".join(f"{v:.2f}" for v in t["per_kind_tpr"].values()) + " |"
+            )
+        c = r["calibrated"]
+        lines += [
+            "",
+            f"Calibrated threshold {c['threshold']:.4f}: FPR on {c['n_novel']} novel subjects **{100 * c['fpr_novel']:.1f}%**, "
+            f"TPR on planted copies {100 * c['tpr_copies']:.1f}%; the nearest training sample of a copy is its source "
+            f"in {100 * c['source_found']:.1f}% of cases.",
+            "",
+        ]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dims", nargs="+", default=["2d", "3d"], choices=["2d", "3d"])
+    ap.add_argument("--shape2d", type=int, default=64)
+    ap.add_argument("--shape3d", type=int, default=32)
+    ap.add_argument("--n-train", type=int, default=128)
+    ap.add_argument("--n-holdout", type=int, default=0, help="default: as many as training subjects")
+    ap.add_argument("--n-novel", type=int, default=200)
+    ap.add_argument("--n-per-kind", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ae-epochs", type=int, default=15)
+    ap.add_argument("--net2d", default='{"layers": [1, 1, 1, 1], "block_inplanes": [32, 64, 128, 256]}',
+                    help="encoder kwargs in 2D (JSON; '{}' = ResNet-50)")
+    ap.add_argument("--net3d", default="{}", help="encoder kwargs in 3D (JSON)")
+    ap.add_argument("--augment", default="", help="contrastive_augmentations kwargs (JSON); default: the project's")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    import sys
+
+    args.cmdline = " ".join(sys.argv[1:])
+    if args.quick:
+        args.n_train, args.n_novel, args.n_per_kind, args.epochs, args.ae_epochs = 24, 24, 3, 2, 1
+        args.shape2d, args.shape3d = 32, 16
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    t0 = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dim in args.dims:
+            if dim == "2d":
+                r = evaluate("2D", "xr", (args.shape2d, args.shape2d), args, args.device, tmp)
+            else:
+                r = evaluate("3D", "ct", (args.shape3d,) * 3, args, args.device, tmp)
+            results.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "kinds"}, default=float), flush=True)
+    print(write_markdown(results, args, time.perf_counter() - t0, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The copy_detector bundle: metadata, network shapes, and a quick train + scan run from its configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "copy_detector"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = Path("/work/shared/schemas/meta_schema_20240725.json")
+
+
+def test_bundle_layout():
+    for name in ("metadata.json", "train.json", "train_2d.json", "train_3d.json", "scan.json", "scan_3d.json",
+                 "quick.json", "multi_gpu_train.json", "logging.conf"):
+        assert (CONFIGS / name).is_file(), name
+    assert "Apache License" in (BUNDLE / "LICENSE").read_text()
+    assert (BUNDLE / "docs" / "README.md").is_file()
+    for name in CONFIGS.glob("*.json"):
+        json.loads(name.read_text())
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="shared schema not present")
+def test_verify_metadata():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize(
+    "configs, overrides",
+    [
+        (["train.json"], {}),
+        (["train.json", "train_3d.json"], {"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 32],
+                                           "_meta_#network_data_format#outputs#pred#num_channels": 32}),
+    ],
+)
+def test_verify_net_in_out(configs, overrides):
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+        config_file=[str(CONFIGS / c) for c in configs], device="cpu", **overrides,
+    )
+
+
+def test_quick_train_then_scan(tmp_path):
+    from monai.bundle import run
+
+    from monai_memorization.detection.detector import load_detector
+
+    cfg = [str(CONFIGS / "train.json"), str(CONFIGS / "train_3d.json"), str(CONFIGS / "quick.json")]
+    run(config_file=cfg, bundle_root=str(tmp_path), use_mlflow=False, logging_file=str(CONFIGS / "logging.conf"))
+    enc, det = load_detector(tmp_path / "models" / "copy_detector.pt")
+    assert det["spatial_dims"] == 3 and det["embed_dim"] == 32 and det["spatial_size"] == [32, 32, 32]
+    assert det["modality"] == "ct" and det["epochs_trained"] == 2
+    assert list((tmp_path / "models").glob("checkpoint_final_iteration=*.pt"))
+
+    scan_cfg = [str(CONFIGS / "scan.json"), str(CONFIGS / "scan_3d.json"), str(CONFIGS / "quick.json")]
+    run(config_file=scan_cfg, bundle_root=str(tmp_path), use_mlflow=False, n_bootstrap=50,
+        logging_file=str(CONFIGS / "logging.conf"))
+    report = json.loads((tmp_path / "eval" / "memorization_report" / "report.json").read_text())
+    assert report["n_train"] == 12 and report["n_synthetic"] >= 1
+    assert report["detector_sha256"] == det["sha256"]
+    assert (tmp_path / "eval" / "memorization_report" / "report.html").is_file()

@@ -1,0 +1,176 @@
+"""Copy-detector core: exact correlation index, calibration, scan on embeddings, checkpoints, embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from monai_memorization.detection.calibrate import calibrate_threshold
+from monai_memorization.detection.detector import load_detector, save_detector
+from monai_memorization.detection.embed import embed_items, embed_tensor
+from monai_memorization.detection.index import CorrelationIndex, normalize_for_correlation
+from monai_memorization.detection.scan import scan_embeddings
+from monai_memorization.errors import DataValidationError, DetectorError
+from monai_memorization.networks import ConvEncoder, build_encoder
+
+
+def _brute_corr(q, r):
+    """Pearson correlation matrix between rows of q and rows of r (numpy, float64)."""
+    return np.corrcoef(np.concatenate([q, r]).astype(np.float64))[: len(q), len(q) :]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_faiss_equals_bruteforce_correlation(k):
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 16)) * rng.uniform(0.1, 5, size=(300, 1)) + rng.normal(size=(300, 1))
+    q = rng.normal(size=(50, 16)) + 3.0
+    index = CorrelationIndex(16, use_gpu=False)
+    index.add(ref)
+    corr, idx = index.search(q, k=k)
+    full = _brute_corr(q, ref)
+    want_idx = np.argsort(-full, axis=1)[:, :k]
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(corr, np.take_along_axis(full, want_idx, 1), atol=1e-5)
+    # correlation is invariant to per-vector offset and scale
+    corr2, idx2 = index.search(q * 7.0 - 2.0, k=k)
+    np.testing.assert_array_equal(idx2, idx)
+    np.testing.assert_allclose(corr2, corr, atol=1e-5)
+
+
+def test_index_rejects_nan_constant_and_wrong_dim():
+    x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(DetectorError, match="row 3 contains NaN"):
+        normalize_for_correlation(bad)
+    const = x.copy()
+    const[2] = 0.5
+    with pytest.raises(DetectorError, match="row 2 is constant"):
+        normalize_for_correlation(const)
+    index = CorrelationIndex(8, use_gpu=False)
+    with pytest.raises(DetectorError, match="empty"):
+        index.search(x)
+    with pytest.raises(DetectorError, match="expected shape"):
+        index.add(np.zeros((3, 4)))
+
+
+def test_calibrate_threshold_matches_numpy_percentile():
+    rng = np.random.default_rng(2)
+    train, hold = rng.normal(size=(120, 12)), rng.normal(size=(40, 12))
+    thr, corr = calibrate_threshold(train, hold, percentile=90.0, use_gpu=False)
+    want = _brute_corr(train, hold).max(axis=1)
+    np.testing.assert_allclose(corr, want, atol=1e-5)
+    assert thr == pytest.approx(np.percentile(want, 90.0), abs=1e-5)
+    with pytest.raises(DetectorError, match="held-out set is empty"):
+        calibrate_threshold(train, hold[:0])
+    with pytest.raises(DetectorError, match="percentile"):
+        calibrate_threshold(train, hold, percentile=0)
+
+
+def _subspace_embeddings(rng, n, basis):
+    return rng.normal(size=(n, basis.shape[0])) @ basis
+
+
+def test_scan_embeddings_finds_planted_copies_and_spares_distinct_subjects():
+    rng = np.random.default_rng(3)
+    d = 32
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    seen, unseen = q[:, :16].T, q[:, 16:].T  # orthogonal subspaces
+    train = _subspace_embeddings(rng, 200, seen)
+    hold = _subspace_embeddings(rng, 100, seen)
+    copies = train[[5, 17, 42, 99, 150]]
+    near = train[[7, 8]] + 0.01 * rng.normal(size=(2, d))  # copies with small changes
+    distinct = _subspace_embeddings(rng, 20, unseen)  # subjects unlike anything in training
+    synth = np.concatenate([copies, near, distinct])
+    items = [{"image": f"/t/train_{i}.png", "subject": f"subj{i}"} for i in range(200)]
+    res = scan_embeddings(train, hold, synth, percentile=95.0, train_items=items, n_bootstrap=200, use_gpu=False)
+    flagged = [p["is_copy"] for p in res.pairs]
+    assert flagged == [True] * 7 + [False] * 20
+    assert [p["train_subject"] for p in res.pairs[:7]] == ["subj5", "subj17", "subj42", "subj99", "subj150", "subj7", "subj8"]
+    assert res.n_copies == 7 and res.copy_fraction == pytest.approx(7 / 200)
+    # the planted training samples are memorized (other training samples may sit close to a copy too)
+    mem = {m["train_subject"] for m in res.memorized if m["is_memorized"]}
+    assert {"subj5", "subj17", "subj42", "subj99", "subj150", "subj7", "subj8"} <= mem
+    assert res.n_memorized == len(mem) and res.memorized_fraction == pytest.approx(len(mem) / 200)
+    assert res.synthetic_copy_rate == pytest.approx(7 / 27)
+    assert res.copy_fraction_ci[0] <= res.copy_fraction <= res.copy_fraction_ci[1]
+    assert res.memorized_fraction_ci[0] <= res.memorized_fraction <= res.memorized_fraction_ci[1]
+    assert res.copy_fraction_ci[1] > res.copy_fraction_ci[0]
+    # the threshold is the calibration percentile, and held-out-like samples sit around it
+    assert res.threshold == pytest.approx(np.percentile(res.calibration_corr, 95.0))
+    assert res.pairs[0]["correlation"] == pytest.approx(1.0, abs=1e-5)
+    assert max(p["correlation"] for p in res.pairs[7:]) < res.threshold
+
+
+def test_scan_embeddings_bad_input():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(10, 8)), rng.normal(size=(6, 8))
+    with pytest.raises(DataValidationError, match="synthetic set is empty"):
+        scan_embeddings(a, b, np.zeros((0, 8)))
+    with pytest.raises(DataValidationError, match="training set is empty"):
+        scan_embeddings(np.zeros((0, 8)), b, b)
+    with pytest.raises(DetectorError, match="embedding sizes differ"):
+        scan_embeddings(a, b, rng.normal(size=(4, 16)))
+    nan = b.copy()
+    nan[1, 1] = np.nan
+    with pytest.raises(DetectorError, match="NaN"):
+        scan_embeddings(a, b, nan)
+
+
+def _small_conv(embed_dim=8):
+    kwargs = {"spatial_dims": 2, "in_channels": 1, "embed_dim": embed_dim, "channels": [4, 8], "strides": [2, 2], "num_res_units": 1}
+    return build_encoder("conv", **kwargs), {
+        "network": "conv", "network_kwargs": kwargs, "spatial_dims": 2, "embed_dim": embed_dim, "spatial_size": [16, 16], "modality": "xr",
+    }
+
+
+def test_detector_roundtrip_and_bad_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    net, cfg = _small_conv()
+    path = save_detector(tmp_path / "det.pt", net, cfg)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    enc, loaded = load_detector(path)
+    assert not enc.training
+    assert loaded["spatial_dims"] == 2 and loaded["embed_dim"] == 8 and loaded["modality"] == "xr"
+    assert len(loaded["sha256"]) == 64
+    x = torch.rand(3, 1, 16, 16)
+    net.eval()
+    np.testing.assert_allclose(embed_tensor(enc, x), net(x).detach().numpy(), atol=1e-6)
+
+    # weights that do not fit the config
+    other, _ = _small_conv(embed_dim=4)
+    save_detector(tmp_path / "mismatch.pt", other, cfg)
+    with pytest.raises(DetectorError, match="weights do not match"):
+        load_detector(tmp_path / "mismatch.pt")
+    # truncated file
+    (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DetectorError, match="not a readable detector checkpoint"):
+        load_detector(tmp_path / "corrupt.pt")
+    # a torch file that is not a detector
+    torch.save({"model": net.state_dict()}, tmp_path / "plain.pt")
+    with pytest.raises(DetectorError, match="not a copy-detector checkpoint"):
+        load_detector(tmp_path / "plain.pt")
+    with pytest.raises(DetectorError, match="not found"):
+        load_detector(tmp_path / "missing.pt")
+    for err in (DetectorError,):
+        with pytest.raises(err, match="lacks"):
+            save_detector(tmp_path / "x.pt", net, {"network": "conv"})
+
+
+def test_embed_items_streams_in_order_and_rejects_nan():
+    from monai.transforms import Compose, EnsureTyped, Lambdad
+
+    torch.manual_seed(0)
+    enc = ConvEncoder(spatial_dims=2, embed_dim=6, channels=(4,), strides=(2,), num_res_units=1).eval()
+    imgs = torch.rand(7, 1, 12, 12)
+    items = [{"image": imgs[i], "subject": str(i)} for i in range(7)]
+    tf = Compose([EnsureTyped(keys="image")])
+    emb, shapes = embed_items(enc, items, tf, batch_size=3, progress=False, return_shapes=True)
+    np.testing.assert_allclose(emb, embed_tensor(enc, imgs), atol=1e-5)
+    assert shapes == [(12, 12)] * 7
+    with pytest.raises(DataValidationError, match="empty"):
+        embed_items(enc, [], tf, progress=False)
+    nan_tf = Compose([EnsureTyped(keys="image"), Lambdad("image", lambda x: x * float("nan"))])
+    with pytest.raises(DetectorError, match="NaN or Inf"):
+        embed_items(enc, items, nan_tf, progress=False)

@@ -1,0 +1,175 @@
+"""The memorization scan from image folders/datalists to the report, its CLI, and every bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monai_memorization.cli import Commands, main
+from monai_memorization.detection.detector import load_detector, save_detector
+from monai_memorization.detection.scan import run_scan
+from monai_memorization.errors import DataValidationError, DetectorError, MemorizationError
+
+SHAPE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Phantom X-ray datalist, a detector trained through the CLI method, and a synthetic folder
+    holding 3 exact copies of training images and 4 subjects that are not in the training set."""
+    from monai_memorization.data.phantoms import make_phantom, spacing_for, write_dataset, write_image
+
+    root = tmp_path_factory.mktemp("scan")
+    dl = write_dataset("xr", root / "data", n=16, seed=5, shape=SHAPE, n_val=1, n_holdout=8, progress=False)
+    msg = Commands().train_detector(
+        str(dl), out=str(root / "det.pt"), epochs=3, batch_size=8, network="conv", embed_dim=32, mlflow=False, device="cpu"
+    )
+    assert msg.startswith(str(root / "det.pt")) and "3 epochs" in msg
+    data = json.loads(Path(dl).read_text())
+    syn = root / "synthetic"
+    syn.mkdir()
+    copied = []
+    for i, it in enumerate(data["training"][2:5]):
+        shutil.copy(root / "data" / it["image"], syn / f"copy_{i}.png")
+        copied.append(it["subject"])
+    for i in range(4):
+        write_image(make_phantom("xr", seed=77, subject=i, shape=SHAPE), syn / f"novel_{i}.png", spacing_for("xr", SHAPE), "xr")
+    return {"root": root, "datalist": str(dl), "detector": root / "det.pt", "synthetic": syn, "copied": copied}
+
+
+def _no_leftovers(parent: Path):
+    return not [p.name for p in parent.iterdir() if p.name.startswith(".") and (".tmp" in p.name or ".old-" in p.name)]
+
+
+def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "report"
+    res = run_scan(setup["datalist"], setup["datalist"], str(setup["synthetic"]), setup["detector"], out,
+                   tracking_uri=uri, progress=False, n_bootstrap=200)
+    by_id = {p["synthetic_id"]: p for p in res.pairs}
+    assert res.n_train == 16 and res.n_holdout == 8 and res.n_synthetic == 7
+    for i, subject in enumerate(setup["copied"]):
+        p = by_id[f"copy_{i}"]
+        assert p["is_copy"] and p["train_subject"] == subject and p["correlation"] > 0.9999
+        assert Path(p["train_path"]).name == f"{subject}.png"
+    # every planted copy ranks above every subject that is not in the training set
+    assert min(by_id[f"copy_{i}"]["correlation"] for i in range(3)) > max(by_id[f"novel_{i}"]["correlation"] for i in range(4))
+    assert res.copy_fraction == pytest.approx(res.n_copies / 16) and res.n_copies >= 3
+    assert res.memorized_fraction == pytest.approx(res.n_memorized / 16) and res.n_memorized >= 3
+
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["histogram.png", "memorized.csv", "pairs.csv", "pairs.json", "pairs.png", "report.html", "report.json"]
+    assert _no_leftovers(tmp_path)
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["threshold"] == pytest.approx(res.threshold) and summary["percentile"] == 95.0
+    assert summary["copy_fraction"] == pytest.approx(res.copy_fraction)
+    assert summary["copy_fraction_ci"][0] <= summary["copy_fraction"] <= summary["copy_fraction_ci"][1]
+    assert summary["detector_sha256"] == hashlib.sha256(Path(setup["detector"]).read_bytes()).hexdigest()
+    assert "N_train" in summary["definitions"]["copy_fraction"] and "N_train" in summary["definitions"]["memorized_fraction"]
+    rows = list(csv.DictReader(open(out / "pairs.csv")))
+    assert len(rows) == 7 and set(rows[0]) == {"synthetic_id", "synthetic_path", "train_id", "train_subject", "train_path", "correlation", "is_copy"}
+    assert json.loads((out / "pairs.json").read_text())[0]["synthetic_id"] == rows[0]["synthetic_id"]
+    assert len(list(csv.DictReader(open(out / "memorized.csv")))) == 16
+
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    links = re.findall(r'href="([^"]+)"', html)
+    assert {"pairs.csv", "pairs.json", "memorized.csv", "report.json"} <= set(links)
+    assert all((out / name).is_file() for name in links)
+    assert "copy_0" in html and "N_train" in html
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["copy_fraction"] == pytest.approx(res.copy_fraction)
+    assert run.data.metrics["threshold"] == pytest.approx(res.threshold)
+    assert run.data.metrics["n_synthetic"] == 7
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert arts == {"report.json", "pairs.csv", "pairs.json", "memorized.csv", "histogram.png"}  # no training pixels
+
+    # re-running into the same folder replaces the report; images go to MLflow only when asked
+    res2 = run_scan(setup["datalist"], setup["datalist"], str(setup["synthetic"]), setup["detector"], out,
+                    tracking_uri=uri, progress=False, n_bootstrap=0, log_images_to_mlflow=True)
+    assert res2.n_copies == res.n_copies and np.isnan(res2.copy_fraction_ci[0])
+    run2 = client.get_run(json.loads((out / "report.json").read_text())["mlflow_run_id"])
+    assert {"pairs.png", "report.html"} <= {a.path for a in client.list_artifacts(run2.info.run_id)}
+    assert _no_leftovers(tmp_path)
+
+
+def _expect_failure(setup, tmp_path, exc, match, synthetic=None, detector=None, out=None, **kw):
+    out = out or tmp_path / "bad_report"
+    with pytest.raises(exc, match=match) as info:
+        run_scan(setup["datalist"], setup["datalist"], str(synthetic or setup["synthetic"]), detector or setup["detector"],
+                 out, log_to_mlflow=False, progress=False, n_bootstrap=0, **kw)
+    assert "\n" not in str(info.value)
+    assert not out.exists() or (out / "keep.txt").exists()
+    assert _no_leftovers(out.parent)
+
+
+def test_scan_bad_inputs(setup, tmp_path):
+    from monai_memorization.data.phantoms import make_phantom, spacing_for, write_image
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_failure(setup, tmp_path, DataValidationError, "holds no images", synthetic=empty)
+
+    vol = tmp_path / "volumes"
+    vol.mkdir()
+    write_image(make_phantom("ct", seed=1, subject=0, shape=(16, 16, 16)), vol / "v.nii.gz", spacing_for("ct", (16, 16, 16)), "ct")
+    _expect_failure(setup, tmp_path, DataValidationError, "3 spatial dimensions", synthetic=vol)
+
+    big = tmp_path / "big"
+    big.mkdir()
+    write_image(make_phantom("xr", seed=1, subject=0, shape=(48, 40)), big / "b.png", spacing_for("xr", (48, 40)), "xr")
+    _expect_failure(setup, tmp_path, DataValidationError, r"shape \(48, 40\) differs", synthetic=big)
+    _expect_failure(setup, tmp_path, DataValidationError, r"shape \(48, 40\) differs", synthetic=big, validate=False)
+
+    enc, cfg = load_detector(setup["detector"])
+    cfg3 = dict(cfg, spatial_dims=3, spatial_size=[16, 16, 16], modality="ct",
+                network_kwargs=dict(cfg["network_kwargs"], spatial_dims=3))
+    from monai_memorization.networks import build_encoder
+
+    save_detector(tmp_path / "det3d.pt", build_encoder("conv", **cfg3["network_kwargs"]), cfg3)
+    _expect_failure(setup, tmp_path, DetectorError, "the detector is 3D but training image", detector=tmp_path / "det3d.pt")
+    _expect_failure(setup, tmp_path, DetectorError, "3D detector cannot scan modality 'xr'", detector=tmp_path / "det3d.pt", modality="xr")
+
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    _expect_failure(setup, tmp_path, DetectorError, "not a readable detector checkpoint", detector=tmp_path / "corrupt.pt")
+
+    with torch.no_grad():
+        enc.head.bias.fill_(float("nan"))
+    save_detector(tmp_path / "nan.pt", enc, {k: v for k, v in cfg.items() if k not in ("sha256", "path")})
+    _expect_failure(setup, tmp_path, DetectorError, "embedding is NaN or Inf", detector=tmp_path / "nan.pt")
+
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "keep.txt").write_text("user data")
+    _expect_failure(setup, tmp_path, MemorizationError, "not a previous scan report", out=other)
+    assert (other / "keep.txt").read_text() == "user data"
+
+
+def test_cli_scan_and_one_line_errors(setup, tmp_path, capsys):
+    out = tmp_path / "cli_report"
+    main(["scan", "--train", setup["datalist"], "--holdout", setup["datalist"], "--synthetic", str(setup["synthetic"]),
+          "--detector", str(setup["detector"]), "--out", str(out), "--mlflow", "False"])
+    printed = capsys.readouterr().out
+    assert "copies:" in printed and "memorized:" in printed and str(out / "report.html") in printed
+    assert (out / "report.html").is_file()
+
+    with pytest.raises(SystemExit) as info:
+        main(["scan", "--train", setup["datalist"], "--holdout", setup["datalist"], "--synthetic", str(setup["synthetic"]),
+              "--detector", setup["datalist"], "--out", str(tmp_path / "x"), "--mlflow", "False"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a readable detector checkpoint" in err and setup["datalist"] in err
+    assert not (tmp_path / "x").exists()

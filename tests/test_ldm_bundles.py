@@ -1,0 +1,210 @@
+"""The LDM bundles run through monai.bundle: train then infer, resume, MLflow content, bad data, metadata."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow, run, verify_metadata
+
+from monai_memorization.errors import DataValidationError
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = Path("/work/shared/schemas/meta_schema_20240725.json")
+if not SCHEMA.is_file():
+    SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+
+AE_KEYS = {"loss", "recon_loss", "kl_loss", "perceptual_loss", "generator_loss", "discriminator_loss", "train_loss"}
+
+
+def cfg(modality: str, name: str) -> str:
+    return str(REPO / "bundles" / f"ldm_{modality}" / "configs" / name)
+
+
+def tiny(tmp_path: Path, datalist: str, **extra) -> dict:
+    """Overrides making a bundle CPU-tiny: 2-level networks, one epoch each, outputs under tmp_path."""
+    o = {
+        "bundle_root": str(tmp_path),
+        "datalist": datalist,
+        "spatial_size": None,
+        "num_workers": 0,
+        "ae_max_epochs": 1,
+        "diffusion_max_epochs": 1,
+        "adv_warmup_epochs": 0,
+        "ae_batch_size": 4,
+        "diffusion_batch_size": 4,
+        "latent_channels": 2,
+        "ae_channels": [8, 8],
+        "ae_num_res_blocks": 1,
+        "ae_norm_num_groups": 4,
+        "ae_attention_levels": [False, False],
+        "disc_channels": 4,
+        "disc_num_layers": 1,
+        "diffusion_channels": [8, 8],
+        "diffusion_attention_levels": [False, True],
+        "diffusion_num_head_channels": [0, 8],
+        "diffusion_num_res_blocks": 1,
+        "diffusion_norm_num_groups": 4,
+        "num_inference_steps": 2,
+        "montage_samples": 2,
+        "val_interval": 1,
+        "save_interval": 1,
+    }
+    o.update(extra)
+    return o
+
+
+INFER_KEYS = ["bundle_root", "latent_channels", "ae_channels", "ae_num_res_blocks", "ae_norm_num_groups",
+              "ae_attention_levels", "diffusion_channels", "diffusion_attention_levels",
+              "diffusion_num_head_channels", "diffusion_num_res_blocks", "diffusion_norm_num_groups",
+              "num_inference_steps"]
+
+
+def runs_by_name(tmp_path: Path, experiment: str) -> dict:
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    out = {}
+    for r in runs:
+        assert r.info.run_name not in out, f"two MLflow runs named {r.info.run_name}"
+        out[r.info.run_name] = r
+    return client, out
+
+
+@pytest.mark.parametrize("modality", ["ct", "mr", "xr"])
+def test_metadata_valid(modality):
+    verify_metadata(meta_file=cfg(modality, "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads(Path(cfg(modality, "metadata.json")).read_text())
+    assert {"network_data_format", "autoencoder_data_format"} <= set(meta)
+
+
+@pytest.mark.parametrize("modality", ["ct", "mr", "xr"])
+def test_train_then_infer(modality, tmp_path, request):
+    datalist = request.getfixturevalue(f"{modality}_datalist")
+    before = sorted(p.name for p in Path(datalist).parent.rglob("*"))
+    o = tiny(tmp_path, datalist)
+    run("training", config_file=cfg(modality, "train.json"), **o)
+
+    models = tmp_path / "models"
+    for f in ["model_autoencoder.pt", "model.pt", "latent_info.json",
+              "autoencoder_checkpoint_1.pt", "diffusion_checkpoint_1.pt"]:
+        assert (models / f).is_file(), f
+    assert set(torch.load(models / "model.pt", weights_only=True)) == set(
+        torch.load(models / "diffusion_checkpoint_1.pt", weights_only=True)["diffusion"])
+    # the user's folder is untouched: no phantoms written into it, none generated in the bundle either
+    assert sorted(p.name for p in Path(datalist).parent.rglob("*")) == before
+    assert not (tmp_path / "data").exists()
+
+    client, runs = runs_by_name(tmp_path, f"ldm_{modality}")
+    assert set(runs) == {"autoencoder", "diffusion"}
+    ae, dm = runs["autoencoder"], runs["diffusion"]
+    assert ae.info.status == dm.info.status == "FINISHED"
+    assert AE_KEYS | {"val_psnr", "val_ssim"} <= set(ae.data.metrics)
+    assert {"loss", "train_loss", "val_diffusion_loss"} <= set(dm.data.metrics)
+    n_iter = 2  # 8 training images, batch 4
+    assert len(client.get_metric_history(ae.info.run_id, "loss")) == n_iter
+    assert len(client.get_metric_history(dm.info.run_id, "loss")) == n_iter
+    assert 0 < ae.data.metrics["val_ssim"] <= 1 and ae.data.metrics["val_psnr"] > 0
+    assert ae.data.params["n_train"] == "8" and ae.data.params["n_val"] == "2"
+    assert ae.data.params["ae_channels"] == "[8, 8]" and int(ae.data.params["ae_parameters"]) > 0
+    assert dm.data.params["epochs"] == "1" and float(dm.data.params["scale_factor"]) > 0
+    assert {a.path for a in client.list_artifacts(dm.info.run_id)} == {"executed_config.json", "samples_montage.png"}
+    assert {a.path for a in client.list_artifacts(ae.info.run_id)} == {"executed_config.json"}
+    executed = json.loads((tmp_path / "eval" / "executed_config.json").read_text())
+    assert executed["ae_max_epochs"] == 1 and executed["datalist"] == datalist
+
+    info = json.loads((models / "latent_info.json").read_text())
+    io = {k: o[k] for k in INFER_KEYS}
+    run(config_file=cfg(modality, "inference.json"), num_samples=3, **io)
+    out = tmp_path / "outputs" / "samples"
+    files = sorted(out.iterdir())
+    assert len(files) == 3
+    from monai.transforms import LoadImage
+
+    from monai_memorization.data.datalist import load_datalist
+    from monai_memorization.data.transforms import get_transforms
+
+    first = get_transforms(modality)(load_datalist(datalist)[0])["image"]
+    img = LoadImage(image_only=True)(str(files[0]))
+    assert tuple(img.shape) == tuple(first.shape[1:]) == tuple(info["image_shape"][1:])
+    if modality == "xr":
+        assert files[0].suffix == ".png"
+    else:
+        assert files[0].name.endswith(".nii.gz")
+        import nibabel as nib
+
+        zooms = nib.load(str(files[0])).header.get_zooms()
+        np.testing.assert_allclose(zooms, np.abs(np.diag(np.asarray(first.affine))[:3]), rtol=1e-5)
+        assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def test_bad_data_fails_before_training(tmp_path, ct_datalist):
+    src = Path(ct_datalist).parent
+    user = tmp_path / "user_data"
+    shutil.copytree(src, user)
+    dl = json.loads((user / "dataset.json").read_text())
+    bad = user / dl["training"][3]["image"]
+    bad.write_bytes(b"not a nifti file at all")
+    out = tmp_path / "bundle"
+    with pytest.raises(Exception) as ei:
+        run("training", config_file=cfg("ct", "train.json"), **tiny(out, None, dataset_dir=str(user)))
+    err = _root_cause(ei.value)
+    assert isinstance(err, DataValidationError)
+    msg = str(err)
+    assert "\n" not in msg and bad.name in msg
+    assert not (out / "models").exists() and not (out / "eval").exists() and not (out / "data").exists()
+
+
+def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
+    """Stage 1 alone: killed in epoch 2, resumed; --tracking mlflow adds no second logger; then stage 2 alone."""
+    o = tiny(tmp_path, ct_datalist, ae_max_epochs=2)
+
+    wf = ConfigWorkflow(config_file=cfg("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow", **o)
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("ae#train#trainer")
+    assert sum(type(h).__name__ == "MLFlowHandler" for h in wf.parser.get_parsed_content("ae#train#handlers")) == 1
+
+    def crash(engine):
+        if engine.state.epoch == 2:
+            raise KeyboardInterrupt("killed")
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, crash)
+    with pytest.raises(KeyboardInterrupt):
+        wf.run()
+    models = tmp_path / "models"
+    assert (models / "autoencoder_checkpoint_1.pt").is_file() and not (models / "model_autoencoder.pt").exists()
+
+    wf = ConfigWorkflow(config_file=cfg("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow",
+                        resume=True, **{k: v for k, v in o.items() if k != "resume"})
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("ae#train#trainer")
+    done = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: done.append((e.state.epoch, e.state.iteration)))
+    wf.run()
+    wf.finalize()
+    assert done == [(2, 3), (2, 4)]  # only the missing epoch ran
+    assert (models / "autoencoder_checkpoint_2.pt").is_file() and (models / "model_autoencoder.pt").is_file()
+
+    client, runs = runs_by_name(tmp_path, "ldm_ct")
+    assert set(runs) == {"autoencoder"}  # MONAI's --tracking handler did not open a second run
+    hist = client.get_metric_history(runs["autoencoder"].info.run_id, "loss")
+    assert sorted(m.step for m in hist) == [1, 2, 3, 4]  # each iteration logged once, across the resume
+    assert runs["autoencoder"].info.status == "FINISHED"
+
+    run("training", config_file=cfg("ct", "train_diffusion.json"), **o)
+    assert (models / "model.pt").is_file()
+    _, runs = runs_by_name(tmp_path, "ldm_ct")
+    assert runs["diffusion"].info.status == "FINISHED"

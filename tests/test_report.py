@@ -1,0 +1,58 @@
+"""Report plots and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+from PIL import Image
+
+from monai_memorization.report import plot_correlation_histogram, plot_pair_montage, plot_similarity_histogram, write_html_report
+from monai_memorization.report.plots import preview_slice
+
+
+def _png_size(path):
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_plots_write_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    h = plot_correlation_histogram(rng.uniform(0.5, 0.9, 50), rng.uniform(0.4, 1.0, 30), 0.88, tmp_path / "h.png")
+    assert _png_size(h)[0] > 300
+    s = plot_similarity_histogram(rng.uniform(0.6, 1, 20), rng.uniform(-0.2, 0.5, 380), 3, tmp_path / "s.png")
+    assert s.is_file()
+    pairs = [
+        {"synthetic": rng.random((16, 16)), "train": rng.random((16, 16)), "correlation": 0.99, "synthetic_id": "a", "train_id": "b"},
+        {"synthetic": rng.random((1, 8, 12, 10)), "train": rng.random((1, 8, 12, 10)), "correlation": 0.97},
+    ]
+    m = plot_pair_montage(pairs, tmp_path / "m.png")
+    one = plot_pair_montage(pairs[:1], tmp_path / "m1.png")
+    assert _png_size(m)[1] > _png_size(one)[1]  # one row per pair
+    assert plot_pair_montage([], tmp_path / "none.png").is_file()
+    # 3D preview: three orthogonal central slices side by side
+    vol = np.zeros((8, 12, 10), np.float32)
+    assert preview_slice(vol).shape == (12, (10 + 1) + (10 + 1) + (12 + 1))
+
+
+def test_html_report_is_self_contained_and_links_exist(tmp_path):
+    rng = np.random.default_rng(1)
+    png = plot_correlation_histogram(rng.random(20), rng.random(10), 0.9, tmp_path / "histogram.png")
+    (tmp_path / "pairs.csv").write_text("synthetic_id,correlation\n")
+    summary = {
+        "threshold": 0.93, "percentile": 95.0, "copy_fraction": 0.25, "copy_fraction_ci": [0.1, 0.4],
+        "memorized_fraction": 0.2, "memorized_fraction_ci": [None, None], "n_train": 20, "n_holdout": 10,
+        "n_synthetic": 8, "n_copies": 5, "n_memorized": 4, "definitions": {"copy_fraction": "copies / N_train"},
+    }
+    pairs = [{"synthetic_id": f"s{i}", "train_id": f"t{i}", "train_subject": f"p<{i}>", "correlation": 0.9 + i / 100, "is_copy": i > 4}
+             for i in range(8)]
+    path = write_html_report(tmp_path / "report.html", summary, pairs, images={"Histogram": png}, links=["pairs.csv", "histogram.png"], max_rows=5)
+    html = path.read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(embedded) == 1 and base64.b64decode(embedded[0]) == png.read_bytes()
+    assert all((tmp_path / link).is_file() for link in re.findall(r'href="([^"]+)"', html))
+    assert "25.0% of N_train" in html and "95% CI 10.0% - 40.0%" in html and "n/a" in html
+    assert "p&lt;7&gt;" in html and "p<7>" not in html  # escaped
+    assert html.count('class="copy"') == 3  # the 5 highest rows shown, 3 of them copies
+    assert "copies / N_train" in html
