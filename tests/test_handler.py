@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from fixtures.tiny import tiny_detector, tiny_ldm
 from monai_memorization.errors import DetectorError

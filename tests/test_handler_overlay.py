@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +21,7 @@ def detector(xr_datalist, tmp_path_factory):
     return tiny_detector(xr_datalist, tmp_path_factory.mktemp("detector"))
 
 
-def test_overlay_runs_inside_a_model_zoo_bundle_with_its_own_trainer(xr_datalist, detector, tmp_path):
+def test_overlay_runs_inside_a_model_zoo_bundle_with_its_own_trainer(xr_datalist, detector, tmp_path, monkeypatch):
     """model-zoo layout (scripts/ldm_trainer.LDMTrainer, train#handlers, no MLFlowHandler): the overlay adds the check."""
     import mlflow
     import torch
@@ -36,20 +34,31 @@ def test_overlay_runs_inside_a_model_zoo_bundle_with_its_own_trainer(xr_datalist
     parser.read_config(str(bundle / "configs" / "train_diffusion.json"))
     torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), bundle / "models" / "model_autoencoder.pt")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", f"['configs/train_diffusion.json','{OVERLAY}']",
-        "--data_list_file_path", xr_datalist, "--dataset_dir", str(Path(xr_datalist).parent),
-        "--memorization_check#detector", detector,
-        "--memorization_check#holdout", xr_datalist,
-        "--memorization_check#interval", "1",
-        "--memorization_check#num_samples", "4",
-        "--memorization_check#num_inference_steps", "2",
-        "--memorization_check#tracking_uri", uri,
-    ]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # exactly `python -m monai.bundle run --config_file "['configs/train_diffusion.json', OVERLAY]" --key value ...`
+    # from the bundle folder (model-zoo bundles import their scripts/ package from there), in this process
+    from monai.bundle import run
+
+    monkeypatch.chdir(bundle)
+    monkeypatch.syspath_prepend(str(bundle))
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        run(
+            config_file=["configs/train_diffusion.json", str(OVERLAY)],
+            data_list_file_path=xr_datalist, dataset_dir=str(Path(xr_datalist).parent),
+            **{
+                "memorization_check#detector": detector,
+                "memorization_check#holdout": xr_datalist,
+                "memorization_check#interval": 1,
+                "memorization_check#num_samples": 4,
+                "memorization_check#num_inference_steps": 2,
+                "memorization_check#tracking_uri": uri,
+            },
+        )
+        assert sys.modules["scripts.ldm_trainer"].__file__.startswith(str(bundle))  # the bundle's own trainer code ran
+    finally:
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            sys.modules.pop(name, None)
 
     # the bundle's own CheckpointSaver ran, and the check kept its checkpoint next to it
     assert (bundle / "models" / "model.pt").is_file()

@@ -200,6 +200,111 @@ class Commands:
         )
 
 
+    def filter(self, synthetic: str, report: str, out: str, progress: bool = True) -> str:
+        """Release gate: copy only the synthetic samples the scan did not flag, with a verifiable manifest.
+
+        Writes OUT/manifest.json (sha256 per released file, threshold, detector checkpoint hash,
+        counts, excluded files) and OUT/SHA256SUMS. A reviewer checks a release with
+        ``python -m monai_memorization.release verify OUT --report REPORT`` (or ``sha256sum -c SHA256SUMS``).
+
+        Args:
+            synthetic: the folder of synthetic images that was scanned.
+            report: the scan report folder (from ``scan``, ``check`` or ``audit``).
+            out: the release folder to create.
+            progress: show a progress bar.
+
+        Returns:
+            A one-line summary.
+        """
+        from monai_memorization.release import filter_release
+
+        r = filter_release(synthetic, report, out, progress=progress)
+        return (
+            f"{r.out_dir}: released {r.n_released} of {r.n_released + r.n_excluded} samples, left out {r.n_excluded} "
+            f"copies (threshold {r.threshold:.4f}); manifest: {r.manifest_path}"
+        )
+
+    def check(
+        self,
+        train: str,
+        synthetic: str,
+        holdout: str | None = None,
+        detector: str | None = None,
+        out: str = "memorization_report",
+        modality: str | None = None,
+        percentile: float = 95.0,
+        detector_epochs: int | None = None,
+        mlflow: bool = True,
+        tracking_uri: str | None = None,
+    ) -> str:
+        """Scan with sensible defaults (the Python API ``monai_memorization.check``).
+
+        Args:
+            train: the generator's training set (datalist .json or folder).
+            synthetic: the synthetic images (folder or datalist).
+            holdout: held-out images; default: the "holdout" list of the training datalist.
+            detector: copy-detector checkpoint; default: train a quick one on TRAIN first.
+            out: report folder.
+            modality: ct, mr or xr (default: the detector's or the datalist's).
+            percentile: threshold percentile.
+            detector_epochs: epochs of the quick detector.
+            mlflow: log to MLflow.
+            tracking_uri: MLflow tracking URI.
+
+        Returns:
+            A one-line summary with both fractions and the report path.
+        """
+        from monai_memorization.api import check
+
+        r = check(
+            train, synthetic, holdout=holdout, detector=detector, out=out, modality=modality, percentile=percentile,
+            detector_epochs=detector_epochs, mlflow=mlflow, tracking_uri=tracking_uri,
+        )
+        return (
+            f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train}; "
+            f"memorized: {r.n_memorized} = {100 * r.memorized_fraction:.1f}%; threshold {r.threshold:.4f}; "
+            f"detector: {r.detector}; report: {r.report_path}"
+        )
+
+    def audit(
+        self,
+        modality: str = "xr",
+        out: str | None = None,
+        datalist: str | None = None,
+        n: int = 32,
+        num_samples: int = 32,
+        detector_epochs: int | None = None,
+        check_during_training: bool = True,
+        positive_control: int = 8,
+        seed: int = 0,
+        tracking_uri: str | None = None,
+    ) -> str:
+        """End-to-end audit: phantoms, copy detector, LDM (quick preset, with the in-training check), samples, scan, report.
+
+        Args:
+            modality: xr (2D chest X-ray), ct or mr (3D).
+            out: audit folder (default: audit_<modality>).
+            datalist: your own datalist with "training" and "holdout" lists (default: embedded phantoms).
+            n: phantom training subjects.
+            num_samples: synthetic samples to draw and scan.
+            detector_epochs: copy-detector training epochs.
+            check_during_training: track the copy rate every epoch while the LDM trains.
+            positive_control: plant this many transformed copies of training images and scan them as a control.
+            seed: phantom and sampling seed.
+            tracking_uri: MLflow store (default: sqlite:///<out>/mlflow.db).
+
+        Returns:
+            The findings and where the report, the tables and the MLflow store are.
+        """
+        from monai_memorization.audit import run_audit
+
+        r = run_audit(
+            modality=modality, out=out, datalist=datalist, n=n, num_samples=num_samples, detector_epochs=detector_epochs,
+            check_during_training=check_during_training, positive_control=positive_control, seed=seed,
+            tracking_uri=tracking_uri,
+        )
+        return r.summary()
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``monai-memorization`` console script."""
     import fire

@@ -77,7 +77,7 @@ def train_autoencoder(train: np.ndarray, epochs: int, device: str, spatial_dims:
     from monai_memorization.engines.autoencoder import AutoencoderKLTrainer
 
     torch.manual_seed(0)
-    ch = (32, 64, 64) if spatial_dims == 2 else (16, 32, 32)
+    ch = (16, 32, 32)
     ae = AutoencoderKL(
         spatial_dims=spatial_dims, in_channels=1, out_channels=1, channels=ch, latent_channels=3,
         num_res_blocks=1, attention_levels=(False, False, False), norm_num_groups=16,
@@ -184,6 +184,7 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
         modality, shape, args.n_train, args.n_holdout or args.n_train, args.n_novel, args.n_per_kind
     )
     timing = {"data": time.perf_counter() - t0}
+    print(f"[{dim_name}] data: {timing['data']:.0f} s", flush=True)
 
     t0 = time.perf_counter()
     ae = train_autoencoder(train, args.ae_epochs, device, spatial_dims)
@@ -191,6 +192,7 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
     ae_copies = reconstruct(ae, train[ae_idx], device)
     ae_psnr = float(np.mean([10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12)) for a, b in zip(ae_copies, train[ae_idx])]))
     timing["autoencoder"] = time.perf_counter() - t0
+    print(f"[{dim_name}] autoencoder: {timing['autoencoder']:.0f} s", flush=True)
     copies = np.concatenate([copies, ae_copies])
     kinds = kinds + ["autoencoder"] * len(ae_idx)
     sources = sources + [int(i) for i in ae_idx]
@@ -205,6 +207,7 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
         seed=0,
     )
     timing["detector_training"] = time.perf_counter() - t0
+    print(f"[{dim_name}] detector_training: {timing['detector_training']:.0f} s", flush=True)
     enc, cfg = load_detector(res["path"], device=device)
 
     t0 = time.perf_counter()
@@ -225,6 +228,7 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
                 "source_found": float(np.mean(pos_idx == np.array(sources))),
             }
     timing["embedding"] = time.perf_counter() - t0
+    print(f"[{dim_name}] embedding: {timing['embedding']:.0f} s", flush=True)
     t0 = time.perf_counter()
     pos, pos_idx = pixel_scores(train, copies)
     neg, _ = pixel_scores(train, novel)
@@ -233,6 +237,7 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
     cand = None if spatial_dims == 2 else 16
     scores["SSIM"] = (ssim_scores(train, copies, spatial_dims, cand), ssim_scores(train, novel, spatial_dims, cand))
     timing["baselines"] = time.perf_counter() - t0
+    print(f"[{dim_name}] baselines: {timing['baselines']:.0f} s", flush=True)
 
     table = {}
     kinds_arr = np.array(kinds)
@@ -305,14 +310,14 @@ def main():
     ap.add_argument("--dims", nargs="+", default=["2d", "3d"], choices=["2d", "3d"])
     ap.add_argument("--shape2d", type=int, default=64)
     ap.add_argument("--shape3d", type=int, default=32)
-    ap.add_argument("--n-train", type=int, default=128)
+    ap.add_argument("--n-train", type=int, default=96)
     ap.add_argument("--n-holdout", type=int, default=0, help="default: as many as training subjects")
     ap.add_argument("--n-novel", type=int, default=200)
     ap.add_argument("--n-per-kind", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--ae-epochs", type=int, default=15)
+    ap.add_argument("--ae-epochs", type=int, default=10)
     ap.add_argument("--net2d", default='{"layers": [1, 1, 1, 1], "block_inplanes": [32, 64, 128, 256]}',
                     help="encoder kwargs in 2D (JSON; '{}' = ResNet-50)")
     ap.add_argument("--net3d", default="{}", help="encoder kwargs in 3D (JSON)")

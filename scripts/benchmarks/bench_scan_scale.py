@@ -83,7 +83,7 @@ def _child(method: str, m: int, n: int, timed_queries: int | None = None) -> dic
         sn = normalize_for_correlation(synth)
         best = np.full(n, -np.inf, dtype=np.float32)
         arg = np.zeros(n, dtype=np.int64)
-        qb, tb = 4096, 65536
+        qb, tb = 2048, 16384
         t = time.perf_counter()
         for qs in range(0, n, qb):
             q = sn[qs : qs + qb]

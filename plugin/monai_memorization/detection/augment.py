@@ -3,7 +3,7 @@
 The study used a flip (p=0.5) and a rotation of about +/-5 degrees (p=0.5). A memorizing latent
 diffusion model returns a training image through its autoencoder -- slightly blurred, with small
 shifts and intensity changes -- so by default the view also gets small shifts, Gaussian blur,
-gamma/intensity changes and noise (METHOD.md). Each is a MONAI dictionary transform; set its
+gamma/intensity changes, noise and a down/up-sampling round trip (METHOD.md). Each is a MONAI dictionary transform; set its
 probability to 0 to switch it off.
 """
 
@@ -18,6 +18,7 @@ __all__ = ["contrastive_augmentations", "pair_views", "STUDY_AUGMENTATIONS"]
 
 # the study's own, for comparison runs: flip and rotation only
 STUDY_AUGMENTATIONS = {
+    "lowres_prob": 0.0,
     "shift_prob": 0.0,
     "blur_prob": 0.0,
     "gamma_prob": 0.0,
@@ -38,12 +39,14 @@ def contrastive_augmentations(
     spatial_size: Sequence[int] | None = None,
     blur_prob: float = 0.5,
     blur_sigma: tuple[float, float] = (0.4, 1.5),
-    gamma_prob: float = 0.3,
+    gamma_prob: float = 0.5,
     gamma: tuple[float, float] = (0.65, 1.5),
     intensity_prob: float = 0.3,
     intensity_factor: float = 0.2,
     noise_prob: float = 0.3,
-    noise_std: float = 0.05,
+    noise_std: float = 0.08,
+    lowres_prob: float = 0.3,
+    lowres_zoom: tuple[float, float] = (0.3, 0.8),
     clip: bool = True,
 ) -> mt.Compose:
     """Random transforms for the augmented view (images in [0, 1], channel first).
@@ -66,6 +69,9 @@ def contrastive_augmentations(
         intensity_factor: largest relative intensity change.
         noise_prob: probability of Gaussian noise with std up to ``noise_std``.
         noise_std: largest noise standard deviation.
+        lowres_prob: probability of a down- and up-sampling round trip (``RandSimulateLowResolutiond``,
+            zoom factor in ``lowres_zoom``): the loss of fine detail of an autoencoder's reconstruction.
+        lowres_zoom: range of the down-sampling factor.
         clip: clip the result to [0, 1].
 
     Returns:
@@ -97,6 +103,9 @@ def contrastive_augmentations(
         ts.append(mt.RandAdjustContrastd(keys, prob=gamma_prob, gamma=gamma))
     if intensity_prob > 0:
         ts.append(mt.RandScaleIntensityFixedMeand(keys, prob=intensity_prob, factors=intensity_factor))
+    if lowres_prob > 0:
+        mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        ts.append(mt.RandSimulateLowResolutiond(keys, prob=lowres_prob, zoom_range=lowres_zoom, upsample_mode=mode))
     if noise_prob > 0:
         ts.append(mt.RandGaussianNoised(keys, prob=noise_prob, mean=0.0, std=noise_std))
     if clip:

@@ -79,7 +79,8 @@ class _SamplerBase:
         for n in nets:
             n.eval()
         try:
-            self.scheduler.set_timesteps(num_inference_steps=self.num_inference_steps, device=device)
+            # timesteps stay on the CPU: MONAI's sample loop concatenates them with a CPU tensor
+            self.scheduler.set_timesteps(num_inference_steps=self.num_inference_steps)
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             noise = torch.randn((int(num_samples), *self.sample_shape), generator=gen)
             out = []

@@ -28,6 +28,28 @@ it has one, as the model-zoo ``LDMTrainer`` does, else from encoding one trainin
 :class:`monai_memorization.engines.DiffusionTrainer` and model-zoo generative trainers alike; any
 other generator needs a sampler callable ``sampler(num_samples, seed) -> Tensor[n, 1, *spatial]``
 with values in [0, 1].
+
+Overlay config (``bundles/copy_detector/configs/memorization_check.json``), appended last to any
+bundle's ``--config_file`` list; it adds the handler with MONAI's ``+`` merge key
+(``"+train#handlers": [...]``), so the bundle is not edited::
+
+    python -m monai.bundle run training --config_file "['bundles/ldm_xr/configs/train.json',
+        'bundles/ldm_xr/configs/quick.json','bundles/copy_detector/configs/memorization_check.json']"
+        --memorization_check#detector models/copy_detector.pt --memorization_check#holdout dataset.json
+
+What it expects of the bundle (model-zoo conventions): ``bundle_root`` (default detector path
+``<bundle_root>/models/copy_detector.pt`` and checkpoint folder ``<bundle_root>/models``) and a
+``train#handlers`` list that ``train#trainer`` uses. Everything else comes from the trainer object:
+``network``, ``inferer`` (+ ``scheduler``, ``scale_factor``), ``autoencoder_model``,
+``latent_shape`` (optional) and ``data_loader.dataset.data`` (the training items). Every setting is a
+``memorization_check#...`` key that can be overridden: ``detector``, ``train_data`` (e.g.
+``"@train_datalist"``), ``holdout`` (e.g. ``"$@datalist_file"`` in this project's bundles, whose datalists
+have a ``holdout`` list; default: the validation set of a ``ValidationHandler``), ``threshold``,
+``percentile``, ``sampler`` (e.g. ``"@sampler"`` in this project's bundles, or any callable built from
+the bundle's own ids such as ``diffusion``, ``autoencoder``, ``noise_scheduler``), ``num_inference_steps``,
+``latent_shape``, ``interval``, ``num_samples``, ``seed``, ``stop_on_copy_rate``, ``stop_metric``,
+``checkpoint_dir``, ``checkpoint_filename``, ``loss_factor``, ``modality``, ``log_to_mlflow``,
+``tracking_uri``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""MONAI Label task classes (need the ``label`` extra: ``monailabel==0.8.5``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from monai_memorization.label.core import NearestTrainingSample
+
+try:
+    from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+    from monailabel.interfaces.tasks.scoring import ScoringMethod
+except ImportError as e:  # pragma: no cover - depends on the optional extra
+    raise ImportError(
+        "monai_memorization.label.tasks needs MONAI Label: pip install \"monai-memorization[label]\" (monailabel==0.8.5)"
+    ) from e
+
+__all__ = ["MemorizationInferTask", "MemorizationScoring"]
+
+logger = logging.getLogger(__name__)
+
+
+class MemorizationInferTask(InferTask):
+    """Infer task: for the requested image, the nearest training sample and its correlation (JSON result, no label file).
+
+    Args:
+        lookup: a :class:`NearestTrainingSample`.
+        k: neighbours to return.
+        description: shown in the MONAI Label client.
+    """
+
+    def __init__(self, lookup: NearestTrainingSample, k: int = 3, description: str = "Nearest training sample (copy detector)"):
+        super().__init__(
+            type=InferType.OTHERS, labels=None, dimension=lookup.spatial_dims, description=description,
+            config={"k": k, "threshold": lookup.threshold},
+        )
+        self.lookup = lookup
+        self.k = k
+
+    def is_valid(self) -> bool:
+        return True
+
+    def __call__(self, request: dict[str, Any]):
+        """Returns ``(None, result)``: MONAI Label's (label file, JSON) pair; the image is ``request["image"]``."""
+        k = int(request.get("k", self.k))
+        return None, self.lookup(request["image"], k=k)
+
+
+class MemorizationScoring(ScoringMethod):
+    """Scoring method: store each datastore image's nearest-training look-up under its info key ``memorization``.
+
+    Args:
+        lookup: a :class:`NearestTrainingSample`.
+    """
+
+    def __init__(self, lookup: NearestTrainingSample, description: str = "Correlation to the nearest training sample"):
+        super().__init__(description)
+        self.lookup = lookup
+
+    def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+        results = {}
+        for image_id in datastore.list_images():
+            res = self.lookup(datastore.get_image_uri(image_id))
+            datastore.update_image_info(image_id, {"memorization": res})
+            results[image_id] = {"correlation": res["correlation"], "is_copy": res["is_copy"]}
+        n_copies = sum(r["is_copy"] for r in results.values())
+        logger.info("memorization scoring: %d of %d images above the threshold %.4f", n_copies, len(results), self.lookup.threshold)
+        return {"scored": len(results), "copies": n_copies, "threshold": self.lookup.threshold}

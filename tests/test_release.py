@@ -1,0 +1,144 @@
+"""The release gate: filter a synthetic folder by a scan report, and verify the manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures.tiny import copy_and_novel_folder, tiny_detector
+from monai_memorization.release import ReleaseError, filter_release, verify_manifest
+
+
+@pytest.fixture(scope="module")
+def scanned(xr_datalist, tmp_path_factory):
+    """A real scan report over 3 exact training copies and 3 novel subjects."""
+    from monai_memorization.detection.scan import run_scan
+
+    root = tmp_path_factory.mktemp("release")
+    det = tiny_detector(xr_datalist, tmp_path_factory.mktemp("detector"))
+    syn, copies, novel = copy_and_novel_folder(xr_datalist, root / "synthetic")
+    run_scan(xr_datalist, xr_datalist, syn, det, root / "report", log_to_mlflow=False, progress=False, n_bootstrap=0)
+    return root, syn, copies, novel
+
+
+def _flags(report: Path) -> dict[str, bool]:
+    return {Path(p["synthetic_path"]).name: p["is_copy"] for p in json.loads((report / "pairs.json").read_text())}
+
+
+def test_filter_leaves_out_exactly_the_flagged_files_and_manifest_verifies(scanned, tmp_path):
+    root, syn, copies, novel = scanned
+    flags = _flags(root / "report")
+    assert all(flags[c] for c in copies)  # the exact copies are flagged by the scan
+    out = tmp_path / "release"
+    res = filter_release(syn, root / "report", out)
+
+    released = sorted(p.name for p in out.iterdir() if p.name not in ("manifest.json", "SHA256SUMS"))
+    assert released == sorted(n for n, f in flags.items() if not f) == sorted(res.released)
+    assert sorted(res.excluded) == sorted(n for n, f in flags.items() if f)
+    assert res.n_released + res.n_excluded == 6 and res.n_released >= 1
+    for name in released:  # byte-identical copies
+        assert (out / name).read_bytes() == (syn / name).read_bytes()
+
+    m = json.loads((out / "manifest.json").read_text())
+    summary = json.loads((root / "report" / "report.json").read_text())
+    assert m["threshold"] == summary["threshold"] and m["detector_sha256"] == summary["detector_sha256"]
+    assert m["counts"] == {"synthetic": 6, "released": res.n_released, "excluded": res.n_excluded}
+    assert verify_manifest(out, report=root / "report")["counts"] == m["counts"]
+    # SHA256SUMS works with coreutils alone
+    if shutil.which("sha256sum"):
+        assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out).returncode == 0
+    # the reviewer's command line
+    proc = subprocess.run([sys.executable, "-m", "monai_memorization.release", "verify", str(out), "--report", str(root / "report")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and ": OK (" in proc.stdout
+
+
+def test_verify_catches_tampering(scanned, tmp_path):
+    root, syn, copies, novel = scanned
+    out = tmp_path / "release"
+    res = filter_release(syn, root / "report", out)
+    victim = out / res.released[0]
+
+    data = victim.read_bytes()
+    victim.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ReleaseError, match="sha256 differs"):
+        verify_manifest(out)
+    victim.write_bytes(data)
+    verify_manifest(out)
+
+    shutil.copy(syn / copies[0], out / copies[0])  # a flagged copy slipped into the release
+    with pytest.raises(ReleaseError, match="not listed in the manifest"):
+        verify_manifest(out)
+    (out / copies[0]).unlink()
+
+    victim.unlink()
+    with pytest.raises(ReleaseError, match="listed in the manifest but missing"):
+        verify_manifest(out)
+
+
+def test_verify_against_report_rejects_a_release_made_from_another_report(scanned, tmp_path):
+    root, syn, copies, novel = scanned
+    out = tmp_path / "release"
+    filter_release(syn, root / "report", out)
+    other = tmp_path / "report2"
+    shutil.copytree(root / "report", other)
+    rows = json.loads((other / "pairs.json").read_text())
+    for r in rows:
+        r["is_copy"] = True
+    (other / "pairs.json").write_text(json.dumps(rows))
+    with pytest.raises(ReleaseError, match="differs from the report the release was made from"):
+        verify_manifest(out, report=other)
+
+
+def test_mismatched_folder_and_report_write_nothing(scanned, tmp_path):
+    root, syn, copies, novel = scanned
+    extra = tmp_path / "syn_plus"
+    shutil.copytree(syn, extra)
+    shutil.copy(syn / novel[0], extra / "unscanned_0001.png")
+    out = tmp_path / "release"
+    with pytest.raises(ReleaseError, match="unscanned_0001.png: not in the scan report"):
+        filter_release(extra, root / "report", out)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".release")]
+
+    fewer = tmp_path / "syn_minus"
+    shutil.copytree(syn, fewer)
+    (fewer / novel[-1]).unlink()
+    with pytest.raises(ReleaseError, match="scanned in .* but not found"):
+        filter_release(fewer, root / "report", out)
+    assert not out.exists()
+
+
+def test_moved_folder_matches_by_name_and_refuses_foreign_out_dir(scanned, tmp_path):
+    root, syn, copies, novel = scanned
+    moved = tmp_path / "moved"
+    shutil.copytree(syn, moved)
+    res = filter_release(moved, root / "report", tmp_path / "rel")
+    assert sorted(res.excluded) == sorted(n for n, f in _flags(root / "report").items() if f)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("x")
+    with pytest.raises(ReleaseError, match="not a previous release"):
+        filter_release(syn, root / "report", busy)
+    # a previous release is replaced in one step
+    res2 = filter_release(moved, root / "report", tmp_path / "rel")
+    assert res2.released == res.released
+    verify_manifest(tmp_path / "rel")
+
+
+def test_cli_filter(scanned, tmp_path, capsys):
+    from monai_memorization.cli import main
+
+    root, syn, copies, novel = scanned
+    main(["filter", "--synthetic", str(syn), "--report", str(root / "report"), "--out", str(tmp_path / "rel")])
+    out = capsys.readouterr().out
+    assert "released" in out and str(tmp_path / "rel") in out
+    verify_manifest(tmp_path / "rel", report=root / "report")
+    with pytest.raises(SystemExit) as e:
+        main(["filter", "--synthetic", str(tmp_path / "missing"), "--report", str(root / "report"), "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    assert "missing: synthetic folder not found" in capsys.readouterr().err
