@@ -172,7 +172,7 @@ def test_bad_data_fails_before_training(tmp_path, ct_datalist):
 
 
 def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
-    """Stage 1 alone: killed in epoch 2, resumed; --tracking mlflow adds no second logger; then stage 2 alone."""
+    """Stage 1 alone: killed in epoch 2, resumed; then stage 2 alone; with --tracking mlflow nothing is logged twice."""
     o = tiny(tmp_path, ct_datalist, ae_max_epochs=2)
 
     wf = ConfigWorkflow(config_file=cfg("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow", **o)
@@ -207,7 +207,16 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     assert sorted(m.step for m in hist) == [1, 2, 3, 4]  # each iteration logged once, across the resume
     assert runs["autoencoder"].info.status == "FINISHED"
 
-    run("training", config_file=cfg("ct", "train_diffusion.json"), **o)
+    # stage 2 alone; here MONAI's --tracking really appends its MLFlowHandlers (train#handlers, validate#handlers)
+    wf = ConfigWorkflow(config_file=cfg("ct", "train_diffusion.json"), workflow_type="train", tracking="mlflow", **o)
+    wf.initialize()
+    raw = wf.parser.get("train#handlers") + wf.parser.get("validate#handlers")
+    assert sum(h.get("_target_") == "MLFlowHandler" for h in raw) == 4  # 2 of the bundle's + 2 appended by MONAI
+    wf.run()
+    wf.finalize()
     assert (models / "model.pt").is_file()
-    _, runs = runs_by_name(tmp_path, "ldm_ct")
-    assert runs["diffusion"].info.status == "FINISHED"
+    client, runs = runs_by_name(tmp_path, "ldm_ct")
+    assert set(runs) == {"autoencoder", "diffusion"} and runs["diffusion"].info.status == "FINISHED"
+    rid = runs["diffusion"].info.run_id
+    assert len(client.get_metric_history(rid, "loss")) == 2  # 2 iterations, each logged once
+    assert len(client.get_metric_history(rid, "val_diffusion_loss")) == 1
