@@ -256,6 +256,14 @@ def test_pixel_diffusion_sampler_2d_png(tmp_path):
     assert arr.dtype == np.uint16 and arr.shape == (16, 16)
 
 
+def test_as_flag_reads_command_line_values():
+    from monai_memorization.engines.checkpoint import as_flag
+
+    assert [as_flag(v) for v in ("true", "False", "1", "no", True, 0, None)] == [True, False, True, False, True, False, None]
+    with pytest.raises(ValueError):
+        as_flag("maybe")
+
+
 def test_tracking_helpers(tmp_path):
     from monai.handlers import MLFlowHandler, StatsHandler
 

@@ -191,7 +191,7 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     assert (models / "autoencoder_checkpoint_1.pt").is_file() and not (models / "model_autoencoder.pt").exists()
 
     wf = ConfigWorkflow(config_file=cfg("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow",
-                        resume=True, **{k: v for k, v in o.items() if k != "resume"})
+                        resume="true", **{k: v for k, v in o.items() if k != "resume"})  # as the CLI passes it
     wf.initialize()
     trainer = wf.parser.get_parsed_content("ae#train#trainer")
     done = []
@@ -220,3 +220,14 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     rid = runs["diffusion"].info.run_id
     assert len(client.get_metric_history(rid, "loss")) == 2  # 2 iterations, each logged once
     assert len(client.get_metric_history(rid, "val_diffusion_loss")) == 1
+
+
+def test_default_data_is_generated_phantoms_inside_the_bundle(tmp_path):
+    wf = ConfigWorkflow(config_file=cfg("ct", "train_autoencoder.json"), workflow_type="train",
+                        bundle_root=str(tmp_path), phantom_n=6)
+    wf.initialize()  # resolves and validates the data, trains nothing
+    dl = Path(wf.parser.get_parsed_content("datalist_file"))
+    assert dl == tmp_path / "data" / "phantoms" / "dataset.json" and dl.is_file()
+    train = wf.parser.get_parsed_content("train_files")
+    assert train and all(Path(it["image"]).is_relative_to(tmp_path / "data" / "phantoms") for it in train)
+    assert (tmp_path / "eval" / "executed_config.json").is_file() and not (tmp_path / "models").exists()

@@ -31,6 +31,8 @@ from monai.utils import AdversarialIterationEvents, AdversarialKeys
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
+from monai_memorization.engines.checkpoint import as_flag
+
 __all__ = [
     "AutoencoderKLTrainer",
     "ReconstructionInferer",
@@ -183,7 +185,7 @@ class AutoencoderKLTrainer(AdversarialTrainer):
             key_train_metric=key_train_metric,
             additional_metrics=additional_metrics,
             train_handlers=train_handlers,
-            amp=bool(amp) and torch.device(device).type == "cuda",
+            amp=bool(as_flag(amp)) and torch.device(device).type == "cuda",
             event_names=event_names,
             event_to_attr=event_to_attr,
             decollate=decollate,

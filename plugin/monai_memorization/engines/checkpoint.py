@@ -32,9 +32,33 @@ from monai.handlers import CheckpointLoader
 
 from monai_memorization.errors import MemorizationError
 
-__all__ = ["TrainingCheckpoint", "latest_checkpoint", "load_weights"]
+__all__ = ["TrainingCheckpoint", "latest_checkpoint", "load_weights", "as_flag"]
 
 logger = logging.getLogger(__name__)
+
+
+def as_flag(value: Any) -> bool | None:
+    """Read a flag given on the command line: ``--resume true`` arrives as the string ``"true"``.
+
+    Args:
+        value: a bool, None, a number, or a string such as ``"true"``, ``"False"``, ``"yes"``, ``"0"``.
+
+    Returns:
+        the boolean (None stays None).
+
+    Raises:
+        ValueError: a string that is not a recognised flag value.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("1", "true", "yes", "y", "on"):
+            return True
+        if v in ("0", "false", "no", "n", "off", ""):
+            return False
+        raise ValueError(f"not a true/false value: {value!r}")
+    return bool(value)
 
 
 def latest_checkpoint(save_dir: str | Path, prefix: str) -> Path | None:
@@ -95,7 +119,7 @@ class TrainingCheckpoint:
         self.n_saved = n_saved
         self.final_filename = final_filename
         self.final_key = final_key
-        self.resume = bool(resume)
+        self.resume = bool(as_flag(resume))
         self.checkpointer: Checkpoint | None = None
         self.resumed_from: Path | None = None
 
@@ -172,6 +196,7 @@ def load_weights(
         MemorizationError: missing or unreadable file, or weights that do not fit the network.
     """
     path = Path(path)
+    old_format = as_flag(old_format)
     if not path.is_file():
         raise MemorizationError(f"{path}: weights file not found (train the stage first or set the path)")
     try:

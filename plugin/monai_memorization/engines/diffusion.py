@@ -27,6 +27,7 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
 from monai_memorization.engines.autoencoder import prepare_image_batch
+from monai_memorization.engines.checkpoint import as_flag
 from monai_memorization.errors import MemorizationError
 
 __all__ = [
@@ -106,7 +107,7 @@ def prepare_latent_info(
         the dictionary written.
     """
     path = Path(path)
-    if reuse and path.is_file():
+    if as_flag(reuse) and path.is_file():
         return load_latent_info(path)
     autoencoder.eval()
     first = next(iter(data_loader))
@@ -230,7 +231,7 @@ class DiffusionTrainer(SupervisedTrainer):
             optimizer=optimizer,
             loss_function=loss_function,
             inferer=inferer,
-            amp=bool(amp) and torch.device(device).type == "cuda",
+            amp=bool(as_flag(amp)) and torch.device(device).type == "cuda",
             decollate=decollate,
             prepare_batch=prepare_batch,
             optim_set_to_none=optim_set_to_none,
@@ -324,7 +325,7 @@ class DiffusionEvaluator(SupervisedEvaluator):
             val_data_loader=val_data_loader,
             network=network,
             inferer=inferer,
-            amp=bool(amp) and torch.device(device).type == "cuda",
+            amp=bool(as_flag(amp)) and torch.device(device).type == "cuda",
             prepare_batch=prepare_batch,
             decollate=decollate,
             **kwargs,
