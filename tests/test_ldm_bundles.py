@@ -145,7 +145,15 @@ def test_train_then_infer(modality, tmp_path, request):
 
         zooms = nib.load(str(files[0])).header.get_zooms()
         np.testing.assert_allclose(zooms, np.abs(np.diag(np.asarray(first.affine))[:3]), rtol=1e-5)
-        assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+        if modality == "ct":  # written back in Hounsfield units, like the training files
+            assert -1000.0 <= float(img.min()) and float(img.max()) <= 1000.0
+            assert float(img.max()) - float(img.min()) > 10.0
+            # the data layer maps them into the generator's [0, 1] range again
+            again = get_transforms("ct")({"image": str(files[0])})["image"]
+            sampler_range = float(again.max()) - float(again.min())
+            assert sampler_range == pytest.approx((float(img.max()) - float(img.min())) / 2000.0, rel=1e-4)
+        else:
+            assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -289,16 +289,6 @@ def run_audit(
         shutil.rmtree(samples)
     inf_overrides: dict[str, Any] = {"bundle_root": str(gen_dir), "output_dir": str(samples), "num_samples": int(num_samples), "seed": seed}
     inf_overrides.update({k: v for k, v in (bundle_overrides or {}).items() if not k.startswith("memorization_check")})
-    if modality == "ct":
-        # the generator works in the CT window mapped to [0, 1]; write the samples back in Hounsfield
-        # units, like the training files, so the scan normalises both the same way
-        from monai_memorization.data.transforms import CT_WINDOW
-
-        lo, hi = CT_WINDOW
-        inf_overrides["inference"] = [
-            f"$monai_memorization.engines.save_samples(@sampler(@num_samples, seed=@seed) * {hi - lo} + {lo}, @output_dir, "
-            "affine=@affine, prefix=@output_prefix)"
-        ]
     _say(f"[4/{steps}] sampling {num_samples} images (DDIM) with {ldm / 'configs' / 'inference.json'} -> {samples}")
     _run_bundle([ldm / "configs" / "inference.json", ldm / "configs" / "quick.json"], "run", **inf_overrides)
     seconds["samples"] = time.time() - t

@@ -9,9 +9,16 @@ X-ray: min-max), and resizes or crops to a configured shape. Keys other than the
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Sequence
 
 from monai import transforms as mt
+
+# MONAI registers an optional GPU DICOM decoder on every LoadImage; without nvImageCodec it warns
+# each time (dozens of lines per run) and falls back to pydicom, which is what we use anyway.
+warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader: nvImageCodec decoder plugin")
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 __all__ = ["CT_WINDOW", "MR_PERCENTILES", "intensity_transform", "get_transforms", "augmentations"]
 

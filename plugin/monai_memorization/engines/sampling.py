@@ -184,6 +184,7 @@ def save_samples(
     affine: Any = None,
     prefix: str = "sample",
     start: int = 0,
+    value_range: Sequence[float] | None = None,
 ) -> list[Path]:
     """Write images as ``<prefix>_<i:04d>.nii.gz`` (3D, with ``affine``) or ``.png`` (2D, 16-bit).
 
@@ -193,6 +194,9 @@ def save_samples(
         affine: 4x4 affine of the training images for 3D (keeps their spacing); identity when None.
         prefix: file name prefix.
         start: index of the first file.
+        value_range: ``(low, high)`` that [0, 1] maps back to before writing 3D volumes, e.g. the CT
+            window (-1000, 1000) so that CT samples are written in Hounsfield units like the
+            training files; None writes [0, 1].
 
     Returns:
         the written paths.
@@ -215,6 +219,9 @@ def save_samples(
     else:
         raise ValueError(f"save_samples: expected [N, C, H, W] or [N, C, D, H, W], got shape {tuple(images.shape)}")
     aff = torch.as_tensor(np.asarray(affine, dtype=np.float64)) if affine is not None else None
+    if value_range is not None and spatial_dims == 3:
+        lo, hi = (float(v) for v in value_range)
+        images = images.detach().float() * (hi - lo) + lo
     paths = []
     for i, img in enumerate(images):
         name = f"{prefix}_{start + i:04d}"
