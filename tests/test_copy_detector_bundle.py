@@ -9,7 +9,9 @@ import pytest
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "copy_detector"
 CONFIGS = BUNDLE / "configs"
-SCHEMA = Path("/work/shared/schemas/meta_schema_20240725.json")
+SCHEMA = BUNDLE.parents[2] / "shared" / "schemas" / "meta_schema_20240725.json"  # ../shared beside the checkout
+if not SCHEMA.is_file():
+    SCHEMA = Path("/work/shared/schemas/meta_schema_20240725.json")
 
 
 def test_bundle_layout():
