@@ -56,3 +56,11 @@ def test_html_report_is_self_contained_and_links_exist(tmp_path):
     assert "p&lt;7&gt;" in html and "p<7>" not in html  # escaped
     assert html.count('class="copy"') == 3  # the 5 highest rows shown, 3 of them copies
     assert "copies / N_train" in html
+
+
+def test_preview_of_2d_shows_second_axis_as_rows():
+    img = np.zeros((6, 4), np.float32)  # [x, y]
+    img[:, 0] = 1.0  # the first row of a radiograph (y = 0)
+    view = preview_slice(img)
+    assert view.shape == (4, 6)
+    np.testing.assert_array_equal(view[0], np.ones(6))

@@ -61,7 +61,7 @@ def plot_correlation_histogram(
 
 
 def preview_slice(image: np.ndarray) -> np.ndarray:
-    """A 2D view of an image: itself for 2D, the three central orthogonal slices side by side for 3D.
+    """A 2D view of an image: itself (rows = second axis) for 2D, the three central orthogonal slices side by side for 3D.
 
     Args:
         image: ``[*spatial]`` or ``[1, *spatial]`` array.
@@ -73,7 +73,8 @@ def preview_slice(image: np.ndarray) -> np.ndarray:
     if img.ndim in (3, 4) and img.shape[0] == 1:
         img = img[0]
     if img.ndim == 2:
-        return img
+        # arrays are indexed [x, y] (MONAI/PIL reading order); show y as rows, like a radiograph
+        return img.T
     if img.ndim != 3:
         raise ValueError(f"cannot preview an image of shape {img.shape}")
     views = [img[img.shape[0] // 2], img[:, img.shape[1] // 2], img[:, :, img.shape[2] // 2]]
