@@ -25,7 +25,6 @@ A reviewer runs it as ``python -m monai_memorization.release verify OUT [--repor
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monai_memorization.io import file_sha256, replace_dir
 from monai_memorization.errors import MemorizationError
 
 __all__ = [
@@ -89,12 +89,7 @@ class ReleaseResult:
         return len(self.excluded)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = file_sha256
 
 
 def _is_image_entry(p: Path) -> bool:
@@ -196,14 +191,7 @@ def _prepare_out(out_dir: Path, synthetic_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
 
 
-def _commit(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+_commit = replace_dir
 
 
 def filter_release(

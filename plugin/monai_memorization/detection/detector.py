@@ -13,7 +13,6 @@ Checkpoint layout::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from monai_memorization.io import file_sha256
 from monai_memorization.errors import DetectorError
 from monai_memorization.networks.encoders import build_encoder
 
@@ -33,13 +33,6 @@ DETECTOR_VERSION = 1
 REQUIRED_KEYS = ("network", "network_kwargs", "spatial_dims", "embed_dim", "spatial_size")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _plain(value: Any) -> Any:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from monai_memorization.io import replace_dir
 from monai_memorization.detection.calibrate import calibrate_threshold
 from monai_memorization.detection.index import CorrelationIndex
 from monai_memorization.errors import DataValidationError, DetectorError, MemorizationError
@@ -335,14 +336,7 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
 
 
-def _commit_out_dir(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+_commit_out_dir = replace_dir
 
 
 def _check_shapes(train_shapes, synth_shapes, synth_items, spatial_size, spatial_dims) -> None:
