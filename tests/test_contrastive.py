@@ -14,7 +14,7 @@ from monai_memorization.engines.contrastive import pearson_pair_similarities, tr
 from monai_memorization.errors import DataValidationError
 
 SMALL_RESNET = {"layers": [1, 1, 1, 1], "block_inplanes": [16, 32, 64, 128]}
-EPOCHS = 12
+EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     res = train_detector(
         str(dl), root / "det.pt", epochs=EPOCHS, batch_size=12, network_kwargs=SMALL_RESNET, lr=1e-3,
-        tracking_uri=uri, experiment_name="detector_test", progress=False, histogram_every=6, seed=0,
+        tracking_uri=uri, experiment_name="detector_test", progress=False, histogram_every=15, seed=0,
     )
     return res, uri, root, str(dl)
 
@@ -54,7 +54,7 @@ def test_training_lowers_loss_and_separates_pairs(trained):
     last = np.mean([h["epoch_loss"] for h in hist[-3:]])
     assert last < 0.85 * first, [h["epoch_loss"] for h in hist]
     pngs = sorted(p.name for p in (root / "det_histograms").iterdir())
-    assert pngs == ["similarity_epoch_0006.png", "similarity_epoch_0012.png"]
+    assert pngs == ["similarity_epoch_0015.png", "similarity_epoch_0030.png"]
 
     enc, cfg = load_detector(res["path"])
     assert cfg["spatial_dims"] == 2 and cfg["embed_dim"] == 128 and cfg["spatial_size"] == [32, 32]
@@ -91,7 +91,7 @@ def test_mlflow_run_content(trained):
     assert logged[EPOCHS] == pytest.approx(res["history"][-1]["mean_positive_similarity"], rel=1e-6)
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 2 * EPOCHS  # 2 iterations per epoch
     hist_files = [f.path for f in client.list_artifacts(run.info.run_id, "similarity_histograms")]
-    assert hist_files == ["similarity_histograms/similarity_epoch_0006.png", "similarity_histograms/similarity_epoch_0012.png"]
+    assert hist_files == ["similarity_histograms/similarity_epoch_0015.png", "similarity_histograms/similarity_epoch_0030.png"]
     assert [f.path for f in client.list_artifacts(run.info.run_id, "detector")] == ["detector/det.pt"]
 
 
@@ -110,3 +110,21 @@ def test_training_rejects_too_few_or_bad_images(tmp_path):
     with pytest.raises(DataValidationError, match="NaN"):
         train_detector(bad, tmp_path / "d.pt", epochs=1, log_to_mlflow=False, progress=False)
     assert not (tmp_path / "d.pt").exists()
+
+
+def test_short_training_warns_about_too_few_steps(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import monai_memorization.engines.contrastive as contrastive
+
+    x = np.random.default_rng(0).random((8, 1, 16, 16)).astype(np.float32)
+    kw = dict(epochs=1, batch_size=2, network_kwargs={"layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 8, 8]},
+              log_to_mlflow=False, progress=False, histogram_dir=tmp_path / "h", device="cpu")
+    with caplog.at_level(logging.WARNING, logger="monai_memorization.engines.contrastive"):
+        train_detector(x, tmp_path / "a.pt", **kw)
+    assert any("only 4 optimizer steps (1 epochs x 4 batches)" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(contrastive, "MIN_RECOMMENDED_STEPS", 4)
+    with caplog.at_level(logging.WARNING, logger="monai_memorization.engines.contrastive"):
+        train_detector(x, tmp_path / "b.pt", **kw)
+    assert not any("optimizer steps" in r.getMessage() for r in caplog.records)
