@@ -49,8 +49,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 VIEW_KEY = "image_2"
-# optimizer steps below which the validation benchmark's detector missed transformed copies (900 steps
-# at lr 1e-3 met the targets on 96 training images, 450 did not)
+# optimizer steps below which the validation benchmark's 2D detector missed transformed copies (900 steps
+# at lr 1e-3 met the targets on 96 training images, 450 did not; bench_detector_validation.md)
 MIN_RECOMMENDED_STEPS = 900
 
 
