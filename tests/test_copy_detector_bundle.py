@@ -48,7 +48,7 @@ def test_verify_net_in_out(configs, overrides):
     )
 
 
-def test_quick_train_then_scan(tmp_path):
+def test_quick_train_then_scan(tmp_path, capfd):
     from monai.bundle import run
 
     from monai_memorization.detection.detector import load_detector
@@ -59,6 +59,8 @@ def test_quick_train_then_scan(tmp_path):
     assert det["spatial_dims"] == 3 and det["embed_dim"] == 32 and det["spatial_size"] == [32, 32, 32]
     assert det["modality"] == "ct" and det["epochs_trained"] == 2
     assert list((tmp_path / "models").glob("checkpoint_final_iteration=*.pt"))
+    # 2 epochs x 2 batches: the bundle warns like train_detector does
+    assert "the detector gets only 4 optimizer steps (2 epochs x 2 batches)" in capfd.readouterr().out
 
     scan_cfg = [str(CONFIGS / "scan.json"), str(CONFIGS / "scan_3d.json"), str(CONFIGS / "quick.json")]
     run(config_file=scan_cfg, bundle_root=str(tmp_path), use_mlflow=False, n_bootstrap=50,

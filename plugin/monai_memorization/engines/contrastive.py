@@ -38,6 +38,7 @@ __all__ = [
     "SimilarityHistogramHandler",
     "SaveDetectorHandler",
     "BatchNormRecalibrationHandler",
+    "StepBudgetHandler",
     "pearson_pair_similarities",
     "default_network",
     "contrastive_transform",
@@ -206,6 +207,36 @@ class BatchNormRecalibrationHandler:
         was_training = module.training
         update_bn((b[self.key] if isinstance(b, dict) else b for b in self.loader), module, device=device)
         module.train(was_training)
+
+
+class StepBudgetHandler:
+    """Warn when training starts with fewer optimizer steps than the detector needs.
+
+    The copy invariances (shifts, noise, blur, autoencoder round trips) take several hundred
+    optimizer steps to learn; a small training set at a large batch size gives few steps per epoch
+    (96 images at batch 32: 3), so an epoch count that is fine on thousands of images is not here.
+
+    Args:
+        min_steps: the fewest steps that do not warn (default :data:`MIN_RECOMMENDED_STEPS`).
+    """
+
+    def __init__(self, min_steps: int | None = None) -> None:
+        self.min_steps = min_steps
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``STARTED``."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        per_epoch = int(engine.state.epoch_length or 0)
+        steps = int(engine.state.max_epochs or 0) * per_epoch
+        min_steps = MIN_RECOMMENDED_STEPS if self.min_steps is None else int(self.min_steps)
+        if steps < min_steps:
+            logger.warning(
+                "the detector gets only %d optimizer steps (%d epochs x %d batches); below about %d it misses shifted, "
+                "noisy and autoencoder round-trip copies (bench_detector_validation): raise epochs",
+                steps, engine.state.max_epochs, per_epoch, min_steps,
+            )
 
 
 class SaveDetectorHandler:
@@ -456,13 +487,6 @@ def train_detector(
         ds = Dataset(items, transform)
     bs = min(batch_size, len(items))
     loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=num_workers)
-    steps = epochs * (len(items) // bs)
-    if steps < MIN_RECOMMENDED_STEPS:
-        logger.warning(
-            "the detector gets only %d optimizer steps (%d epochs x %d batches); below about %d it misses shifted, "
-            "noisy and autoencoder round-trip copies (bench_detector_validation): raise epochs",
-            steps, epochs, len(items) // bs, MIN_RECOMMENDED_STEPS,
-        )
 
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
@@ -482,7 +506,7 @@ def train_detector(
         "train_source": str(source) if from_files and isinstance(source, (str, os.PathLike)) else "in-memory",
         "seed": seed,
     }
-    handlers: list = []
+    handlers: list = [StepBudgetHandler()]
     hist_dir = Path(histogram_dir) if histogram_dir is not None else out.parent / f"{out.stem}_histograms"
     mlf = None
     if log_to_mlflow:
