@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     dl = write_dataset("xr", root / "data", n=24, seed=3, shape=(32, 32), n_val=1, n_holdout=4, progress=False)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     res = train_detector(
-        str(dl), root / "det.pt", epochs=EPOCHS, batch_size=12, network_kwargs=SMALL_RESNET, lr=1e-3,
+        str(dl), root / "det.pt", epochs=EPOCHS, batch_size=12, network="resnet", network_kwargs=SMALL_RESNET, lr=1e-3,
         tracking_uri=uri, experiment_name="detector_test", progress=False, histogram_every=15, seed=0,
     )
     return res, uri, root, str(dl)
@@ -118,7 +118,7 @@ def test_short_training_warns_about_too_few_steps(tmp_path, caplog, monkeypatch)
     import monai_memorization.engines.contrastive as contrastive
 
     x = np.random.default_rng(0).random((8, 1, 16, 16)).astype(np.float32)
-    kw = dict(epochs=1, batch_size=2, network_kwargs={"layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 8, 8]},
+    kw = dict(epochs=1, batch_size=2, network="resnet", network_kwargs={"layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 8, 8]},
               log_to_mlflow=False, progress=False, histogram_dir=tmp_path / "h", device="cpu")
     with caplog.at_level(logging.WARNING, logger="monai_memorization.engines.contrastive"):
         train_detector(x, tmp_path / "a.pt", **kw)

@@ -22,18 +22,7 @@ from typing import Any
 
 from monai_memorization.errors import DataValidationError
 
-__all__ = ["check", "CheckResult", "QUICK_DETECTOR"]
-
-#: detector training used when ``check(..., detector=None)``: a small encoder, trained briefly on the
-#: training set itself. It is a convenience for a first look; for a decision about releasing data,
-#: train a detector properly (``monai-memorization train-detector``, about 200 epochs) and pass it.
-QUICK_DETECTOR: dict[int, dict[str, Any]] = {
-    2: {"network": "conv", "network_kwargs": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units": 1},
-        "embed_dim": 128, "epochs": 30, "batch_size": 16},
-    3: {"network": "conv", "network_kwargs": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units": 1},
-        "embed_dim": 32, "epochs": 30, "batch_size": 8},
-}
-
+__all__ = ["check", "CheckResult"]
 
 @dataclass
 class CheckResult:
@@ -130,13 +119,13 @@ def check(
             phantom datasets have one), which is then used; otherwise a
             :class:`~monai_memorization.errors.DataValidationError` says so.
         detector: a copy-detector checkpoint. None: a small detector is trained on ``train`` first
-            (:data:`QUICK_DETECTOR`, ``detector_epochs`` epochs) and saved as
-            ``<out>_detector/copy_detector.pt`` next to the report folder; good for a first look, not
-            for a release decision.
+            with the default preset (:mod:`monai_memorization.detection.presets`, the configuration
+            validated on real images) and saved as ``<out>_detector/copy_detector.pt`` next to the
+            report folder.
         out: report folder. None: a new temporary folder (its path is in the result).
         modality: ``ct``/``mr``/``xr`` (default: the detector's, else the training datalist's).
         percentile: threshold percentile (default 95, as in the study).
-        detector_epochs: epochs of the quick detector (default 30).
+        detector_epochs: epochs of the detector trained here (default: the preset's optimizer steps).
         detector_options: other :func:`~monai_memorization.engines.contrastive.train_detector`
             arguments for the quick detector (e.g. ``{"spatial_size": [64, 64]}``).
         mlflow: log the scan (and the quick detector's training) to MLflow.
@@ -210,12 +199,11 @@ def _train_quick_detector(
         m = str(read_datalist(train).get("modality") or "").lower() or None
     if m is None:
         raise DataValidationError(f"{train}: modality unknown; pass modality='ct', 'mr' or 'xr' (needed to train a detector)")
-    preset = dict(QUICK_DETECTOR[2 if m == "xr" else 3])
+    options = dict(options or {})
     if epochs is not None:
-        preset["epochs"] = int(epochs)
-    preset.update(options or {})
+        options["epochs"] = int(epochs)
     train_detector(
         train, path, modality=m, device=device, seed=seed, log_to_mlflow=mlflow, tracking_uri=tracking_uri,
-        progress=progress, **preset,
+        progress=progress, **options,
     )
     return str(path)

@@ -34,20 +34,9 @@ from typing import Any
 
 from monai_memorization.errors import DataValidationError, MemorizationError
 
-__all__ = ["run_audit", "AuditResult", "AUDIT_DETECTOR", "bundle_dir"]
+__all__ = ["run_audit", "AuditResult", "bundle_dir"]
 
 logger = logging.getLogger(__name__)
-
-#: copy-detector training in the audit (per spatial dimensionality); sized to fit the audit's
-#: time budget on 2 CPU cores. ``epochs`` can be changed with ``--detector_epochs``.
-AUDIT_DETECTOR: dict[int, dict[str, Any]] = {
-    2: {"network": "conv", "network_kwargs": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units": 1},
-        "embed_dim": 128, "epochs": 30, "batch_size": 16},
-    # 3D epochs cost about 5x the 2D ones on CPU (3D augmentations and convolutions): fewer of them
-    3: {"network": "conv", "network_kwargs": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units": 1},
-        "embed_dim": 32, "epochs": 15, "batch_size": 8},
-}
-
 
 def bundle_dir(name: str) -> Path:
     """Folder of one of the project's bundles (``ldm_xr``, ``copy_detector``, ...).
@@ -192,7 +181,8 @@ def run_audit(
             held-out subjects).
         seed: phantom and sampling seed.
         num_samples: synthetic samples drawn after training.
-        detector_epochs: copy-detector epochs (default: :data:`AUDIT_DETECTOR`).
+        detector_epochs: copy-detector epochs (default: the default preset's optimizer steps,
+            :mod:`monai_memorization.detection.presets`).
         check_during_training: attach the memorization check to the generator's training (every epoch).
         check_samples: samples per in-training check.
         percentile: threshold percentile.
@@ -237,14 +227,19 @@ def run_audit(
     t = time.time()
     from monai_memorization.engines.contrastive import train_detector
 
-    preset = dict(AUDIT_DETECTOR[spatial_dims])
-    if detector_epochs is not None:
-        preset["epochs"] = int(detector_epochs)
+    from monai_memorization.data.datalist import load_datalist
+    from monai_memorization.detection.presets import detector_preset
+
+    preset = detector_preset(None, spatial_dims, n_images=len(load_datalist(datalist, "training")), epochs=detector_epochs)
     detector = out_dir / "detector" / "copy_detector.pt"
-    _say(f"[2/{steps}] copy detector: {preset['epochs']} epochs of contrastive training on the training list -> {detector}")
+    _say(
+        f"[2/{steps}] copy detector: {preset['steps']} optimizer steps ({preset['epochs']} epochs) of contrastive "
+        f"training on the training list -> {detector}"
+    )
     train_detector(
         datalist, detector, modality=modality, spatial_size=spatial_size, seed=seed, tracking_uri=uri,
-        experiment_name="copy_detector", run_name=f"audit_{modality}", progress=progress, histogram_every=10, **preset,
+        experiment_name="copy_detector", run_name=f"audit_{modality}", progress=progress, histogram_every=10,
+        epochs=preset["epochs"],
     )
     seconds["detector"] = time.time() - t
 

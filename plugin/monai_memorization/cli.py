@@ -77,12 +77,14 @@ class Commands:
         modality: str | None = None,
         section: str = "training",
         spatial_size: tuple | None = None,
-        epochs: int = 200,
-        batch_size: int = 32,
+        preset: str = "default",
+        steps: int | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
         embed_dim: int | None = None,
         network: str | None = None,
-        lr: float = 1e-4,
-        temperature: float = 0.07,
+        lr: float | None = None,
+        temperature: float | None = None,
         augment: str = "default",
         device: str | None = None,
         num_workers: int = 0,
@@ -99,12 +101,16 @@ class Commands:
             modality: ct, mr or xr (default: the datalist's "modality").
             section: datalist list to train on.
             spatial_size: image size, e.g. "[64,64]" (default: the datalist's "shape").
-            epochs: training epochs (the study: about 200).
-            batch_size: samples per batch (the other samples are the negatives).
-            embed_dim: embedding size (default 128 in 2D, 32 in 3D).
-            network: resnet (default in 2D, ResNet-50) or conv (default in 3D).
-            lr: Adam learning rate, cosine-decayed.
-            temperature: NT-Xent temperature.
+            preset: "default" (small conv encoder, Adam 1e-3, 900 optimizer steps: the configuration
+                validated on real images) or "study" (the published ResNet-50, 1e-4, 200 epochs: for
+                thousands of images on a GPU).
+            steps: optimizer steps (default: the preset's); epochs follow from the data set size.
+            epochs: training epochs instead of steps.
+            batch_size: samples per batch (the other samples are the negatives); default: the preset's.
+            embed_dim: embedding size (default: the preset's, 128 in 2D, 32 in 3D).
+            network: resnet or conv (default: the preset's).
+            lr: Adam learning rate, cosine-decayed (default: the preset's).
+            temperature: NT-Xent temperature (default 0.07).
             augment: "default" (flip, rotation, shift, blur, gamma, intensity, noise), "study"
                 (flip and rotation only) or a JSON object of contrastive_augmentations arguments.
             device: cuda or cpu (default: cuda when available).
@@ -135,14 +141,15 @@ class Commands:
             except (TypeError, ValueError):
                 raise DataValidationError(f"--augment must be 'default', 'study' or a JSON object, got {augment!r}") from None
         res = train_detector(
-            datalist, out, modality=modality, section=section, spatial_size=spatial_size, epochs=epochs,
-            batch_size=batch_size, embed_dim=embed_dim, network=network, lr=lr, temperature=temperature,
+            datalist, out, modality=modality, section=section, spatial_size=spatial_size, preset=preset, steps=steps,
+            epochs=epochs, batch_size=batch_size, embed_dim=embed_dim, network=network, lr=lr, temperature=temperature,
             augmentations=aug, device=device, num_workers=num_workers, seed=seed, log_to_mlflow=mlflow,
             tracking_uri=tracking_uri, experiment_name=experiment_name,
         )
         last = res["history"][-1] if res["history"] else {}
         return (
-            f"{res['path']}: detector trained ({len(res['history'])} epochs, loss {last.get('epoch_loss', float('nan')):.4f}, "
+            f"{res['path']}: detector trained ({res['config']['preset']} preset, {res['config']['steps']} optimizer steps = "
+            f"{len(res['history'])} epochs, loss {last.get('epoch_loss', float('nan')):.4f}, "
             f"positive/negative similarity {last.get('mean_positive_similarity', float('nan')):.3f}/"
             f"{last.get('mean_negative_similarity', float('nan')):.3f})"
         )

@@ -2,7 +2,7 @@
 
 A positive pair is a sample and an augmented view of it; every other sample in the batch is a
 negative. The loss is ``monai.losses.ContrastiveLoss`` (NT-Xent, temperature 0.07), the optimiser
-Adam (1e-4) with cosine decay, and the engine a ``monai.engines.SupervisedTrainer`` whose iteration
+Adam with cosine decay (settings from :mod:`monai_memorization.detection.presets`), and the engine a ``monai.engines.SupervisedTrainer`` whose iteration
 embeds both views. Per epoch, :class:`SimilarityHistogramHandler` records the Pearson correlation of
 positive and negative pairs (metrics + a PNG histogram, logged to MLflow when a run is active).
 
@@ -40,7 +40,6 @@ __all__ = [
     "BatchNormRecalibrationHandler",
     "StepBudgetHandler",
     "pearson_pair_similarities",
-    "default_network",
     "contrastive_transform",
     "mlflow_handler",
     "default_tracking_uri",
@@ -268,23 +267,6 @@ class SaveDetectorHandler:
             h.client.log_artifact(h.cur_run.info.run_id, str(self.path), artifact_path="detector")
 
 
-def default_network(spatial_dims: int, embed_dim: int | None = None) -> tuple[str, dict]:
-    """The study's encoder for the dimensionality: ResNet-50 (2D, 128-d) or a strided conv encoder (3D, 32-d).
-
-    Args:
-        spatial_dims: 2 or 3.
-        embed_dim: embedding size (default 128 in 2D, 32 in 3D).
-
-    Returns:
-        ``(name, kwargs)`` for :func:`monai_memorization.networks.build_encoder`.
-    """
-    if spatial_dims == 2:
-        return "resnet", {"spatial_dims": 2, "in_channels": 1, "embed_dim": embed_dim or 128}
-    if spatial_dims == 3:
-        return "conv", {"spatial_dims": 3, "in_channels": 1, "embed_dim": embed_dim or 32}
-    raise DataValidationError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-
-
 def contrastive_transform(
     modality: str | None,
     spatial_dims: int,
@@ -377,13 +359,15 @@ def train_detector(
     spatial_dims: int | None = None,
     spatial_size: Sequence[int] | int | None = None,
     section: str = "training",
-    epochs: int = 200,
-    batch_size: int = 32,
+    epochs: int | None = None,
+    batch_size: int | None = None,
     embed_dim: int | None = None,
     network: str | None = None,
     network_kwargs: dict | None = None,
-    lr: float = 1e-4,
-    temperature: float = 0.07,
+    lr: float | None = None,
+    temperature: float | None = None,
+    preset: str | None = None,
+    steps: int | None = None,
     augmentations: dict | None = None,
     device: str | None = None,
     num_workers: int = 0,
@@ -408,13 +392,17 @@ def train_detector(
         spatial_dims: 2 or 3; from the modality (or the array) when None.
         spatial_size: training/scan image size; the datalist's ``shape`` (or the images') when None.
         section: datalist section with the generator's training data.
-        epochs: training epochs (the study: about 200).
-        batch_size: samples per batch (each brings its augmented view; the rest are negatives).
-        embed_dim: embedding size (default 128 in 2D, 32 in 3D).
-        network: ``"resnet"`` or ``"conv"`` (default ResNet-50 in 2D, conv encoder in 3D).
+        epochs: training epochs; default: enough for the preset's optimizer ``steps`` on this data set.
+        batch_size: samples per batch (each brings its augmented view; the rest are negatives); default: the preset's.
+        embed_dim: embedding size (default: the preset's, 128 in 2D, 32 in 3D).
+        network: ``"resnet"`` or ``"conv"`` (default: the preset's).
         network_kwargs: extra encoder arguments (e.g. ``{"layers": [1, 1, 1, 1]}`` for a small ResNet).
-        lr: Adam learning rate (cosine-decayed to 0 over ``epochs``).
-        temperature: NT-Xent temperature.
+        lr: Adam learning rate (cosine-decayed to 0 over the epochs); default: the preset's.
+        temperature: NT-Xent temperature; default: the preset's (0.07).
+        preset: ``"default"`` (the configuration validated on real images) or ``"study"`` (the
+            published settings, for thousands of images on a GPU); see
+            :mod:`monai_memorization.detection.presets`.
+        steps: optimizer steps to train for (default: the preset's); ignored when ``epochs`` is given.
         augmentations: keyword arguments for :func:`contrastive_augmentations`.
         device: ``"cuda"``/``"cpu"`` (default: CUDA when available).
         num_workers: DataLoader workers.
@@ -469,11 +457,20 @@ def train_detector(
     if len(items) < 2:
         raise DataValidationError(f"{source}: contrastive training needs at least 2 images, got {len(items)}")
 
+    from monai_memorization.detection.presets import detector_preset, steps_for_epochs
+
+    settings = detector_preset(
+        preset, spatial_dims, n_images=len(items), steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
+        temperature=temperature, embed_dim=embed_dim,
+    )
+    epochs, batch_size, lr, temperature = settings["epochs"], settings["batch_size"], settings["lr"], settings["temperature"]
     set_determinism(seed=seed)
-    name, kwargs = default_network(spatial_dims, embed_dim)
-    if network is not None:
+    name = settings["network"]
+    kwargs = {"spatial_dims": spatial_dims, "in_channels": 1, "embed_dim": int(settings["embed_dim"])}
+    if network is not None and network != name:  # another encoder than the preset's: its own defaults
         name = network
-        kwargs = {"spatial_dims": spatial_dims, "in_channels": 1, "embed_dim": kwargs["embed_dim"]}
+    else:
+        kwargs.update(settings["network_kwargs"])
     kwargs.update(network_kwargs or {})
     from monai_memorization.networks.encoders import build_encoder
 
@@ -500,6 +497,8 @@ def train_detector(
         "temperature": temperature,
         "lr": lr,
         "epochs": epochs,
+        "steps": steps_for_epochs(epochs, len(items), bs),
+        "preset": settings["preset"],
         "batch_size": bs,
         "augmentations": dict(augmentations or {}),
         "n_train": len(items),
