@@ -1,60 +1,98 @@
-"""The end-to-end audit, shrunk to seconds: every step runs for real (bundle training, sampling, scan)."""
+"""The end-to-end audit (smoke preset: every step runs for real, in seconds) and the evidence checks behind a verdict."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-TINY = {
-    "spatial_size": [32, 32],
-    "ae_max_epochs": 1,
-    "diffusion_max_epochs": 1,
-    "ae_batch_size": 4,
-    "diffusion_batch_size": 4,
-    "num_inference_steps": 2,
-    "montage_samples": 2,
-}
 
-
-def test_audit_runs_every_step_and_writes_report_and_mlflow(xr_datalist, tmp_path, capsys):
-    import mlflow
-
+@pytest.fixture(scope="module")
+def smoke_audit(tmp_path_factory):
     from monai_memorization.audit import run_audit
 
-    out = tmp_path / "audit"
-    r = run_audit(
-        "xr", out=out, datalist=xr_datalist, num_samples=4, detector_epochs=1, check_samples=2, bundle_overrides=TINY,
-        positive_control=2, progress=False,
-    )
-    err = capsys.readouterr().err
-    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
-        assert step in err  # progress lines
-    assert "python -m monai.bundle run training --config_file" in err and "memorization_check.json" in err
+    out = tmp_path_factory.mktemp("audit") / "audit_xr"
+    return run_audit("xr", out=out, preset="smoke", positive_control=2, progress=False), out
 
-    # the report and its tables
-    assert Path(r.report_path).is_file() and Path(r.report_path).parent == out / "report"
-    summary = json.loads((out / "report" / "report.json").read_text())
-    assert summary["n_synthetic"] == 4 and summary["n_train"] == 8 and summary["n_holdout"] == 4
-    assert r.copy_fraction == summary["copy_fraction"] and r.memorized_fraction == summary["memorized_fraction"]
-    assert len(list((out / "samples").glob("*.png"))) == 4
-    # the generator was trained by the bundle, with the memorization check inside
-    assert (out / "ldm" / "models" / "model.pt").is_file() and (out / "ldm" / "models" / "model_autoencoder.pt").is_file()
-    assert (out / "ldm" / "models" / "model_memorization.json").is_file()
-    assert [c["epoch"] for c in r.training_checks] == [1]
-    # one MLflow store with the detector, the generator (with the check's metrics) and the scan
-    client = mlflow.MlflowClient(tracking_uri=r.tracking_uri)
-    names = {e.name for e in client.search_experiments()}
-    assert {"copy_detector", "ldm_xr", "memorization_scan"} <= names
-    scan_run = client.search_runs([client.get_experiment_by_name("memorization_scan").experiment_id])[0]
-    assert scan_run.data.metrics["copy_fraction"] == pytest.approx(summary["copy_fraction"])
-    diff = client.search_runs([client.get_experiment_by_name("ldm_xr").experiment_id], filter_string="attributes.run_name = 'diffusion'")
-    assert "memorization_copy_rate" in diff[0].data.metrics
-    # the positive control: an exact copy and a flipped copy of training images were planted and scanned
-    assert r.control["planted"] == 2 and r.control["by_kind"]["exact"] == {"planted": 1, "found": 1}
-    assert Path(r.control["report_path"]).is_file()
-    # the summary tells where everything is
+
+def test_smoke_audit_gives_no_verdict_and_says_why(smoke_audit):
+    r, out = smoke_audit
+    assert r.exit_code == 3
+    assert r.headline[0].startswith("SMOKE TEST")
+    assert any("generator not converged: the copy rate says nothing about privacy" in line for line in r.headline)
+    assert not any(line.startswith("Verdict") for line in r.headline)
     text = r.summary()
-    assert r.report_path in text and f"mlflow ui --backend-store-uri {r.tracking_uri}" in text
-    assert json.loads((out / "audit.json").read_text())["report_path"] == r.report_path
+    assert "SMOKE TEST" in text and str(out / "report.html") in text
+    page = (out / "report.html").read_text()
+    assert "SMOKE TEST" in page and "generator not converged" in page and "Configurations side by side" in page
+    record = json.loads((out / "audit.json").read_text())
+    assert record["exit_code"] == 3 and record["configs"][0]["name"] == "prone"
+
+
+def test_smoke_audit_trains_scans_and_controls(smoke_audit):
+    r, out = smoke_audit
+    c = r.configs[0]
+    assert c["n_train"] == 4 and c["n_synthetic"] == 4 and 0.0 <= c["synthetic_copy_rate"] <= 1.0
+    q = c["quality"]
+    assert q["converged"] is False and q["pixel_nn_synthetic"] < q["pixel_nn_holdout"] - q["margin"]
+    assert q["fid_synthetic"] is not None and q["fid_holdout"] is not None and q["ms_ssim_synthetic"] is not None
+    assert len(list((out / "samples_prone").glob("*.png"))) == 4
+    assert (out / "ldm_prone" / "models" / "model.pt").is_file()
+    assert [e for e, _ in c["training_checks"]] == [2]  # the in-training check ran (interval = epochs // checks)
+    assert (out / "copy_rate_curves.png").is_file()
+    assert r.control["planted"] == 2 and r.control["by_kind"]["exact"] == {"planted": 1, "found": 1}
+    assert 0.0 < r.margin["holdout_median"] <= r.margin["holdout_max"] < 1.0
+
+
+def test_smoke_audit_is_one_parent_run_in_mlflow(smoke_audit):
+    import mlflow
+
+    r, _ = smoke_audit
+    client = mlflow.MlflowClient(tracking_uri=r.tracking_uri)
+    exp = client.get_experiment_by_name("audit_xr")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_name == "audit_xr_smoke"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["exit_code"] == 3.0
+    children = {x.info.run_name for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"detector", "autoencoder", "diffusion", "scan_prone"} <= children
+    # aggregate figures only on the parent: no paths
+    assert not any("/" in str(v) for v in parent.data.params.values())
+
+
+def test_audit_cli_exit_code_and_folder_safety(tmp_path, capsys):
+    from monai_memorization.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as e:
+        main(["audit", "--preset", "smoke", "--out", str(mine)])
+    assert e.value.code == 2 and "not an audit folder" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit) as e:
+        main(["audit", "--preset", "nope", "--out", str(tmp_path / "a")])
+    assert e.value.code == 2
+
+
+def test_quality_tells_a_learned_generator_from_noise():
+    from monai_memorization.data.phantoms import make_phantom
+    from monai_memorization.detection.quality import confirm_copies, generator_quality
+
+    train = np.stack([make_phantom("xr", seed=0, subject=i, shape=(32, 32)) for i in range(8)])
+    holdout = np.stack([make_phantom("xr", seed=0, subject=50 + i, shape=(32, 32)) for i in range(6)])
+    rng = np.random.default_rng(0)
+    noise = rng.random((6, 32, 32)).astype(np.float32)
+    bad = generator_quality(train, holdout, noise, diversity=False)
+    assert not bad.converged and bad.pixel_nn_synthetic < 0.3
+    copies = np.clip(train[:6] + rng.normal(0, 0.005, (6, 32, 32)), 0, 1).astype(np.float32)
+    good = generator_quality(train, holdout, copies, features=lambda x: x.reshape(len(x), -1)[:, ::16], diversity=True)
+    assert good.converged and good.pixel_nn_synthetic > 0.99 > good.pixel_nn_holdout_max
+    assert good.fid_synthetic < good.fid_holdout  # copies sit on the training distribution
+    pairs = [{"is_copy": True, "train_index": i, "synthetic_id": f"s{i}", "train_id": f"t{i}"} for i in range(6)]
+    pairs[5] = {"is_copy": True, "train_index": 0, "synthetic_id": "s5", "train_id": "t0"}  # a wrong match
+    checked = confirm_copies(pairs, copies, train, good.pixel_nn_holdout_max)
+    assert [c["confirmed"] for c in checked] == [True] * 5 + [False]

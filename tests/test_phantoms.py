@@ -20,6 +20,22 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_xr_subjects_differ_as_patients_do():
+    """Positioning, size, exposure and findings vary: a new patient is far from a copy in pixel space.
+
+    Before the variation, held-out radiographs correlated with their nearest training radiograph at a
+    median of 0.98 (64^2), so a copy and a new patient were hard to tell apart.
+    """
+    from monai_memorization.detection.quality import pixel_nearest
+
+    train = np.stack([ph.make_phantom("xr", seed=0, subject=i, shape=(64, 64)) for i in range(16)])
+    new = np.stack([ph.make_phantom("xr", seed=0, subject=100 + i, shape=(64, 64)) for i in range(8)])
+    corr, _ = pixel_nearest(new, train)
+    assert np.median(corr) < 0.95 and corr.max() < 0.97
+    copy, _ = pixel_nearest(train[:4] + 0.01, train)  # an (almost) exact copy stays near 1
+    assert copy.min() > 0.99
+
+
 @pytest.mark.parametrize("modality", ph.MODALITIES)
 def test_same_seed_same_array_and_distinct_subjects(modality):
     a = ph.make_phantom(modality, seed=3, subject=1, shape=SMALL[modality])

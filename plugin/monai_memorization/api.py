@@ -42,6 +42,8 @@ class CheckResult:
         detector: the detector checkpoint used (trained here when none was given).
         detector_trained: True when :func:`check` trained the detector.
         scan: the underlying :class:`~monai_memorization.detection.scan.ScanResult`.
+        overlap_warning: the overlap between the sets when ``allow_overlap=True`` let the scan run
+            anyway (also in the report's headline); None otherwise.
     """
 
     copy_fraction: float
@@ -62,6 +64,7 @@ class CheckResult:
     pairs: list[dict] = field(default_factory=list, repr=False)
     memorized: list[dict] = field(default_factory=list, repr=False)
     scan: Any = field(default=None, repr=False)
+    overlap_warning: str | None = None
 
     @property
     def copies(self) -> list[dict]:
@@ -107,6 +110,7 @@ def check(
     seed: int = 0,
     progress: bool = True,
     holdout_section: str = "holdout",
+    allow_overlap: bool = False,
 ) -> CheckResult:
     """Check synthetic images for copies of training images and write the memorization report.
 
@@ -139,20 +143,33 @@ def check(
         seed: bootstrap (and quick detector) seed.
         progress: progress bars.
         holdout_section: datalist list holding the held-out images.
+        allow_overlap: scan even when the training, held-out and synthetic sets overlap (by real
+            path, content or subject); the report's headline then warns. Without it an overlap is
+            an error, raised before any detector is trained or loaded.
 
     Returns:
         :class:`CheckResult`.
 
     Raises:
-        DataValidationError: missing hold-out data, empty or unreadable sets, mismatched shapes.
+        DataValidationError: missing hold-out data, overlapping sets, empty or unreadable sets,
+            mismatched shapes.
         DetectorError: an unusable detector checkpoint.
     """
     from monai_memorization.detection.scan import run_scan
 
     if holdout is None:
         holdout = _holdout_of(train)
-    out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="memorization_check_")) / "report"
     trained = False
+    if detector is None and not allow_overlap:
+        # the quick detector takes minutes: refuse overlapping sets before it (run_scan checks again, from cache)
+        from monai_memorization.data.datalist import items_from_source
+        from monai_memorization.data.overlap import check_overlap
+
+        check_overlap(
+            items_from_source(train, section="training"), items_from_source(holdout, section=holdout_section),
+            items_from_source(synthetic, section="training"),
+        )
+    out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="memorization_check_")) / "report"
     if detector is None:
         detector = _train_quick_detector(
             train, out_dir.parent / f"{out_dir.name}_detector" / "copy_detector.pt", modality, detector_epochs,
@@ -163,6 +180,7 @@ def check(
         train, holdout, synthetic, detector, out_dir, percentile=percentile, modality=modality, log_to_mlflow=mlflow,
         tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow, batch_size=batch_size, device=device,
         top_k=top_k, n_bootstrap=n_bootstrap, seed=seed, progress=progress, holdout_section=holdout_section,
+        allow_overlap=allow_overlap,
     )
     return CheckResult(
         copy_fraction=r.copy_fraction,
@@ -183,6 +201,7 @@ def check(
         pairs=r.pairs,
         memorized=r.memorized,
         scan=r,
+        overlap_warning=r.overlap_warning,
     )
 
 

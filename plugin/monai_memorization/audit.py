@@ -1,24 +1,39 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """The end-to-end memorization audit: ``monai-memorization audit --modality xr|ct|mr``.
 
-One command does what a site would do before sharing synthetic images, on the embedded phantoms
-by default (or on a datalist of your own):
+It reproduces the study's central finding in miniature, on the embedded phantoms, and gives a
+verdict only where the evidence carries one:
 
-1. **data** -- make the phantom dataset (``training``/``validation``/``holdout`` lists), or validate yours;
-2. **detector** -- train the self-supervised copy detector on the training list
-   (:func:`monai_memorization.engines.contrastive.train_detector`);
-3. **generator** -- train the latent diffusion model with the LDM bundle's CPU preset, run through
-   ``monai.bundle`` exactly as a user runs it (``train.json`` + ``quick.json``), with the
-   memorization-check overlay (``bundles/copy_detector/configs/memorization_check.json``) appended
-   so the copy rate is tracked every epoch while the model trains;
-4. **sample** -- draw seeded DDIM samples with the bundle's ``inference.json``;
-5. **scan** -- calibrate the threshold on the held-out list, find the copies, and write the HTML
-   report, the per-sample tables and the MLflow run;
-6. **positive control** -- plant exact and transformed copies (flip, rotation, shift, intensity,
-   gamma, noise, blur) of training images in a control folder and scan it the same way: a report
-   of "no copies" means something only if the detector finds these.
+1. **data** -- a phantom data set (training, validation and held-out subjects), or your datalist;
+2. **detector** -- the copy detector, trained on the training images with the default preset
+   (:mod:`monai_memorization.detection.presets`, sized by optimizer steps);
+3. **generators** -- the LDM bundle trained, through ``monai.bundle`` exactly as a user runs it, in
+   each configuration of the preset: a *memorization-prone* one (few images, no augmentation, long
+   training) and a *mitigated* one (more images, augmentation, the same optimizer steps), each with
+   the memorization-check overlay that records the copy rate while the model trains;
+4. **samples, quality, scan** -- per configuration: seeded DDIM samples; a pixel-space check that the
+   generator has learned its data (:mod:`monai_memorization.detection.quality`), FID and MS-SSIM;
+   the scan (threshold from the held-out images); each flagged copy checked in pixel space;
+5. **positive control** -- planted exact and transformed copies of training images, scanned the
+   same way: "no copies" means something only if the detector finds these.
 
-Everything goes under one folder (``audit_<modality>`` by default), with one MLflow store
-(``<out>/mlflow.db``) holding the detector's, the generator's and the scan's runs.
+The headline gives a verdict per configuration only when its generator converged and the detector
+found every planted kind; otherwise it says why the copy rate is no evidence. Exit codes of the
+CLI: 0 -- every verdict is backed by evidence; 3 -- inconclusive (a generator did not converge, the
+detector missed planted kinds, or a smoke run); 2 -- bad input.
+
+Everything goes under one folder (``audit_<modality>``) with one MLflow store: one parent run per
+audit, with the detector, the bundle stages and the scans as its children. Only aggregate figures
+go to the parent run.
 """
 
 from __future__ import annotations
@@ -28,15 +43,44 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from monai_memorization.errors import DataValidationError, MemorizationError
 
-__all__ = ["run_audit", "AuditResult", "bundle_dir"]
+__all__ = ["run_audit", "AuditResult", "bundle_dir", "AUDIT_PRESETS", "EXIT_INCONCLUSIVE"]
 
 logger = logging.getLogger(__name__)
+
+EXIT_INCONCLUSIVE = 3
+_MARKER = ".monai_memorization_audit"
+
+
+def _cfg(name, label, n_train, augment, ae_epochs, diffusion_epochs):
+    return {"name": name, "label": label, "n_train": n_train, "augment": augment, "ae_epochs": ae_epochs,
+            "diffusion_epochs": diffusion_epochs}
+
+
+_PRONE = "memorization-prone: {n} images, no augmentation, long training"
+_MITIGATED = "mitigated: {n} images with augmentation, the same optimizer steps"
+#: modality -> preset -> data sizes, bundle configs and the configurations compared. ``cpu`` is the
+#: default (2 CPU cores), ``gpu`` uses the bundles' full-size networks, ``smoke`` is for tests.
+AUDIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    m: {
+        "cpu": {"n": 32, "n_holdout": 16, "n_val": 2, "shape": shape, "quick": True, "num_samples": 32, "checks": 8,
+                "configs": [_cfg("prone", _PRONE.format(n=8), 8, False, ae, 1500),
+                            _cfg("mitigated", _MITIGATED.format(n=32), 32, True, ae // 4, 375)]},
+        "gpu": {"n": 256, "n_holdout": 64, "n_val": 8, "shape": None, "quick": False, "num_samples": 256, "checks": 10,
+                "configs": [_cfg("prone", _PRONE.format(n=32), 32, False, 400, 8000),
+                            _cfg("mitigated", _MITIGATED.format(n=256), 256, True, 50, 1000)]},
+        "smoke": {"n": 8, "n_holdout": 4, "n_val": 1, "shape": [32] * len(shape), "quick": True, "num_samples": 4,
+                  "checks": 1, "detector_epochs": 5,
+                  "configs": [_cfg("prone", "smoke test: tiny training, no verdict", 4, False, 1, 2)]},
+    }
+    for m, shape, ae in (("xr", [64, 64], 160), ("ct", [32, 32, 32], 100), ("mr", [16, 32, 32], 100))
+}
+
 
 def bundle_dir(name: str) -> Path:
     """Folder of one of the project's bundles (``ldm_xr``, ``copy_detector``, ...).
@@ -63,81 +107,48 @@ def bundle_dir(name: str) -> Path:
 
 @dataclass
 class AuditResult:
-    """Where the audit put things, and what it found.
+    """What the audit found, where it put it, and whether the evidence carries a verdict.
 
     Attributes:
-        out_dir: the audit folder.
-        report_path: the HTML memorization report.
-        report_dir: the scan report folder (report.json, pairs.csv/json, memorized.csv, PNGs).
-        tracking_uri: the MLflow store holding all runs (open it with ``mlflow ui --backend-store-uri ...``).
-        datalist: the dataset used.
-        detector: the detector checkpoint.
-        generator_dir: the LDM bundle's output folder (``models/``, ``eval/``).
-        samples_dir: the synthetic images.
-        copy_fraction, memorized_fraction, synthetic_copy_rate, threshold: the scan's numbers.
-        n_train, n_synthetic: set sizes.
-        training_checks: the in-training memorization checks (one dict per checked epoch).
-        seconds: wall time of each step.
+        out_dir: the audit folder; ``report_path`` its HTML report; ``tracking_uri`` the MLflow store.
+        headline: the headline lines (console and report).
+        exit_code: 0 when every verdict is backed by evidence, :data:`EXIT_INCONCLUSIVE` otherwise.
+        configs: one record per configuration (copy rates with 95% CIs, quality, confirmed copies,
+            in-training checks, its scan report).
+        control: the positive control (planted and found copies per kind).
+        margin: held-out-to-training pixel correlation (median, highest) and the convergence margin.
+        detector: the detector checkpoint; ``preset`` the audit preset; ``seconds`` wall time per step.
     """
 
     out_dir: str
     report_path: str
-    report_dir: str
     tracking_uri: str
-    datalist: str
+    headline: list[str]
+    exit_code: int
+    configs: list[dict]
+    control: dict | None
+    margin: dict
     detector: str
-    generator_dir: str
-    samples_dir: str
-    copy_fraction: float
-    memorized_fraction: float
-    synthetic_copy_rate: float
-    threshold: float
-    n_train: int
-    n_synthetic: int
-    training_checks: list[dict] = field(default_factory=list)
-    control: dict | None = None
+    modality: str
+    preset: str
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """A few lines for the terminal."""
-        total = sum(self.seconds.values())
-        lines = [
-            f"copies: {100 * self.synthetic_copy_rate:.1f}% of {self.n_synthetic} synthetic samples "
-            f"({100 * self.copy_fraction:.1f}% of N_train={self.n_train}); memorized: {100 * self.memorized_fraction:.1f}% "
-            f"of the training set; threshold {self.threshold:.4f}",
-            f"report:   {self.report_path}",
-            f"tables:   {self.report_dir} (pairs.csv, memorized.csv, report.json)",
-            f"MLflow:   mlflow ui --backend-store-uri {self.tracking_uri}",
-            f"samples:  {self.samples_dir}",
-        ]
-        if self.control:
-            c = self.control
-            kinds = ", ".join(f"{k} {v['found']}/{v['planted']}" for k, v in c["by_kind"].items())
-            lines.append(
-                f"control:  {c['found']} of {c['planted']} planted copies of training images found ({kinds}); "
-                f"report: {c['report_path']}"
-            )
+        lines = list(self.headline)
+        for c in self.configs:
+            lines.append(f"  {c['name']}: {c['verdict']}  (scan report: {c['report_link']})")
         lines += [
-            f"release:  monai-memorization filter --synthetic {self.samples_dir} --report {self.report_dir} "
-            f"--out {Path(self.out_dir) / 'release'}",
-            f"time:     {total / 60:.1f} min ("
-            + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items())
-            + ")",
+            f"report:   {self.report_path}",
+            f"MLflow:   mlflow ui --backend-store-uri {self.tracking_uri}",
+            f"time:     {sum(self.seconds.values()) / 60:.1f} min ("
+            + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()) + ")",
         ]
         return "\n".join(lines)
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _quick_spatial_size(ldm_bundle: Path) -> list[int]:
-    quick = json.loads((ldm_bundle / "configs" / "quick.json").read_text())
-    size = quick.get("spatial_size")
-    if not isinstance(size, list):
-        base = json.loads((ldm_bundle / "configs" / "train.json").read_text())
-        size = base["spatial_size"]
-    return [int(s) for s in size]
 
 
 def _run_bundle(config_files: list[Path], run_id: str, **overrides: Any) -> None:
@@ -153,191 +164,296 @@ def _run_bundle(config_files: list[Path], run_id: str, **overrides: Any) -> None
     )
 
 
+def _prepare_out(out_dir: Path) -> None:
+    """Use ``out_dir`` only when it is new, empty or an earlier audit's folder: never delete a user's files."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / _MARKER).is_file():
+        raise DataValidationError(f"{out_dir}: folder exists and is not an audit folder; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / _MARKER).write_text("created by monai-memorization audit\n")
+
+
+def _fresh(folder: Path) -> Path:
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)  # only folders of this audit (see _prepare_out)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _sub_datalist(datalist: str, n_train: int, path: Path) -> str:
+    """A datalist with the first ``n_train`` training items and the same held-out/validation lists (absolute paths)."""
+    from monai_memorization.data.datalist import load_datalist, read_datalist
+
+    meta = {k: v for k, v in read_datalist(datalist).items() if not isinstance(v, list)}
+    for section in ("training", "validation", "holdout"):
+        try:
+            meta[section] = load_datalist(datalist, section)
+        except DataValidationError:
+            continue
+    meta["training"] = meta["training"][:n_train]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2))
+    return str(path)
+
+
+def _load_arrays(items: list[dict], modality: str, spatial_size: list[int]):
+    """Images as ``[N, *spatial]`` float32 arrays in [0, 1], preprocessed as the scan does."""
+    import numpy as np
+
+    from monai_memorization.data.transforms import get_transforms
+
+    t = get_transforms(modality, spatial_size=spatial_size)
+    return np.stack([np.asarray(t(dict(it))["image"], dtype=np.float32)[0] for it in items])
+
+
+def _training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, float]]:
+    """The in-training copy rate of one configuration, read back from MLflow."""
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs(
+            [exp.experiment_id], filter_string=f"attributes.run_name = 'diffusion' and tags.audit_config = '{config}'"
+        )
+        hist = client.get_metric_history(runs[0].info.run_id, "memorization_copy_rate") if runs else []
+        return sorted((int(m.step), float(m.value)) for m in hist)
+    except Exception as e:  # noqa: BLE001 -- a plot only
+        logger.warning("could not read the in-training checks of %s: %s", config, e)
+        return []
+
+
 def run_audit(
     modality: str = "xr",
     out: str | os.PathLike | None = None,
     datalist: str | os.PathLike | None = None,
-    n: int = 32,
+    preset: str = "cpu",
     seed: int = 0,
-    num_samples: int = 32,
+    num_samples: int | None = None,
     detector_epochs: int | None = None,
-    check_during_training: bool = True,
-    check_samples: int = 8,
     percentile: float = 95.0,
     tracking_uri: str | None = None,
     bundle_overrides: dict | None = None,
     positive_control: int = 8,
     progress: bool = True,
 ) -> AuditResult:
-    """Run the end-to-end audit; see the module docstring for the steps.
+    """Run the audit; see the module docstring for the steps.
 
     Args:
         modality: ``xr`` (2D chest X-ray), ``ct`` or ``mr`` (3D).
-        out: audit folder (default ``audit_<modality>`` in the working directory). Phantoms are
-            reused when they already exist there; the other steps start afresh.
-        datalist: your own Decathlon-style datalist with ``training`` and ``holdout`` lists (and
-            optionally ``validation``); default: the embedded phantoms.
-        n: phantom training subjects (the phantom set also holds ``n // 8`` validation and ``n // 2``
-            held-out subjects).
-        seed: phantom and sampling seed.
-        num_samples: synthetic samples drawn after training.
-        detector_epochs: copy-detector epochs (default: the default preset's optimizer steps,
-            :mod:`monai_memorization.detection.presets`).
-        check_during_training: attach the memorization check to the generator's training (every epoch).
-        check_samples: samples per in-training check.
+        out: audit folder (default ``audit_<modality>``); must be new, empty or an earlier audit's.
+        datalist: your own datalist with ``training`` and ``holdout`` lists (default: embedded phantoms).
+            The configurations then take the first ``n_train`` training images of it.
+        preset: ``cpu`` (default, 2 CPU cores), ``gpu`` (the bundles' full networks) or ``smoke``
+            (seconds, for tests; never a verdict); see :data:`AUDIT_PRESETS`.
+        seed: phantom, training and sampling seed.
+        num_samples: synthetic samples per configuration (default: the preset's).
+        detector_epochs: copy-detector epochs (default: the detector preset's optimizer steps).
         percentile: threshold percentile.
         tracking_uri: MLflow store (default ``sqlite:///<out>/mlflow.db``).
-        bundle_overrides: extra ``--key value`` overrides for the LDM bundle (training and inference).
-        positive_control: transformed copies of training images to plant and scan as a control (0: none).
+        bundle_overrides: extra ``--key value`` overrides for the LDM bundle.
+        positive_control: planted copies of training images (0: none).
         progress: progress bars.
 
     Returns:
         :class:`AuditResult`.
     """
-    from monai_memorization.data.phantoms import MODALITIES, ensure_phantoms
-    from monai_memorization.tracking import sqlite_tracking_uri
+    from monai_memorization.data.datalist import items_from_source, load_datalist
+    from monai_memorization.data.phantoms import MODALITIES, write_dataset
+    from monai_memorization.detection.detector import load_detector
+    from monai_memorization.detection.embed import embed_tensor
+    from monai_memorization.detection.presets import detector_preset
+    from monai_memorization.detection.quality import CONVERGENCE_MARGIN, confirm_copies, generator_quality, pixel_nearest
+    from monai_memorization.detection.scan import run_scan
+    from monai_memorization.engines.contrastive import train_detector
+    from monai_memorization.report.audit_report import write_audit_report
+    from monai_memorization.report.plots import plot_copy_rate_curves
+    from monai_memorization.tracking import adopt_child_runs, sqlite_tracking_uri, start_parent_run
 
     modality = str(modality).lower()
     if modality not in MODALITIES:
         raise DataValidationError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+    if preset not in AUDIT_PRESETS[modality]:
+        raise DataValidationError(f"unknown audit preset {preset!r}: expected one of {', '.join(AUDIT_PRESETS[modality])}")
+    p = AUDIT_PRESETS[modality][preset]
     out_dir = Path(out or f"audit_{modality}").resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_tracking_uri(out_dir)
+    _prepare_out(out_dir)
+    uri = tracking_uri or sqlite_tracking_uri(out_dir)
+    experiment = f"audit_{modality}"
     ldm = bundle_dir(f"ldm_{modality}")
-    spatial_size = [int(v) for v in (bundle_overrides or {}).get("spatial_size") or _quick_spatial_size(ldm)]
     spatial_dims = 2 if modality == "xr" else 3
+    spatial_size = [int(v) for v in (bundle_overrides or {}).get("spatial_size") or p["shape"] or [256] * spatial_dims]
+    n_samples = int(num_samples or p["num_samples"])
+    configs = p["configs"]
+    steps = 3 + len(configs) + (positive_control > 0)
     seconds: dict[str, float] = {}
-    steps = 6 if positive_control > 0 else 5
-    t_all = time.time()
+    parent = start_parent_run(uri, experiment, f"audit_{modality}_{preset}", {"modality": modality, "preset": preset})
+    step = 0
 
-    # 1. data ------------------------------------------------------------------------------
-    t = time.time()
+    def stage(msg: str) -> float:
+        nonlocal step
+        step += 1
+        _say(f"[{step}/{steps}] {msg}")
+        return time.time()
+
+    # 1. data ----------------------------------------------------------------------------------
+    t = stage(f"data: {'phantoms ' + modality if datalist is None else datalist}")
     if datalist is None:
-        _say(f"[1/{steps}] phantoms: {modality}, {n} training subjects -> {out_dir / 'data'}")
-        datalist = ensure_phantoms(modality, out_dir / "data", n=n, seed=seed)
+        data_dir = out_dir / "data"
+        if not (data_dir / "dataset.json").is_file():
+            _fresh(data_dir)
+            write_dataset(modality, data_dir, n=p["n"], seed=seed, shape=spatial_size, n_val=p["n_val"],
+                          n_holdout=p["n_holdout"], progress=progress)
+        datalist = data_dir / "dataset.json"
     else:
         from monai_memorization.data.validation import validate_datalist
 
-        _say(f"[1/{steps}] data: validating {datalist}")
         validate_datalist(datalist, section=("training", "holdout"), spatial_dims=spatial_dims)
     datalist = str(Path(datalist).resolve())
+    train_all, holdout_items = load_datalist(datalist, "training"), load_datalist(datalist, "holdout")
     seconds["data"] = time.time() - t
 
-    # 2. detector --------------------------------------------------------------------------
-    t = time.time()
-    from monai_memorization.engines.contrastive import train_detector
-
-    from monai_memorization.data.datalist import load_datalist
-    from monai_memorization.detection.presets import detector_preset
-
-    preset = detector_preset(None, spatial_dims, n_images=len(load_datalist(datalist, "training")), epochs=detector_epochs)
+    # 2. detector ------------------------------------------------------------------------------
+    det = detector_preset(None, spatial_dims, n_images=len(train_all), epochs=detector_epochs or p.get("detector_epochs"))
     detector = out_dir / "detector" / "copy_detector.pt"
-    _say(
-        f"[2/{steps}] copy detector: {preset['steps']} optimizer steps ({preset['epochs']} epochs) of contrastive "
-        f"training on the training list -> {detector}"
-    )
-    train_detector(
-        datalist, detector, modality=modality, spatial_size=spatial_size, seed=seed, tracking_uri=uri,
-        experiment_name="copy_detector", run_name=f"audit_{modality}", progress=progress, histogram_every=10,
-        epochs=preset["epochs"],
-    )
+    t = stage(f"copy detector: {det['steps']} optimizer steps ({det['epochs']} epochs) on "
+              f"{len(train_all)} training images -> {detector}")
+    t0 = time.time()
+    train_detector(datalist, detector, modality=modality, spatial_size=spatial_size, seed=seed, tracking_uri=uri,
+                   experiment_name=experiment, run_name="detector", progress=progress, histogram_every=50,
+                   epochs=det["epochs"])
+    adopt_child_runs(uri, experiment, parent, t0, {"audit_step": "detector"})
     seconds["detector"] = time.time() - t
+    encoder, _ = load_detector(detector)
 
-    # 3. generator -------------------------------------------------------------------------
-    t = time.time()
-    gen_dir = out_dir / "ldm"
-    configs = [ldm / "configs" / "train.json", ldm / "configs" / "quick.json"]
-    from monai_memorization.data.datalist import load_datalist
+    def features(images):
+        import torch
 
-    n_train = len(load_datalist(datalist, "training"))
-    # the generator trains on the whole training list (the CPU preset would cap it), so the scan's
-    # N_train is exactly what the model saw
-    overrides: dict[str, Any] = {
-        "bundle_root": str(gen_dir), "datalist": datalist, "tracking_uri": uri, "seed": seed, "max_train_items": n_train,
-    }
-    if check_during_training:
-        configs.append(bundle_dir("copy_detector") / "configs" / "memorization_check.json")
-        overrides.update({
-            "memorization_check#detector": str(detector),
-            "memorization_check#holdout": datalist,
-            "memorization_check#interval": 1,
-            "memorization_check#num_samples": int(check_samples),
-            "memorization_check#num_inference_steps": "@num_inference_steps",
-            "memorization_check#percentile": float(percentile),
+        return embed_tensor(encoder, torch.as_tensor(images[:, None]), batch_size=16)
+
+    holdout_arr = _load_arrays(holdout_items, modality, spatial_size)
+    records: list[dict] = []
+    curves: dict[str, list] = {}
+    bundle_configs = [ldm / "configs" / "train.json"] + ([ldm / "configs" / "quick.json"] if p["quick"] else [])
+    for c in configs:
+        # 3. generator ---------------------------------------------------------------------------
+        name = c["name"]
+        sub = _sub_datalist(datalist, c["n_train"], out_dir / "configs" / name / "dataset.json")
+        gen_dir = _fresh(out_dir / f"ldm_{name}")
+        interval = max(1, c["diffusion_epochs"] // max(1, p["checks"]))
+        overrides: dict[str, Any] = {
+            "bundle_root": str(gen_dir), "datalist": sub, "tracking_uri": uri, "experiment_name": experiment, "seed": seed,
+            "spatial_size": spatial_size, "augment": c["augment"], "ae_max_epochs": c["ae_epochs"],
+            "adv_warmup_epochs": max(1, c["ae_epochs"] // 3), "diffusion_max_epochs": c["diffusion_epochs"],
+            "val_interval": c["diffusion_epochs"], "save_interval": max(1, c["diffusion_epochs"] // 5),
+            "memorization_check#detector": str(detector), "memorization_check#holdout": sub,
+            "memorization_check#interval": interval, "memorization_check#num_samples": 8,
+            "memorization_check#num_inference_steps": "@num_inference_steps", "memorization_check#percentile": percentile,
+        }
+        overrides.update(bundle_overrides or {})
+        files = bundle_configs + [bundle_dir("copy_detector") / "configs" / "memorization_check.json"]
+        t = stage(f"generator '{name}' ({c['label']}): python -m monai.bundle run training --config_file "
+                  f"\"{[str(f) for f in files]}\" " + " ".join(f"--{k} {v}" for k, v in overrides.items()))
+        t0 = time.time()
+        _run_bundle(files, "training", **overrides)
+        # 4. samples, quality, scan ----------------------------------------------------------------
+        samples = _fresh(out_dir / f"samples_{name}")
+        inf = {"bundle_root": str(gen_dir), "output_dir": str(samples), "num_samples": n_samples, "seed": seed,
+               "spatial_size": spatial_size}
+        inf.update({k: v for k, v in (bundle_overrides or {}).items() if not k.startswith("memorization_check")})
+        _run_bundle([ldm / "configs" / "inference.json"] + bundle_configs[1:], "run", **inf)
+        train_items = load_datalist(sub, "training")
+        train_arr = _load_arrays(train_items, modality, spatial_size)
+        synth_arr = _load_arrays(items_from_source(str(samples)), modality, spatial_size)
+        quality = generator_quality(train_arr, holdout_arr, synth_arr, features, "copy detector encoder")
+        r = run_scan(sub, sub, samples, detector, out_dir / f"report_{name}", percentile=percentile, modality=modality,
+                     tracking_uri=uri, experiment_name=experiment, run_name=f"scan_{name}", progress=progress, seed=seed)
+        adopt_child_runs(uri, experiment, parent, t0, {"audit_config": name})
+        confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max)
+        n_conf = sum(x["confirmed"] for x in confirmed)
+        if preset == "smoke":
+            verdict = "SMOKE TEST: tiny training, no verdict"
+        elif not quality.converged:
+            verdict = "generator not converged: the copy rate says nothing about privacy"
+        else:
+            verdict = (f"{r.n_copies} of {r.n_synthetic} samples are copies of training images; {n_conf} of them confirmed "
+                       f"in pixel space")
+        curves[name] = _training_curve(uri, experiment, name)
+        records.append({
+            **c, "n_train": r.n_train, "n_synthetic": r.n_synthetic, "n_copies": r.n_copies, "n_memorized": r.n_memorized,
+            "synthetic_copy_rate": r.synthetic_copy_rate, "synthetic_copy_rate_ci": list(r.synthetic_copy_rate_ci),
+            "memorized_fraction": r.memorized_fraction, "memorized_fraction_ci": list(r.memorized_fraction_ci),
+            "threshold": r.threshold, "quality": quality.to_dict(), "n_confirmed": n_conf, "copies": confirmed,
+            "verdict": verdict, "report_link": os.path.relpath(r.report_path, out_dir), "training_checks": curves[name],
         })
-    overrides.update(bundle_overrides or {})
-    shown = " ".join(f"--{k} {v}" for k, v in overrides.items())
-    _say(
-        f"[3/{steps}] latent diffusion model: python -m monai.bundle run training --config_file "
-        f"\"{[str(c) for c in configs]}\" {shown}"
-    )
-    _run_bundle(configs, "training", **overrides)
-    training_checks = _training_checks(uri, gen_dir)
-    seconds["generator"] = time.time() - t
+        seconds[name] = time.time() - t
 
-    # 4. samples ---------------------------------------------------------------------------
-    t = time.time()
-    samples = out_dir / "samples"
-    if samples.exists():
-        import shutil
-
-        shutil.rmtree(samples)
-    inf_overrides: dict[str, Any] = {"bundle_root": str(gen_dir), "output_dir": str(samples), "num_samples": int(num_samples), "seed": seed}
-    inf_overrides.update({k: v for k, v in (bundle_overrides or {}).items() if not k.startswith("memorization_check")})
-    _say(f"[4/{steps}] sampling {num_samples} images (DDIM) with {ldm / 'configs' / 'inference.json'} -> {samples}")
-    _run_bundle([ldm / "configs" / "inference.json", ldm / "configs" / "quick.json"], "run", **inf_overrides)
-    seconds["samples"] = time.time() - t
-
-    # 5. scan ------------------------------------------------------------------------------
-    t = time.time()
-    from monai_memorization.detection.scan import run_scan
-
-    report_dir = out_dir / "report"
-    _say(f"[5/{steps}] scan: {num_samples} synthetic vs the training list, threshold from the holdout list -> {report_dir}")
-    r = run_scan(
-        datalist, datalist, samples, detector, report_dir, percentile=percentile, modality=modality, tracking_uri=uri,
-        experiment_name="memorization_scan", run_name=f"audit_{modality}", progress=progress, seed=seed,
-    )
-    seconds["scan"] = time.time() - t
-
-    # 6. positive control ------------------------------------------------------------------
+    # 5. positive control --------------------------------------------------------------------------
     control = None
     if positive_control > 0:
-        t = time.time()
-        _say(f"[6/{steps}] positive control: {positive_control} planted copies of training images -> {out_dir / 'control_report'}")
+        t = stage(f"positive control: {positive_control} planted copies of training images")
         control = _positive_control(modality, datalist, detector, out_dir, int(positive_control), percentile, seed, progress)
         seconds["control"] = time.time() - t
-    logger.info("audit finished in %.1f s", time.time() - t_all)
+
+    t = stage("report")
+    h_nn, _ = pixel_nearest(holdout_arr, _load_arrays(train_all, modality, spatial_size))
+    margin = {"holdout_median": float(sorted(h_nn)[len(h_nn) // 2]), "holdout_max": float(h_nn.max()),
+              "convergence_margin": CONVERGENCE_MARGIN}
+    headline, exit_code = _headline(records, control, preset)
+    curve_png = plot_copy_rate_curves(curves, out_dir / "copy_rate_curves.png")
     result = AuditResult(
-        out_dir=str(out_dir), report_path=r.report_path, report_dir=r.out_dir, tracking_uri=uri, datalist=datalist,
-        detector=str(detector), generator_dir=str(gen_dir), samples_dir=str(samples), copy_fraction=r.copy_fraction,
-        memorized_fraction=r.memorized_fraction, synthetic_copy_rate=r.synthetic_copy_rate, threshold=r.threshold,
-        n_train=r.n_train, n_synthetic=r.n_synthetic, training_checks=training_checks, control=control, seconds=seconds,
+        out_dir=str(out_dir), report_path=str(out_dir / "report.html"), tracking_uri=uri, headline=headline,
+        exit_code=exit_code, configs=records, control=control, margin=margin, detector=str(detector), modality=modality,
+        preset=preset, seconds=seconds,
     )
-    (out_dir / "audit.json").write_text(json.dumps({k: v for k, v in result.__dict__.items()}, indent=2))
+    seconds["report"] = time.time() - t
+    (out_dir / "audit.json").write_text(json.dumps(asdict(result), indent=2))
+    write_audit_report(out_dir / "report.html", asdict(result), {"Copy rate while the generator trains": curve_png})
+    _finish_parent(uri, parent, records, exit_code)
     return result
 
 
-def _training_checks(uri: str, gen_dir: Path) -> list[dict]:
-    """The in-training checks, read back from the checkpoint sidecar and the MLflow store."""
-    checks: list[dict] = []
+def _headline(records: list[dict], control: dict | None, preset: str) -> tuple[list[str], int]:
+    """The headline lines and the exit code: a verdict only where the evidence carries one."""
+    lines: list[str] = []
+    ok = preset != "smoke"
+    if not ok:
+        lines.append("SMOKE TEST: the generator trained for seconds; nothing here is a verdict about privacy.")
+    for r in records:
+        if not r["quality"]["converged"]:
+            ok = False
+            lines.append(f"{r['name']}: generator not converged: the copy rate says nothing about privacy.")
+    missed = sorted(k for k, v in (control or {}).get("by_kind", {}).items() if v["found"] < v["planted"])
+    if missed:
+        ok = False
+        lines.append(f"The detector missed planted copies of kind {', '.join(missed)}: copies of that kind can go unseen.")
+    if ok:
+        parts = [f"{r['name']} {100 * r['synthetic_copy_rate']:.0f}% copies" for r in records]
+        lines.insert(0, "Verdict backed by evidence (generators converged, every planted kind found): " + ", ".join(parts) + ".")
+    return lines, 0 if ok else EXIT_INCONCLUSIVE
+
+
+def _finish_parent(uri: str, parent: str | None, records: list[dict], exit_code: int) -> None:
+    """Aggregate figures (no paths, no images) on the parent run, then close it."""
+    if parent is None:
+        return
     try:
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=uri)
-        for exp in client.search_experiments():
-            for run in client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'diffusion'"):
-                hist = client.get_metric_history(run.info.run_id, "memorization_copy_rate")
-                for m in sorted(hist, key=lambda m: m.step):
-                    checks.append({"epoch": m.step, "copy_rate": m.value})
-                if checks:
-                    return checks
-    except Exception as e:  # noqa: BLE001 -- a summary only
-        logger.debug("could not read the in-training checks: %s", e)
-    side = gen_dir / "models" / "model_memorization.json"
-    if side.is_file():
-        checks.append(json.loads(side.read_text()))
-    return checks
+        for r in records:
+            n = r["name"]
+            for k in ("synthetic_copy_rate", "memorized_fraction", "n_confirmed"):
+                client.log_metric(parent, f"{n}_{k}", float(r[k]))
+            for k in ("pixel_nn_synthetic", "pixel_nn_holdout", "fid_synthetic", "ms_ssim_synthetic"):
+                if r["quality"].get(k) is not None:
+                    client.log_metric(parent, f"{n}_{k}", float(r["quality"][k]))
+            client.log_metric(parent, f"{n}_converged", float(r["quality"]["converged"]))
+        client.log_metric(parent, "exit_code", float(exit_code))
+        client.set_terminated(parent, "FINISHED")
+    except Exception as e:  # noqa: BLE001 -- tracking never costs the audit
+        logger.warning("MLflow: could not finish the audit run (%s)", e)
 
 
 def _positive_control(

@@ -170,6 +170,7 @@ class Commands:
         tracking_uri: str | None = None,
         log_images_to_mlflow: bool = False,
         holdout_section: str = "holdout",
+        allow_overlap: bool = False,
     ) -> str:
         """Scan synthetic images for copies of training images; write the memorization report.
 
@@ -188,6 +189,8 @@ class Commands:
             tracking_uri: MLflow tracking URI (default: sqlite mlflow.db next to the report folder).
             log_images_to_mlflow: also log the pair montage and HTML report (they show patient images).
             holdout_section: datalist list holding the held-out images.
+            allow_overlap: scan even when the training, held-out and synthetic sets share files,
+                content or subjects (otherwise an error); the report's headline then warns.
 
         Returns:
             A one-line summary with both fractions and the report path.
@@ -198,9 +201,11 @@ class Commands:
             train, holdout, synthetic, detector, out, percentile=percentile, modality=modality,
             log_to_mlflow=mlflow, tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow,
             batch_size=batch_size, device=device, top_k=top_k, holdout_section=holdout_section,
+            allow_overlap=allow_overlap,
         )
         return (
-            f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train} "
+            (f"WARNING: {r.overlap_warning}; " if r.overlap_warning else "")
+            + f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train} "
             f"(95% CI {100 * r.copy_fraction_ci[0]:.1f}-{100 * r.copy_fraction_ci[1]:.1f}%); memorized: {r.n_memorized} "
             f"= {100 * r.memorized_fraction:.1f}% (95% CI {100 * r.memorized_fraction_ci[0]:.1f}-"
             f"{100 * r.memorized_fraction_ci[1]:.1f}%); threshold {r.threshold:.4f}; report: {r.report_path}"
@@ -243,6 +248,7 @@ class Commands:
         detector_epochs: int | None = None,
         mlflow: bool = True,
         tracking_uri: str | None = None,
+        allow_overlap: bool = False,
     ) -> str:
         """Scan with sensible defaults (the Python API ``monai_memorization.check``).
 
@@ -257,6 +263,8 @@ class Commands:
             detector_epochs: epochs of the quick detector.
             mlflow: log to MLflow.
             tracking_uri: MLflow tracking URI.
+            allow_overlap: scan even when the training, held-out and synthetic sets share files,
+                content or subjects (otherwise an error); the report's headline then warns.
 
         Returns:
             A one-line summary with both fractions and the report path.
@@ -265,10 +273,11 @@ class Commands:
 
         r = check(
             train, synthetic, holdout=holdout, detector=detector, out=out, modality=modality, percentile=percentile,
-            detector_epochs=detector_epochs, mlflow=mlflow, tracking_uri=tracking_uri,
+            detector_epochs=detector_epochs, mlflow=mlflow, tracking_uri=tracking_uri, allow_overlap=allow_overlap,
         )
         return (
-            f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train}; "
+            (f"WARNING: {r.overlap_warning}; " if r.overlap_warning else "")
+            + f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train}; "
             f"memorized: {r.n_memorized} = {100 * r.memorized_fraction:.1f}%; threshold {r.threshold:.4f}; "
             f"detector: {r.detector}; report: {r.report_path}"
         )
@@ -278,39 +287,41 @@ class Commands:
         modality: str = "xr",
         out: str | None = None,
         datalist: str | None = None,
-        n: int = 32,
-        num_samples: int = 32,
+        preset: str = "cpu",
+        num_samples: int | None = None,
         detector_epochs: int | None = None,
-        check_during_training: bool = True,
         positive_control: int = 8,
         seed: int = 0,
         tracking_uri: str | None = None,
-    ) -> str:
-        """End-to-end audit: phantoms, copy detector, LDM (quick preset, with the in-training check), samples, scan, report.
+    ) -> None:
+        """End-to-end audit: a memorization-prone and a mitigated LDM, side by side, each scanned for copies.
+
+        Prints the findings; the verdict is given only when the evidence carries one. Exit status:
+        0 = every verdict is backed by evidence (generators converged, every planted copy kind found);
+        3 = inconclusive (a generator did not converge, the detector missed planted kinds, or a smoke
+        run); 2 = bad input.
 
         Args:
             modality: xr (2D chest X-ray), ct or mr (3D).
-            out: audit folder (default: audit_<modality>).
+            out: audit folder (default: audit_<modality>); new, empty or an earlier audit's.
             datalist: your own datalist with "training" and "holdout" lists (default: embedded phantoms).
-            n: phantom training subjects.
-            num_samples: synthetic samples to draw and scan.
-            detector_epochs: copy-detector training epochs.
-            check_during_training: track the copy rate every epoch while the LDM trains.
+            preset: cpu (default: 2 CPU cores), gpu (the bundles' full networks) or smoke (seconds, no verdict).
+            num_samples: synthetic samples per configuration (default: the preset's).
+            detector_epochs: copy-detector training epochs (default: the detector preset's optimizer steps).
             positive_control: plant this many transformed copies of training images and scan them as a control.
-            seed: phantom and sampling seed.
+            seed: phantom, training and sampling seed.
             tracking_uri: MLflow store (default: sqlite:///<out>/mlflow.db).
-
-        Returns:
-            The findings and where the report, the tables and the MLflow store are.
         """
         from monai_memorization.audit import run_audit
 
         r = run_audit(
-            modality=modality, out=out, datalist=datalist, n=n, num_samples=num_samples, detector_epochs=detector_epochs,
-            check_during_training=check_during_training, positive_control=positive_control, seed=seed,
-            tracking_uri=tracking_uri,
+            modality=modality, out=out, datalist=datalist, preset=preset, num_samples=num_samples,
+            detector_epochs=detector_epochs, positive_control=positive_control, seed=seed, tracking_uri=tracking_uri,
         )
-        return r.summary()
+        print(r.summary(), flush=True)
+        if r.exit_code:
+            sys.exit(r.exit_code)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``monai-memorization`` console script."""

@@ -15,6 +15,8 @@ its configuration needs:
 * :func:`export_executed_config` - writes the configuration being run (after overrides) to a file,
   for logging as an artifact.
 * :func:`count_parameters` - number of trainable parameters, for run parameters.
+* :func:`start_parent_run` / :func:`adopt_child_runs` - one parent run for a multi-step job (the
+  audit), with the runs its steps start nested under it (MLflow's ``mlflow.parentRunId`` tag).
 * :func:`running_bundle_root` - the folder of the bundle being run, so outputs land inside the
   bundle whatever the working directory (``--bundle_root`` overrides it).
 """
@@ -37,6 +39,8 @@ __all__ = [
     "export_executed_config",
     "count_parameters",
     "running_bundle_root",
+    "start_parent_run",
+    "adopt_child_runs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -175,3 +179,69 @@ def running_bundle_root(default: str = ".") -> str:
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of trainable parameters of ``module``."""
     return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
+
+
+def start_parent_run(tracking_uri: str, experiment_name: str, run_name: str, params: dict | None = None) -> str | None:
+    """Create a parent run that later runs are nested under (see :func:`adopt_child_runs`).
+
+    Args:
+        tracking_uri: MLflow store.
+        experiment_name: experiment (created when missing); children must be in the same one.
+        run_name: name of the parent run.
+        params: run parameters (aggregate settings only: no paths, no subject IDs).
+
+    Returns:
+        the run id, or None when the store cannot be reached (tracking never stops the job).
+    """
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment_name)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment_name)
+        run = client.create_run(exp_id, run_name=run_name)
+        for k, v in (params or {}).items():
+            client.log_param(run.info.run_id, k, v)
+        return run.info.run_id
+    except Exception as e:  # noqa: BLE001
+        logger.warning("MLflow: no parent run (%s: %s); the steps log on their own", type(e).__name__, e)
+        return None
+
+
+def adopt_child_runs(
+    tracking_uri: str, experiment_name: str, parent_run_id: str | None, since: float, tags: dict | None = None
+) -> list[str]:
+    """Nest every run of ``experiment_name`` started since ``since`` (and not yet nested) under the parent.
+
+    Args:
+        tracking_uri: MLflow store.
+        experiment_name: the parent's experiment.
+        parent_run_id: the parent run (None: nothing is done).
+        since: a ``time.time()`` taken before the child runs started.
+        tags: extra tags for the children (e.g. the configuration they belong to).
+
+    Returns:
+        the ids of the runs nested.
+    """
+    if parent_run_id is None:
+        return []
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {int(since * 1000)}")
+        adopted = []
+        for r in runs:
+            if r.info.run_id == parent_run_id or "mlflow.parentRunId" in r.data.tags:
+                continue
+            client.set_tag(r.info.run_id, "mlflow.parentRunId", parent_run_id)
+            for k, v in (tags or {}).items():
+                client.set_tag(r.info.run_id, k, v)
+            adopted.append(r.info.run_id)
+        return adopted
+    except Exception as e:  # noqa: BLE001
+        logger.warning("MLflow: could not nest runs under the audit run (%s: %s)", type(e).__name__, e)
+        return []

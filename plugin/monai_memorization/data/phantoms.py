@@ -338,13 +338,51 @@ def make_xr(shape=None, seed: int = 0, subject: int = 0, noise_seed: int | None 
     path = mu.sum(axis=1) * (FIELD_OF_VIEW["ct"][1] / depth)
     if path.shape != shape:
         path = ndimage.zoom(path, [s / p for s, p in zip(shape, path.shape)], order=1)
+    rng = _rng(seed, subject, 2)
+    path = _xr_pathology(path, rng)
+    path = _xr_positioning(path, rng)
     nrng = _rng(seed, subject, 1) if noise_seed is None else _rng(seed, subject, 1000 + int(noise_seed))
-    photons = 2.0e4
+    photons = 2.0e4 * rng.uniform(0.6, 1.6)  # exposure
     counts = nrng.poisson(photons * np.exp(-path)).astype(np.float32)
     line_integral = -np.log(np.maximum(counts, 1.0) / photons)
     img = ndimage.gaussian_filter(line_integral, 0.6)
     lo, hi = np.percentile(img, [0.5, 99.8])
-    return np.clip((img - lo) / (hi - lo + 1e-8), 0.0, 1.0).astype(np.float32)
+    img = np.clip((img - lo) / (hi - lo + 1e-8), 0.0, 1.0)
+    return (img ** rng.uniform(0.75, 1.3)).astype(np.float32)  # the site's display processing
+
+
+def _xr_pathology(path: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Patient findings on the projected attenuation: nodules, a pleural effusion, an enlarged heart shadow."""
+    nx, ny = path.shape
+    x = np.linspace(-1, 1, nx)[:, None]
+    y = np.linspace(-1, 1, ny)[None, :]
+    out = path.copy()
+    for _ in range(int(rng.integers(0, 4))):  # nodules / masses in the lung fields
+        cx, cy, r = rng.choice([-1, 1]) * rng.uniform(0.2, 0.5), rng.uniform(-0.75, -0.1), rng.uniform(0.04, 0.12)
+        out += rng.uniform(0.6, 2.0) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+    if rng.random() < 0.35:  # pleural effusion: dense fluid at one lung base, meniscus-shaped
+        side = rng.choice([-1, 1])
+        level = rng.uniform(-0.35, -0.05)
+        fluid = 1.0 / (1.0 + np.exp(-(y - level + 0.4 * (x * side - 0.35) ** 2) / 0.04))
+        lateral = np.exp(-(((x * side) - 0.38) / 0.2) ** 2)
+        base = 1.0 / (1.0 + np.exp((y - 0.1) / 0.05))
+        out += rng.uniform(0.8, 2.0) * fluid * lateral * base
+    if rng.random() < 0.3:  # cardiomegaly: a wider heart shadow
+        cx, cy = rng.uniform(-0.12, 0.08), rng.uniform(-0.45, -0.2)
+        out += rng.uniform(0.6, 1.5) * np.exp(-(((x - cx) / 0.3) ** 2 + ((y - cy) / 0.18) ** 2))
+    return out
+
+
+def _xr_positioning(path: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Patient positioning and size on the detector: a rotation, shift and scaling of the projection."""
+    angle = np.radians(rng.uniform(-7.0, 7.0))
+    scale = rng.uniform(0.86, 1.14, size=2)
+    shift = rng.uniform(-0.06, 0.06, size=2) * np.array(path.shape)
+    c, s = np.cos(angle), np.sin(angle)
+    matrix = np.array([[c, -s], [s, c]]) / scale[:, None]
+    centre = (np.array(path.shape) - 1) / 2.0
+    offset = centre - matrix @ (centre + shift)
+    return ndimage.affine_transform(path, matrix, offset=offset, order=1, mode="constant", cval=0.0)
 
 
 _MAKERS = {"ct": make_ct, "mr": make_mr, "xr": make_xr}

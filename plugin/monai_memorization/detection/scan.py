@@ -72,10 +72,14 @@ class ScanResult:
         report_path: the self-contained HTML report (None when not written).
         n_copies, n_memorized: counts behind the fractions.
         synthetic_copy_rate: copies / N_synthetic.
+        synthetic_copy_rate_ci: bootstrap 95% interval of ``synthetic_copy_rate`` (the same resamples
+            as ``copy_fraction_ci``, scaled by N_train / N_synthetic).
         memorized: one dict per training sample (nearest synthetic sample, correlation, is_memorized).
         calibration_corr: each training sample's correlation to its nearest held-out sample.
         synthetic_corr: each synthetic sample's correlation to its nearest training sample.
         train_corr: each training sample's correlation to its nearest synthetic sample.
+        overlap_warning: set when the training, held-out and synthetic sets overlap and the scan
+            ran anyway (``allow_overlap=True``): the overlap found, for the report's headline.
     """
 
     threshold: float
@@ -97,6 +101,8 @@ class ScanResult:
     calibration_corr: np.ndarray | None = field(default=None, repr=False)
     synthetic_corr: np.ndarray | None = field(default=None, repr=False)
     train_corr: np.ndarray | None = field(default=None, repr=False)
+    overlap_warning: str | None = None
+    synthetic_copy_rate_ci: tuple[float, float] = (float("nan"), float("nan"))
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-sample arrays)."""
@@ -105,6 +111,7 @@ class ScanResult:
             d.pop(key)
         d["copy_fraction_ci"] = [_json_float(v) for v in self.copy_fraction_ci]
         d["memorized_fraction_ci"] = [_json_float(v) for v in self.memorized_fraction_ci]
+        d["synthetic_copy_rate_ci"] = [_json_float(v) for v in self.synthetic_copy_rate_ci]
         d["definitions"] = dict(DEFINITIONS, threshold=f"{self.percentile:g}th " + DEFINITIONS["threshold"])
         return d
 
@@ -278,6 +285,7 @@ def scan_embeddings(
         n_copies=n_copies,
         n_memorized=n_mem,
         synthetic_copy_rate=n_copies / n_synth,
+        synthetic_copy_rate_ci=(copy_ci[0] * n_train / n_synth, copy_ci[1] * n_train / n_synth),
         memorized=memorized,
         calibration_corr=calib,
         synthetic_corr=s_corr,
@@ -324,14 +332,42 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
         w.writerows(rows)
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    """A fresh temporary folder next to ``out_dir``; refuses to replace a folder that is not a report."""
+def _check_existing_out_dir(out_dir: Path) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise MemorizationError(f"{out_dir}: exists and is not a folder")
         content = [p.name for p in out_dir.iterdir()]
         if content and "report.json" not in content:
             raise MemorizationError(f"{out_dir}: folder exists and is not a previous scan report; choose another --out")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Cheap check before any work: ``out_dir`` may be replaced and its folder can be written. Creates nothing."""
+    _check_existing_out_dir(out_dir)
+    ancestor = out_dir.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MemorizationError(f"{out_dir}: cannot create the report folder: {ancestor} is not a folder")
+    try:  # a real probe: write permission bits say nothing for root or on a read-only file system
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".probe", dir=ancestor))
+    except OSError as e:
+        raise MemorizationError(f"{out_dir}: cannot write the report folder in {ancestor} ({e.strerror or e})") from None
+
+
+def _check_percentile(percentile: Any) -> float:
+    try:
+        value = float(percentile)
+    except (TypeError, ValueError):
+        raise DataValidationError(f"percentile must be a number in (0, 100], got {percentile!r}") from None
+    if not 0.0 < value <= 100.0:
+        raise DataValidationError(f"percentile must be in (0, 100], got {percentile!r}")
+    return value
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    """A fresh temporary folder next to ``out_dir``; refuses to replace a folder that is not a report."""
+    _check_existing_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
 
@@ -432,6 +468,7 @@ def run_scan(
     holdout_section: str = "holdout",
     synthetic_section: str = "training",
     use_gpu: bool | str = "auto",
+    allow_overlap: bool = False,
 ) -> ScanResult:
     """Scan synthetic images for copies of training images and write the memorization report.
 
@@ -460,24 +497,42 @@ def run_scan(
         progress: progress bars.
         train_section, holdout_section, synthetic_section: datalist sections to read.
         use_gpu: faiss GPU index (``"auto"``: when available).
+        allow_overlap: scan even when the sets overlap (by real path, content or subject; see
+            :mod:`monai_memorization.data.overlap`); the report's headline then carries
+            ``overlap_warning``. Without it an overlap is an error.
 
     Returns:
         :class:`ScanResult` with ``out_dir`` and ``report_path`` set.
 
     Raises:
         DataValidationError: empty set, unreadable image, synthetic images whose dimensionality or
-            shape differs from the training set.
+            shape differs from the training set, overlapping sets, a percentile outside (0, 100].
+        MemorizationError: ``out_dir`` cannot be written or is a folder that is not a scan report.
         DetectorError: unusable checkpoint, NaN embeddings.
+        The arguments, the report folder and the overlap are checked before the detector is loaded
+        and anything is embedded.
     """
     import torch
 
+    from monai_memorization.data.overlap import check_overlap
     from monai_memorization.data.transforms import get_transforms
     from monai_memorization.detection.detector import load_detector
     from monai_memorization.detection.embed import embed_items
     from monai_memorization.report.html import write_html_report
     from monai_memorization.report.plots import plot_correlation_histogram, plot_pair_montage
 
+    # cheap checks first: arguments, the report folder, the sets and their overlap
     out_dir = Path(out_dir)
+    percentile = _check_percentile(percentile)
+    _check_out_dir(out_dir)
+    sets = {
+        "training": _load_items(train, train_section, "training"),
+        "held-out": _load_items(holdout, holdout_section, "held-out"),
+        "synthetic": _load_items(synthetic, synthetic_section, "synthetic"),
+    }
+    overlap = check_overlap(sets["training"], sets["held-out"], sets["synthetic"], allow_overlap=allow_overlap, log=logger)
+    overlap_warning = overlap.message(allowed=True)
+
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder, cfg = load_detector(detector, device=dev)
     spatial_dims, spatial_size = int(cfg["spatial_dims"]), [int(s) for s in cfg["spatial_size"]]
@@ -487,11 +542,6 @@ def run_scan(
     if (modality == "xr") != (spatial_dims == 2):
         raise DetectorError(f"{detector}: a {spatial_dims}D detector cannot scan modality '{modality}'")
 
-    sets = {
-        "training": _load_items(train, train_section, "training"),
-        "held-out": _load_items(holdout, holdout_section, "held-out"),
-        "synthetic": _load_items(synthetic, synthetic_section, "synthetic"),
-    }
     shapes: dict[str, list] = {}
     if validate:
         from monai_memorization.data.validation import validate_items
@@ -528,6 +578,7 @@ def run_scan(
         emb["training"], emb["held-out"], emb["synthetic"], percentile=percentile,
         train_items=sets["training"], synth_items=sets["synthetic"], n_bootstrap=n_bootstrap, seed=seed, use_gpu=use_gpu,
     )
+    result.overlap_warning = overlap_warning
 
     tmp = _prepare_out_dir(out_dir)
     try:

@@ -250,6 +250,9 @@ class MemorizationCheckHandler:
         metric_prefix: prefix of the metric names.
         batch_size: images per embedding batch.
         name: logger name.
+        allow_overlap: calibrate even when the held-out items overlap the training items (by real
+            path, content or subject; :mod:`monai_memorization.data.overlap`), with a warning kept in
+            ``overlap_warning``. Without it an overlap is an error at setup, before anything is embedded.
 
     Example (Python)::
 
@@ -290,6 +293,7 @@ class MemorizationCheckHandler:
         metric_prefix: str = "memorization_",
         batch_size: int = 16,
         name: str | None = None,
+        allow_overlap: bool = False,
     ) -> None:
         if stop_metric not in ("copy_rate", "memorized_fraction", "copy_fraction"):
             raise ValueError(f"stop_metric must be copy_rate, memorized_fraction or copy_fraction, got {stop_metric!r}")
@@ -326,6 +330,8 @@ class MemorizationCheckHandler:
         self.prefix = metric_prefix
         self.batch_size = int(batch_size)
         self.logger = logging.getLogger(name or __name__)
+        self.allow_overlap = bool(allow_overlap)
+        self.overlap_warning: str | None = None
 
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -406,7 +412,11 @@ class MemorizationCheckHandler:
 
         for handlers in getattr(engine, "_event_handlers", {}).values():
             for h, _, _ in handlers:
-                owner = getattr(h, "__self__", None)
+                # the handler object itself, a bound method of it, or ignite's wrapper when registered with a filter
+                owner = h if isinstance(h, ValidationHandler) else getattr(h, "__self__", None)
+                parent = getattr(h, "_parent", None)
+                if owner is None and callable(parent):
+                    owner = parent()
                 if isinstance(owner, ValidationHandler):
                     ds = getattr(getattr(owner.validator, "data_loader", None), "dataset", None)
                     data = getattr(ds, "data", None)
@@ -456,11 +466,7 @@ class MemorizationCheckHandler:
             self._train_items = items_from_source(self.train_data, section=self.train_section)
         if not self._train_items:
             raise MemorizationError("memorization check: the training set is empty")
-        self._train_emb = embed_items(
-            self._encoder, self._train_items, transform, batch_size=self.batch_size, progress=False, desc="embedding training set"
-        )
-        self._train_index = CorrelationIndex(self._train_emb.shape[1])
-        self._train_index.add(self._train_emb, name="training embeddings")
+        holdout_items: list | None = None
         if self.threshold is None:
             if self.holdout is not None:
                 holdout_items = items_from_source(self.holdout, section=self.holdout_section)
@@ -473,6 +479,16 @@ class MemorizationCheckHandler:
                     "memorization check: no held-out data to calibrate the threshold; set holdout "
                     "(e.g. --memorization_check#holdout <datalist with a 'holdout' list>) or threshold"
                 )
+            from monai_memorization.data.overlap import check_overlap
+
+            ov = check_overlap(self._train_items, holdout_items, allow_overlap=self.allow_overlap, log=self.logger)
+            self.overlap_warning = ov.message(allowed=True)
+        self._train_emb = embed_items(
+            self._encoder, self._train_items, transform, batch_size=self.batch_size, progress=False, desc="embedding training set"
+        )
+        self._train_index = CorrelationIndex(self._train_emb.shape[1])
+        self._train_index.add(self._train_emb, name="training embeddings")
+        if holdout_items is not None:
             holdout_emb = embed_items(
                 self._encoder, holdout_items, transform, batch_size=self.batch_size, progress=False, desc="embedding held-out set"
             )

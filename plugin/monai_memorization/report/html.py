@@ -17,6 +17,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}.copy{background:#fde2e2}.big{font-size:1.3em;font-weight:600}
 .note{color:#555;font-size:.9em}img{max-width:100%}
+.warning{background:#fde2e2;border:3px solid #b00;color:#600;padding:.6em 1em;font-weight:600;font-size:1.1em}
 """
 
 
@@ -61,7 +62,7 @@ def write_html_report(
     Args:
         path: the ``.html`` to write.
         summary: the scan summary (``ScanResult.summary()``): threshold, fractions, CIs, counts,
-            definitions, detector.
+            definitions, detector; a non-empty ``overlap_warning`` is shown above the headline figures.
         pairs: per-synthetic-sample rows (``synthetic_id``, ``train_id``, ``train_subject``,
             ``correlation``, ``is_copy``).
         memorized: per-training-sample rows (``train_id``, ``correlation``, ``is_memorized``).
@@ -79,6 +80,11 @@ def write_html_report(
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        (
+            f"<p class='warning' id='overlap-warning'>WARNING: the training, held-out and synthetic sets overlap. "
+            f"{html.escape(str(s['overlap_warning']))}</p>"
+            if s.get("overlap_warning") else ""
+        ),
         "<p class='big'>"
         f"Synthetic copies: {s.get('n_copies', 'n/a')} = {_pct(s.get('copy_fraction'))} of N_train "
         f"(95% CI {_pct(copy_ci[0])} - {_pct(copy_ci[1])}).<br>"

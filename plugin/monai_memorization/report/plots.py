@@ -12,7 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_correlation_histogram", "plot_pair_montage", "plot_similarity_histogram", "preview_slice"]
+__all__ = [
+    "plot_correlation_histogram", "plot_pair_montage", "plot_similarity_histogram", "preview_slice", "plot_copy_rate_curves",
+]
 
 
 def _bins(*arrays: np.ndarray, n: int = 60) -> np.ndarray:
@@ -145,5 +147,38 @@ def plot_similarity_histogram(
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_copy_rate_curves(
+    curves: dict[str, Sequence[tuple[int, float]]], path: str | os.PathLike, title: str = "In-training memorization check"
+) -> Path:
+    """Copy rate (fraction of samples flagged) against the training epoch, one line per configuration.
+
+    Args:
+        curves: configuration name -> ``[(epoch, copy rate in [0, 1]), ...]``.
+        path: the PNG to write.
+        title: figure title.
+
+    Returns:
+        the written path.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for name, points in curves.items():
+        if points:
+            e, r = zip(*sorted(points))
+            ax.plot(e, [100 * v for v in r], marker="o", label=name)
+    ax.set_xlabel("diffusion training epoch")
+    ax.set_ylabel("samples flagged as copies (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if any(curves.values()):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -1,0 +1,38 @@
+"""Smoke test of the real-image copy-detector benchmark (scripts/benchmarks/bench_detector_real.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmarks" / "bench_detector_real.py"
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("nilearn") is None or importlib.util.find_spec("sklearn") is None,
+    reason="the real-image benchmark needs nilearn (its MNI152 template) and scikit-learn: pip install '.[bench]'",
+)
+
+
+@pytest.mark.timeout(180)
+def test_smoke_writes_both_split_tables(tmp_path):
+    """--smoke runs both splits end to end (tiny sizes) and writes the tables and per-kind TPRs."""
+    out = tmp_path / "bench.md"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True, text=True,
+                          timeout=170, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "## tune split (axial)" in text and "## test split (coronal + sagittal)" in text
+    assert "Novel-to-nearest-training pixel Pearson correlation" in text
+    assert text.count("| method | steps | lr | train s | AUC in-dist |") == 2
+    header = [ln for ln in text.splitlines() if ln.startswith("| method | exact |")]
+    assert len(header) == 4  # per-kind TPR at 1% FPR and at the calibrated threshold, per split
+    for kind in ("elastic", "crop_resize", "jpeg", "window", "rotate_large", "elastic+jpeg", "shift+window", "autoencoder"):
+        assert kind in header[0]
+    assert "| pixel correlation |" in text and "| detector 4 steps" in text
+    assert "Pick by the tuning split" in text and "Status against the targets (test split" in text

@@ -1,0 +1,229 @@
+"""Overlapping training, held-out and synthetic sets are an error before anything is loaded or embedded.
+
+Most tests pass a detector path that does not exist: before the overlap check, the scan loaded the
+detector first and failed on it (or, with a real detector, ran and reported 0 copies out of exact
+copies with a threshold of about 1.0). Now the overlap (or another cheap check) must fail first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import monai_memorization
+from fixtures.tiny import copy_and_novel_folder, tiny_detector, tiny_ldm
+from monai_memorization.cli import main
+from monai_memorization.data.datalist import load_datalist
+from monai_memorization.data.overlap import check_overlap, find_overlaps
+from monai_memorization.detection.scan import run_scan
+from monai_memorization.errors import DataValidationError, MemorizationError
+
+
+@pytest.fixture(scope="module")
+def data(xr_datalist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("overlap")
+    syn, copies, novel = copy_and_novel_folder(xr_datalist, root / "synthetic", n_copies=2, n_novel=2)
+    return {
+        "root": root,
+        "synthetic": str(syn),
+        "train": load_datalist(xr_datalist, "training"),
+        "holdout": load_datalist(xr_datalist, "holdout"),
+        "missing_detector": str(root / "no_such_detector.pt"),
+    }
+
+
+def _holdout_folder(data, path: Path) -> Path:
+    """A folder with copies of the real held-out images (no overlap by itself)."""
+    path.mkdir()
+    for it in data["holdout"]:
+        shutil.copy(it["image"], path / Path(it["image"]).name)
+    return path
+
+
+def _scan_fails(train, holdout, data, tmp_path, match, **kw):
+    out = tmp_path / "report"
+    with pytest.raises(DataValidationError, match=match) as info:
+        run_scan(train, holdout, data["synthetic"], data["missing_detector"], out, log_to_mlflow=False, progress=False, **kw)
+    msg = str(info.value)
+    assert "\n" not in msg and "allow_overlap" in msg
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.")]
+    return msg
+
+
+def test_holdout_section_training_is_an_error_before_the_detector(xr_datalist, data, tmp_path):
+    msg = _scan_fails(xr_datalist, xr_datalist, data, tmp_path, "is the same file as", holdout_section="training")
+    first = data["train"][0]["image"]
+    assert f"held-out image {first} is the same file as training image {first}" in msg
+    # the synthetic exact copies of training images are then also copies of "held-out" images
+    assert "10 overlaps between the sets in all (8 training/held-out, 2 held-out/synthetic)" in msg
+
+
+def test_same_folder_given_twice(xr_datalist, data, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for it in data["train"]:
+        shutil.copy(it["image"], folder / Path(it["image"]).name)
+    msg = _scan_fails(str(folder), str(folder), data, tmp_path, "is the same file as")
+    assert f"held-out image {folder / 'xr_00000.png'} is the same file as training image {folder / 'xr_00000.png'}" in msg
+    assert "(8 training/held-out, 2 held-out/synthetic)" in msg
+
+
+def test_symlink_to_a_training_file_in_the_holdout_folder(xr_datalist, data, tmp_path):
+    held = _holdout_folder(data, tmp_path / "held")
+    target = data["train"][3]["image"]
+    os.symlink(target, held / "zz_link.png")
+    msg = _scan_fails(xr_datalist, str(held), data, tmp_path, "is the same file as")
+    assert f"held-out image {held / 'zz_link.png'} is the same file as training image {target}" in msg
+    assert "1 overlap between the sets" in msg
+
+
+def test_byte_identical_copy_under_another_name(xr_datalist, data, tmp_path):
+    held = _holdout_folder(data, tmp_path / "held")
+    source = data["train"][5]["image"]
+    shutil.copy(source, held / "renamed_scan.png")
+    msg = _scan_fails(xr_datalist, str(held), data, tmp_path, r"has the same content \(sha256\) as")
+    assert f"held-out image {held / 'renamed_scan.png'} has the same content (sha256) as training image {source}" in msg
+
+
+def test_holdout_image_of_a_training_subject(xr_datalist, data, tmp_path):
+    dl = json.loads(Path(xr_datalist).read_text())
+    base = Path(xr_datalist).parent
+    dl["training"] = [dict(it, image=str(base / it["image"])) for it in dl["training"]]
+    dl["holdout"] = [dict(it, image=str(base / it["image"])) for it in dl["holdout"]]
+    dl["holdout"][2]["subject"] = dl["training"][1]["subject"]  # another image of a training patient
+    path = tmp_path / "leaky.json"
+    path.write_text(json.dumps(dl))
+    msg = _scan_fails(str(path), str(path), data, tmp_path, "is of the same subject as")
+    held, train = dl["holdout"][2]["image"], dl["training"][1]["image"]
+    assert f"held-out image {held} is of the same subject as training image {train} (subject 'xr_00001')" in msg
+
+
+def test_synthetic_set_pointing_at_the_held_out_files(xr_datalist, data, tmp_path):
+    held = [it["image"] for it in data["holdout"]]
+    out = tmp_path / "report"
+    with pytest.raises(DataValidationError, match="synthetic image .* is the same file as held-out image"):
+        run_scan(xr_datalist, xr_datalist, held, data["missing_detector"], out, log_to_mlflow=False, progress=False)
+
+
+def test_exact_synthetic_copies_of_training_images_are_not_an_input_error(data):
+    """Byte copies in the synthetic set are what the scan detects (and what positive controls plant)."""
+    syn = [{"image": str(p)} for p in sorted(Path(data["synthetic"]).iterdir())]
+    res = check_overlap(data["train"], data["holdout"], syn)
+    assert not res.overlaps and len(res.exact_copies) == 2
+    assert res.exact_copies[0].second_set == "synthetic" and res.exact_copies[0].first == data["train"][0]["image"]
+
+
+def test_find_overlaps_dicom_series_folders(tmp_path):
+    a, b = tmp_path / "train" / "s1", tmp_path / "held" / "other_name"
+    a.mkdir(parents=True), b.mkdir(parents=True)
+    for i in range(3):
+        (a / f"{i}.dcm").write_bytes(b"DICM" + bytes([i]) * 100)
+        (b / f"slice_{2 - i}.dcm").write_bytes(b"DICM" + bytes([i]) * 100)  # same slices, other names
+    res = find_overlaps([{"image": str(a), "subject": "s1"}], [{"image": str(b), "subject": "other_name"}])
+    assert [o.kind for o in res.overlaps] == ["content"]
+    (b / "slice_0.dcm").write_bytes(b"DICM" + b"x" * 100)
+    assert not find_overlaps([{"image": str(a), "subject": "s1"}], [{"image": str(b), "subject": "other_name"}])
+
+
+def test_cheap_checks_come_before_the_detector(xr_datalist, data, tmp_path):
+    kw = dict(log_to_mlflow=False, progress=False)
+    with pytest.raises(DataValidationError, match=r"percentile must be in \(0, 100\], got 150"):
+        run_scan(xr_datalist, xr_datalist, data["synthetic"], data["missing_detector"], tmp_path / "r", percentile=150, **kw)
+    occupied = tmp_path / "a_file"
+    occupied.write_text("x")
+    with pytest.raises(MemorizationError, match="exists and is not a folder"):
+        run_scan(xr_datalist, xr_datalist, data["synthetic"], data["missing_detector"], occupied, **kw)
+    with pytest.raises(MemorizationError, match="cannot create the report folder"):
+        run_scan(xr_datalist, xr_datalist, data["synthetic"], data["missing_detector"], occupied / "sub" / "r", **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_cli_overlap_is_one_line_and_exit_2(xr_datalist, data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    with pytest.raises(SystemExit) as info:
+        main(["scan", "--train", xr_datalist, "--holdout", xr_datalist, "--holdout_section", "training",
+              "--synthetic", data["synthetic"], "--detector", data["missing_detector"], "--out", str(out), "--mlflow", "False"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("monai-memorization: error: held-out image ")
+    assert "is the same file as training image" in err and "--allow_overlap" in err
+    assert not out.exists()
+
+    # `check` with no detector refuses before training one
+    folder = Path(xr_datalist).parent / "images"
+    with pytest.raises(SystemExit) as info:
+        main(["check", xr_datalist, data["synthetic"], "--holdout", str(folder), "--out", str(out), "--mlflow", "False"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is the same file as training image" in err
+    assert not out.exists() and not (tmp_path / "cli_detector").exists()
+
+
+def test_allow_overlap_runs_and_the_report_warns(xr_datalist, data, tmp_path, capsys):
+    det = tiny_detector(xr_datalist, tmp_path / "det")
+    res = monai_memorization.check(
+        xr_datalist, data["synthetic"], holdout=xr_datalist, holdout_section="training", detector=det,
+        out=tmp_path / "api", n_bootstrap=0, progress=False, allow_overlap=True,
+    )
+    assert res.overlap_warning and "is the same file as" in res.overlap_warning
+    summary = json.loads((tmp_path / "api" / "report.json").read_text())
+    assert summary["overlap_warning"] == res.overlap_warning and "8 training/held-out" in summary["overlap_warning"]
+    html = (tmp_path / "api" / "report.html").read_text()
+    assert html.index("overlap-warning") < html.index("Synthetic copies:")
+
+    capsys.readouterr()
+    main(["scan", "--train", xr_datalist, "--holdout", xr_datalist, "--holdout_section", "training", "--synthetic",
+          data["synthetic"], "--detector", det, "--out", str(tmp_path / "cli"), "--mlflow", "False", "--allow_overlap"])
+    summary_line = [line for line in capsys.readouterr().out.splitlines() if "report:" in line][-1]
+    assert summary_line.startswith("WARNING: held-out image ") and "copies:" in summary_line
+    assert json.loads((tmp_path / "cli" / "report.json").read_text())["overlap_warning"]
+
+    # without overlap there is no warning
+    clean = run_scan(xr_datalist, xr_datalist, data["synthetic"], det, tmp_path / "clean", log_to_mlflow=False,
+                     progress=False, n_bootstrap=0)
+    assert clean.overlap_warning is None
+    assert json.loads((tmp_path / "clean" / "report.json").read_text())["overlap_warning"] is None
+    assert "overlap-warning" not in (tmp_path / "clean" / "report.html").read_text()
+
+
+def _trainer_validating_on(items, xr_datalist, handler):
+    """A tiny LDM trainer whose ValidationHandler evaluates on ``items`` (the handler's fallback held-out set)."""
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import ValidationHandler
+
+    trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[handler])
+    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset(items)), network=torch.nn.Identity())
+    ValidationHandler(1, evaluator).attach(trainer)
+    return trainer
+
+
+def test_handler_fallback_to_the_validation_set_checks_overlap(xr_datalist, data, tmp_path):
+    from monai_memorization.handlers import MemorizationCheckHandler
+
+    det = tiny_detector(xr_datalist, tmp_path / "det")
+    # the trainer validates on its own training images: the fallback held-out set is the training set
+    check = MemorizationCheckHandler(det, num_samples=2)
+    trainer = _trainer_validating_on([dict(it) for it in data["train"][:3]], xr_datalist, check)
+    with pytest.raises(DataValidationError, match="is the same file as training image") as info:
+        trainer.run()
+    assert "\n" not in str(info.value) and "3 overlaps" in str(info.value)
+    assert trainer.state.iteration == 0 and check._train_emb is None
+
+    # allowed: set up with a warning kept on the handler
+    allowed = MemorizationCheckHandler(det, num_samples=2, allow_overlap=True)
+    trainer = _trainer_validating_on([dict(it) for it in data["train"][:3]], xr_datalist, allowed)
+    allowed._setup(trainer)
+    assert allowed.threshold is not None and "3 overlaps" in allowed.overlap_warning
+
+    # a real held-out set: no error, no warning
+    ok = MemorizationCheckHandler(det, num_samples=2)
+    trainer = _trainer_validating_on([dict(it) for it in data["holdout"]], xr_datalist, ok)
+    ok._setup(trainer)
+    assert ok.threshold is not None and ok.overlap_warning is None
