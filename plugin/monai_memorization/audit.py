@@ -69,8 +69,8 @@ _MITIGATED = "mitigated: {n} images with augmentation, the same optimizer steps"
 AUDIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     m: {
         "cpu": {"n": 32, "n_holdout": 16, "n_val": 2, "shape": shape, "quick": True, "num_samples": 32, "checks": 8,
-                "configs": [_cfg("prone", _PRONE.format(n=8), 8, False, ae, 1500),
-                            _cfg("mitigated", _MITIGATED.format(n=32), 32, True, ae // 4, 375)]},
+                "configs": [_cfg("prone", _PRONE.format(n=8), 8, False, ae, 2400),
+                            _cfg("mitigated", _MITIGATED.format(n=32), 32, True, ae // 4, 600)]},
         "gpu": {"n": 256, "n_holdout": 64, "n_val": 8, "shape": None, "quick": False, "num_samples": 256, "checks": 10,
                 "configs": [_cfg("prone", _PRONE.format(n=32), 32, False, 400, 8000),
                             _cfg("mitigated", _MITIGATED.format(n=256), 256, True, 50, 1000)]},
@@ -78,7 +78,7 @@ AUDIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "checks": 1, "detector_epochs": 5,
                   "configs": [_cfg("prone", "smoke test: tiny training, no verdict", 4, False, 1, 2)]},
     }
-    for m, shape, ae in (("xr", [64, 64], 160), ("ct", [32, 32, 32], 100), ("mr", [16, 32, 32], 100))
+    for m, shape, ae in (("xr", [64, 64], 300), ("ct", [32, 32, 32], 200), ("mr", [16, 32, 32], 200))
 }
 
 
@@ -268,7 +268,7 @@ def run_audit(
     from monai_memorization.detection.scan import run_scan
     from monai_memorization.engines.contrastive import train_detector
     from monai_memorization.report.audit_report import write_audit_report
-    from monai_memorization.report.plots import plot_copy_rate_curves
+    from monai_memorization.report.plots import plot_copy_rate_curves, plot_image_rows
     from monai_memorization.tracking import adopt_child_runs, sqlite_tracking_uri, start_parent_run
 
     modality = str(modality).lower()
@@ -335,6 +335,7 @@ def run_audit(
     holdout_arr = _load_arrays(holdout_items, modality, spatial_size)
     records: list[dict] = []
     curves: dict[str, list] = {}
+    montage: dict[str, Any] = {"training images": _load_arrays(train_all[:8], modality, spatial_size)}
     bundle_configs = [ldm / "configs" / "train.json"] + ([ldm / "configs" / "quick.json"] if p["quick"] else [])
     for c in configs:
         # 3. generator ---------------------------------------------------------------------------
@@ -346,7 +347,7 @@ def run_audit(
             "bundle_root": str(gen_dir), "datalist": sub, "tracking_uri": uri, "experiment_name": experiment, "seed": seed,
             "spatial_size": spatial_size, "augment": c["augment"], "ae_max_epochs": c["ae_epochs"],
             "adv_warmup_epochs": max(1, c["ae_epochs"] // 3), "diffusion_max_epochs": c["diffusion_epochs"],
-            "val_interval": c["diffusion_epochs"], "save_interval": max(1, c["diffusion_epochs"] // 5),
+            "val_interval": c["ae_epochs"], "save_interval": max(1, c["diffusion_epochs"] // 5),
             "memorization_check#detector": str(detector), "memorization_check#holdout": sub,
             "memorization_check#interval": interval, "memorization_check#num_samples": 8,
             "memorization_check#num_inference_steps": "@num_inference_steps", "memorization_check#percentile": percentile,
@@ -367,6 +368,7 @@ def run_audit(
         train_arr = _load_arrays(train_items, modality, spatial_size)
         synth_arr = _load_arrays(items_from_source(str(samples)), modality, spatial_size)
         quality = generator_quality(train_arr, holdout_arr, synth_arr, features, "copy detector encoder")
+        montage[f"samples: {name}"] = synth_arr[:8]
         r = run_scan(sub, sub, samples, detector, out_dir / f"report_{name}", percentile=percentile, modality=modality,
                      tracking_uri=uri, experiment_name=experiment, run_name=f"scan_{name}", progress=progress, seed=seed)
         adopt_child_runs(uri, experiment, parent, t0, {"audit_config": name})
@@ -402,6 +404,7 @@ def run_audit(
               "convergence_margin": CONVERGENCE_MARGIN}
     headline, exit_code = _headline(records, control, preset)
     curve_png = plot_copy_rate_curves(curves, out_dir / "copy_rate_curves.png")
+    samples_png = plot_image_rows(montage, out_dir / "samples.png")
     result = AuditResult(
         out_dir=str(out_dir), report_path=str(out_dir / "report.html"), tracking_uri=uri, headline=headline,
         exit_code=exit_code, configs=records, control=control, margin=margin, detector=str(detector), modality=modality,
@@ -409,7 +412,9 @@ def run_audit(
     )
     seconds["report"] = time.time() - t
     (out_dir / "audit.json").write_text(json.dumps(asdict(result), indent=2))
-    write_audit_report(out_dir / "report.html", asdict(result), {"Copy rate while the generator trains": curve_png})
+    write_audit_report(out_dir / "report.html", asdict(result), {
+        "Copy rate while the generator trains": curve_png, "Training images and each generator's samples": samples_png,
+    })
     _finish_parent(uri, parent, records, exit_code)
     return result
 

@@ -171,6 +171,7 @@ class Commands:
         log_images_to_mlflow: bool = False,
         holdout_section: str = "holdout",
         allow_overlap: bool = False,
+        orientation_invariant: bool = False,
     ) -> str:
         """Scan synthetic images for copies of training images; write the memorization report.
 
@@ -191,6 +192,9 @@ class Commands:
             holdout_section: datalist list holding the held-out images.
             allow_overlap: scan even when the training, held-out and synthetic sets share files,
                 content or subjects (otherwise an error); the report's headline then warns.
+            orientation_invariant: also match synthetic images flipped or transposed relative to the
+                training images (8 views in 2D square images, 8 flips in 3D; the threshold is
+                calibrated the same way).
 
         Returns:
             A one-line summary with both fractions and the report path.
@@ -201,7 +205,7 @@ class Commands:
             train, holdout, synthetic, detector, out, percentile=percentile, modality=modality,
             log_to_mlflow=mlflow, tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow,
             batch_size=batch_size, device=device, top_k=top_k, holdout_section=holdout_section,
-            allow_overlap=allow_overlap,
+            allow_overlap=allow_overlap, orientation_invariant=orientation_invariant,
         )
         return (
             (f"WARNING: {r.overlap_warning}; " if r.overlap_warning else "")

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the scan, the detector checkpoints and the release gate."""
+"""Small file helpers shared by the scan, the detector checkpoints, the release gate and the figures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["file_sha256", "replace_dir"]
+__all__ = ["file_sha256", "replace_dir", "save_figure"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -44,3 +44,24 @@ def replace_dir(tmp: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     os.replace(tmp, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` (creating the folder) and close it.
+
+    Args:
+        fig: the ``matplotlib.figure.Figure``.
+        path: the PNG to write.
+        dpi: resolution.
+
+    Returns:
+        the written path.
+    """
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -20,12 +20,32 @@ from monai import transforms as mt
 warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader: nvImageCodec decoder plugin")
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
-__all__ = ["CT_WINDOW", "MR_PERCENTILES", "intensity_transform", "get_transforms", "augmentations"]
+__all__ = ["CT_WINDOW", "MR_PERCENTILES", "intensity_transform", "get_transforms", "augmentations", "GreyFromRGBd"]
 
 #: Hounsfield window mapped to [0, 1] for CT.
 CT_WINDOW = (-1000.0, 1000.0)
 #: Percentiles mapped to [0, 1] for MR.
 MR_PERCENTILES = (0.0, 99.5)
+
+
+class GreyFromRGBd(mt.MapTransform):
+    """An RGB or RGBA 2D image (a generator's 8-bit PNG of a grey image) to one channel.
+
+    Channel-first images with 3 or 4 channels become their ITU-R BT.601 luminance
+    (0.299 R + 0.587 G + 0.114 B; alpha dropped); one-channel images pass unchanged.
+
+    Args:
+        keys: keys to convert.
+    """
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.ndim == 3 and img.shape[0] in (3, 4):
+                w = img.new_tensor([0.299, 0.587, 0.114], dtype=img.dtype if img.is_floating_point() else None).float()
+                d[key] = (img[:3].float() * w.view(3, 1, 1)).sum(0, keepdim=True)
+        return d
 
 
 def intensity_transform(modality: str, keys: Sequence[str] = ("image",)) -> mt.MapTransform:
@@ -98,6 +118,8 @@ def get_transforms(
     ]
     if spatial_dims == 3:
         chain.append(mt.Orientationd(keys, axcodes="RAS"))
+    else:
+        chain.append(GreyFromRGBd(keys))
     chain.append(intensity_transform(m, keys))
     if spatial_size is not None:
         size = [int(spatial_size)] * spatial_dims if isinstance(spatial_size, int) else [int(s) for s in spatial_size]

@@ -113,11 +113,12 @@ def detector_preset(
 
     Returns:
         a dict with ``network``, ``network_kwargs``, ``embed_dim``, ``lr``, ``batch_size``,
-        ``temperature``, ``epochs`` and ``steps`` (the optimizer steps that ``epochs`` gives, when
-        ``n_images`` is known, else None).
+        ``temperature``, ``epochs`` and ``steps``. With ``n_images``, ``steps`` is what ``epochs``
+        gives; without it, a step-sized preset has ``epochs`` None and its ``steps`` (size it later
+        with :func:`epochs_for_steps`).
 
     Raises:
-        DataValidationError: unknown preset or dimensionality, or neither epochs nor images to size steps.
+        DataValidationError: unknown preset or dimensionality.
     """
     key = (name or DEFAULT_PRESET).lower()
     if key not in PRESETS:
@@ -132,9 +133,7 @@ def detector_preset(
     if epochs is not None:
         cfg["epochs"] = int(epochs)
     elif want_steps is not None:
-        if n_images is None:
-            raise DataValidationError("the detector preset is sized in optimizer steps: give n_images (or epochs)")
-        cfg["epochs"] = epochs_for_steps(want_steps, n_images, cfg["batch_size"])
-    cfg["steps"] = steps_for_epochs(cfg["epochs"], n_images, cfg["batch_size"]) if n_images else None
+        cfg["epochs"] = epochs_for_steps(want_steps, n_images, cfg["batch_size"]) if n_images else None
+    cfg["steps"] = steps_for_epochs(cfg["epochs"], n_images, cfg["batch_size"]) if n_images else want_steps
     cfg["preset"] = key
     return cfg

@@ -164,6 +164,7 @@ def scan_embeddings(
     seed: int = 0,
     use_gpu: bool | str = "auto",
     threshold: float | None = None,
+    views: Sequence[str] | None = None,
 ) -> ScanResult:
     """Memorization scan on precomputed embeddings.
 
@@ -179,6 +180,9 @@ def scan_embeddings(
         use_gpu: passed to :class:`CorrelationIndex`.
         threshold: use this threshold instead of calibrating one (the calibration values are
             still computed and reported).
+        views: names of the orientation views (:mod:`monai_memorization.detection.views`) when
+            ``synth_emb`` and ``holdout_emb`` hold every image under each view, view-major
+            (``[V * N, d]``); each synthetic image then counts with its best view.
 
     Returns:
         :class:`ScanResult` (``out_dir`` and ``report_path`` unset).
@@ -193,11 +197,12 @@ def scan_embeddings(
             f"embedding sizes differ: training {train_emb.shape[1]}, held-out {holdout_emb.shape[1]}, "
             f"synthetic {synth_emb.shape[1]}"
         )
-    for items, arr, name in ((train_items, train_emb, "training"), (synth_items, synth_emb, "synthetic")):
-        if items is not None and len(items) != len(arr):
-            raise DataValidationError(f"{name}: {len(items)} items but {len(arr)} embeddings")
+    n_views = len(views) if views else 1
+    for items, n, name in ((train_items, len(train_emb), "training"), (synth_items, len(synth_emb) // n_views, "synthetic")):
+        if items is not None and len(items) != n:
+            raise DataValidationError(f"{name}: {len(items)} items but {n} embeddings")
     dim = dims.pop()
-    n_train, n_holdout, n_synth = len(train_emb), len(holdout_emb), len(synth_emb)
+    n_train, n_holdout, n_synth = len(train_emb), len(holdout_emb) // n_views, len(synth_emb) // n_views
 
     calibrated, calib = calibrate_threshold(train_emb, holdout_emb, percentile, use_gpu=use_gpu)
     thr = calibrated if threshold is None else float(threshold)
@@ -206,11 +211,16 @@ def scan_embeddings(
     train_index.add(train_emb, name="training embeddings")
     s_corr, s_idx = train_index.search(synth_emb, k=1, name="synthetic embeddings")
     s_corr, s_idx = s_corr[:, 0], s_idx[:, 0]
+    s_view = np.zeros(n_synth, dtype=int)
+    if n_views > 1:
+        from monai_memorization.detection.views import reduce_views
+
+        s_corr, s_idx, s_view = reduce_views(s_corr, s_idx, n_views)
     del train_index
     synth_index = CorrelationIndex(dim, use_gpu=use_gpu)
     synth_index.add(synth_emb, name="synthetic embeddings")
     t_corr, t_idx = synth_index.search(train_emb, k=1, name="training embeddings")
-    t_corr, t_idx = t_corr[:, 0], t_idx[:, 0]
+    t_corr, t_idx = t_corr[:, 0], t_idx[:, 0] % n_synth  # the synthetic image, whichever view matched
     del synth_index
 
     is_copy = s_corr > thr
@@ -252,6 +262,7 @@ def scan_embeddings(
                 "train_path": str(t_item.get("image", "")) if t_item else "",
                 "correlation": float(s_corr[i]),
                 "is_copy": bool(is_copy[i]),
+                **({"view": views[int(s_view[i])]} if n_views > 1 else {}),
             }
         )
     memorized = []
@@ -469,6 +480,7 @@ def run_scan(
     synthetic_section: str = "training",
     use_gpu: bool | str = "auto",
     allow_overlap: bool = False,
+    orientation_invariant: bool = False,
 ) -> ScanResult:
     """Scan synthetic images for copies of training images and write the memorization report.
 
@@ -500,6 +512,10 @@ def run_scan(
         allow_overlap: scan even when the sets overlap (by real path, content or subject; see
             :mod:`monai_memorization.data.overlap`); the report's headline then carries
             ``overlap_warning``. Without it an overlap is an error.
+        orientation_invariant: embed synthetic and held-out images under every flip/transpose
+            (:mod:`monai_memorization.detection.views`) so a sample written in another orientation
+            still matches its training image; the threshold is calibrated the same way. Costs one
+            embedding pass per view.
 
     Returns:
         :class:`ScanResult` with ``out_dir`` and ``report_path`` set.
@@ -547,9 +563,14 @@ def run_scan(
         from monai_memorization.data.validation import validate_items
 
         for name, items in sets.items():
-            infos = validate_items(items, name=f"{name} set", spatial_dims=None, channels=1, progress=progress)
+            infos = validate_items(items, name=f"{name} set", spatial_dims=None, channels=None, progress=progress)
             shapes[name] = [tuple(i["shape"]) for i in infos]
+            rgb = [it["image"] for info, it in zip(infos, items) if info["channels"] in (3, 4) and len(info["shape"]) == 2]
             for info, item in zip(infos, items):
+                if info["channels"] != 1 and item["image"] not in rgb:
+                    raise DataValidationError(
+                        f"{item['image']}: has {info['channels']} channels, expected 1 (or an RGB/RGBA 2D image)"
+                    )
                 if len(info["shape"]) != spatial_dims:
                     if name == "training":  # the data define the task: the detector is the mismatch
                         raise DetectorError(
@@ -560,23 +581,39 @@ def run_scan(
                         f"{item['image']}: {name} image has {len(info['shape'])} spatial dimensions, "
                         f"the training set and detector have {spatial_dims}"
                     )
+            if rgb:
+                logger.warning("%d %s image(s) are RGB/RGBA (first: %s): converted to grey (luminance)", len(rgb), name, rgb[0])
         _check_shapes(shapes["training"], shapes["synthetic"], sets["synthetic"], spatial_size, spatial_dims)
 
     transform = get_transforms(modality, spatial_size=spatial_size)
+    views = None
+    if orientation_invariant:
+        from monai.transforms import Compose
+
+        from monai_memorization.detection.views import ViewTransformd, view_names
+
+        views = view_names(spatial_size)
     emb = {}
     for name, items in sets.items():
         e, s = embed_items(
             encoder, items, transform, batch_size=batch_size, progress=progress, num_workers=num_workers,
             return_shapes=True, desc=f"embedding {name}",
         )
-        emb[name] = e
         shapes.setdefault(name, s)
+        if views and name != "training":  # every other view, view-major after the identity
+            e = np.concatenate([e] + [
+                embed_items(encoder, items, Compose([transform, ViewTransformd(v)]), batch_size=batch_size,
+                            progress=progress, num_workers=num_workers, desc=f"embedding {name} ({v})")
+                for v in views[1:]
+            ])
+        emb[name] = e
     if not validate:
         _check_shapes(shapes["training"], shapes["synthetic"], sets["synthetic"], spatial_size, spatial_dims)
 
     result = scan_embeddings(
         emb["training"], emb["held-out"], emb["synthetic"], percentile=percentile,
         train_items=sets["training"], synth_items=sets["synthetic"], n_bootstrap=n_bootstrap, seed=seed, use_gpu=use_gpu,
+        views=views,
     )
     result.overlap_warning = overlap_warning
 

@@ -32,6 +32,8 @@ from monai.data import MetaTensor
 from monai.inferers import DiffusionInferer, LatentDiffusionInferer
 from monai.transforms import SaveImage
 
+from monai_memorization.io import save_figure
+
 __all__ = ["LatentDiffusionSampler", "DiffusionSampler", "save_samples", "save_montage", "SampleMontage"]
 
 logger = logging.getLogger(__name__)
@@ -262,12 +264,7 @@ def save_montage(images: torch.Tensor, path: str | Path, ncols: int | None = Non
             ax.imshow(np.rot90(imgs[k, 0].numpy()), cmap="gray", vmin=0.0, vmax=1.0)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 class SampleMontage:

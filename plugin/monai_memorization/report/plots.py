@@ -12,8 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from monai_memorization.io import save_figure  # noqa: E402
+
 __all__ = [
     "plot_correlation_histogram", "plot_pair_montage", "plot_similarity_histogram", "preview_slice", "plot_copy_rate_curves",
+    "plot_image_rows",
 ]
 
 
@@ -176,9 +179,27 @@ def plot_copy_rate_curves(
     ax.grid(alpha=0.3)
     if any(curves.values()):
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_image_rows(rows: dict[str, np.ndarray], path: str | os.PathLike, per_row: int = 8) -> Path:
+    """A grid of images, one labelled row per set (e.g. training images, then each generator's samples).
+
+    Args:
+        rows: label -> ``[N, *spatial]`` images (the first ``per_row`` are shown, via :func:`preview_slice`).
+        path: the PNG to write.
+        per_row: images per row.
+
+    Returns:
+        the written path.
+    """
+    n_rows = max(1, len(rows))
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(1.3 * per_row, 1.45 * n_rows), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(preview_slice(images[c]), cmap="gray")
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    return save_figure(fig, path, dpi=100)

@@ -1,0 +1,59 @@
+"""One detector configuration, sized by optimizer steps, used by the CLI, the API, the bundle and the audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monai_memorization.detection.presets import PRESETS, detector_preset, epochs_for_steps, steps_per_epoch
+from monai_memorization.errors import DataValidationError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "copy_detector" / "configs"
+
+
+def test_epochs_follow_from_steps_and_data_size():
+    assert steps_per_epoch(30, 16) == 1 and steps_per_epoch(32, 16) == 2 and steps_per_epoch(5, 16) == 1
+    assert epochs_for_steps(900, 30, 16) == 900
+    assert epochs_for_steps(900, 320, 16) == 45
+    p = detector_preset(None, 2, n_images=64)
+    assert p["preset"] == "default" and p["network"] == "conv" and p["lr"] == 1e-3
+    assert p["epochs"] == 225 and p["steps"] == 900
+    assert detector_preset("default", 2, n_images=64, steps=100)["epochs"] == 25
+    assert detector_preset("default", 2, n_images=64, epochs=3)["steps"] == 12
+    unsized = detector_preset("default", 3)
+    assert unsized["epochs"] is None and unsized["steps"] == PRESETS["default"][3]["steps"]
+
+
+def test_study_preset_keeps_the_published_settings():
+    p = detector_preset("study", 2, n_images=3000)
+    assert (p["network"], p["lr"], p["epochs"], p["batch_size"], p["embed_dim"]) == ("resnet", 1e-4, 200, 32, 128)
+    assert detector_preset("study", 3, n_images=10)["embed_dim"] == 32
+    with pytest.raises(DataValidationError, match="unknown detector preset"):
+        detector_preset("fast", 2, n_images=10)
+
+
+def test_train_detector_uses_the_default_preset(tmp_path):
+    import numpy as np
+
+    from monai_memorization.engines.contrastive import train_detector
+
+    x = np.random.default_rng(0).random((20, 1, 16, 16)).astype(np.float32)
+    res = train_detector(x, tmp_path / "d.pt", steps=3, log_to_mlflow=False, progress=False, device="cpu",
+                         network_kwargs={"channels": [4, 8], "strides": [2, 2]})
+    cfg = res["config"]
+    assert cfg["preset"] == "default" and cfg["network"] == "conv" and cfg["lr"] == 1e-3
+    assert cfg["batch_size"] == 16 and cfg["epochs"] == 3 and cfg["steps"] == 3 and len(res["history"]) == 3
+
+
+def test_bundle_train_config_reads_the_same_preset():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_3d.json")])
+    preset = parser.get_parsed_content("preset")
+    assert preset == detector_preset("default", 3)
+    assert parser.get_parsed_content("lr") == PRESETS["default"][3]["lr"]
+    assert parser.get_parsed_content("network_name") == "conv"
+    kwargs = parser.get_parsed_content("network_kwargs")
+    assert kwargs["channels"] == PRESETS["default"][3]["network_kwargs"]["channels"] and kwargs["embed_dim"] == 32

@@ -1,0 +1,85 @@
+"""Orientation-robust intake: RGB PNGs of grey images and transposed/flipped samples do not hide copies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fixtures.tiny import tiny_detector
+from monai_memorization.detection.views import apply_view, reduce_views, view_names
+
+
+def test_views_are_the_symmetries():
+    x = torch.arange(12.0).reshape(1, 3, 4)
+    assert view_names([32, 32])[0] == "identity" and len(view_names([32, 32])) == 8
+    assert len(view_names([32, 16])) == 4 and len(view_names([8, 8, 8])) == 8
+    assert torch.equal(apply_view(x, "identity"), x)
+    assert torch.equal(apply_view(x, "flip0"), torch.flip(x, [1]))
+    assert torch.equal(apply_view(x, "transpose_flip01"), torch.flip(x.transpose(1, 2), [1, 2]))
+    y = torch.arange(8.0).reshape(1, 2, 2, 2)
+    assert torch.equal(apply_view(y, "flip12"), torch.flip(y, [2, 3]))
+    corr = np.array([0.1, 0.9, 0.8, 0.2])  # 2 views x 2 images, view-major
+    c, i, v = reduce_views(corr, np.array([5, 6, 7, 8]), 2)
+    assert c.tolist() == [0.8, 0.9] and i.tolist() == [7, 6] and v.tolist() == [1, 0]
+
+
+def _rgb_png(image: np.ndarray, path: Path) -> None:
+    g = np.round(255 * (image - image.min()) / (image.max() - image.min())).astype(np.uint8)
+    Image.fromarray(np.stack([g, g, g], -1), mode="RGB").save(path)
+
+
+def test_transposed_rgb_copies_are_found_with_orientation_invariance(xr_datalist, tmp_path, caplog):
+    """A bundle that writes 8-bit RGB PNGs, transposed and flipped: the copies match their sources."""
+    from monai.transforms import LoadImage
+
+    from monai_memorization.data.phantoms import make_phantom
+    from monai_memorization.detection.scan import run_scan
+
+    det = tiny_detector(xr_datalist, tmp_path)
+    data = json.loads(Path(xr_datalist).read_text())
+    root = Path(xr_datalist).parent
+    syn = tmp_path / "samples"
+    syn.mkdir()
+    sources = {}
+    for i, it in enumerate(data["training"][:3]):
+        img = np.asarray(LoadImage(image_only=True)(str(root / it["image"])), dtype=np.float32)
+        # PIL writes axis 0 as rows, MONAI reads rows as axis 1: the sample comes back transposed and flipped
+        _rgb_png(np.flip(img, axis=0), syn / f"copy_{i}.png")
+        sources[f"copy_{i}"] = it["subject"]
+    for i in range(3):
+        _rgb_png(make_phantom("xr", seed=99, subject=i, shape=(32, 32)).T, syn / f"novel_{i}.png")
+
+    with caplog.at_level(logging.WARNING, logger="monai_memorization.detection.scan"):
+        plain = run_scan(xr_datalist, xr_datalist, syn, det, tmp_path / "plain", log_to_mlflow=False, progress=False, n_bootstrap=0)
+    assert any("RGB" in r.message and "converted to grey" in r.message for r in caplog.records)
+    inv = run_scan(xr_datalist, xr_datalist, syn, det, tmp_path / "inv", log_to_mlflow=False, progress=False,
+                   n_bootstrap=0, orientation_invariant=True)
+    by_id = {p["synthetic_id"]: p for p in inv.pairs}
+    plain_by_id = {p["synthetic_id"]: p for p in plain.pairs}
+    for sid, subject in sources.items():
+        p = by_id[sid]
+        assert p["is_copy"] and p["train_subject"] == subject and p["view"].startswith("transpose")
+        assert p["correlation"] > 0.99 and p["correlation"] >= plain_by_id[sid]["correlation"]
+    # the threshold is calibrated with the held-out images under the same views
+    assert inv.threshold >= plain.threshold
+    saved = json.loads((tmp_path / "inv" / "pairs.json").read_text())
+    assert {r["view"] for r in saved if r["synthetic_id"].startswith("copy")} <= set(view_names([32, 32]))
+
+
+def test_a_four_channel_volume_is_still_rejected(xr_datalist, tmp_path):
+    """RGB conversion is for 2D images only: other multi-channel images still end in one line."""
+    from monai_memorization.data.validation import check_image
+    from monai_memorization.errors import DataValidationError
+
+    img = np.random.default_rng(0).random((8, 8, 8, 4)).astype(np.float32)
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "v.nii.gz"))
+    with pytest.raises(DataValidationError, match="channels"):
+        check_image(tmp_path / "v.nii.gz", channels=1)
