@@ -4,7 +4,13 @@ A MONAI plugin that trains latent diffusion bundles, a self-supervised copy dete
 and checks synthetic images for copies of training images before they are released.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# Private by default: MLflow's usage telemetry stays off unless the user turns it on
+# (MLFLOW_DISABLE_TELEMETRY=false); it would otherwise contact a remote host from a hospital machine.
+_os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __all__ = ["__version__", "check"]
 

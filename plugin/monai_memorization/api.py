@@ -213,9 +213,9 @@ def _train_quick_detector(
 
     m = (modality or "").lower() or None
     if m is None and isinstance(train, (str, os.PathLike)) and str(train).lower().endswith(".json"):
-        from monai_memorization.data.datalist import read_datalist
+        from monai_memorization.data.datalist import datalist_modality, read_datalist
 
-        m = str(read_datalist(train).get("modality") or "").lower() or None
+        m = datalist_modality(read_datalist(train))
     if m is None:
         raise DataValidationError(f"{train}: modality unknown; pass modality='ct', 'mr' or 'xr' (needed to train a detector)")
     options = dict(options or {})

@@ -71,14 +71,16 @@ AUDIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "cpu": {"n": 32, "n_holdout": 16, "n_val": 2, "shape": shape, "quick": True, "num_samples": 32, "checks": 8,
                 "configs": [_cfg("prone", _PRONE.format(n=8), 8, False, ae, 2400),
                             _cfg("mitigated", _MITIGATED.format(n=32), 32, True, ae // 4, 600)]},
-        "gpu": {"n": 256, "n_holdout": 64, "n_val": 8, "shape": None, "quick": False, "num_samples": 256, "checks": 10,
+        "gpu": {"n": 256, "n_holdout": 64, "n_val": 8, "shape": gpu_shape, "quick": False, "num_samples": 256, "checks": 10,
                 "configs": [_cfg("prone", _PRONE.format(n=32), 32, False, 400, 8000),
                             _cfg("mitigated", _MITIGATED.format(n=256), 256, True, 50, 1000)]},
         "smoke": {"n": 8, "n_holdout": 4, "n_val": 1, "shape": [32] * len(shape), "quick": True, "num_samples": 4,
                   "checks": 1, "detector_epochs": 5,
                   "configs": [_cfg("prone", "smoke test: tiny training, no verdict", 4, False, 1, 2)]},
     }
-    for m, shape, ae in (("xr", [64, 64], 300), ("ct", [32, 32, 32], 200), ("mr", [16, 32, 32], 200))
+    for m, shape, gpu_shape, ae in (
+        ("xr", [64, 64], [256, 256], 300), ("ct", [32, 32, 32], [64, 64, 64], 200), ("mr", [16, 32, 32], [32, 128, 128], 200)
+    )
 }
 
 
@@ -207,6 +209,14 @@ def _load_arrays(items: list[dict], modality: str, spatial_size: list[int]):
     return np.stack([np.asarray(t(dict(it))["image"], dtype=np.float32)[0] for it in items])
 
 
+def _bundle_value(config_files: list[Path], key: str) -> Any:
+    """A plain value of the bundle's configs (the last file that sets it wins, as in ``monai.bundle``)."""
+    value = None
+    for f in config_files:
+        value = json.loads(Path(f).read_text()).get(key, value)
+    return value
+
+
 def _training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, float]]:
     """The in-training copy rate of one configuration, read back from MLflow."""
     try:
@@ -283,7 +293,7 @@ def run_audit(
     experiment = f"audit_{modality}"
     ldm = bundle_dir(f"ldm_{modality}")
     spatial_dims = 2 if modality == "xr" else 3
-    spatial_size = [int(v) for v in (bundle_overrides or {}).get("spatial_size") or p["shape"] or [256] * spatial_dims]
+    spatial_size = [int(v) for v in (bundle_overrides or {}).get("spatial_size") or p["shape"]]
     n_samples = int(num_samples or p["num_samples"])
     configs = p["configs"]
     steps = 3 + len(configs) + (positive_control > 0)
@@ -381,13 +391,16 @@ def run_audit(
         else:
             verdict = (f"{r.n_copies} of {r.n_synthetic} samples are copies of training images; {n_conf} of them confirmed "
                        f"in pixel space")
-        curves[name] = _training_curve(uri, experiment, name)
+        batch = int(overrides.get("diffusion_batch_size") or _bundle_value(bundle_configs, "diffusion_batch_size"))
+        per_epoch = -(-len(train_items) // batch)  # the bundle's diffusion loader keeps the last partial batch
+        curves[name] = [(e * per_epoch, rate) for e, rate in _training_curve(uri, experiment, name)]
         records.append({
             **c, "n_train": r.n_train, "n_synthetic": r.n_synthetic, "n_copies": r.n_copies, "n_memorized": r.n_memorized,
             "synthetic_copy_rate": r.synthetic_copy_rate, "synthetic_copy_rate_ci": list(r.synthetic_copy_rate_ci),
             "memorized_fraction": r.memorized_fraction, "memorized_fraction_ci": list(r.memorized_fraction_ci),
             "threshold": r.threshold, "quality": quality.to_dict(), "n_confirmed": n_conf, "copies": confirmed,
             "verdict": verdict, "report_link": os.path.relpath(r.report_path, out_dir), "training_checks": curves[name],
+            "diffusion_steps": c["diffusion_epochs"] * per_epoch,
         })
         seconds[name] = time.time() - t
 

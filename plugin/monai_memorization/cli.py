@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     from monai_memorization.errors import MemorizationError
 
     try:
-        fire.Fire(Commands, command=argv, name="monai-memorization")
+        fire.Fire(Commands(), command=argv, name="monai-memorization")
     except (MemorizationError, FileExistsError, FileNotFoundError, ValueError) as e:
         if os.environ.get("MONAI_MEMORIZATION_DEBUG"):
             raise

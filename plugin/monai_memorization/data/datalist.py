@@ -16,7 +16,10 @@ from monai.data import load_decathlon_datalist
 
 from monai_memorization.errors import DataValidationError
 
-__all__ = ["IMAGE_SUFFIXES", "read_datalist", "load_datalist", "items_from_folder", "items_from_source", "subject_of"]
+__all__ = [
+    "IMAGE_SUFFIXES", "read_datalist", "load_datalist", "items_from_folder", "items_from_source", "subject_of",
+    "datalist_modality",
+]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm")
 
@@ -28,6 +31,37 @@ def subject_of(path: str | os.PathLike) -> str:
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
+
+
+_MR_NAMES = ("mr", "mri", "flair", "t1", "t2", "adc", "dwi", "pd", "t1w", "t2w", "t1gd")
+
+
+def datalist_modality(meta: dict[str, Any]) -> str | None:
+    """The project's modality name (``ct``/``mr``/``xr``) of a datalist's ``modality`` entry, or None.
+
+    A plain string is used as it is (lower case). A Medical Segmentation Decathlon ``dataset.json``
+    gives a dict of channel names (``{"0": "FLAIR", "1": "T1w", ...}`` or ``{"0": "CT"}``): channels
+    that are all MR sequences give ``mr``, all CT ``ct``, all X-ray ``xr``; anything else gives None
+    (pass the modality explicitly).
+
+    Args:
+        meta: the parsed datalist.
+
+    Returns:
+        ``"ct"``, ``"mr"``, ``"xr"``, another lower-case string as given, or None.
+    """
+    value = meta.get("modality")
+    if isinstance(value, str):
+        return value.strip().lower() or None
+    if isinstance(value, dict) and value:
+        names = {str(v).strip().lower().replace("-", "").replace(" ", "") for v in value.values()}
+        if names <= set(_MR_NAMES):
+            return "mr"
+        if names <= {"ct"}:
+            return "ct"
+        if names <= {"xr", "xray", "cr", "dx"}:
+            return "xr"
+    return None
 
 
 def read_datalist(path: str | os.PathLike, sections: Sequence[str] = ("training",)) -> dict[str, Any]:

@@ -317,8 +317,10 @@ def _datalist_modality(source: Any) -> str | None:
             data = json.loads(Path(source).read_text())
         except (OSError, ValueError):
             return None
-        if isinstance(data, dict) and isinstance(data.get("modality"), str):
-            return data["modality"].lower()
+        if isinstance(data, dict):
+            from monai_memorization.data.datalist import datalist_modality
+
+            return datalist_modality(data)
     return None
 
 

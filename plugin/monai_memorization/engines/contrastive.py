@@ -431,7 +431,9 @@ def train_detector(
         if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".json"):
             meta = read_datalist(source, (section,))
         items = items_from_source(source, section=section)
-        modality = (modality or meta.get("modality") or "").lower() or None
+        from monai_memorization.data.datalist import datalist_modality
+
+        modality = (modality or datalist_modality(meta) or "").lower() or None
         if modality is None:
             raise DataValidationError(f"{source}: modality unknown; pass modality='ct', 'mr' or 'xr'")
         spatial_dims = spatial_dims or (2 if modality == "xr" else 3)

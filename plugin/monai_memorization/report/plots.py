@@ -157,10 +157,10 @@ def plot_similarity_histogram(
 def plot_copy_rate_curves(
     curves: dict[str, Sequence[tuple[int, float]]], path: str | os.PathLike, title: str = "In-training memorization check"
 ) -> Path:
-    """Copy rate (fraction of samples flagged) against the training epoch, one line per configuration.
+    """Copy rate (fraction of samples flagged) against training progress, one line per configuration.
 
     Args:
-        curves: configuration name -> ``[(epoch, copy rate in [0, 1]), ...]``.
+        curves: configuration name -> ``[(optimizer step, copy rate in [0, 1]), ...]``.
         path: the PNG to write.
         title: figure title.
 
@@ -172,7 +172,7 @@ def plot_copy_rate_curves(
         if points:
             e, r = zip(*sorted(points))
             ax.plot(e, [100 * v for v in r], marker="o", label=name)
-    ax.set_xlabel("diffusion training epoch")
+    ax.set_xlabel("diffusion model optimizer steps")
     ax.set_ylabel("samples flagged as copies (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(title)

@@ -1,0 +1,58 @@
+"""The top-level command line lists its commands."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_help_lists_every_command(capsys):
+    from monai_memorization.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    for command in ("audit", "check", "filter", "phantoms", "scan", "train_detector", "validate"):
+        assert f"     {command}\n" in out
+
+
+def test_mlflow_telemetry_is_off_by_default():
+    """Importing the package turns MLflow's telemetry off (outside CI, where MLflow would send it)."""
+    import os
+    import subprocess
+    import sys
+
+    ci = {"PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}
+    env = {k: v for k, v in os.environ.items() if k not in ci}
+    code = "import monai_memorization, mlflow.telemetry.utils as u; print(u.is_telemetry_disabled())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stderr[-500:]
+    plain = subprocess.run([sys.executable, "-c", code.replace("monai_memorization, ", "")], capture_output=True,
+                           text=True, timeout=120, env=env)
+    assert plain.stdout.strip().splitlines()[-1] == "False"  # MLflow alone would send telemetry here
+
+
+def test_decathlon_modality_dict_is_read_not_a_traceback(tmp_path):
+    """A Decathlon dataset.json's modality is a dict of channel names (issue: AttributeError 'lower')."""
+    import json
+
+    import numpy as np
+
+    from monai_memorization.data.datalist import datalist_modality
+    from monai_memorization.data.phantoms import make_phantom, spacing_for, write_image
+    from monai_memorization.engines.contrastive import train_detector
+
+    assert datalist_modality({"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}}) == "mr"
+    assert datalist_modality({"modality": {"0": "CT"}}) == "ct"
+    assert datalist_modality({"modality": {"0": "CT", "1": "PET"}}) is None
+    assert datalist_modality({"modality": "XR"}) == "xr"
+    items = []
+    for i in range(4):
+        write_image(make_phantom("ct", seed=0, subject=i, shape=(16, 16, 16)), tmp_path / f"v{i}.nii.gz",
+                    spacing_for("ct", (16, 16, 16)), "ct")
+        items.append({"image": f"v{i}.nii.gz"})
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}, "training": items}))
+    res = train_detector(str(tmp_path / "dataset.json"), tmp_path / "d.pt", epochs=1, batch_size=2, log_to_mlflow=False,
+                         progress=False, network_kwargs={"channels": [4, 8], "strides": [2, 2]})
+    assert res["config"]["modality"] == "ct" and np.isfinite(res["history"][-1]["epoch_loss"])
