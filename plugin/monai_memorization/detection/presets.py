@@ -47,7 +47,7 @@ _CONV = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units"
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     "default": {
         2: {"network": "conv", "network_kwargs": dict(_CONV), "embed_dim": 128, "lr": 1e-3, "batch_size": 16,
-            "temperature": 0.07, "steps": 900},
+            "temperature": 0.07, "steps": 3600},
         3: {"network": "conv", "network_kwargs": dict(_CONV), "embed_dim": 32, "lr": 1e-3, "batch_size": 8,
             "temperature": 0.07, "steps": 900},
     },

@@ -49,11 +49,13 @@ def _config_rows(configs: list[Mapping[str, Any]]) -> str:
          f"(held-out images: {_num(c['quality'].get('fid_holdout'), '{:.2f}')})"),
         ("MS-SSIM among samples (diversity)", lambda c: f"{_num(c['quality'].get('ms_ssim_synthetic'))} "
          f"(among training images: {_num(c['quality'].get('ms_ssim_train'))})"),
-        ("synthetic samples flagged as copies", lambda c: f"<span class=big>{c['n_copies']}/{c['n_synthetic']} = "
-         f"{_pct(c['synthetic_copy_rate'])}</span>{_ci(c.get('synthetic_copy_rate_ci'))}"),
+        ("samples flagged by the copy detector", lambda c: f"{c['n_copies']}/{c['n_synthetic']} = "
+         f"{_pct(c['synthetic_copy_rate'])}{_ci(c.get('synthetic_copy_rate_ci'))}"),
         ("training images memorized", lambda c: f"{c['n_memorized']}/{c['n_train']} = {_pct(c['memorized_fraction'])}"
          f"{_ci(c.get('memorized_fraction_ci'))}"),
-        ("flagged copies confirmed in pixel space", lambda c: f"{c['n_confirmed']}/{c['n_copies']}"),
+        ("confirmed copies (flagged and closer in pixels than any new patient)",
+         lambda c: f"<span class=big>{c['n_confirmed']}/{c['n_synthetic']} = {_pct(c['confirmed_copy_rate'])}</span>"
+         f"{_ci(c.get('confirmed_copy_rate_ci'))}"),
         ("threshold (detector correlation)", lambda c: _num(c["threshold"], "{:.4f}")),
         ("verdict", lambda c: html.escape(c["verdict"])),
         ("scan report", lambda c: f'<a href="{html.escape(c["report_link"])}">{html.escape(c["report_link"])}</a>'),

@@ -1,0 +1,274 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""``run_audit``: the audit's steps in order (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monai_memorization.audit.presets import AUDIT_PRESETS
+from monai_memorization.audit.steps import (
+    bundle_value, fresh, load_arrays, prepare_out, run_bundle, run_positive_control, say, sub_datalist,
+    training_curve, bundle_dir,
+)
+from monai_memorization.audit.verdict import finish_parent, make_headline, rate_ci
+from monai_memorization.errors import DataValidationError
+
+__all__ = ["run_audit", "AuditResult"]
+
+
+@dataclass
+class AuditResult:
+    """What the audit found, where it put it, and whether the evidence carries a verdict.
+
+    Attributes:
+        out_dir: the audit folder; ``report_path`` its HTML report; ``tracking_uri`` the MLflow store.
+        headline: the headline lines (console and report).
+        exit_code: 0 when every verdict is backed by evidence, :data:`EXIT_INCONCLUSIVE` otherwise.
+        configs: one record per configuration (copy rates with 95% CIs, quality, confirmed copies,
+            in-training checks, its scan report).
+        control: the positive control (planted and found copies per kind).
+        margin: held-out-to-training pixel correlation (median, highest) and the convergence margin.
+        detector: the detector checkpoint; ``preset`` the audit preset; ``seconds`` wall time per step.
+    """
+
+    out_dir: str
+    report_path: str
+    tracking_uri: str
+    headline: list[str]
+    exit_code: int
+    configs: list[dict]
+    control: dict | None
+    margin: dict
+    detector: str
+    modality: str
+    preset: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        lines = list(self.headline)
+        for c in self.configs:
+            lines.append(f"  {c['name']}: {c['verdict']}  (scan report: {c['report_link']})")
+        lines += [
+            f"report:   {self.report_path}",
+            f"MLflow:   mlflow ui --backend-store-uri {self.tracking_uri}",
+            f"time:     {sum(self.seconds.values()) / 60:.1f} min ("
+            + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()) + ")",
+        ]
+        return "\n".join(lines)
+
+
+def run_audit(
+    modality: str = "xr",
+    out: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    preset: str = "cpu",
+    seed: int = 0,
+    num_samples: int | None = None,
+    detector_epochs: int | None = None,
+    percentile: float = 95.0,
+    tracking_uri: str | None = None,
+    bundle_overrides: dict | None = None,
+    positive_control: int = 8,
+    progress: bool = True,
+) -> AuditResult:
+    """Run the audit; see the docstring of :mod:`monai_memorization.audit` for the steps.
+
+    Args:
+        modality: ``xr`` (2D chest X-ray), ``ct`` or ``mr`` (3D).
+        out: audit folder (default ``audit_<modality>``); must be new, empty or an earlier audit's.
+        datalist: your own datalist with ``training`` and ``holdout`` lists (default: embedded phantoms).
+            The configurations then take the first ``n_train`` training images of it.
+        preset: ``cpu`` (default, 2 CPU cores), ``gpu`` (the bundles' full networks) or ``smoke``
+            (seconds, for tests; never a verdict); see :data:`AUDIT_PRESETS`.
+        seed: phantom, training and sampling seed.
+        num_samples: synthetic samples per configuration (default: the preset's).
+        detector_epochs: copy-detector epochs (default: the detector preset's optimizer steps).
+        percentile: threshold percentile.
+        tracking_uri: MLflow store (default ``sqlite:///<out>/mlflow.db``).
+        bundle_overrides: extra ``--key value`` overrides for the LDM bundle.
+        positive_control: planted copies of training images (0: none).
+        progress: progress bars.
+
+    Returns:
+        :class:`AuditResult`.
+    """
+    from monai_memorization.data.datalist import items_from_source, load_datalist
+    from monai_memorization.data.phantoms import MODALITIES, write_dataset
+    from monai_memorization.detection.detector import load_detector
+    from monai_memorization.detection.embed import embed_tensor
+    from monai_memorization.detection.presets import detector_preset
+    from monai_memorization.detection.quality import CONVERGENCE_MARGIN, confirm_copies, generator_quality, pixel_nearest
+    from monai_memorization.detection.scan import run_scan
+    from monai_memorization.engines.contrastive import train_detector
+    from monai_memorization.report.audit_report import write_audit_report
+    from monai_memorization.report.plots import plot_copy_rate_curves, plot_image_rows
+    from monai_memorization.tracking import adopt_child_runs, sqlite_tracking_uri, start_parent_run
+
+    modality = str(modality).lower()
+    if modality not in MODALITIES:
+        raise DataValidationError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+    if preset not in AUDIT_PRESETS[modality]:
+        raise DataValidationError(f"unknown audit preset {preset!r}: expected one of {', '.join(AUDIT_PRESETS[modality])}")
+    p = AUDIT_PRESETS[modality][preset]
+    out_dir = Path(out or f"audit_{modality}").resolve()
+    prepare_out(out_dir)
+    uri = tracking_uri or sqlite_tracking_uri(out_dir)
+    experiment = f"audit_{modality}"
+    ldm = bundle_dir(f"ldm_{modality}")
+    spatial_dims = 2 if modality == "xr" else 3
+    spatial_size = [int(v) for v in (bundle_overrides or {}).get("spatial_size") or p["shape"]]
+    n_samples = int(num_samples or p["num_samples"])
+    configs = p["configs"]
+    steps = 3 + len(configs) + (positive_control > 0)
+    seconds: dict[str, float] = {}
+    parent = start_parent_run(uri, experiment, f"audit_{modality}_{preset}", {"modality": modality, "preset": preset})
+    step = 0
+
+    def stage(msg: str) -> float:
+        nonlocal step
+        step += 1
+        say(f"[{step}/{steps}] {msg}")
+        return time.time()
+
+    # 1. data ----------------------------------------------------------------------------------
+    t = stage(f"data: {'phantoms ' + modality if datalist is None else datalist}")
+    if datalist is None:
+        data_dir = out_dir / "data"
+        if not (data_dir / "dataset.json").is_file():
+            fresh(data_dir)
+            write_dataset(modality, data_dir, n=p["n"], seed=seed, shape=spatial_size, n_val=p["n_val"],
+                          n_holdout=p["n_holdout"], progress=progress)
+        datalist = data_dir / "dataset.json"
+    else:
+        from monai_memorization.data.validation import validate_datalist
+
+        validate_datalist(datalist, section=("training", "holdout"), spatial_dims=spatial_dims)
+    datalist = str(Path(datalist).resolve())
+    train_all, holdout_items = load_datalist(datalist, "training"), load_datalist(datalist, "holdout")
+    seconds["data"] = time.time() - t
+
+    # 2. detector ------------------------------------------------------------------------------
+    det = detector_preset(None, spatial_dims, n_images=len(train_all), epochs=detector_epochs or p.get("detector_epochs"))
+    detector = out_dir / "detector" / "copy_detector.pt"
+    t = stage(f"copy detector: {det['steps']} optimizer steps ({det['epochs']} epochs) on "
+              f"{len(train_all)} training images -> {detector}")
+    t0 = time.time()
+    train_detector(datalist, detector, modality=modality, spatial_size=spatial_size, seed=seed, tracking_uri=uri,
+                   experiment_name=experiment, run_name="detector", progress=progress, histogram_every=50,
+                   epochs=det["epochs"])
+    adopt_child_runs(uri, experiment, parent, t0, {"audit_step": "detector"})
+    seconds["detector"] = time.time() - t
+    encoder, _ = load_detector(detector)
+
+    def features(images):
+        import torch
+
+        return embed_tensor(encoder, torch.as_tensor(images[:, None]), batch_size=16)
+
+    holdout_arr = load_arrays(holdout_items, modality, spatial_size)
+    records: list[dict] = []
+    curves: dict[str, list] = {}
+    montage: dict[str, Any] = {"training images": load_arrays(train_all[:8], modality, spatial_size)}
+    bundle_configs = [ldm / "configs" / "train.json"] + ([ldm / "configs" / "quick.json"] if p["quick"] else [])
+    for c in configs:
+        # 3. generator ---------------------------------------------------------------------------
+        name = c["name"]
+        sub = sub_datalist(datalist, c["n_train"], out_dir / "configs" / name / "dataset.json")
+        gen_dir = fresh(out_dir / f"ldm_{name}")
+        interval = max(1, c["diffusion_epochs"] // max(1, p["checks"]))
+        overrides: dict[str, Any] = {
+            "bundle_root": str(gen_dir), "datalist": sub, "tracking_uri": uri, "experiment_name": experiment, "seed": seed,
+            "spatial_size": spatial_size, "augment": c["augment"], "ae_max_epochs": c["ae_epochs"],
+            "adv_warmup_epochs": max(1, c["ae_epochs"] // 3), "diffusion_max_epochs": c["diffusion_epochs"],
+            "val_interval": c["ae_epochs"], "save_interval": max(1, c["diffusion_epochs"] // 5),
+            "memorization_check#detector": str(detector), "memorization_check#holdout": sub,
+            "memorization_check#interval": interval, "memorization_check#num_samples": 8,
+            "memorization_check#num_inference_steps": "@num_inference_steps", "memorization_check#percentile": percentile,
+        }
+        overrides.update(bundle_overrides or {})
+        files = bundle_configs + [bundle_dir("copy_detector") / "configs" / "memorization_check.json"]
+        t = stage(f"generator '{name}' ({c['label']}): python -m monai.bundle run training --config_file "
+                  f"\"{[str(f) for f in files]}\" " + " ".join(f"--{k} {v}" for k, v in overrides.items()))
+        t0 = time.time()
+        run_bundle(files, "training", **overrides)
+        # 4. samples, quality, scan ----------------------------------------------------------------
+        samples = fresh(out_dir / f"samples_{name}")
+        inf = {"bundle_root": str(gen_dir), "output_dir": str(samples), "num_samples": n_samples, "seed": seed,
+               "spatial_size": spatial_size}
+        inf.update({k: v for k, v in (bundle_overrides or {}).items() if not k.startswith("memorization_check")})
+        run_bundle([ldm / "configs" / "inference.json"] + bundle_configs[1:], "run", **inf)
+        train_items = load_datalist(sub, "training")
+        train_arr = load_arrays(train_items, modality, spatial_size)
+        synth_arr = load_arrays(items_from_source(str(samples)), modality, spatial_size)
+        quality = generator_quality(train_arr, holdout_arr, synth_arr, features, "copy detector encoder")
+        montage[f"samples: {name}"] = synth_arr[:8]
+        r = run_scan(sub, sub, samples, detector, out_dir / f"report_{name}", percentile=percentile, modality=modality,
+                     tracking_uri=uri, experiment_name=experiment, run_name=f"scan_{name}", progress=progress, seed=seed)
+        adopt_child_runs(uri, experiment, parent, t0, {"audit_config": name})
+        confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max)
+        n_conf = sum(x["confirmed"] for x in confirmed)
+        conf_rate, conf_ci = n_conf / max(1, r.n_synthetic), rate_ci(n_conf, r.n_synthetic, seed)
+        if preset == "smoke":
+            verdict = "SMOKE TEST: tiny training, no verdict"
+        elif not quality.converged:
+            verdict = "generator not converged: the copy rate says nothing about privacy"
+        else:
+            verdict = (f"{n_conf} of {r.n_synthetic} samples are confirmed copies of training images ({r.n_copies} flagged "
+                       "by the detector, each checked in pixel space)")
+        batch = int(overrides.get("diffusion_batch_size") or bundle_value(bundle_configs, "diffusion_batch_size"))
+        per_epoch = -(-len(train_items) // batch)  # the bundle's diffusion loader keeps the last partial batch
+        curves[name] = [(e * per_epoch, rate) for e, rate in training_curve(uri, experiment, name)]
+        records.append({
+            **c, "n_train": r.n_train, "n_synthetic": r.n_synthetic, "n_copies": r.n_copies, "n_memorized": r.n_memorized,
+            "synthetic_copy_rate": r.synthetic_copy_rate, "synthetic_copy_rate_ci": list(r.synthetic_copy_rate_ci),
+            "memorized_fraction": r.memorized_fraction, "memorized_fraction_ci": list(r.memorized_fraction_ci),
+            "threshold": r.threshold, "quality": quality.to_dict(), "n_confirmed": n_conf, "confirmed_copy_rate": conf_rate,
+            "confirmed_copy_rate_ci": conf_ci, "copies": confirmed,
+            "verdict": verdict, "report_link": os.path.relpath(r.report_path, out_dir), "training_checks": curves[name],
+            "diffusion_steps": c["diffusion_epochs"] * per_epoch,
+        })
+        seconds[name] = time.time() - t
+
+    # 5. positive control --------------------------------------------------------------------------
+    control = None
+    if positive_control > 0:
+        t = stage(f"positive control: {positive_control} planted copies of training images")
+        control = run_positive_control(modality, datalist, detector, out_dir, int(positive_control), percentile, seed, progress)
+        seconds["control"] = time.time() - t
+
+    t = stage("report")
+    h_nn, _ = pixel_nearest(holdout_arr, load_arrays(train_all, modality, spatial_size))
+    margin = {"holdout_median": float(sorted(h_nn)[len(h_nn) // 2]), "holdout_max": float(h_nn.max()),
+              "convergence_margin": CONVERGENCE_MARGIN}
+    headline, exit_code = make_headline(records, control, preset)
+    curve_png = plot_copy_rate_curves(curves, out_dir / "copy_rate_curves.png")
+    samples_png = plot_image_rows(montage, out_dir / "samples.png")
+    result = AuditResult(
+        out_dir=str(out_dir), report_path=str(out_dir / "report.html"), tracking_uri=uri, headline=headline,
+        exit_code=exit_code, configs=records, control=control, margin=margin, detector=str(detector), modality=modality,
+        preset=preset, seconds=seconds,
+    )
+    seconds["report"] = time.time() - t
+    (out_dir / "audit.json").write_text(json.dumps(asdict(result), indent=2))
+    write_audit_report(out_dir / "report.html", asdict(result), {
+        "Copy rate while the generator trains": curve_png, "Training images and each generator's samples": samples_png,
+    })
+    finish_parent(uri, parent, records, exit_code)
+    return result
+
+

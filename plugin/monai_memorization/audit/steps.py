@@ -1,0 +1,182 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The audit's steps that touch files, bundles and MLflow: folders, sub-datalists, bundle runs, the positive control."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from monai_memorization.errors import DataValidationError, MemorizationError
+
+logger = logging.getLogger(__name__)
+
+_MARKER = ".monai_memorization_audit"
+
+
+def bundle_dir(name: str) -> Path:
+    """Folder of one of the project's bundles (``ldm_xr``, ``copy_detector``, ...).
+
+    Looks in ``MONAI_MEMORIZATION_BUNDLES`` (when set), then in the ``bundles/`` folder of the
+    source tree this package is installed from.
+
+    Raises:
+        MemorizationError: when the bundle cannot be found.
+    """
+    candidates = []
+    env = os.environ.get("MONAI_MEMORIZATION_BUNDLES")
+    if env:
+        candidates.append(Path(env) / name)
+    candidates.append(Path(__file__).resolve().parents[3] / "bundles" / name)
+    for c in candidates:
+        if (c / "configs").is_dir():
+            return c
+    raise MemorizationError(
+        f"bundle '{name}' not found (looked in {', '.join(str(c) for c in candidates)}); set MONAI_MEMORIZATION_BUNDLES "
+        "to the repository's bundles/ folder"
+    )
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_bundle(config_files: list[Path], run_id: str, **overrides: Any) -> None:
+    """``python -m monai.bundle run RUN_ID --config_file "[...]" --key value ...``, in this process."""
+    from monai.bundle import run
+
+    configs = [str(f) for f in config_files]
+    folder = Path(configs[0]).parent
+    logging_file = folder / "logging.conf"
+    run(
+        run_id=run_id, config_file=configs, meta_file=str(folder / "metadata.json"),
+        logging_file=str(logging_file) if logging_file.is_file() else None, **overrides,
+    )
+
+
+def prepare_out(out_dir: Path) -> None:
+    """Use ``out_dir`` only when it is new, empty or an earlier audit's folder: never delete a user's files."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / _MARKER).is_file():
+        raise DataValidationError(f"{out_dir}: folder exists and is not an audit folder; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / _MARKER).write_text("created by monai-memorization audit\n")
+
+
+def fresh(folder: Path) -> Path:
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)  # only folders of this audit (see prepare_out)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def sub_datalist(datalist: str, n_train: int, path: Path) -> str:
+    """A datalist with the first ``n_train`` training items and the same held-out/validation lists (absolute paths)."""
+    from monai_memorization.data.datalist import load_datalist, read_datalist
+
+    meta = {k: v for k, v in read_datalist(datalist).items() if not isinstance(v, list)}
+    for section in ("training", "validation", "holdout"):
+        try:
+            meta[section] = load_datalist(datalist, section)
+        except DataValidationError:
+            continue
+    meta["training"] = meta["training"][:n_train]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2))
+    return str(path)
+
+
+def load_arrays(items: list[dict], modality: str, spatial_size: list[int]):
+    """Images as ``[N, *spatial]`` float32 arrays in [0, 1], preprocessed as the scan does."""
+    import numpy as np
+
+    from monai_memorization.data.transforms import get_transforms
+
+    t = get_transforms(modality, spatial_size=spatial_size)
+    return np.stack([np.asarray(t(dict(it))["image"], dtype=np.float32)[0] for it in items])
+
+
+def bundle_value(config_files: list[Path], key: str) -> Any:
+    """A plain value of the bundle's configs (the last file that sets it wins, as in ``monai.bundle``)."""
+    value = None
+    for f in config_files:
+        value = json.loads(Path(f).read_text()).get(key, value)
+    return value
+
+
+def training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, float]]:
+    """The in-training copy rate of one configuration, read back from MLflow."""
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs(
+            [exp.experiment_id], filter_string=f"attributes.run_name = 'diffusion' and tags.audit_config = '{config}'"
+        )
+        hist = client.get_metric_history(runs[0].info.run_id, "memorization_copy_rate") if runs else []
+        return sorted((int(m.step), float(m.value)) for m in hist)
+    except Exception as e:  # noqa: BLE001 -- a plot only
+        logger.warning("could not read the in-training checks of %s: %s", config, e)
+        return []
+
+
+def run_positive_control(
+    modality: str, datalist: str, detector: Path, out_dir: Path, k: int, percentile: float, seed: int, progress: bool
+) -> dict:
+    """Plant ``k`` exact/transformed copies of training images and scan them; returns what was found."""
+    import shutil
+
+    import numpy as np
+    from monai.transforms import LoadImage
+
+    from monai_memorization.data.datalist import load_datalist, read_datalist
+    from monai_memorization.data.phantoms import COPY_KINDS, spacing_for, transformed_copy, write_image
+    from monai_memorization.detection.scan import run_scan
+
+    train = load_datalist(datalist, "training")
+    meta = read_datalist(datalist)
+    folder = out_dir / "control"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    loader = LoadImage(image_only=True)
+    planted: dict[str, str] = {}
+    for i in range(min(k, len(train))):
+        kind = COPY_KINDS[i % len(COPY_KINDS)]
+        src = train[i]["image"]
+        img = np.asarray(loader(src), dtype=np.float32)
+        if img.ndim == 2:  # 16-bit PNG -> the [0, 1] range write_image stores
+            img = img / 65535.0 if img.max() > 1.0 else img
+        spacing = meta.get("spacing") or spacing_for(modality, img.shape)
+        ext = ".png" if img.ndim == 2 else ".nii.gz"
+        name = f"control_{i:03d}_{kind}{ext}"
+        write_image(transformed_copy(img, kind, seed=seed + i), folder / name, spacing, modality)
+        planted[name.split(".")[0]] = kind
+    r = run_scan(
+        datalist, datalist, folder, detector, out_dir / "control_report", percentile=percentile, modality=modality,
+        log_to_mlflow=False, progress=progress, n_bootstrap=0, seed=seed,
+    )
+    by_kind: dict[str, dict[str, int]] = {}
+    for p in r.pairs:
+        kind = planted.get(p["synthetic_id"], "?")
+        d = by_kind.setdefault(kind, {"planted": 0, "found": 0})
+        d["planted"] += 1
+        d["found"] += int(p["is_copy"])
+    return {
+        "planted": len(r.pairs), "found": r.n_copies, "by_kind": by_kind, "threshold": r.threshold,
+        "report_path": r.report_path,
+    }

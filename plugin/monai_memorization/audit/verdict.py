@@ -1,0 +1,85 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The audit's headline and exit code: a verdict only where the evidence carries one."""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+EXIT_INCONCLUSIVE = 3
+
+
+def make_headline(records: list[dict], control: dict | None, preset: str) -> tuple[list[str], int]:
+    """The headline lines and the exit code: a verdict only where the evidence carries one."""
+    lines: list[str] = []
+    ok = preset != "smoke"
+    if not ok:
+        lines.append("SMOKE TEST: the generator trained for seconds; nothing here is a verdict about privacy.")
+    for r in records:
+        if not r["quality"]["converged"]:
+            ok = False
+            lines.append(f"{r['name']}: generator not converged: the copy rate says nothing about privacy.")
+    missed = sorted(k for k, v in (control or {}).get("by_kind", {}).items() if v["found"] < v["planted"])
+    if missed:
+        ok = False
+        lines.append(f"The detector missed planted copies of kind {', '.join(missed)}: copies of that kind can go unseen.")
+    for r in records:
+        unconfirmed = r["n_copies"] - r["n_confirmed"]
+        if r["quality"]["converged"] and unconfirmed > r["n_confirmed"]:
+            lines.append(
+                f"{r['name']}: {unconfirmed} of {r['n_copies']} samples the detector flagged are no closer in pixels to their "
+                "training image than new patients are; they are not counted as copies (see the pairs in the scan report)."
+            )
+    if ok:
+        parts = [
+            f"{r['name']} {100 * r['confirmed_copy_rate']:.0f}% of samples are copies (95% CI "
+            f"{100 * r['confirmed_copy_rate_ci'][0]:.0f}-{100 * r['confirmed_copy_rate_ci'][1]:.0f}%; "
+            f"{100 * r['synthetic_copy_rate']:.0f}% flagged by the detector)" for r in records
+        ]
+        lines.insert(0, "Verdict backed by evidence (generators converged, every planted kind found): " + "; ".join(parts) + ".")
+    return lines, 0 if ok else EXIT_INCONCLUSIVE
+
+
+def rate_ci(k: int, n: int, seed: int) -> list[float]:
+    """Percentile bootstrap 95% interval of a fraction ``k / n`` (the samples resampled)."""
+    import numpy as np
+
+    if n == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    draws = rng.binomial(n, k / n, size=2000) / n  # resampling n indicators = a binomial draw
+    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+
+
+def finish_parent(uri: str, parent: str | None, records: list[dict], exit_code: int) -> None:
+    """Aggregate figures (no paths, no images) on the parent run, then close it."""
+    if parent is None:
+        return
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        for r in records:
+            n = r["name"]
+            for k in ("synthetic_copy_rate", "confirmed_copy_rate", "memorized_fraction", "n_confirmed"):
+                client.log_metric(parent, f"{n}_{k}", float(r[k]))
+            for k in ("pixel_nn_synthetic", "pixel_nn_holdout", "fid_synthetic", "ms_ssim_synthetic"):
+                if r["quality"].get(k) is not None:
+                    client.log_metric(parent, f"{n}_{k}", float(r["quality"][k]))
+            client.log_metric(parent, f"{n}_converged", float(r["quality"]["converged"]))
+        client.log_metric(parent, "exit_code", float(exit_code))
+        client.set_terminated(parent, "FINISHED")
+    except Exception as e:  # noqa: BLE001 -- tracking never costs the audit
+        logger.warning("MLflow: could not finish the audit run (%s)", e)
+
+
