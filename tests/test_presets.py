@@ -18,7 +18,8 @@ def test_epochs_follow_from_steps_and_data_size():
     assert epochs_for_steps(900, 320, 16) == 45
     p = detector_preset(None, 2, n_images=64)
     assert p["preset"] == "default" and p["network"] == "conv" and p["lr"] == 1e-3
-    assert p["epochs"] == 225 and p["steps"] == 900
+    steps = PRESETS["default"][2]["steps"]
+    assert p["epochs"] == epochs_for_steps(steps, 64, 16) == steps // 4 and p["steps"] == steps
     assert detector_preset("default", 2, n_images=64, steps=100)["epochs"] == 25
     assert detector_preset("default", 2, n_images=64, epochs=3)["steps"] == 12
     unsized = detector_preset("default", 3)

@@ -101,7 +101,7 @@ class Commands:
             modality: ct, mr or xr (default: the datalist's "modality").
             section: datalist list to train on.
             spatial_size: image size, e.g. "[64,64]" (default: the datalist's "shape").
-            preset: "default" (small conv encoder, Adam 1e-3, 900 optimizer steps: the configuration
+            preset: "default" (small conv encoder, Adam 1e-3, 3600 optimizer steps in 2D, 900 in 3D: the configuration
                 validated on real images) or "study" (the published ResNet-50, 1e-4, 200 epochs: for
                 thousands of images on a GPU).
             steps: optimizer steps (default: the preset's); epochs follow from the data set size.

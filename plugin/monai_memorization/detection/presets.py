@@ -14,10 +14,11 @@ The CLI (``monai-memorization train-detector``), the Python API (``monai_memoriz
 bundle (``bundles/copy_detector/configs/train.json``) and the audit all take their settings from
 :func:`detector_preset`. Two presets exist:
 
-* ``"default"`` -- the configuration the validation benchmark on real images validated
-  (``scripts/benchmarks/results/bench_detector_real.md``): a small strided convolutional encoder
-  (MONAI ``ResidualUnit`` stages), Adam at 1e-3 with cosine decay, NT-Xent at temperature 0.07,
-  sized by **optimizer steps**; the number of epochs follows from the data set size
+* ``"default"`` -- a small strided convolutional encoder (MONAI ``ResidualUnit`` stages), Adam at
+  1e-3 with cosine decay, NT-Xent at temperature 0.07, sized by **optimizer steps**: 3600 in 2D, the
+  budget picked on the tuning split of the real-image benchmark and reported on its test split
+  (``scripts/benchmarks/results/bench_detector_real.md``), and 900 in 3D, the budget of the 3D phantom
+  benchmark (``bench_detector_validation.md``); the number of epochs follows from the data set size
   (:func:`epochs_for_steps`). It suits the few dozen to few thousand images of a site's audit on
   a CPU or one GPU.
 * ``"study"`` -- the published study's settings (Dar et al. 2025): ResNet-50 (2D, 128-d) or the
