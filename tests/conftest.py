@@ -37,3 +37,22 @@ def mr_datalist(tmp_path_factory):
 def xr_datalist(tmp_path_factory):
     """Datalist of a tiny X-ray phantom set (32x32; 8 training, 2 validation, 4 holdout)."""
     return _tiny("xr", tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Undo logging set-up made by a test: ``monai.bundle run`` applies a bundle's ``logging.conf``
+    (root handlers bound to the stream pytest captured for that test, other loggers disabled)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    disabled = {name: lg.disabled for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    for name, lg in logging.root.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger):
+            lg.disabled = disabled.get(name, False)

@@ -266,7 +266,7 @@ def run_audit(
     seconds["report"] = time.time() - t
     (out_dir / "audit.json").write_text(json.dumps(asdict(result), indent=2))
     write_audit_report(out_dir / "report.html", asdict(result), {
-        "Copy rate while the generator trains": curve_png, "Training images and each generator's samples": samples_png,
+        "Copy rate while the generator trains (detector flags among 8 samples per check)": curve_png, "Training images and each generator's samples": samples_png,
     })
     finish_parent(uri, parent, records, exit_code)
     return result
