@@ -176,8 +176,13 @@ def test_duplicate_entries(tmp_path, good):
     assert "training[0] and holdout[0]" in msg
     other = tmp_path / "other.nii.gz"
     shutil.copy(good, other)
+    # several images of one subject in one list are fine (slices, time points, follow-ups) ...
     dl.write_text(json.dumps({"training": [{"image": str(good), "subject": "p1"}, {"image": str(other), "subject": "p1"}]}))
-    _raises(dl, "duplicate subject 'p1'")
+    assert len(validate_datalist(dl)["training"]) == 2
+    # ... but a subject in two lists breaks the patient-level split
+    dl.write_text(json.dumps({"training": [{"image": str(good), "subject": "p1"}], "holdout": [{"image": str(other), "subject": "p1"}]}))
+    msg = _raises(dl, "subject 'p1' is in both training[0] and holdout[0]", section=("training", "holdout"))
+    assert "subject-disjoint" in msg
 
 
 def test_not_json_and_missing_keys(tmp_path, good):

@@ -171,10 +171,13 @@ def validate_datalist(
                 raise DataValidationError(f"{datalist}: duplicate entry {img} ({seen_path[key]} and {where})")
             seen_path[key] = where
             sub = it.get("subject")
-            if sub is not None:
-                if sub in seen_subject:
-                    raise DataValidationError(f"{datalist}: duplicate subject '{sub}' ({seen_subject[sub]} and {where})")
-                seen_subject[sub] = where
+            if sub is not None:  # several images of one subject in a list are normal; across lists they leak
+                first = seen_subject.setdefault(str(sub), where)
+                if first.split("[")[0] != s:
+                    raise DataValidationError(
+                        f"{datalist}: subject '{sub}' is in both {first} and {where}; the lists must be "
+                        "subject-disjoint (a patient's images all in one list)"
+                    )
     for s, items in lists.items():
         validate_items(items, name=f"{datalist}:{s}", spatial_dims=spatial_dims, channels=channels, progress=progress)
         if spatial_dims is None:
