@@ -142,3 +142,72 @@ def test_cli_filter(scanned, tmp_path, capsys):
         main(["filter", "--synthetic", str(tmp_path / "missing"), "--report", str(root / "report"), "--out", str(tmp_path / "x")])
     assert e.value.code == 2
     assert "missing: synthetic folder not found" in capsys.readouterr().err
+
+
+def _tamper(out: Path, edit) -> None:
+    m = json.loads((out / "manifest.json").read_text())
+    edit(m)
+    (out / "manifest.json").write_text(json.dumps(m))
+
+
+def test_manifest_paths_stay_inside_the_release_folder(scanned, tmp_path):
+    """A manifest naming ../../etc/hostname must not verify (it used to say OK)."""
+    root, syn, _, _ = scanned
+    out = tmp_path / "release"
+    filter_release(syn, root / "report", out)
+    outside = tmp_path / "outside.png"
+    shutil.copy(next(p for p in out.iterdir() if p.suffix == ".png"), outside)
+
+    def escape(m):
+        f = m["released"][0]["files"][0]
+        f["path"] = "../outside.png"
+
+    _tamper(out, escape)
+    with pytest.raises(ReleaseError, match="points outside the release folder"):
+        verify_manifest(out)
+    _tamper(out, lambda m: m.update(released=[1, 2]))
+    with pytest.raises(ReleaseError, match="not an object with a 'file' name"):
+        verify_manifest(out)
+
+
+def test_verify_report_checks_content_not_names(scanned, tmp_path):
+    """A flagged copy's bytes shipped under a released name, with manifest and SHA256SUMS made to agree."""
+    import hashlib
+
+    root, syn, copies, _ = scanned
+    out = tmp_path / "release"
+    res = filter_release(syn, root / "report", out)
+    name = res.released[0]
+    data = (syn / copies[0]).read_bytes()
+    (out / name).write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+
+    def swap(m):
+        for r in m["released"]:
+            for f in r["files"]:
+                if f["path"] == name:
+                    f["sha256"], f["bytes"] = digest, len(data)
+
+    _tamper(out, swap)
+    sums = (out / "SHA256SUMS").read_text().splitlines()
+    (out / "SHA256SUMS").write_text("\n".join(f"{digest}  {name}" if ln.endswith(f"  {name}") else ln for ln in sums) + "\n")
+    verify_manifest(out)  # self-consistent, so the manifest alone cannot tell
+    with pytest.raises(ReleaseError, match="is not that of the sample the scan report judged"):
+        verify_manifest(out, report=root / "report")
+
+
+def test_filter_refuses_a_sample_changed_since_the_scan(scanned, tmp_path):
+    root, syn, copies, novel = scanned
+    changed = tmp_path / "synthetic"
+    shutil.copytree(syn, changed)
+    report = tmp_path / "report"
+    shutil.copytree(root / "report", report)
+    pairs = json.loads((report / "pairs.json").read_text())
+    for p in pairs:  # the report now describes the copied folder
+        p["synthetic_path"] = str(changed / Path(p["synthetic_path"]).name)
+    (report / "pairs.json").write_text(json.dumps(pairs))
+    kept = next(Path(p["synthetic_path"]).name for p in pairs if not p["is_copy"])
+    (changed / kept).write_bytes((syn / copies[0]).read_bytes())  # a copy slipped in under a released name
+    with pytest.raises(ReleaseError, match="changed since the scan"):
+        filter_release(changed, report, tmp_path / "release")
+    assert not (tmp_path / "release").exists()

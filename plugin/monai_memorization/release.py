@@ -249,6 +249,10 @@ def filter_release(
             for f in _files_of(dest):
                 rel = f.relative_to(tmp).as_posix()
                 digest = _sha256(f)
+                if row.get("synthetic_sha256") and entry.is_file() and digest != row["synthetic_sha256"]:
+                    raise ReleaseError(
+                        f"{entry}: changed since the scan (sha256 differs from the report's); scan the folder again"
+                    )
                 files.append({"path": rel, "sha256": digest, "bytes": f.stat().st_size})
                 sums.append(f"{digest}  {rel}")
             released_rows.append({"file": entry.name, "correlation": corr, "files": files})
@@ -286,6 +290,33 @@ def filter_release(
     )
 
 
+def _inside(out_dir: Path, rel: Any, mpath: Path) -> str:
+    """A manifest path, checked to name a place inside the release folder (no absolute path, no ``..``)."""
+    if not isinstance(rel, str) or not rel:
+        raise ReleaseError(f"{mpath}: a manifest path is {rel!r}, not a file name")
+    root = out_dir.resolve()
+    target = (out_dir / rel).resolve()
+    if Path(rel).is_absolute() or (target != root and root not in target.parents):
+        raise ReleaseError(f"{mpath}: manifest path {rel!r} points outside the release folder {out_dir}")
+    return rel
+
+
+def _check_entries(mpath: Path, out_dir: Path, released: Any, excluded: Any, counts: Any) -> None:
+    """The manifest's lists have the documented shape, and every path stays inside the release folder."""
+    if not isinstance(released, list) or not isinstance(excluded, list) or not isinstance(counts, dict):
+        raise ReleaseError(f"{mpath}: 'released' and 'excluded' must be lists and 'counts' an object")
+    for r in released + excluded:
+        if not isinstance(r, dict) or not isinstance(r.get("file"), str):
+            raise ReleaseError(f"{mpath}: a released/excluded entry is {r!r}, not an object with a 'file' name")
+        _inside(out_dir, r["file"], mpath)
+    for r in released:
+        files = r.get("files", [])
+        if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+            raise ReleaseError(f"{mpath}: the files of {r['file']!r} are not a list of objects")
+        for f in files:
+            _inside(out_dir, f.get("path"), mpath)
+
+
 def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None = None) -> dict:
     """Check a release folder against its manifest (and, optionally, against the scan report).
 
@@ -317,6 +348,7 @@ def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None
         raise ReleaseError(f"{mpath}: not a release manifest (format is not '{MANIFEST_FORMAT}')")
     released, excluded = manifest.get("released", []), manifest.get("excluded", [])
     counts = manifest.get("counts", {})
+    _check_entries(mpath, out_dir, released, excluded, counts)
     if counts.get("released") != len(released) or counts.get("excluded") != len(excluded) or counts.get(
         "synthetic"
     ) != len(released) + len(excluded):
@@ -361,14 +393,24 @@ def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None
         if summary.get("threshold") != manifest.get("threshold"):
             raise ReleaseError(f"{folder}: threshold {summary.get('threshold')} differs from the manifest's {manifest.get('threshold')}")
         flags: dict[str, bool] = {}
+        scanned_sha: dict[str, str] = {}
         for row in pairs:
             name = Path(row.get("synthetic_path") or row.get("synthetic_id")).name
             flags[name] = row["is_copy"]
+            if row.get("synthetic_sha256"):
+                scanned_sha[name] = row["synthetic_sha256"]
         for r in released:
             if r["file"] not in flags:
                 raise ReleaseError(f"{out_dir / r['file']}: released but not in the scan report {folder}")
             if flags[r["file"]]:
                 raise ReleaseError(f"{out_dir / r['file']}: released although the scan report flags it as a copy")
+            files = r.get("files", [])
+            # content, not names: a released file must be the very bytes that were scanned
+            if r["file"] in scanned_sha and len(files) == 1 and files[0].get("sha256") != scanned_sha[r["file"]]:
+                raise ReleaseError(
+                    f"{out_dir / r['file']}: its content (sha256) is not that of the sample the scan report judged "
+                    "under this name"
+                )
         for r in excluded:
             if not flags.get(r["file"], False):
                 raise ReleaseError(f"{r['file']}: excluded although the scan report does not flag it")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from monai_memorization.io import replace_dir
+from monai_memorization.io import file_sha256, replace_dir
 from monai_memorization.detection.calibrate import calibrate_threshold
 from monai_memorization.detection.index import CorrelationIndex
 from monai_memorization.errors import DataValidationError, DetectorError, MemorizationError
@@ -618,6 +618,9 @@ def run_scan(
         views=views,
     )
     result.overlap_warning = overlap_warning
+    for pair in result.pairs:  # the content each decision was made on, for the release gate
+        path = Path(pair["synthetic_path"]) if pair.get("synthetic_path") else None
+        pair["synthetic_sha256"] = file_sha256(path) if path is not None and path.is_file() else None
 
     tmp = _prepare_out_dir(out_dir)
     try:
