@@ -58,3 +58,21 @@ def test_bundle_train_config_reads_the_same_preset():
     assert parser.get_parsed_content("network_name") == "conv"
     kwargs = parser.get_parsed_content("network_kwargs")
     assert kwargs["channels"] == PRESETS["default"][3]["network_kwargs"]["channels"] and kwargs["embed_dim"] == 32
+
+
+def test_hybrid_score_keeps_one_false_positive_budget():
+    """Two calibrated correlations combined: the union is flagged at the calibration percentile."""
+    import numpy as np
+
+    from monai_memorization.detection.calibrate import HybridScore
+
+    rng = np.random.default_rng(0)
+    det, pix = rng.normal(0.8, 0.05, 4000), rng.normal(0.9, 0.02, 4000)
+    h = HybridScore({"detector": det, "pixels": pix}, percentile=95.0)
+    novel = h.score({"detector": rng.normal(0.8, 0.05, 4000), "pixels": rng.normal(0.9, 0.02, 4000)})
+    assert abs(float(np.mean(novel > h.threshold)) - 0.05) < 0.015  # same distribution as calibration: 5% flagged
+    # a blurred round trip: ordinary to the detector, far above new patients in pixels -> flagged
+    assert h.score({"detector": np.array([0.8]), "pixels": np.array([0.99])})[0] > h.threshold
+    # a flipped copy: the detector is sure, pixels are not -> flagged
+    assert h.score({"detector": np.array([0.99]), "pixels": np.array([0.85])})[0] > h.threshold
+    assert h.score({"detector": np.array([0.8]), "pixels": np.array([0.9])})[0] < h.threshold

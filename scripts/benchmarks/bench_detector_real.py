@@ -280,7 +280,7 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     transform = get_transforms("xr", spatial_size=[args.size] * 2)
     pix = {k: load_arrays(v, root, transform) for k, v in items.items()}
     score = {k: nn_corr(pix["training"], pix[k]) for k in ("holdout", "novel", "copies")}
-    thr, _ = calibrate_threshold(pix["training"], pix["holdout"], 95.0, use_gpu=False)
+    thr, pix_cal = calibrate_threshold(pix["training"], pix["holdout"], 95.0, use_gpu=False)
     kinds = np.array(kinds)
     info = {
         "orientations": SPLITS[split], "n": {k: len(v) for k, v in items.items()},
@@ -293,12 +293,12 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     print(f"[{split}] data {info['n']} novel->train pixel corr median/p95 {info['novel_pixel_corr']} "
           f"({info['seconds']:.0f} s)", flush=True)
     return {"root": root, "items": items, "kinds": kinds, "transform": transform, "info": info,
-            "pixel": figures(score, kinds, thr)}
+            "pixel": figures(score, kinds, thr), "pixel_scores": score, "pixel_calibration": pix_cal}
 
 
 def run_detector(data: dict, steps, lr, args) -> dict:
     """Train the detector from the datalist as a user would, embed every PNG, score, calibrate."""
-    from monai_memorization.detection.calibrate import calibrate_threshold
+    from monai_memorization.detection.calibrate import HybridScore, calibrate_threshold
     from monai_memorization.detection.detector import load_detector
     from monai_memorization.detection.embed import embed_items
     from monai_memorization.engines.contrastive import train_detector
@@ -315,8 +315,13 @@ def run_detector(data: dict, steps, lr, args) -> dict:
     emb = {k: embed_items(enc, [{"image": str(root / it["image"])} for it in v], data["transform"], batch_size=32,
                           progress=False) for k, v in data["items"].items()}
     score = {k: nn_corr(emb["training"], emb[k]) for k in ("novel", "copies")}
-    thr, _ = calibrate_threshold(emb["training"], emb["holdout"], 95.0, use_gpu=False)
+    thr, det_cal = calibrate_threshold(emb["training"], emb["holdout"], 95.0, use_gpu=False)
     fig = figures(score, data["kinds"], thr)
+    # the package's hybrid score: detector and pixel correlations, each standardised on the held-out calibration
+    hybrid = HybridScore({"detector": det_cal, "pixels": data["pixel_calibration"]})
+    px = data["pixel_scores"]
+    fig["hybrid"] = figures({k: hybrid.score({"detector": score[k], "pixels": px[k]}) for k in ("novel", "copies")},
+                            data["kinds"], hybrid.threshold)
     h = res["history"][-1]
     fig.update(steps=cfg["steps"], lr=cfg["lr"], epochs=cfg["epochs"], batch=cfg["batch_size"], network=cfg["network"],
                train_s=train_s, embed_s=time.perf_counter() - t0, final_loss=h["epoch_loss"],
@@ -463,7 +468,8 @@ def main(argv=None) -> str:
             data = prepare("test", vol, args, Path(tmp))
             f = run_detector(data, steps, lr, args)
             print(f"[test] steps {steps} lr {lr}: {json.dumps(f['groups'])} FPR {f['fpr_calibrated']:.3f}", flush=True)
-            results["test"] = (data, [(f"detector {steps} steps, lr {lr:g}", f), ("pixel correlation", data["pixel"])])
+            results["test"] = (data, [(f"detector {steps} steps, lr {lr:g}", f), ("pixel correlation", data["pixel"]),
+                                      (f"hybrid: detector {steps} steps + pixels", f["hybrid"])])
     text = write_report(args.out, args, results, pick, time.perf_counter() - t_all)
     print(text)
     return text

@@ -7,7 +7,7 @@ import numpy as np
 from monai_memorization.detection.index import CorrelationIndex
 from monai_memorization.errors import DetectorError
 
-__all__ = ["calibrate_threshold"]
+__all__ = ["calibrate_threshold", "HybridScore"]
 
 
 def calibrate_threshold(
@@ -46,3 +46,38 @@ def calibrate_threshold(
     corr, _ = index.search(train_emb, k=1, name="training embeddings")
     corr = corr[:, 0]
     return float(np.percentile(corr, percentile)), corr
+
+
+class HybridScore:
+    """One copy score from several nearest-training correlations (e.g. detector embedding and pixels).
+
+    Each correlation is standardised by its own calibration values (each training sample's
+    correlation to its nearest held-out sample: mean and standard deviation); the hybrid score is
+    the largest standardised value, and its threshold the ``percentile`` of the same maximum over the
+    calibration values. So one false-positive budget covers the union: a sample is a copy when any
+    of the scores is unusually high for a new patient. The detector catches transformed copies
+    that pixels miss; pixel correlation catches blurred round trips that a blur-invariant detector
+    can miss.
+
+    Args:
+        calibration: name -> ``[N_train]`` calibration correlations (the second value of
+            :func:`calibrate_threshold` in each space).
+        percentile: percentile of the calibration maxima.
+    """
+
+    def __init__(self, calibration: dict[str, np.ndarray], percentile: float = 95.0) -> None:
+        if not calibration:
+            raise DetectorError("a hybrid score needs at least one calibrated correlation")
+        self.names = list(calibration)
+        cal = [np.asarray(calibration[n], dtype=np.float64) for n in self.names]
+        if len({len(c) for c in cal}) != 1:
+            raise DetectorError("the calibration correlations of a hybrid score differ in length")
+        self.mean = {n: float(c.mean()) for n, c in zip(self.names, cal)}
+        self.std = {n: float(max(c.std(), 1e-6)) for n, c in zip(self.names, cal)}
+        self.calibration = self.score({n: c for n, c in zip(self.names, cal)})
+        self.threshold = float(np.percentile(self.calibration, percentile))
+
+    def score(self, corr: dict[str, np.ndarray]) -> np.ndarray:
+        """The hybrid score of queries given their nearest-training correlation in every space."""
+        z = [(np.asarray(corr[n], dtype=np.float64) - self.mean[n]) / self.std[n] for n in self.names]
+        return np.max(np.stack(z), axis=0)
