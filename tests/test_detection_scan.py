@@ -77,7 +77,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert summary["detector_sha256"] == hashlib.sha256(Path(setup["detector"]).read_bytes()).hexdigest()
     assert "N_train" in summary["definitions"]["copy_fraction"] and "N_train" in summary["definitions"]["memorized_fraction"]
     rows = list(csv.DictReader(open(out / "pairs.csv")))
-    assert len(rows) == 7 and set(rows[0]) == {"synthetic_id", "synthetic_path", "train_id", "train_subject", "train_path", "correlation", "is_copy"}
+    assert len(rows) == 7 and set(rows[0]) == {"synthetic_id", "synthetic_path", "train_id", "train_subject", "train_path", "correlation", "is_copy", "synthetic_sha256"}
     assert json.loads((out / "pairs.json").read_text())[0]["synthetic_id"] == rows[0]["synthetic_id"]
     assert len(list(csv.DictReader(open(out / "memorized.csv")))) == 16
 
