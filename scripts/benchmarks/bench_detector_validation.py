@@ -213,7 +213,7 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
     aug = json.loads(args.augment) if args.augment else None
     res = train_detector(
         train, Path(tmp) / f"det_{dim_name}.pt", epochs=epochs, batch_size=args.batch_size,
-        network_kwargs=net_kwargs or None, lr=args.lr, augmentations=aug, device=device, log_to_mlflow=False,
+        network="resnet" if spatial_dims == 2 else "conv", network_kwargs=net_kwargs or None, lr=args.lr, augmentations=aug, device=device, log_to_mlflow=False,
         progress=False, histogram_dir=Path(tmp) / f"hist_{dim_name}", histogram_every=max(1, epochs),
         seed=0,
     )

@@ -17,8 +17,8 @@ bundle (``bundles/copy_detector/configs/train.json``) and the audit all take the
 * ``"default"`` -- a small strided convolutional encoder (MONAI ``ResidualUnit`` stages), Adam at
   1e-3 with cosine decay, NT-Xent at temperature 0.07, sized by **optimizer steps**: 3600 in 2D, the
   budget picked on the tuning split of the real-image benchmark and reported on its test split
-  (``scripts/benchmarks/results/bench_detector_real.md``), and 900 in 3D, the budget of the 3D phantom
-  benchmark (``bench_detector_validation.md``); the number of epochs follows from the data set size
+  (``scripts/benchmarks/results/bench_detector_real.md``), and in 3D the configuration of the 3D phantom
+  benchmark (``bench_detector_validation.md``: two residual sub-units per stage, batch 32, 900 steps); the number of epochs follows from the data set size
   (:func:`epochs_for_steps`). It suits the few dozen to few thousand images of a site's audit on
   a CPU or one GPU.
 * ``"study"`` -- the published study's settings (Dar et al. 2025): ResNet-50 (2D, 128-d) or the
@@ -49,8 +49,10 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     "default": {
         2: {"network": "conv", "network_kwargs": dict(_CONV), "embed_dim": 128, "lr": 1e-3, "batch_size": 16,
             "temperature": 0.07, "steps": 3600},
-        3: {"network": "conv", "network_kwargs": dict(_CONV), "embed_dim": 32, "lr": 1e-3, "batch_size": 8,
-            "temperature": 0.07, "steps": 900},
+        # the 3D phantom benchmark's configuration (bench_detector_validation.md, runs D): the conv encoder
+        # with its default two residual sub-units, batch 32, 900 steps (300 epochs of 96 volumes)
+        3: {"network": "conv", "network_kwargs": dict(_CONV, num_res_units=2), "embed_dim": 32, "lr": 1e-3,
+            "batch_size": 32, "temperature": 0.07, "steps": 900},
     },
     "study": {
         2: {"network": "resnet", "network_kwargs": {}, "embed_dim": 128, "lr": 1e-4, "batch_size": 32,
