@@ -22,6 +22,7 @@ def test_smoke_audit_gives_no_verdict_and_says_why(smoke_audit):
     assert r.exit_code == 3
     assert r.headline[0].startswith("SMOKE TEST")
     assert any("generator not converged: the copy rate says nothing about privacy" in line for line in r.headline)
+    assert any("The copy detector had only 5 optimizer steps" in line for line in r.headline)
     assert not any(line.startswith("Verdict") for line in r.headline)
     text = r.summary()
     assert "SMOKE TEST" in text and str(out / "report.html") in text

@@ -165,6 +165,10 @@ def test_cli_scan_and_one_line_errors(setup, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "copies:" in printed and "memorized:" in printed and str(out / "report.html") in printed
     assert (out / "report.html").is_file()
+    # a 3-epoch detector (6 optimizer steps): the verdict says its evidence is weak, on the console and the report
+    assert printed.startswith("WARNING: the detector was trained for 6 optimizer steps (fewer than 900)")
+    assert json.loads((out / "report.json").read_text())["detector_warning"].startswith("the detector was trained for 6")
+    assert "id='detector-warning'" in (out / "report.html").read_text()
 
     with pytest.raises(SystemExit) as info:
         main(["scan", "--train", setup["datalist"], "--holdout", setup["datalist"], "--synthetic", str(setup["synthetic"]),

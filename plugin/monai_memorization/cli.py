@@ -209,6 +209,7 @@ class Commands:
         )
         return (
             (f"WARNING: {r.overlap_warning}; " if r.overlap_warning else "")
+            + (f"WARNING: {r.detector_warning}; " if r.detector_warning else "")
             + f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train} "
             f"(95% CI {100 * r.copy_fraction_ci[0]:.1f}-{100 * r.copy_fraction_ci[1]:.1f}%); memorized: {r.n_memorized} "
             f"= {100 * r.memorized_fraction:.1f}% (95% CI {100 * r.memorized_fraction_ci[0]:.1f}-"
@@ -281,6 +282,7 @@ class Commands:
         )
         return (
             (f"WARNING: {r.overlap_warning}; " if r.overlap_warning else "")
+            + (f"WARNING: {r.scan.detector_warning}; " if r.scan is not None and r.scan.detector_warning else "")
             + f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train}; "
             f"memorized: {r.n_memorized} = {100 * r.memorized_fraction:.1f}%; threshold {r.threshold:.4f}; "
             f"detector: {r.detector}; report: {r.report_path}"

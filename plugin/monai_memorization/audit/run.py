@@ -255,7 +255,7 @@ def run_audit(
     h_nn, _ = pixel_nearest(holdout_arr, load_arrays(train_all, modality, spatial_size))
     margin = {"holdout_median": float(sorted(h_nn)[len(h_nn) // 2]), "holdout_max": float(h_nn.max()),
               "convergence_margin": CONVERGENCE_MARGIN}
-    headline, exit_code = make_headline(records, control, preset)
+    headline, exit_code = make_headline(records, control, preset, det["steps"])
     curve_png = plot_copy_rate_curves(curves, out_dir / "copy_rate_curves.png")
     samples_png = plot_image_rows(montage, out_dir / "samples.png")
     result = AuditResult(

@@ -19,12 +19,20 @@ logger = logging.getLogger(__name__)
 EXIT_INCONCLUSIVE = 3
 
 
-def make_headline(records: list[dict], control: dict | None, preset: str) -> tuple[list[str], int]:
+def make_headline(
+    records: list[dict], control: dict | None, preset: str, detector_steps: int | None = None
+) -> tuple[list[str], int]:
     """The headline lines and the exit code: a verdict only where the evidence carries one."""
+    from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
+
     lines: list[str] = []
     ok = preset != "smoke"
     if not ok:
         lines.append("SMOKE TEST: the generator trained for seconds; nothing here is a verdict about privacy.")
+    if detector_steps is not None and detector_steps < MIN_RECOMMENDED_STEPS:
+        ok = False
+        lines.append(f"The copy detector had only {detector_steps} optimizer steps (fewer than {MIN_RECOMMENDED_STEPS}): "
+                     "it misses copies, so its counts are weak evidence.")
     for r in records:
         if not r["quality"]["converged"]:
             ok = False

@@ -78,6 +78,8 @@ class ScanResult:
         calibration_corr: each training sample's correlation to its nearest held-out sample.
         synthetic_corr: each synthetic sample's correlation to its nearest training sample.
         train_corr: each training sample's correlation to its nearest synthetic sample.
+        detector_warning: set when the detector was trained for fewer optimizer steps than it needs
+            (:data:`~monai_memorization.detection.presets.MIN_RECOMMENDED_STEPS`): "no copies" from it is weak evidence.
         overlap_warning: set when the training, held-out and synthetic sets overlap and the scan
             ran anyway (``allow_overlap=True``): the overlap found, for the report's headline.
     """
@@ -103,6 +105,7 @@ class ScanResult:
     train_corr: np.ndarray | None = field(default=None, repr=False)
     overlap_warning: str | None = None
     synthetic_copy_rate_ci: tuple[float, float] = (float("nan"), float("nan"))
+    detector_warning: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-sample arrays)."""
@@ -321,6 +324,19 @@ def _datalist_modality(source: Any) -> str | None:
             from monai_memorization.data.datalist import datalist_modality
 
             return datalist_modality(data)
+    return None
+
+
+def _undertrained(cfg: dict) -> str | None:
+    """A warning when the detector's checkpoint says it had fewer optimizer steps than it needs."""
+    from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
+
+    steps = cfg.get("steps")
+    if steps is None and cfg.get("epochs_trained") and cfg.get("n_train") and cfg.get("batch_size"):
+        steps = int(cfg["epochs_trained"]) * max(1, int(cfg["n_train"]) // max(1, int(cfg["batch_size"])))
+    if steps is not None and int(steps) < MIN_RECOMMENDED_STEPS:
+        return (f"the detector was trained for {int(steps)} optimizer steps (fewer than {MIN_RECOMMENDED_STEPS}): it misses "
+                "shifted, noisy and round-trip copies, so a low copy rate is weak evidence; train it longer")
     return None
 
 
@@ -618,6 +634,7 @@ def run_scan(
         views=views,
     )
     result.overlap_warning = overlap_warning
+    result.detector_warning = _undertrained(cfg)
     for pair in result.pairs:  # the content each decision was made on, for the release gate
         path = Path(pair["synthetic_path"]) if pair.get("synthetic_path") else None
         pair["synthetic_sha256"] = file_sha256(path) if path is not None and path.is_file() else None

@@ -31,6 +31,7 @@ from torch import nn
 
 from monai_memorization.detection.augment import contrastive_augmentations, pair_views
 from monai_memorization.detection.detector import save_detector
+from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS as _MIN_STEPS
 from monai_memorization.errors import DataValidationError, MemorizationError
 
 __all__ = [
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 VIEW_KEY = "image_2"
 # optimizer steps below which the validation benchmark's 2D detector missed transformed copies (900 steps
 # at lr 1e-3 met the targets on 96 training images, 450 did not; bench_detector_validation.md)
-MIN_RECOMMENDED_STEPS = 900
+MIN_RECOMMENDED_STEPS = _MIN_STEPS
 
 
 def pearson_pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,6 +85,10 @@ def write_html_report(
             f"{html.escape(str(s['overlap_warning']))}</p>"
             if s.get("overlap_warning") else ""
         ),
+        (
+            f"<p class='warning' id='detector-warning'>WARNING: {html.escape(str(s['detector_warning']))}</p>"
+            if s.get("detector_warning") else ""
+        ),
         "<p class='big'>"
         f"Synthetic copies: {s.get('n_copies', 'n/a')} = {_pct(s.get('copy_fraction'))} of N_train "
         f"(95% CI {_pct(copy_ci[0])} - {_pct(copy_ci[1])}).<br>"
