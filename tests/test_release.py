@@ -137,6 +137,9 @@ def test_cli_filter(scanned, tmp_path, capsys):
     main(["filter", "--synthetic", str(syn), "--report", str(root / "report"), "--out", str(tmp_path / "rel")])
     out = capsys.readouterr().out
     assert "released" in out and str(tmp_path / "rel") in out
+    # the tiny test detector had 5 optimizer steps: the release line and the manifest say the scan is weak evidence
+    assert out.startswith("WARNING: the detector was trained for 5 optimizer steps")
+    assert json.loads((tmp_path / "rel" / "manifest.json").read_text())["scan_warnings"][0].startswith("the detector was trained")
     verify_manifest(tmp_path / "rel", report=root / "report")
     with pytest.raises(SystemExit) as e:
         main(["filter", "--synthetic", str(tmp_path / "missing"), "--report", str(root / "report"), "--out", str(tmp_path / "x")])

@@ -237,7 +237,8 @@ class Commands:
 
         r = filter_release(synthetic, report, out, progress=progress)
         return (
-            f"{r.out_dir}: released {r.n_released} of {r.n_released + r.n_excluded} samples, left out {r.n_excluded} "
+            "".join(f"WARNING: {w}; " for w in r.warnings)
+            + f"{r.out_dir}: released {r.n_released} of {r.n_released + r.n_excluded} samples, left out {r.n_excluded} "
             f"copies (threshold {r.threshold:.4f}); manifest: {r.manifest_path}"
         )
 

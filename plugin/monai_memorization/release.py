@@ -68,6 +68,8 @@ class ReleaseResult:
         released: names (relative to ``out_dir``) of the released samples.
         excluded: names (relative to the synthetic folder) of the samples left out as copies.
         threshold: the correlation threshold the report used.
+        warnings: what the scan report said its evidence lacks (an under-trained detector, overlapping
+            sets); also in the manifest as ``scan_warnings`` and on the CLI line.
         detector_sha256: sha256 of the detector checkpoint the report used.
     """
 
@@ -76,6 +78,7 @@ class ReleaseResult:
     released: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     threshold: float = float("nan")
+    warnings: list[str] = field(default_factory=list)
     detector_sha256: str | None = None
 
     @property
@@ -221,6 +224,7 @@ def filter_release(
     if not synthetic_dir.is_dir():
         raise ReleaseError(f"{synthetic_dir}: synthetic folder not found")
     summary, pairs, folder = load_report(report)
+    warnings = [str(summary[k]) for k in ("detector_warning", "overlap_warning") if summary.get(k)]
     entries = sorted(p for p in synthetic_dir.iterdir() if _is_image_entry(p))
     if not entries:
         raise ReleaseError(f"{synthetic_dir}: holds no images")
@@ -270,6 +274,8 @@ def filter_release(
             "percentile": summary.get("percentile"),
             "detector": summary.get("detector"),
             "detector_sha256": detector_sha,
+            # what the scan said its own evidence lacks (an under-trained detector, overlapping sets)
+            "scan_warnings": warnings,
             "counts": {"synthetic": len(entries), "released": len(released_rows), "excluded": len(excluded_rows)},
             "released": released_rows,
             "excluded": excluded_rows,
@@ -287,6 +293,7 @@ def filter_release(
         excluded=[r["file"] for r in excluded_rows],
         threshold=float(summary["threshold"]),
         detector_sha256=detector_sha,
+        warnings=warnings,
     )
 
 
