@@ -29,10 +29,12 @@ def test_api_returns_the_same_fractions_as_the_cli(xr_datalist, setup, tmp_path,
           "--out", str(tmp_path / "cli"), "--mlflow", "False"])
     line = capsys.readouterr().out
     cli = json.loads((tmp_path / "cli" / "report.json").read_text())
-    for key in ("copy_fraction", "memorized_fraction", "synthetic_copy_rate", "threshold", "n_copies", "n_memorized"):
+    for key in ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction", "threshold", "n_copies",
+                "n_memorized", "n_training_copied"):
         assert getattr(res, key) == pytest.approx(cli[key]), key
-    assert list(res.copy_fraction_ci) == pytest.approx(cli["copy_fraction_ci"])
-    assert f"= {100 * res.copy_fraction:.1f}% of N_train=8" in line
+    for key in ("synthetic_copy_rate_ci", "memorized_fraction_ci", "training_copied_fraction_ci"):
+        assert list(getattr(res, key)) == pytest.approx(cli[key]), key
+    assert f"{res.n_copies}/6 synthetic images are copies = {100 * res.synthetic_copy_rate:.1f}%" in line
     # the pairs are the CLI's pairs.json
     cli_pairs = json.loads((tmp_path / "cli" / "pairs.json").read_text())
     assert [(p["synthetic_id"], p["train_id"], p["is_copy"]) for p in res.pairs] == [
@@ -47,7 +49,7 @@ def test_api_returns_the_same_fractions_as_the_cli(xr_datalist, setup, tmp_path,
     main(["check", xr_datalist, str(syn), "--detector", det, "--out", str(tmp_path / "cli_check"), "--mlflow", "False"])
     capsys.readouterr()
     chk = json.loads((tmp_path / "cli_check" / "report.json").read_text())
-    assert chk["copy_fraction"] == pytest.approx(res.copy_fraction) and chk["threshold"] == pytest.approx(res.threshold)
+    assert chk["synthetic_copy_rate"] == pytest.approx(res.synthetic_copy_rate) and chk["threshold"] == pytest.approx(res.threshold)
 
 
 def test_holdout_none_needs_a_datalist_with_a_holdout_list(xr_datalist, setup, tmp_path):

@@ -36,3 +36,17 @@ def test_smoke_writes_both_split_tables(tmp_path):
         assert kind in header[0]
     assert "| pixel correlation |" in text and "| detector 4 steps" in text
     assert "Pick by the tuning split" in text and "Status against the targets (test split" in text
+
+
+def test_validation_benchmark_tpr_at_fpr_reads_the_roc_curve():
+    """bench_detector_validation's TPR@1%FPR (sklearn's roc_curve): the lowest cut-off passing at most 1% of the negatives."""
+    path = SCRIPT.with_name("bench_detector_validation.py")
+    spec = importlib.util.spec_from_file_location("bench_detector_validation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    neg = [i / 200 for i in range(200)]  # 0.000 .. 0.995: two negatives (0.99, 0.995) may pass at 1% FPR
+    pos = [0.5, 0.9, 0.991, 0.996, 1.2]
+    tpr, cut = bench.tpr_at_fpr(pos, neg, fpr=0.01)
+    assert cut == 0.99 and tpr == 3 / 5
+    tpr, cut = bench.tpr_at_fpr(pos, neg, fpr=0.0)
+    assert cut == 0.996 and tpr == 2 / 5

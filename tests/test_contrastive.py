@@ -11,7 +11,7 @@ import torch
 from monai_memorization.detection.detector import load_detector
 from monai_memorization.detection.embed import embed_tensor
 from monai_memorization.engines.contrastive import pearson_pair_similarities, train_detector
-from monai_memorization.errors import DataValidationError
+from monai_memorization.errors import DataValidationError, DetectorError
 
 SMALL_RESNET = {"layers": [1, 1, 1, 1], "block_inplanes": [16, 32, 64, 128]}
 EPOCHS = 30
@@ -100,6 +100,18 @@ def test_pearson_pair_similarities():
     pos, neg = pearson_pair_similarities(z1, z1 * 2 + 1)
     np.testing.assert_allclose(pos.numpy(), [1.0, 1.0], atol=1e-6)
     np.testing.assert_allclose(neg.numpy(), [-1.0, -1.0], atol=1e-6)
+    # the same normalisation as the scan's index: a constant embedding has no correlation
+    with pytest.raises(DetectorError, match="row 1 is constant"):
+        pearson_pair_similarities(z1, torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
+
+
+def test_bundle_names_of_the_training_handlers():
+    """The bundle configs name the handlers through ``engines.contrastive``; they live in ``engines.contrastive_handlers``."""
+    from monai_memorization.engines import contrastive, contrastive_handlers
+
+    for name in contrastive_handlers.__all__:
+        if name != "plot_similarity_histogram":
+            assert getattr(contrastive, name) is getattr(contrastive_handlers, name)
 
 
 def test_training_rejects_too_few_or_bad_images(tmp_path):
@@ -115,16 +127,16 @@ def test_training_rejects_too_few_or_bad_images(tmp_path):
 def test_short_training_warns_about_too_few_steps(tmp_path, caplog, monkeypatch):
     import logging
 
-    import monai_memorization.engines.contrastive as contrastive
+    from monai_memorization.engines import contrastive_handlers
 
     x = np.random.default_rng(0).random((8, 1, 16, 16)).astype(np.float32)
     kw = dict(epochs=1, batch_size=2, network="resnet", network_kwargs={"layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 8, 8]},
               log_to_mlflow=False, progress=False, histogram_dir=tmp_path / "h", device="cpu")
-    with caplog.at_level(logging.WARNING, logger="monai_memorization.engines.contrastive"):
+    with caplog.at_level(logging.WARNING, logger="monai_memorization.engines.contrastive_handlers"):
         train_detector(x, tmp_path / "a.pt", **kw)
     assert any("only 4 optimizer steps (1 epochs x 4 batches)" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    monkeypatch.setattr(contrastive, "MIN_RECOMMENDED_STEPS", 4)
-    with caplog.at_level(logging.WARNING, logger="monai_memorization.engines.contrastive"):
+    monkeypatch.setattr(contrastive_handlers, "MIN_RECOMMENDED_STEPS", 4)
+    with caplog.at_level(logging.WARNING, logger="monai_memorization.engines.contrastive_handlers"):
         train_detector(x, tmp_path / "b.pt", **kw)
     assert not any("optimizer steps" in r.getMessage() for r in caplog.records)

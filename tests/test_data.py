@@ -84,6 +84,24 @@ def test_folder_and_dicom_series_sources(tmp_path):
     assert check_image(items[1]["image"], spatial_dims=3)["shape"] == (16, 12, 10)
 
 
+def test_dicom_series_without_file_extension_is_found_by_its_preamble(tmp_path):
+    """PACS exports often name slices without ``.dcm``: the series is recognised by DICOM's preamble (pydicom.misc.is_dicom)."""
+    vol = ph.make_phantom("ct", seed=0, subject=1, shape=(8, 8, 4))
+    series = write_dicom_series(vol, tmp_path / "export" / "IMG0001", spacing=(2.0, 2.0, 3.0), modality="CT")
+    for f in series.iterdir():
+        f.rename(f.with_suffix(""))
+    items = items_from_source(series)
+    assert [it["subject"] for it in items] == ["IMG0001"]
+    assert check_image(items[0]["image"], spatial_dims=3)["shape"] == (8, 8, 4)
+    # a folder of extension-less files that are not DICOM is not taken for a series
+    other = tmp_path / "not_dicom"
+    other.mkdir()
+    (other / "README").write_text("x" * 200)
+    from monai_memorization.data.datalist import _is_dicom_series
+
+    assert _is_dicom_series(series) and not _is_dicom_series(other)
+
+
 def test_jpeg_and_path_list_sources(tmp_path):
     arr = (ph.make_phantom("xr", seed=0, subject=0, shape=(24, 24)) * 255).astype(np.uint8)
     Image.fromarray(arr.T).save(tmp_path / "x.jpg")

@@ -88,19 +88,42 @@ def test_scan_embeddings_finds_planted_copies_and_spares_distinct_subjects():
     flagged = [p["is_copy"] for p in res.pairs]
     assert flagged == [True] * 7 + [False] * 20
     assert [p["train_subject"] for p in res.pairs[:7]] == ["subj5", "subj17", "subj42", "subj99", "subj150", "subj7", "subj8"]
-    assert res.n_copies == 7 and res.copy_fraction == pytest.approx(7 / 200)
+    assert res.n_copies == 7 and res.synthetic_copy_rate == pytest.approx(7 / 27)
+    # seven distinct training images were copied, of 200
+    assert res.n_training_copied == 7 and res.training_copied_fraction == pytest.approx(7 / 200)
     # the planted training samples are memorized (other training samples may sit close to a copy too)
     mem = {m["train_subject"] for m in res.memorized if m["is_memorized"]}
     assert {"subj5", "subj17", "subj42", "subj99", "subj150", "subj7", "subj8"} <= mem
     assert res.n_memorized == len(mem) and res.memorized_fraction == pytest.approx(len(mem) / 200)
-    assert res.synthetic_copy_rate == pytest.approx(7 / 27)
-    assert res.copy_fraction_ci[0] <= res.copy_fraction <= res.copy_fraction_ci[1]
-    assert res.memorized_fraction_ci[0] <= res.memorized_fraction <= res.memorized_fraction_ci[1]
-    assert res.copy_fraction_ci[1] > res.copy_fraction_ci[0]
+    for name in ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction"):
+        low, high = getattr(res, f"{name}_ci")
+        assert 0.0 <= low <= getattr(res, name) <= high <= 1.0 and high > low, name
     # the threshold is the calibration percentile, and held-out-like samples sit around it
     assert res.threshold == pytest.approx(np.percentile(res.calibration_corr, 95.0))
     assert res.pairs[0]["correlation"] == pytest.approx(1.0, abs=1e-5)
     assert max(p["correlation"] for p in res.pairs[7:]) < res.threshold
+
+
+def test_fractions_stay_fractions_with_more_samples_than_training_images():
+    """50 synthetic samples, 10 training images, every sample a copy: each fraction is 1.0, not 5.0."""
+    rng = np.random.default_rng(5)
+    q, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+    seen, unseen = q[:, :32].T, q[:, 32:].T  # orthogonal subspaces
+    train, hold = _subspace_embeddings(rng, 10, seen), _subspace_embeddings(rng, 10, seen)
+    synth = np.repeat(train, 5, axis=0) + 1e-4 * rng.normal(size=(50, 64))
+    res = scan_embeddings(train, hold, synth, n_bootstrap=100, use_gpu=False)
+    assert res.n_copies == 50 and res.n_training_copied == 10 and res.n_memorized == 10
+    assert res.synthetic_copy_rate == res.training_copied_fraction == res.memorized_fraction == 1.0
+    for name in ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction"):
+        assert all(0.0 <= v <= 1.0 for v in getattr(res, f"{name}_ci")), name
+    # two training images copied many times over: the copied fraction counts them once
+    synth2 = np.concatenate([np.repeat(train[:2], 20, axis=0), _subspace_embeddings(rng, 30, unseen)])
+    res2 = scan_embeddings(train, hold, synth2, n_bootstrap=100, use_gpu=False)
+    assert res2.n_copies == 40 and res2.synthetic_copy_rate == pytest.approx(40 / 70)
+    assert res2.n_training_copied == 2 and res2.training_copied_fraction == pytest.approx(0.2)
+    assert res2.training_copied_fraction <= res2.memorized_fraction
+    low, high = res2.training_copied_fraction_ci
+    assert 0.0 <= low <= 0.2 <= high <= 1.0
 
 
 def test_scan_embeddings_bad_input():

@@ -15,7 +15,7 @@ import torch
 
 from monai_memorization.cli import Commands, main
 from monai_memorization.detection.detector import load_detector, save_detector
-from monai_memorization.detection.scan import run_scan
+from monai_memorization.api import run_scan
 from monai_memorization.errors import DataValidationError, DetectorError, MemorizationError
 
 SHAPE = (32, 32)
@@ -64,18 +64,25 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
         assert Path(p["train_path"]).name == f"{subject}.png"
     # every planted copy ranks above every subject that is not in the training set
     assert min(by_id[f"copy_{i}"]["correlation"] for i in range(3)) > max(by_id[f"novel_{i}"]["correlation"] for i in range(4))
-    assert res.copy_fraction == pytest.approx(res.n_copies / 16) and res.n_copies >= 3
+    assert res.synthetic_copy_rate == pytest.approx(res.n_copies / 7) and res.n_copies >= 3
     assert res.memorized_fraction == pytest.approx(res.n_memorized / 16) and res.n_memorized >= 3
+    # three distinct training images were copied: the fraction counts training images, never more than N_train
+    assert res.n_training_copied >= 3 and res.training_copied_fraction == pytest.approx(res.n_training_copied / 16)
+    assert 0.0 <= res.training_copied_fraction <= res.memorized_fraction <= 1.0
 
     files = sorted(p.name for p in out.iterdir())
     assert files == ["histogram.png", "memorized.csv", "pairs.csv", "pairs.json", "pairs.png", "report.html", "report.json"]
     assert _no_leftovers(tmp_path)
     summary = json.loads((out / "report.json").read_text())
     assert summary["threshold"] == pytest.approx(res.threshold) and summary["percentile"] == 95.0
-    assert summary["copy_fraction"] == pytest.approx(res.copy_fraction)
-    assert summary["copy_fraction_ci"][0] <= summary["copy_fraction"] <= summary["copy_fraction_ci"][1]
+    assert summary["headline"] == "synthetic_copy_rate"
+    for name in ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction"):
+        assert summary[name] == pytest.approx(getattr(res, name))
+        assert 0.0 <= summary[f"{name}_ci"][0] <= summary[name] <= summary[f"{name}_ci"][1] <= 1.0, name
     assert summary["detector_sha256"] == hashlib.sha256(Path(setup["detector"]).read_bytes()).hexdigest()
-    assert "N_train" in summary["definitions"]["copy_fraction"] and "N_train" in summary["definitions"]["memorized_fraction"]
+    assert "N_synthetic" in summary["definitions"]["synthetic_copy_rate"]
+    assert "HEADLINE" in summary["definitions"]["synthetic_copy_rate"]
+    assert "N_train" in summary["definitions"]["memorized_fraction"] and "N_train" in summary["definitions"]["training_copied_fraction"]
     rows = list(csv.DictReader(open(out / "pairs.csv")))
     assert len(rows) == 7 and set(rows[0]) == {"synthetic_id", "synthetic_path", "train_id", "train_subject", "train_path", "correlation", "is_copy", "synthetic_sha256"}
     assert json.loads((out / "pairs.json").read_text())[0]["synthetic_id"] == rows[0]["synthetic_id"]
@@ -86,12 +93,13 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     links = re.findall(r'href="([^"]+)"', html)
     assert {"pairs.csv", "pairs.json", "memorized.csv", "report.json"} <= set(links)
     assert all((out / name).is_file() for name in links)
-    assert "copy_0" in html and "N_train" in html
+    assert "copy_0" in html and "N_train" in html and "synthetic_copy_rate, the headline" in html
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["copy_fraction"] == pytest.approx(res.copy_fraction)
+    for name in ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction", "n_training_copied"):
+        assert run.data.metrics[name] == pytest.approx(getattr(res, name)), name
     assert run.data.metrics["threshold"] == pytest.approx(res.threshold)
     assert run.data.metrics["n_synthetic"] == 7
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -100,7 +108,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     # re-running into the same folder replaces the report; images go to MLflow only when asked
     res2 = run_scan(setup["datalist"], setup["datalist"], str(setup["synthetic"]), setup["detector"], out,
                     tracking_uri=uri, progress=False, n_bootstrap=0, log_images_to_mlflow=True)
-    assert res2.n_copies == res.n_copies and np.isnan(res2.copy_fraction_ci[0])
+    assert res2.n_copies == res.n_copies and np.isnan(res2.synthetic_copy_rate_ci[0])
     run2 = client.get_run(json.loads((out / "report.json").read_text())["mlflow_run_id"])
     assert {"pairs.png", "report.html"} <= {a.path for a in client.list_artifacts(run2.info.run_id)}
     assert _no_leftovers(tmp_path)
@@ -163,7 +171,7 @@ def test_cli_scan_and_one_line_errors(setup, tmp_path, capsys):
     main(["scan", "--train", setup["datalist"], "--holdout", setup["datalist"], "--synthetic", str(setup["synthetic"]),
           "--detector", str(setup["detector"]), "--out", str(out), "--mlflow", "False"])
     printed = capsys.readouterr().out
-    assert "copies:" in printed and "memorized:" in printed and str(out / "report.html") in printed
+    assert "synthetic_copy_rate: " in printed and "memorized_fraction: " in printed and str(out / "report.html") in printed
     assert (out / "report.html").is_file()
     # a 3-epoch detector (6 optimizer steps): the verdict says its evidence is weak, on the console and the report
     assert printed.startswith("WARNING: the detector was trained for 6 optimizer steps (fewer than 900)")

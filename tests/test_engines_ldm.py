@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from monai_memorization.engines import (
     save_samples,
 )
 from monai_memorization.engines.autoencoder import kl_loss
+from monai_memorization.engines.checkpoint import resume_choice, resuming
 from monai_memorization.errors import MemorizationError
 from monai_memorization.tracking import output_scalars, sqlite_tracking_uri, unique_mlflow_handlers
 
@@ -184,6 +186,72 @@ def test_training_checkpoint_resume(tmp_path):
     assert set(final) == {"weight", "bias"} and torch.equal(final["weight"], net.weight.detach())
 
 
+def _tiny_stage(tmp_path, resume, size=3, **kw):
+    from ignite.engine import Engine
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(size, 1)
+    opt = torch.optim.SGD(net.parameters(), 0.1)
+
+    def step(engine, batch):
+        opt.zero_grad()
+        loss = net(batch[:, :size]).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    eng = Engine(step)
+    ckpt = TrainingCheckpoint(tmp_path, {"net": net, "opt": opt}, prefix="stage", save_interval=1, n_saved=3,
+                              resume=resume, **kw)
+    ckpt.attach(eng)
+    iters = []
+    eng.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iters.append(e.state.iteration))
+    return eng, ckpt, iters
+
+
+def test_rerun_resumes_by_default_skips_corrupt_and_restarts_only_when_asked(tmp_path, caplog):
+    data = [torch.ones(2, 3)] * 2
+    eng, ckpt, _ = _tiny_stage(tmp_path, "auto")
+    eng.run(data, max_epochs=3)
+    assert ckpt.resumed_from is None
+    (tmp_path / "stage_checkpoint_3.pt").write_bytes(b"\x80truncated by a kill")  # newest is corrupt
+    (tmp_path / "tmpab12cd34").write_bytes(b"half")  # what a killed atomic write leaves
+    (tmp_path / "tmpzz99yy88.tmp").write_text("{")  # and a half-written latent_info.json
+    caplog.set_level("INFO")
+    eng, ckpt, iters = _tiny_stage(tmp_path, "auto")  # the same command again, no flag
+    eng.run(data, max_epochs=4)
+    assert ckpt.resumed_from.name == "stage_checkpoint_2.pt"  # fell back to the previous intact one
+    assert iters == [5, 6, 7, 8]  # epochs 3 and 4 only
+    assert "stage_checkpoint_3.pt is unreadable" in caplog.text and "continuing from" in caplog.text
+    assert not (tmp_path / "tmpab12cd34").exists() and not (tmp_path / "tmpzz99yy88.tmp").exists()
+    assert torch.load(tmp_path / "stage_checkpoint_3.pt", weights_only=True)["trainer"]["iteration"] == 6  # rewritten
+
+    with pytest.raises(MemorizationError, match="differs from this run's.*--resume false"):
+        _tiny_stage(tmp_path, "auto", size=5)  # other network sizes: one line before any training
+    fresh = []
+    eng, ckpt, iters = _tiny_stage(tmp_path, "false", on_fresh_start=lambda: fresh.append(1))
+    assert ckpt.resumed_from is None and fresh == [1] and not list(tmp_path.glob("stage_checkpoint_*.pt"))
+    eng.run(data, max_epochs=1)
+    assert iters == [1, 2] and [p.name for p in tmp_path.glob("stage_checkpoint_*.pt")] == ["stage_checkpoint_1.pt"]
+    assert resuming("auto", tmp_path, "stage") and not resuming("auto", tmp_path, "other")
+    assert not resuming("false", tmp_path, "stage") and resume_choice(None) is None
+
+
+def test_hold_folder_fails_fast_for_a_second_process(tmp_path):
+    import subprocess
+    import sys
+
+    from monai_memorization.locking import hold_folder
+
+    assert hold_folder(tmp_path) == hold_folder(tmp_path)  # the same process again: fine
+    code = ("import sys; from monai_memorization.locking import hold_folder\n"
+            "try:\n    hold_folder(sys.argv[1])\nexcept Exception as e:\n    print(e); sys.exit(2)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    line = out.stdout.strip()
+    assert "\n" not in line and f"pid {os.getpid()}" in line and "in use by" in line
+
+
 def _to_old_names(state):
     """Rename a current state dict to the monai-generative prototype's names (inverse of load_old_state_dict)."""
     old = {}
@@ -254,14 +322,6 @@ def test_pixel_diffusion_sampler_2d_png(tmp_path):
 
     arr = np.array(Image.open(paths[0]))
     assert arr.dtype == np.uint16 and arr.shape == (16, 16)
-
-
-def test_as_flag_reads_command_line_values():
-    from monai_memorization.engines.checkpoint import as_flag
-
-    assert [as_flag(v) for v in ("true", "False", "1", "no", True, 0, None)] == [True, False, True, False, True, False, None]
-    with pytest.raises(ValueError):
-        as_flag("maybe")
 
 
 def test_tracking_helpers(tmp_path):

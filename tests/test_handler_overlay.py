@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -60,10 +59,10 @@ def test_overlay_runs_inside_a_model_zoo_bundle_with_its_own_trainer(xr_datalist
         for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
             sys.modules.pop(name, None)
 
-    # the bundle's own CheckpointSaver ran, and the check kept its checkpoint next to it
+    # the bundle's own CheckpointSaver ran, and the overlay's stock CheckpointSaver kept the checked epoch with the
+    # lowest copy rate next to it, keyed on the handler's metric
     assert (bundle / "models" / "model.pt").is_file()
-    side = json.loads((bundle / "models" / "model_memorization.json").read_text())
-    assert side["epoch"] in (1, 2) and 0.0 <= side["copy_rate"] <= 1.0
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["model.pt", "model_autoencoder.pt", "model_memorization.pt"]
     state = torch.load(bundle / "models" / "model_memorization.pt", weights_only=True)
     assert set(state) == set(parser.get_parsed_content("network_def").state_dict())  # loads like model.pt
 
@@ -71,21 +70,26 @@ def test_overlay_runs_inside_a_model_zoo_bundle_with_its_own_trainer(xr_datalist
     exp = client.get_experiment_by_name("memorization_check")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    for key in ("memorization_copy_rate", "memorization_memorized_fraction"):
-        assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, key)) == [1, 2]
+    for key in ("memorization_synthetic_copy_rate", "memorization_memorized_fraction", "memorization_training_copied_fraction"):
+        hist = client.get_metric_history(runs[0].info.run_id, key)
+        assert sorted(m.step for m in hist) == [1, 2] and all(0.0 <= m.value <= 1.0 for m in hist), key
 
 
 @pytest.mark.parametrize("bundle", ["ldm_xr", "ldm_ct", "ldm_mr"])
 def test_overlay_appends_the_handler_to_our_bundles(bundle):
-    """Merged after a bundle's train_diffusion.json, the overlay adds exactly one handler to train#handlers."""
+    """Merged after a bundle's diffusion stage, the overlay appends the check and the stock handlers acting on it."""
     from monai.bundle import ConfigParser
 
-    base = REPO / "bundles" / bundle / "configs" / "train_diffusion.json"
-    alone = ConfigParser.load_config_files([str(base)])
-    merged = ConfigParser.load_config_files([str(base), str(OVERLAY)])
-    assert merged["train"]["handlers"][:-1] == alone["train"]["handlers"]
-    assert merged["train"]["handlers"][-1] == "@memorization_check#handler"
-    assert "@train#handlers" in json.dumps(merged["train"]["trainer"]["train_handlers"])
+    configs = REPO / "bundles" / bundle / "configs"
+    base = [str(configs / "train.json"), str(configs / "train_diffusion.json")]
+    alone = ConfigParser.load_config_files(base)
+    merged = ConfigParser.load_config_files(base + [str(OVERLAY)])
+    assert merged["train"]["handlers"][:-4] == alone["train"]["handlers"]
+    added = merged["train"]["handlers"][-4:]
+    assert added[0] == "@memorization_check#handler"
+    assert [h["_target_"] for h in added[1:]] == ["CheckpointSaver", "monai_memorization.handlers.StopAboveLimit", "MLFlowHandler"]
+    assert added[1]["key_metric_name"] == "memorization_checkpoint_score" and added[1]["key_metric_greater_or_equal"]
+    assert "network_def" in merged  # what the overlay's CheckpointSaver saves
     parser = ConfigParser(merged)
     parser.parse()
     handler = parser.get_parsed_content("memorization_check#handler", instantiate=True)
@@ -93,3 +97,20 @@ def test_overlay_appends_the_handler_to_our_bundles(bundle):
 
     assert isinstance(handler, MemorizationCheckHandler)
     assert str(handler.detector).endswith("models/copy_detector.pt") and handler.interval == 10
+
+
+def test_overlay_stop_and_mlflow_are_off_until_asked_for():
+    """With the defaults the overlay adds the check and the CheckpointSaver; a limit adds the stop, a URI the MLflow run."""
+    from monai.bundle import ConfigParser
+
+    from monai_memorization.handlers import MemorizationCheckHandler, StopAboveLimit
+
+    def handlers(**overrides):
+        parser = ConfigParser(ConfigParser.load_config_files([str(ZOO / "configs" / "train_diffusion.json"), str(OVERLAY)]))
+        parser.update(overrides)
+        parser.parse()
+        return [type(h).__name__ for h in parser.get_parsed_content("train#handlers", instantiate=True)]
+
+    assert handlers() == ["CheckpointSaver", "StatsHandler", MemorizationCheckHandler.__name__, "CheckpointSaver"]
+    on = handlers(**{"memorization_check#stop_on_copy_rate": 0.2, "memorization_check#tracking_uri": "sqlite:///x.db"})
+    assert on[-2:] == [StopAboveLimit.__name__, "MLFlowHandler"]

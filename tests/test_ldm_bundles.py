@@ -28,6 +28,17 @@ def cfg(modality: str, name: str) -> str:
     return str(REPO / "bundles" / f"ldm_{modality}" / "configs" / name)
 
 
+def stage(modality: str, name: str) -> list[str]:
+    """A stage file composed on the bundle's train.json, as the bundle docs run it."""
+    return [cfg(modality, "train.json"), cfg(modality, name)]
+
+
+@pytest.fixture(autouse=True)
+def _from_repository_root(monkeypatch):
+    """The bundles' ``%bundles/ldm_common/...`` references are read from the repository root, as users run them."""
+    monkeypatch.chdir(REPO)
+
+
 TINY_SHAPES = {"ct": [16, 16, 16], "mr": [8, 32, 32], "xr": [32, 32]}  # the conftest phantoms' own shapes
 
 
@@ -185,7 +196,7 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     """Stage 1 alone: killed in epoch 2, resumed; then stage 2 alone; with --tracking mlflow nothing is logged twice."""
     o = tiny(tmp_path, ct_datalist, ae_max_epochs=2)
 
-    wf = ConfigWorkflow(config_file=cfg("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow", **o)
+    wf = ConfigWorkflow(config_file=stage("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow", **o)
     wf.initialize()
     trainer = wf.parser.get_parsed_content("ae#train#trainer")
     assert sum(type(h).__name__ == "MLFlowHandler" for h in wf.parser.get_parsed_content("ae#train#handlers")) == 1
@@ -200,7 +211,7 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     models = tmp_path / "models"
     assert (models / "autoencoder_checkpoint_1.pt").is_file() and not (models / "model_autoencoder.pt").exists()
 
-    wf = ConfigWorkflow(config_file=cfg("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow",
+    wf = ConfigWorkflow(config_file=stage("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow",
                         resume="true", **{k: v for k, v in o.items() if k != "resume"})  # as the CLI passes it
     wf.initialize()
     trainer = wf.parser.get_parsed_content("ae#train#trainer")
@@ -218,10 +229,10 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     assert runs["autoencoder"].info.status == "FINISHED"
 
     # stage 2 alone; here MONAI's --tracking really appends its MLFlowHandlers (train#handlers, validate#handlers)
-    wf = ConfigWorkflow(config_file=cfg("ct", "train_diffusion.json"), workflow_type="train", tracking="mlflow", **o)
+    wf = ConfigWorkflow(config_file=stage("ct", "train_diffusion.json"), workflow_type="train", tracking="mlflow", **o)
     wf.initialize()
-    raw = wf.parser.get("train#handlers") + wf.parser.get("validate#handlers")
-    assert sum(h.get("_target_") == "MLFlowHandler" for h in raw) == 4  # 2 of the bundle's + 2 appended by MONAI
+    raw = wf.parser.get("train#handlers")
+    assert sum(h.get("_target_") == "MLFlowHandler" for h in raw) == 2  # the bundle's + the one appended by MONAI
     wf.run()
     wf.finalize()
     assert (models / "model.pt").is_file()
@@ -233,11 +244,45 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
 
 
 def test_default_data_is_generated_phantoms_inside_the_bundle(tmp_path):
-    wf = ConfigWorkflow(config_file=cfg("ct", "train_autoencoder.json"), workflow_type="train",
+    wf = ConfigWorkflow(config_file=stage("ct", "train_autoencoder.json"), workflow_type="train",
                         bundle_root=str(tmp_path), phantom_n=6)
     wf.initialize()  # resolves and validates the data, trains nothing
-    dl = Path(wf.parser.get_parsed_content("datalist_file"))
+    dl = Path(wf.parser.get_parsed_content("data#datalist_file"))
     assert dl == tmp_path / "data" / "phantoms" / "dataset.json" and dl.is_file()
-    train = wf.parser.get_parsed_content("train_files")
+    train = wf.parser.get_parsed_content("data#train_files")
     assert train and all(Path(it["image"]).is_relative_to(tmp_path / "data" / "phantoms") for it in train)
     assert (tmp_path / "eval" / "executed_config.json").is_file() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("modality", ["ct", "mr", "xr"])
+def test_bundle_transforms_are_the_scans(modality, request):
+    """The bundle's inline ``_target_`` chain gives exactly what the offline scan's ``get_transforms`` gives."""
+    from monai.bundle import ConfigParser
+
+    from monai_memorization.data.datalist import load_datalist
+    from monai_memorization.data.transforms import get_transforms
+
+    item = load_datalist(request.getfixturevalue(f"{modality}_datalist"))[0]
+    parser = ConfigParser()
+    parser.read_config(cfg(modality, "train.json"))
+    parser["spatial_size"] = TINY_SHAPES[modality]
+    parser.parse()
+    ours = parser.get_parsed_content("data#val_transforms")(dict(item))["image"]
+    scan = get_transforms(modality, TINY_SHAPES[modality])(dict(item))["image"]
+    assert ours.dtype == scan.dtype and tuple(ours.shape) == (1, *TINY_SHAPES[modality])
+    torch.testing.assert_close(ours.as_tensor(), scan.as_tensor())
+    parser["augment"] = "true"  # as --augment true arrives
+    parser.parse()
+    names = [type(t).__name__ for t in parser.get_parsed_content("data#train_transforms").transforms]
+    assert names[-3:] == ["RandFlipd", "RandRotated", "EnsureTyped"] and len(names) == 7
+
+
+def test_bundles_share_one_common_file():
+    """The three LDM bundles differ only in their modality values; the wiring is written once."""
+    total = sum(len(p.read_text().splitlines()) for p in (REPO / "bundles").glob("ldm_*/configs/*.json"))
+    assert total < 1500
+    for m in ["ct", "mr", "xr"]:
+        train = json.loads(Path(cfg(m, "train.json")).read_text())
+        assert train["ae"] == "%bundles/ldm_common/configs/train.json#ae" and train["bundle_root"] == f"bundles/ldm_{m}"
+        inference = json.loads(Path(cfg(m, "inference.json")).read_text())
+        assert inference["network_def"] == "%bundles/ldm_common/configs/train.json#diffusion_def"

@@ -19,7 +19,7 @@ from fixtures.tiny import copy_and_novel_folder, tiny_detector, tiny_ldm
 from monai_memorization.cli import main
 from monai_memorization.data.datalist import load_datalist
 from monai_memorization.data.overlap import check_overlap, find_overlaps
-from monai_memorization.detection.scan import run_scan
+from monai_memorization.api import run_scan
 from monai_memorization.errors import DataValidationError, MemorizationError
 
 
@@ -174,13 +174,13 @@ def test_allow_overlap_runs_and_the_report_warns(xr_datalist, data, tmp_path, ca
     summary = json.loads((tmp_path / "api" / "report.json").read_text())
     assert summary["overlap_warning"] == res.overlap_warning and "8 training/held-out" in summary["overlap_warning"]
     html = (tmp_path / "api" / "report.html").read_text()
-    assert html.index("overlap-warning") < html.index("Synthetic copies:")
+    assert html.index("overlap-warning") < html.index("id='headline'")
 
     capsys.readouterr()
     main(["scan", "--train", xr_datalist, "--holdout", xr_datalist, "--holdout_section", "training", "--synthetic",
           data["synthetic"], "--detector", det, "--out", str(tmp_path / "cli"), "--mlflow", "False", "--allow_overlap"])
     summary_line = [line for line in capsys.readouterr().out.splitlines() if "report:" in line][-1]
-    assert summary_line.startswith("WARNING: held-out image ") and "copies:" in summary_line
+    assert summary_line.startswith("WARNING: held-out image ") and "synthetic_copy_rate: " in summary_line
     assert json.loads((tmp_path / "cli" / "report.json").read_text())["overlap_warning"]
 
     # without overlap there is no warning
@@ -191,39 +191,26 @@ def test_allow_overlap_runs_and_the_report_warns(xr_datalist, data, tmp_path, ca
     assert "overlap-warning" not in (tmp_path / "clean" / "report.html").read_text()
 
 
-def _trainer_validating_on(items, xr_datalist, handler):
-    """A tiny LDM trainer whose ValidationHandler evaluates on ``items`` (the handler's fallback held-out set)."""
-    import torch
-    from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedEvaluator
-    from monai.handlers import ValidationHandler
-
-    trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[handler])
-    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset(items)), network=torch.nn.Identity())
-    ValidationHandler(1, evaluator).attach(trainer)
-    return trainer
-
-
-def test_handler_fallback_to_the_validation_set_checks_overlap(xr_datalist, data, tmp_path):
+def test_handler_checks_overlap_of_its_held_out_set(xr_datalist, data, tmp_path):
     from monai_memorization.handlers import MemorizationCheckHandler
 
     det = tiny_detector(xr_datalist, tmp_path / "det")
-    # the trainer validates on its own training images: the fallback held-out set is the training set
-    check = MemorizationCheckHandler(det, num_samples=2)
-    trainer = _trainer_validating_on([dict(it) for it in data["train"][:3]], xr_datalist, check)
+    # held-out images that are the generator's own training images: an error before anything is embedded
+    check = MemorizationCheckHandler(det, holdout=[dict(it) for it in data["train"][:3]], num_samples=2)
+    trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[check])
     with pytest.raises(DataValidationError, match="is the same file as training image") as info:
         trainer.run()
     assert "\n" not in str(info.value) and "3 overlaps" in str(info.value)
-    assert trainer.state.iteration == 0 and check._train_emb is None
+    assert trainer.state.iteration == 0 and check.reference is None
 
     # allowed: set up with a warning kept on the handler
-    allowed = MemorizationCheckHandler(det, num_samples=2, allow_overlap=True)
-    trainer = _trainer_validating_on([dict(it) for it in data["train"][:3]], xr_datalist, allowed)
+    allowed = MemorizationCheckHandler(det, holdout=[dict(it) for it in data["train"][:3]], num_samples=2, allow_overlap=True)
+    trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[allowed])
     allowed._setup(trainer)
     assert allowed.threshold is not None and "3 overlaps" in allowed.overlap_warning
 
     # a real held-out set: no error, no warning
-    ok = MemorizationCheckHandler(det, num_samples=2)
-    trainer = _trainer_validating_on([dict(it) for it in data["holdout"]], xr_datalist, ok)
+    ok = MemorizationCheckHandler(det, holdout=[dict(it) for it in data["holdout"]], num_samples=2)
+    trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[ok])
     ok._setup(trainer)
     assert ok.threshold is not None and ok.overlap_warning is None

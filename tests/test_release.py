@@ -17,7 +17,7 @@ from monai_memorization.release import ReleaseError, filter_release, verify_mani
 @pytest.fixture(scope="module")
 def scanned(xr_datalist, tmp_path_factory):
     """A real scan report over 3 exact training copies and 3 novel subjects."""
-    from monai_memorization.detection.scan import run_scan
+    from monai_memorization.api import run_scan
 
     root = tmp_path_factory.mktemp("release")
     det = tiny_detector(xr_datalist, tmp_path_factory.mktemp("detector"))

@@ -41,9 +41,10 @@ def test_html_report_is_self_contained_and_links_exist(tmp_path):
     png = plot_correlation_histogram(rng.random(20), rng.random(10), 0.9, tmp_path / "histogram.png")
     (tmp_path / "pairs.csv").write_text("synthetic_id,correlation\n")
     summary = {
-        "threshold": 0.93, "percentile": 95.0, "copy_fraction": 0.25, "copy_fraction_ci": [0.1, 0.4],
-        "memorized_fraction": 0.2, "memorized_fraction_ci": [None, None], "n_train": 20, "n_holdout": 10,
-        "n_synthetic": 8, "n_copies": 5, "n_memorized": 4, "definitions": {"copy_fraction": "copies / N_train"},
+        "threshold": 0.93, "percentile": 95.0, "synthetic_copy_rate": 0.625, "synthetic_copy_rate_ci": [0.25, 0.875],
+        "memorized_fraction": 0.2, "memorized_fraction_ci": [None, None], "training_copied_fraction": 0.15,
+        "training_copied_fraction_ci": [0.1, 0.4], "n_train": 20, "n_holdout": 10, "n_synthetic": 8, "n_copies": 5,
+        "n_memorized": 4, "n_training_copied": 3, "definitions": {"synthetic_copy_rate": "copies / N_synthetic"},
     }
     pairs = [{"synthetic_id": f"s{i}", "train_id": f"t{i}", "train_subject": f"p<{i}>", "correlation": 0.9 + i / 100, "is_copy": i > 4}
              for i in range(8)]
@@ -52,10 +53,12 @@ def test_html_report_is_self_contained_and_links_exist(tmp_path):
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(embedded) == 1 and base64.b64decode(embedded[0]) == png.read_bytes()
     assert all((tmp_path / link).is_file() for link in re.findall(r'href="([^"]+)"', html))
-    assert "25.0% of N_train" in html and "95% CI 10.0% - 40.0%" in html and "n/a" in html
+    headline = re.search(r"<p class='big' id='headline'>(.*?)</p>", html).group(1)
+    assert "synthetic_copy_rate, the headline" in headline and "5 of 8 = 62.5% (95% CI 25.0% - 87.5%)" in headline
+    assert "3 of 20 = 15.0% (95% CI 10.0% - 40.0%)" in html and "4 of 20 = 20.0% (95% CI n/a - n/a)" in html
     assert "p&lt;7&gt;" in html and "p<7>" not in html  # escaped
     assert html.count('class="copy"') == 3  # the 5 highest rows shown, 3 of them copies
-    assert "copies / N_train" in html
+    assert "copies / N_synthetic" in html
 
 
 def test_preview_of_2d_shows_second_axis_as_rows():

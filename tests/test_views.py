@@ -39,7 +39,7 @@ def test_transposed_rgb_copies_are_found_with_orientation_invariance(xr_datalist
     from monai.transforms import LoadImage
 
     from monai_memorization.data.phantoms import make_phantom
-    from monai_memorization.detection.scan import run_scan
+    from monai_memorization.api import run_scan
 
     det = tiny_detector(xr_datalist, tmp_path)
     data = json.loads(Path(xr_datalist).read_text())
@@ -55,7 +55,7 @@ def test_transposed_rgb_copies_are_found_with_orientation_invariance(xr_datalist
     for i in range(3):
         _rgb_png(make_phantom("xr", seed=99, subject=i, shape=(32, 32)).T, syn / f"novel_{i}.png")
 
-    with caplog.at_level(logging.WARNING, logger="monai_memorization.detection.scan"):
+    with caplog.at_level(logging.WARNING, logger="monai_memorization.detection.pipeline"):
         plain = run_scan(xr_datalist, xr_datalist, syn, det, tmp_path / "plain", log_to_mlflow=False, progress=False, n_bootstrap=0)
     assert any("RGB" in r.message and "converted to grey" in r.message for r in caplog.records)
     inv = run_scan(xr_datalist, xr_datalist, syn, det, tmp_path / "inv", log_to_mlflow=False, progress=False,

@@ -1,70 +1,57 @@
-"""The Python API: one call from image sets to memorization fractions, pairs and a report.
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The Python API: from image sets to memorization fractions, pairs and a report folder.
 
 Example::
 
     import monai_memorization
 
     res = monai_memorization.check("phantoms/xr/dataset.json", "samples/", detector="copy_detector.pt", out="report")
-    print(res.copy_fraction, res.memorized_fraction, res.report_path)
-    flagged = [p for p in res.pairs if p["is_copy"]]
+    print(res.synthetic_copy_rate, res.memorized_fraction, res.report_path)
+    flagged = res.copies
 
-:func:`check` is what ``monai-memorization scan`` runs (the same :func:`~monai_memorization.detection.scan.run_scan`
-with the same defaults), so the API and the command line report the same fractions for the same inputs.
+:func:`run_scan` is what ``monai-memorization scan``, the ``copy_detector`` bundle's ``scan`` config and
+the audit run; :func:`check` adds defaults (held-out list of the datalist, a quick detector) and calls it.
+Both go through the one scan path, :func:`monai_memorization.detection.pipeline.run_pipeline`, and
+write with :mod:`monai_memorization.report.writer`, so every entry point reports the same numbers.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from monai_memorization.data.imageset import ImageSet
+from monai_memorization.detection.scan import ScanResult
 from monai_memorization.errors import DataValidationError
 
-__all__ = ["check", "CheckResult"]
+__all__ = ["check", "run_scan", "CheckResult"]
+
 
 @dataclass
-class CheckResult:
-    """What :func:`check` found.
+class CheckResult(ScanResult):
+    """What :func:`check` found: the :class:`~monai_memorization.detection.scan.ScanResult` and the detector used.
 
     Attributes:
-        copy_fraction: synthetic copies / N_train (the study's headline number).
-        memorized_fraction: memorized training samples / N_train.
-        synthetic_copy_rate: synthetic copies / N_synthetic.
-        copy_fraction_ci, memorized_fraction_ci: bootstrap 95% intervals.
-        threshold: the calibrated correlation threshold.
-        n_train, n_holdout, n_synthetic, n_copies, n_memorized: counts.
-        pairs: one dict per synthetic sample (``synthetic_id``, ``synthetic_path``, ``train_id``,
-            ``train_subject``, ``correlation``, ``is_copy``).
-        memorized: one dict per training sample (nearest synthetic sample, ``is_memorized``).
-        report_path: the HTML report; ``out_dir`` holds report.json, pairs.csv/json, memorized.csv and PNGs.
         detector: the detector checkpoint used (trained here when none was given).
         detector_trained: True when :func:`check` trained the detector.
-        scan: the underlying :class:`~monai_memorization.detection.scan.ScanResult`.
-        overlap_warning: the overlap between the sets when ``allow_overlap=True`` let the scan run
-            anyway (also in the report's headline); None otherwise.
     """
 
-    copy_fraction: float
-    memorized_fraction: float
-    synthetic_copy_rate: float
-    copy_fraction_ci: tuple[float, float]
-    memorized_fraction_ci: tuple[float, float]
-    threshold: float
-    n_train: int
-    n_holdout: int
-    n_synthetic: int
-    n_copies: int
-    n_memorized: int
-    report_path: str
-    out_dir: str
-    detector: str
+    detector: str = ""
     detector_trained: bool = False
-    pairs: list[dict] = field(default_factory=list, repr=False)
-    memorized: list[dict] = field(default_factory=list, repr=False)
-    scan: Any = field(default=None, repr=False)
-    overlap_warning: str | None = None
 
     @property
     def copies(self) -> list[dict]:
@@ -72,18 +59,124 @@ class CheckResult:
         return sorted((p for p in self.pairs if p["is_copy"]), key=lambda p: -p["correlation"])
 
 
-def _holdout_of(train: Any) -> Any:
-    """``train`` itself when it is a datalist with a non-empty ``holdout`` list, else a clear error."""
-    if isinstance(train, (str, os.PathLike)) and str(train).lower().endswith(".json"):
-        from monai_memorization.data.datalist import read_datalist
+def _montage(ref: Any, synthetic: ImageSet, result: ScanResult, top_k: int) -> list[dict]:
+    """The ``top_k`` flagged pairs, both images preprocessed as the detector saw them."""
+    from monai_memorization.detection.pipeline import preprocessing
 
-        data = read_datalist(train, ("training",))
-        if isinstance(data.get("holdout"), list) and data["holdout"]:
-            return train
-        raise DataValidationError(
-            f"{train}: holdout not given and the datalist has no non-empty 'holdout' list; pass holdout= a datalist, "
-            "folder or list of images from the same distribution that the generator never saw"
-        )
+    chain = preprocessing(ref.detector.modality, ref.detector.spatial_size)
+    flagged = sorted((i for i, p in enumerate(result.pairs) if p["is_copy"]), key=lambda i: -result.pairs[i]["correlation"])
+    rows = []
+    for i in flagged[: max(0, top_k)]:
+        p = result.pairs[i]
+        rows.append({
+            "synthetic": np.asarray(chain(dict(synthetic.items[i]))["image"]),
+            "train": np.asarray(chain(dict(ref.train.items[p["train_index"]]))["image"]),
+            "correlation": p["correlation"], "synthetic_id": p["synthetic_id"], "train_id": p["train_id"],
+        })
+    return rows
+
+
+def run_scan(
+    train: Any,
+    holdout: Any,
+    synthetic: Any,
+    detector: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    percentile: float = 95.0,
+    modality: str | None = None,
+    log_to_mlflow: bool = True,
+    tracking_uri: str | None = None,
+    log_images_to_mlflow: bool = False,
+    experiment_name: str = "memorization_scan",
+    run_name: str | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    top_k: int = 8,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    validate: bool = True,
+    num_workers: int = 0,
+    progress: bool = True,
+    train_section: str = "training",
+    holdout_section: str = "holdout",
+    synthetic_section: str = "training",
+    use_gpu: bool | str = "auto",
+    allow_overlap: bool = False,
+    orientation_invariant: bool = False,
+) -> ScanResult:
+    """Scan synthetic images for copies of training images and write the memorization report.
+
+    Args:
+        train: the generator's training set: a datalist ``.json``, a folder (NIfTI/PNG/DICOM), items or an :class:`ImageSet`.
+        holdout: held-out images from the same distribution that the generator never saw.
+        synthetic: the generator's samples.
+        detector: checkpoint written by ``train_detector``.
+        out_dir: report folder (written into a temporary folder and renamed at the end).
+        percentile: threshold percentile (default 95).
+        modality: ``ct``/``mr``/``xr``; default: the detector's, else the training datalist's.
+        log_to_mlflow: log metrics and the non-image files to MLflow.
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<parent of out_dir>/mlflow.db``).
+        log_images_to_mlflow: also log the pair montage and the HTML report (they show training images).
+        experiment_name, run_name: MLflow experiment and run name.
+        batch_size: images per embedding batch.
+        device: ``"cuda"``/``"cpu"`` (default: CUDA when available).
+        top_k: flagged pairs in the montage.
+        n_bootstrap: bootstrap resamples for the 95% intervals.
+        seed: bootstrap seed.
+        validate: read every image once (readable, finite, dimensions) before embedding.
+        num_workers: DataLoader workers.
+        progress: progress bars.
+        train_section, holdout_section, synthetic_section: datalist lists to read.
+        use_gpu: faiss GPU index (``"auto"``: when available).
+        allow_overlap: scan even when the sets overlap (by real path, content or subject); the report's headline
+            then carries ``overlap_warning``. Without it an overlap is an error.
+        orientation_invariant: embed synthetic and held-out images under every flip/transpose
+            (:mod:`monai_memorization.detection.views`); costs one embedding pass per view.
+
+    Returns:
+        :class:`ScanResult` with ``out_dir`` and ``report_path`` set.
+
+    Raises:
+        DataValidationError: empty set, unreadable image, mismatched dimensionality or shape, overlapping sets,
+            a percentile outside (0, 100]. Checked, with the report folder, before anything is embedded.
+        MemorizationError: ``out_dir`` cannot be written or is a folder that is not a scan report.
+        DetectorError: unusable checkpoint, NaN embeddings.
+    """
+    from monai_memorization.detection.pipeline import check_percentile, run_pipeline
+    from monai_memorization.report.writer import check_out_dir, log_scan_to_mlflow, write_scan_report
+
+    percentile = check_percentile(percentile)
+    out_dir = check_out_dir(out_dir)
+    result, ref, synth = run_pipeline(
+        detector, train, holdout, synthetic, n_bootstrap=n_bootstrap, seed=seed, percentile=percentile,
+        allow_overlap=allow_overlap, validate=validate, orientation_invariant=orientation_invariant, use_gpu=use_gpu,
+        sections=(train_section, holdout_section, synthetic_section), modality=modality, device=device,
+        batch_size=batch_size, num_workers=num_workers, progress=progress,
+    )
+    det = ref.detector
+    context = {
+        "detector": det.config["path"], "detector_sha256": det.config["sha256"], "modality": det.modality,
+        "spatial_size": det.spatial_size,
+        "sources": {"train": ref.train.source, "holdout": ref.holdout.source, "synthetic": synth.source},
+    }
+    summary = write_scan_report(result, out_dir, context, _montage(ref, synth, result, top_k))
+    if log_to_mlflow:
+        params = {"percentile": percentile, "detector_sha256": det.config["sha256"], "modality": det.modality,
+                  "n_bootstrap": n_bootstrap}
+        log_scan_to_mlflow(result, summary, tracking_uri, experiment_name, run_name, params, log_images_to_mlflow)
+    return result
+
+
+def _holdout_of(train: Any) -> ImageSet:
+    """The ``holdout`` list of the training datalist, else a clear error."""
+    if isinstance(train, (str, os.PathLike)) and str(train).lower().endswith(".json"):
+        try:
+            return ImageSet.from_source(train, "holdout", "held-out")
+        except DataValidationError:
+            raise DataValidationError(
+                f"{train}: holdout not given and the datalist has no non-empty 'holdout' list; pass holdout= a datalist, "
+                "folder or list of images from the same distribution that the generator never saw"
+            ) from None
     raise DataValidationError(
         "holdout not given: pass holdout= held-out images the generator never saw (or give train as a datalist "
         "with a 'holdout' list)"
@@ -118,23 +211,17 @@ def check(
         train: the generator's training set: a datalist ``.json`` (its ``training`` list), a folder
             of NIfTI/PNG/DICOM images, or a list of paths or items.
         synthetic: the synthetic images: a folder, a datalist (its ``training`` list) or a list.
-        holdout: images from the same distribution that the generator never saw, for the
-            threshold. None: ``train`` must be a datalist with a non-empty ``holdout`` list (the
-            phantom datasets have one), which is then used; otherwise a
-            :class:`~monai_memorization.errors.DataValidationError` says so.
+        holdout: images from the same distribution that the generator never saw, for the threshold.
+            None: ``train`` must be a datalist with a non-empty ``holdout`` list, which is then used.
         detector: a copy-detector checkpoint. None: a small detector is trained on ``train`` first
-            with the default preset (:mod:`monai_memorization.detection.presets`, the configuration
-            validated on real images) and saved as ``<out>_detector/copy_detector.pt`` next to the
-            report folder.
+            with the default preset and saved as ``<out>_detector/copy_detector.pt`` next to the report folder.
         out: report folder. None: a new temporary folder (its path is in the result).
         modality: ``ct``/``mr``/``xr`` (default: the detector's, else the training datalist's).
         percentile: threshold percentile (default 95, as in the study).
         detector_epochs: epochs of the detector trained here (default: the preset's optimizer steps).
-        detector_options: other :func:`~monai_memorization.engines.contrastive.train_detector`
-            arguments for the quick detector (e.g. ``{"spatial_size": [64, 64]}``).
+        detector_options: other ``train_detector`` arguments for the quick detector.
         mlflow: log the scan (and the quick detector's training) to MLflow.
-        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else
-            ``sqlite:///<parent of out>/mlflow.db``).
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<parent of out>/mlflow.db``).
         log_images_to_mlflow: also log the pair montage and HTML report (they show training images).
         device: ``cuda``/``cpu``.
         batch_size: images per embedding batch.
@@ -143,79 +230,48 @@ def check(
         seed: bootstrap (and quick detector) seed.
         progress: progress bars.
         holdout_section: datalist list holding the held-out images.
-        allow_overlap: scan even when the training, held-out and synthetic sets overlap (by real
-            path, content or subject); the report's headline then warns. Without it an overlap is
-            an error, raised before any detector is trained or loaded.
+        allow_overlap: scan even when the sets overlap (by real path, content or subject); the report's headline
+            then warns. Without it an overlap is an error, raised before any detector is trained or loaded.
 
     Returns:
         :class:`CheckResult`.
 
     Raises:
-        DataValidationError: missing hold-out data, overlapping sets, empty or unreadable sets,
-            mismatched shapes.
+        DataValidationError: missing hold-out data, overlapping sets, empty or unreadable sets, mismatched shapes.
         DetectorError: an unusable detector checkpoint.
     """
-    from monai_memorization.detection.scan import run_scan
-
-    if holdout is None:
-        holdout = _holdout_of(train)
+    train_set = ImageSet.from_source(train, "training", "training")
+    holdout_set = _holdout_of(train) if holdout is None else ImageSet.from_source(holdout, holdout_section, "held-out")
+    synthetic_set = ImageSet.from_source(synthetic, "training", "synthetic")
     trained = False
     if detector is None and not allow_overlap:
-        # the quick detector takes minutes: refuse overlapping sets before it (run_scan checks again, from cache)
-        from monai_memorization.data.datalist import items_from_source
+        # the quick detector takes minutes: refuse overlapping sets before it
         from monai_memorization.data.overlap import check_overlap
 
-        check_overlap(
-            items_from_source(train, section="training"), items_from_source(holdout, section=holdout_section),
-            items_from_source(synthetic, section="training"),
-        )
+        check_overlap(train_set.items, holdout_set.items, synthetic_set.items)
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="memorization_check_")) / "report"
     if detector is None:
         detector = _train_quick_detector(
-            train, out_dir.parent / f"{out_dir.name}_detector" / "copy_detector.pt", modality, detector_epochs,
+            train, train_set, out_dir.parent / f"{out_dir.name}_detector" / "copy_detector.pt", modality, detector_epochs,
             detector_options, mlflow, tracking_uri, device, seed, progress,
         )
         trained = True
     r = run_scan(
-        train, holdout, synthetic, detector, out_dir, percentile=percentile, modality=modality, log_to_mlflow=mlflow,
-        tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow, batch_size=batch_size, device=device,
-        top_k=top_k, n_bootstrap=n_bootstrap, seed=seed, progress=progress, holdout_section=holdout_section,
-        allow_overlap=allow_overlap,
+        train_set, holdout_set, synthetic_set, detector, out_dir, percentile=percentile, modality=modality,
+        log_to_mlflow=mlflow, tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow, batch_size=batch_size,
+        device=device, top_k=top_k, n_bootstrap=n_bootstrap, seed=seed, progress=progress, allow_overlap=allow_overlap,
     )
-    return CheckResult(
-        copy_fraction=r.copy_fraction,
-        memorized_fraction=r.memorized_fraction,
-        synthetic_copy_rate=r.synthetic_copy_rate,
-        copy_fraction_ci=r.copy_fraction_ci,
-        memorized_fraction_ci=r.memorized_fraction_ci,
-        threshold=r.threshold,
-        n_train=r.n_train,
-        n_holdout=r.n_holdout,
-        n_synthetic=r.n_synthetic,
-        n_copies=r.n_copies,
-        n_memorized=r.n_memorized,
-        report_path=r.report_path,
-        out_dir=r.out_dir,
-        detector=str(Path(detector).resolve()),
-        detector_trained=trained,
-        pairs=r.pairs,
-        memorized=r.memorized,
-        scan=r,
-        overlap_warning=r.overlap_warning,
-    )
+    values = {f.name: getattr(r, f.name) for f in fields(ScanResult)}
+    return CheckResult(**values, detector=str(Path(detector).resolve()), detector_trained=trained)
 
 
 def _train_quick_detector(
-    train: Any, path: Path, modality: str | None, epochs: int | None, options: dict | None, mlflow: bool,
-    tracking_uri: str | None, device: str | None, seed: int, progress: bool,
+    train: Any, train_set: ImageSet, path: Path, modality: str | None, epochs: int | None, options: dict | None,
+    mlflow: bool, tracking_uri: str | None, device: str | None, seed: int, progress: bool,
 ) -> str:
     from monai_memorization.engines.contrastive import train_detector
 
-    m = (modality or "").lower() or None
-    if m is None and isinstance(train, (str, os.PathLike)) and str(train).lower().endswith(".json"):
-        from monai_memorization.data.datalist import datalist_modality, read_datalist
-
-        m = datalist_modality(read_datalist(train))
+    m = (modality or train_set.modality or "").lower() or None
     if m is None:
         raise DataValidationError(f"{train}: modality unknown; pass modality='ct', 'mr' or 'xr' (needed to train a detector)")
     options = dict(options or {})

@@ -197,9 +197,9 @@ class Commands:
                 calibrated the same way).
 
         Returns:
-            A one-line summary with both fractions and the report path.
+            A one-line summary with the three fractions (synthetic_copy_rate, the headline, first) and the report path.
         """
-        from monai_memorization.detection.scan import run_scan
+        from monai_memorization.api import run_scan
 
         r = run_scan(
             train, holdout, synthetic, detector, out, percentile=percentile, modality=modality,
@@ -207,15 +207,7 @@ class Commands:
             batch_size=batch_size, device=device, top_k=top_k, holdout_section=holdout_section,
             allow_overlap=allow_overlap, orientation_invariant=orientation_invariant,
         )
-        return (
-            (f"WARNING: {r.overlap_warning}; " if r.overlap_warning else "")
-            + (f"WARNING: {r.detector_warning}; " if r.detector_warning else "")
-            + f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train} "
-            f"(95% CI {100 * r.copy_fraction_ci[0]:.1f}-{100 * r.copy_fraction_ci[1]:.1f}%); memorized: {r.n_memorized} "
-            f"= {100 * r.memorized_fraction:.1f}% (95% CI {100 * r.memorized_fraction_ci[0]:.1f}-"
-            f"{100 * r.memorized_fraction_ci[1]:.1f}%); threshold {r.threshold:.4f}; report: {r.report_path}"
-        )
-
+        return _summary_line(r)
 
     def filter(self, synthetic: str, report: str, out: str, progress: bool = True) -> str:
         """Release gate: copy only the synthetic samples the scan did not flag, with a verifiable manifest.
@@ -273,7 +265,7 @@ class Commands:
                 content or subjects (otherwise an error); the report's headline then warns.
 
         Returns:
-            A one-line summary with both fractions and the report path.
+            A one-line summary with the three fractions (synthetic_copy_rate, the headline, first) and the report path.
         """
         from monai_memorization.api import check
 
@@ -281,13 +273,7 @@ class Commands:
             train, synthetic, holdout=holdout, detector=detector, out=out, modality=modality, percentile=percentile,
             detector_epochs=detector_epochs, mlflow=mlflow, tracking_uri=tracking_uri, allow_overlap=allow_overlap,
         )
-        return (
-            (f"WARNING: {r.overlap_warning}; " if r.overlap_warning else "")
-            + (f"WARNING: {r.scan.detector_warning}; " if r.scan is not None and r.scan.detector_warning else "")
-            + f"copies: {r.n_copies}/{r.n_synthetic} synthetic = {100 * r.copy_fraction:.1f}% of N_train={r.n_train}; "
-            f"memorized: {r.n_memorized} = {100 * r.memorized_fraction:.1f}%; threshold {r.threshold:.4f}; "
-            f"detector: {r.detector}; report: {r.report_path}"
-        )
+        return _summary_line(r) + f"; detector: {r.detector}"
 
     def audit(
         self,
@@ -328,6 +314,22 @@ class Commands:
         print(r.summary(), flush=True)
         if r.exit_code:
             sys.exit(r.exit_code)
+
+
+def _summary_line(r) -> str:
+    """One line: the warnings, the headline (synthetic copy rate), the other two fractions, the threshold and the report."""
+
+    def pct(v: float, ci) -> str:
+        return f"{100 * v:.1f}%" + (f" (95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%)" if ci[0] == ci[0] else "")
+
+    return (
+        "".join(f"WARNING: {w}; " for w in (r.overlap_warning, r.detector_warning) if w)
+        + f"synthetic_copy_rate: {r.n_copies}/{r.n_synthetic} synthetic images are copies = "
+        f"{pct(r.synthetic_copy_rate, r.synthetic_copy_rate_ci)}; memorized_fraction: {r.n_memorized}/{r.n_train} "
+        f"training images = {pct(r.memorized_fraction, r.memorized_fraction_ci)}; training_copied_fraction: "
+        f"{r.n_training_copied}/{r.n_train} = {pct(r.training_copied_fraction, r.training_copied_fraction_ci)}; "
+        f"threshold {r.threshold:.4f}; report: {r.report_path}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

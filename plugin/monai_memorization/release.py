@@ -16,10 +16,8 @@ renamed into place at the end. Every image in the synthetic folder must appear i
 every report row must name an existing file, otherwise the gate refuses with one line (a report
 made for other files cannot decide about these).
 
-:func:`verify_manifest` re-checks a release folder: every listed file exists with the listed hash,
-no unlisted file is present, no excluded file slipped in, the counts add up, and (given the
-report) every released file was scanned and not flagged, under the same threshold and detector.
-A reviewer runs it as ``python -m monai_memorization.release verify OUT [--report REPORT]``.
+:func:`~monai_memorization.release_manifest.verify_manifest` re-checks a release folder; a reviewer
+runs it as ``python -m monai_memorization.release verify OUT [--report REPORT]``.
 """
 
 from __future__ import annotations
@@ -34,28 +32,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_memorization.io import file_sha256, replace_dir
 from monai_memorization.errors import MemorizationError
+from monai_memorization.io import file_sha256, replace_dir
+from monai_memorization.release_manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    SUMS_NAME,
+    ReleaseError,
+    load_report,
+    verify_manifest,
+)
 
 __all__ = [
     "MANIFEST_NAME",
     "SUMS_NAME",
     "MANIFEST_FORMAT",
+    "ReleaseError",
     "ReleaseResult",
     "filter_release",
     "verify_manifest",
     "load_report",
 ]
 
-MANIFEST_NAME = "manifest.json"
-SUMS_NAME = "SHA256SUMS"
-MANIFEST_FORMAT = "monai_memorization.release"
-MANIFEST_VERSION = 1
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".mha", ".nrrd")
-
-
-class ReleaseError(MemorizationError):
-    """The release cannot be made or does not verify (the message is the one line a user sees)."""
 
 
 @dataclass
@@ -92,8 +92,6 @@ class ReleaseResult:
         return len(self.excluded)
 
 
-_sha256 = file_sha256
-
 
 def _is_image_entry(p: Path) -> bool:
     """An image file, or a sub-folder (a DICOM series), ignoring hidden entries."""
@@ -103,39 +101,6 @@ def _is_image_entry(p: Path) -> bool:
         return True
     return p.is_file() and p.name.lower().endswith(_IMAGE_SUFFIXES)
 
-
-def load_report(report: str | os.PathLike) -> tuple[dict, list[dict], Path]:
-    """Read a scan report: its summary and its per-synthetic-sample pairs.
-
-    Args:
-        report: the report folder, its ``report.json`` or its ``pairs.json``.
-
-    Returns:
-        ``(summary, pairs, folder)``: ``report.json`` as a dict, the rows of ``pairs.json``
-        (``synthetic_id``, ``synthetic_path``, ``correlation``, ``is_copy``, ...) and the report folder.
-
-    Raises:
-        ReleaseError: missing or malformed report files.
-    """
-    p = Path(report)
-    folder = p if p.is_dir() else p.parent
-    summary_path, pairs_path = folder / "report.json", folder / "pairs.json"
-    for f in (summary_path, pairs_path):
-        if not f.is_file():
-            raise ReleaseError(f"{f}: not found; --report must be a scan report folder (with report.json and pairs.json)")
-    try:
-        summary = json.loads(summary_path.read_text())
-        pairs = json.loads(pairs_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ReleaseError(f"{folder}: unreadable scan report ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(summary, dict) or "threshold" not in summary:
-        raise ReleaseError(f"{summary_path}: not a scan report (no 'threshold')")
-    if not isinstance(pairs, list) or not pairs:
-        raise ReleaseError(f"{pairs_path}: no per-sample rows")
-    for i, row in enumerate(pairs):
-        if not isinstance(row, dict) or not isinstance(row.get("is_copy"), bool) or not (row.get("synthetic_path") or row.get("synthetic_id")):
-            raise ReleaseError(f"{pairs_path}: row {i} lacks 'is_copy' or the synthetic file")
-    return summary, pairs, folder
 
 
 def _match_rows(entries: list[Path], pairs: list[dict], synthetic_dir: Path, report_folder: Path) -> dict[Path, dict]:
@@ -194,8 +159,6 @@ def _prepare_out(out_dir: Path, synthetic_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
 
 
-_commit = replace_dir
-
 
 def filter_release(
     synthetic_dir: str | os.PathLike,
@@ -252,7 +215,7 @@ def filter_release(
             files = []
             for f in _files_of(dest):
                 rel = f.relative_to(tmp).as_posix()
-                digest = _sha256(f)
+                digest = file_sha256(f)
                 if row.get("synthetic_sha256") and entry.is_file() and digest != row["synthetic_sha256"]:
                     raise ReleaseError(
                         f"{entry}: changed since the scan (sha256 differs from the report's); scan the folder again"
@@ -269,7 +232,7 @@ def filter_release(
             "sample is not above the threshold; samples above it are copies and are left out",
             "source": str(synthetic_dir.resolve()),
             "report": str(folder.resolve()),
-            "report_sha256": {name: _sha256(folder / name) for name in ("report.json", "pairs.json")},
+            "report_sha256": {name: file_sha256(folder / name) for name in ("report.json", "pairs.json")},
             "threshold": summary.get("threshold"),
             "percentile": summary.get("percentile"),
             "detector": summary.get("detector"),
@@ -282,7 +245,7 @@ def filter_release(
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
         (tmp / SUMS_NAME).write_text("".join(s + "\n" for s in sums))
-        _commit(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -295,133 +258,6 @@ def filter_release(
         detector_sha256=detector_sha,
         warnings=warnings,
     )
-
-
-def _inside(out_dir: Path, rel: Any, mpath: Path) -> str:
-    """A manifest path, checked to name a place inside the release folder (no absolute path, no ``..``)."""
-    if not isinstance(rel, str) or not rel:
-        raise ReleaseError(f"{mpath}: a manifest path is {rel!r}, not a file name")
-    root = out_dir.resolve()
-    target = (out_dir / rel).resolve()
-    if Path(rel).is_absolute() or (target != root and root not in target.parents):
-        raise ReleaseError(f"{mpath}: manifest path {rel!r} points outside the release folder {out_dir}")
-    return rel
-
-
-def _check_entries(mpath: Path, out_dir: Path, released: Any, excluded: Any, counts: Any) -> None:
-    """The manifest's lists have the documented shape, and every path stays inside the release folder."""
-    if not isinstance(released, list) or not isinstance(excluded, list) or not isinstance(counts, dict):
-        raise ReleaseError(f"{mpath}: 'released' and 'excluded' must be lists and 'counts' an object")
-    for r in released + excluded:
-        if not isinstance(r, dict) or not isinstance(r.get("file"), str):
-            raise ReleaseError(f"{mpath}: a released/excluded entry is {r!r}, not an object with a 'file' name")
-        _inside(out_dir, r["file"], mpath)
-    for r in released:
-        files = r.get("files", [])
-        if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
-            raise ReleaseError(f"{mpath}: the files of {r['file']!r} are not a list of objects")
-        for f in files:
-            _inside(out_dir, f.get("path"), mpath)
-
-
-def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None = None) -> dict:
-    """Check a release folder against its manifest (and, optionally, against the scan report).
-
-    Checks: the manifest is readable and of this format; every listed file exists with the listed
-    sha256 and size; ``SHA256SUMS`` agrees with the manifest; no file is present that the manifest
-    does not list; no excluded sample is present; the counts add up. With ``report``: the report
-    files have the hashes recorded in the manifest, every released sample is a row of the report
-    with ``is_copy`` false, every excluded one is flagged, and threshold and detector agree.
-
-    Args:
-        out_dir: the release folder.
-        report: optional scan report folder to re-check the decisions against.
-
-    Returns:
-        the manifest (a dict) when everything verifies.
-
-    Raises:
-        ReleaseError: naming the first file or field that does not verify.
-    """
-    out_dir = Path(out_dir)
-    mpath = out_dir / MANIFEST_NAME
-    if not mpath.is_file():
-        raise ReleaseError(f"{mpath}: not found; not a release folder")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as e:
-        raise ReleaseError(f"{mpath}: unreadable ({type(e).__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ReleaseError(f"{mpath}: not a release manifest (format is not '{MANIFEST_FORMAT}')")
-    released, excluded = manifest.get("released", []), manifest.get("excluded", [])
-    counts = manifest.get("counts", {})
-    _check_entries(mpath, out_dir, released, excluded, counts)
-    if counts.get("released") != len(released) or counts.get("excluded") != len(excluded) or counts.get(
-        "synthetic"
-    ) != len(released) + len(excluded):
-        raise ReleaseError(f"{mpath}: counts {counts} do not match {len(released)} released and {len(excluded)} excluded entries")
-    listed: dict[str, dict] = {}
-    for r in released:
-        for f in r.get("files", []):
-            listed[f["path"]] = f
-    for rel, f in listed.items():
-        p = out_dir / rel
-        if not p.is_file():
-            raise ReleaseError(f"{p}: listed in the manifest but missing")
-        if p.stat().st_size != f.get("bytes"):
-            raise ReleaseError(f"{p}: size {p.stat().st_size} differs from the manifest ({f.get('bytes')})")
-        if _sha256(p) != f.get("sha256"):
-            raise ReleaseError(f"{p}: sha256 differs from the manifest (file changed after release)")
-    present = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()} - {MANIFEST_NAME, SUMS_NAME}
-    extra = sorted(present - set(listed))
-    if extra:
-        raise ReleaseError(f"{out_dir / extra[0]}: present in the release but not listed in the manifest")
-    for r in excluded:
-        if (out_dir / r["file"]).exists():
-            raise ReleaseError(f"{out_dir / r['file']}: excluded as a copy but present in the release")
-    spath = out_dir / SUMS_NAME
-    if not spath.is_file():
-        raise ReleaseError(f"{spath}: not found")
-    sums = {}
-    for line in spath.read_text().splitlines():
-        if line.strip():
-            digest, _, rel = line.partition("  ")
-            sums[rel] = digest
-    if sums != {rel: f["sha256"] for rel, f in listed.items()}:
-        raise ReleaseError(f"{spath}: does not agree with {mpath}")
-
-    if report is not None:
-        summary, pairs, folder = load_report(report)
-        for name, digest in (manifest.get("report_sha256") or {}).items():
-            if _sha256(folder / name) != digest:
-                raise ReleaseError(f"{folder / name}: differs from the report the release was made from")
-        if summary.get("detector_sha256") != manifest.get("detector_sha256"):
-            raise ReleaseError(f"{folder}: detector sha256 differs from the manifest's")
-        if summary.get("threshold") != manifest.get("threshold"):
-            raise ReleaseError(f"{folder}: threshold {summary.get('threshold')} differs from the manifest's {manifest.get('threshold')}")
-        flags: dict[str, bool] = {}
-        scanned_sha: dict[str, str] = {}
-        for row in pairs:
-            name = Path(row.get("synthetic_path") or row.get("synthetic_id")).name
-            flags[name] = row["is_copy"]
-            if row.get("synthetic_sha256"):
-                scanned_sha[name] = row["synthetic_sha256"]
-        for r in released:
-            if r["file"] not in flags:
-                raise ReleaseError(f"{out_dir / r['file']}: released but not in the scan report {folder}")
-            if flags[r["file"]]:
-                raise ReleaseError(f"{out_dir / r['file']}: released although the scan report flags it as a copy")
-            files = r.get("files", [])
-            # content, not names: a released file must be the very bytes that were scanned
-            if r["file"] in scanned_sha and len(files) == 1 and files[0].get("sha256") != scanned_sha[r["file"]]:
-                raise ReleaseError(
-                    f"{out_dir / r['file']}: its content (sha256) is not that of the sample the scan report judged "
-                    "under this name"
-                )
-        for r in excluded:
-            if not flags.get(r["file"], False):
-                raise ReleaseError(f"{r['file']}: excluded although the scan report does not flag it")
-    return manifest
 
 
 def _main(argv: list[str] | None = None) -> int:

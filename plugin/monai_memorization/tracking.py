@@ -13,12 +13,13 @@ its configuration needs:
   one would log everything twice.
 * :func:`output_scalars` - an ``output_transform`` giving ``{name: float}`` from an engine output.
 * :func:`export_executed_config` - writes the configuration being run (after overrides) to a file,
-  for logging as an artifact.
+  for logging as an artifact. (Not MONAI's ``--tracking`` export: the bundles log to MLflow by default,
+  without ``--tracking``, and the file goes into their own stage runs.)
 * :func:`count_parameters` - number of trainable parameters, for run parameters.
+* :func:`close_unfinished_runs` - marks the runs a killed process left RUNNING as KILLED, so that a stage
+  that starts over gets a new run instead of being mixed into the old one.
 * :func:`start_parent_run` / :func:`adopt_child_runs` - one parent run for a multi-step job (the
   audit), with the runs its steps start nested under it (MLflow's ``mlflow.parentRunId`` tag).
-* :func:`running_bundle_root` - the folder of the bundle being run, so outputs land inside the
-  bundle whatever the working directory (``--bundle_root`` overrides it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ __all__ = [
     "output_scalars",
     "export_executed_config",
     "count_parameters",
-    "running_bundle_root",
+    "close_unfinished_runs",
     "start_parent_run",
     "adopt_child_runs",
 ]
@@ -154,26 +155,39 @@ def _on_stack(cls: type) -> Any:
     return None
 
 
-def running_bundle_root(default: str = ".") -> str:
-    """Folder of the bundle whose config is being run: the parent of the first config file's folder.
+def close_unfinished_runs(tracking_uri: str, experiment_name: str, run_name: str, status: str = "KILLED") -> int:
+    """Mark the runs named ``run_name`` that are not finished as ``status`` (their process is gone).
 
-    Meant for a config's ``"bundle_root"`` expression: ``python -m monai.bundle run --config_file
-    bundles/ldm_ct/configs/train.json`` then writes under ``bundles/ldm_ct`` from any working
-    directory. Outside a :class:`monai.bundle.ConfigWorkflow` it returns ``default``.
+    MONAI's ``MLFlowHandler`` continues the newest unfinished run of its name; that is right when a stage
+    resumes from its checkpoint, and wrong when it starts over (two trainings' metrics would mix).
+    Tracking never stops training: a store that cannot be reached is logged and skipped.
 
     Args:
-        default: returned when no workflow is running.
+        tracking_uri: MLflow store.
+        experiment_name: experiment holding the runs.
+        run_name: the stage's run name (``autoencoder``, ``diffusion``).
+        status: ``"KILLED"`` (the stage starts over), or ``"FINISHED"`` (its checkpoints show it completed).
 
     Returns:
-        an absolute path (or ``default``).
+        the number of runs marked.
     """
-    from monai.bundle import ConfigWorkflow
+    try:
+        import mlflow
 
-    wf = _on_stack(ConfigWorkflow)
-    root = getattr(wf, "config_root_path", None)
-    if root is None:
-        return default
-    return str(Path(root).resolve().parent)
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            return 0
+        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
+        stale = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
+        for r in stale:
+            client.set_terminated(r.info.run_id, status=status)
+        if stale:
+            logger.warning(f"MLflow: {len(stale)} unfinished '{run_name}' run(s) of a stopped process marked {status}")
+        return len(stale)
+    except Exception as e:  # noqa: BLE001 - tracking never costs training
+        logger.warning(f"MLflow: could not close unfinished '{run_name}' runs ({type(e).__name__}: {e})")
+        return 0
 
 
 def count_parameters(module: torch.nn.Module) -> int:

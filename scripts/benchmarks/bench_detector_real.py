@@ -38,11 +38,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,11 +48,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_detector_real_report import HELD_KINDS, IN_KINDS, write_report  # the sibling file (run as a script)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_detector_real.md"
-IN_KINDS = ("exact", "flip", "rotate", "shift", "gamma", "blur", "noise")
-HELD_KINDS = ("elastic", "crop_resize", "jpeg", "window", "rotate_large", "elastic+jpeg", "shift+window")
 SPLITS = {"tune": ("axial",), "test": ("coronal", "sagittal")}
-TARGETS = "AUC >= 0.99 and TPR@1%FPR >= 0.95 in-distribution; AUC >= 0.95 held-out kinds; calibrated FPR 5 +/- 2%"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -329,15 +325,6 @@ def run_detector(data: dict, steps, lr, args) -> dict:
     return fig
 
 
-def targets(f: dict) -> dict:
-    """Which of the issue's targets a result meets."""
-    g = f["groups"]
-    return {"AUC in-dist >= 0.99": g["in-distribution"]["auc"] >= 0.99,
-            "TPR@1%FPR in-dist >= 0.95": g["in-distribution"]["tpr1"] >= 0.95,
-            "AUC held-out >= 0.95": g["held-out kinds"]["auc"] >= 0.95,
-            "calibrated FPR 5 +/- 2%": abs(f["fpr_calibrated"] - 0.05) <= 0.02 + 1e-9}
-
-
 def rank(f: dict) -> tuple:
     """Tuning score: mean of in-distribution AUC, in-distribution TPR@1%FPR and held-out-kind AUC; then fewer steps.
 
@@ -347,84 +334,6 @@ def rank(f: dict) -> tuple:
     g = f["groups"]
     return (float(np.mean([g["in-distribution"]["auc"], g["in-distribution"]["tpr1"], g["held-out kinds"]["auc"]])),
             -f["steps"])
-
-
-# ------------------------------------------------------------------------------------------ report
-def table(rows: list) -> list:
-    """Markdown rows: method, groups, calibrated threshold and timing."""
-    lines = ["| method | steps | lr | train s | AUC in-dist | TPR@1% in-dist | AUC held-out | TPR@1% held-out | "
-             "AUC AE | TPR@1% AE | calib. thr | FPR novel (calib.) | TPR in/held/AE (calib.) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for name, f in rows:
-        g = f["groups"]
-        ae = g.get("autoencoder", {"auc": float("nan"), "tpr1": float("nan"), "tpr_cal": float("nan")})
-        head = f"| {name} | {f['steps']} | {f['lr']:g} | {f['train_s']:.0f} | " if "train_s" in f else f"| {name} | - | - | - | "
-        lines.append(head + f"{g['in-distribution']['auc']:.4f} | {g['in-distribution']['tpr1']:.3f} | "
-                     f"{g['held-out kinds']['auc']:.4f} | {g['held-out kinds']['tpr1']:.3f} | {ae['auc']:.4f} | "
-                     f"{ae['tpr1']:.3f} | {f['threshold']:.4f} | {100 * f['fpr_calibrated']:.1f}% | "
-                     f"{g['in-distribution']['tpr_cal']:.2f}/{g['held-out kinds']['tpr_cal']:.2f}/{ae['tpr_cal']:.2f} |")
-    return lines
-
-
-def kind_table(rows: list, key: str) -> list:
-    kinds = list(rows[0][1][key])
-    lines = ["| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
-    return lines + [f"| {n} | " + " | ".join(f"{f[key][k]:.2f}" for k in kinds) + " |" for n, f in rows]
-
-
-def split_section(title: str, data: dict, rows: list) -> list:
-    i = data["info"]
-    ae = i["autoencoder"]
-    lines = [f"## {title}", "",
-             f"Orientations: {', '.join(i['orientations'])}. Images (subjects = slabs): training {i['n']['training']} "
-             f"({i['subjects']['training']}), held-out {i['n']['holdout']} ({i['subjects']['holdout']}), novel "
-             f"{i['n']['novel']} ({i['subjects']['novel']}), planted copies {i['n']['copies']}.  ",
-             f"Novel-to-nearest-training pixel Pearson correlation: median {i['novel_pixel_corr'][0]:.3f}, 95th "
-             f"percentile {i['novel_pixel_corr'][1]:.3f} (held-out: {i['holdout_pixel_corr'][0]:.3f} / "
-             f"{i['holdout_pixel_corr'][1]:.3f}).  "]
-    if ae:
-        lines.append(f"Autoencoder round trips: AutoencoderKL (16, 32, 32), {ae['epochs']} epochs, PSNR "
-                     f"{ae['psnr_db']:.1f} dB to the source, {ae['seconds']:.0f} s.  ")
-    lines += ["", *table(rows), "", f"Per-kind TPR at the 1%-FPR cut-off ({title.split()[0]} split):", "",
-              *kind_table(rows, "per_kind"), "", f"Per-kind TPR at the calibrated threshold ({title.split()[0]} split):",
-              "", *kind_table(rows, "per_kind_calibrated"), ""]
-    return lines
-
-
-def write_report(path, args, results: dict, pick, total_s: float) -> str:
-    lines = ["# Copy-detector benchmark on real images (MNI152 T1 slices)", "",
-             f"Command: `python scripts/benchmarks/bench_detector_real.py {args.cmdline}`  ",
-             f"Date: {datetime.date.today()}; machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
-             f"torch {torch.__version__} with {torch.get_num_threads()} thread(s), shared with other jobs (timings are "
-             f"upper bounds); total wall time {total_s / 60:.1f} min.", "",
-             "Data: slices of the MNI152 2009a symmetric T1 template shipped in the nilearn wheel, cropped to the head, "
-             f"{args.size}x{args.size}, [0, 1]. Subjects are slabs of {args.slab} consecutive 1 mm slices; every "
-             f"held-out/novel slice is more than {args.gap} slices from any training slice. Tuning split: axial; test "
-             "split: coronal + sagittal (one hemisphere). Positives: one copy of every training image per kind -- "
-             f"in-distribution ({', '.join(IN_KINDS)}), held-out kinds ({', '.join(HELD_KINDS)}) and AutoencoderKL "
-             "round trips. Negatives: the novel images. Score: correlation to the nearest training image (detector "
-             "embedding, or pixels). TPR@1%: at the score cut-off passing at most 1% of the novel images (with fewer "
-             "than 100 novel images that is: none of them). Calibrated threshold: 95th percentile of "
-             "training-to-nearest-held-out correlation (`calibrate_threshold`); its FPR is measured on the novel images.",
-             f"Targets (issue #11): {TARGETS}.", ""]
-    if "tune" in results:
-        d, rows = results["tune"]
-        lines += split_section("tune split (axial): step budgets compared", d, rows)
-        if pick is not None:
-            lines += [f"Pick by the tuning split: {pick[0]} steps, lr {pick[1]} (highest mean of "
-                      "in-distribution AUC, TPR@1% and held-out AUC, then fewest steps).", ""]
-    if "test" in results:
-        d, rows = results["test"]
-        lines += split_section("test split (coronal + sagittal): the pick, reported once", d, rows)
-        det = rows[0][1]
-        lines += ["### Status against the targets (test split, trained detector)", ""]
-        lines += [f"- {k}: **{'met' if v else 'NOT met'}**" for k, v in targets(det).items()]
-        lines += [f"- detector training under 10 min on 2 cores (~30 images): **{'met' if det['train_s'] < 600 else 'NOT met'}** "
-                  f"({det['train_s'] / 60:.1f} min, one thread)", ""]
-    text = "\n".join(lines) + "\n"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-    return text
 
 
 def main(argv=None) -> str:

@@ -14,8 +14,9 @@ Each query gets a score from (a) the trained detector (embedding correlation to 
 sample), (b) pixel Pearson correlation to the nearest training image, (c) SSIM to the nearest training
 image (``monai.metrics.SSIMMetric``; in 3D among the 16 training images nearest by pixel correlation),
 (d) the same encoder untrained (random weights; BatchNorm statistics recomputed on the training
-images like the trained one). Reported: ROC AUC (``monai.metrics.compute_roc_auc``) and TPR at 1% FPR for the
-transformed copies (exact and each kind) and again with the autoencoder round trips added,
+images like the trained one). Reported: ROC AUC (``monai.metrics.compute_roc_auc``) and TPR at 1% FPR
+(``sklearn.metrics.roc_curve``) for the transformed copies (exact and each kind) and again with the
+autoencoder round trips added,
 per-kind TPR at that operating point, and the false-positive rate of the calibrated threshold on the
 novel subjects. Results: ``scripts/benchmarks/results/bench_detector_validation.md``.
 
@@ -174,10 +175,15 @@ def roc_auc(pos, neg) -> float:
 
 
 def tpr_at_fpr(pos, neg, fpr=0.01):
-    """TPR at the score cut-off that lets at most ``fpr`` of the negatives through; returns (tpr, cut-off)."""
-    k = int(np.floor(fpr * len(neg)))
-    cut = np.sort(neg)[::-1][k]
-    return float(np.mean(pos > cut)), float(cut)
+    """TPR at the lowest score cut-off (``score >= cut``) that lets at most ``fpr`` of the negatives through.
+
+    From ``sklearn.metrics.roc_curve``; returns ``(tpr, cut-off)``.
+    """
+    from sklearn.metrics import roc_curve
+
+    rates, tprs, cuts = roc_curve(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg], drop_intermediate=False)
+    i = np.flatnonzero(rates <= fpr)[-1]
+    return float(tprs[i]), float(cuts[i])
 
 
 def evaluate(dim_name, modality, shape, args, device, tmp):
@@ -254,10 +260,9 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
     kinds_arr = np.array(kinds)
     transformed = kinds_arr != "autoencoder"
     for name, (pos, neg) in scores.items():
-        # the cut-off depends on the negatives only: the same for both populations of positives
         tpr_all, cut = tpr_at_fpr(pos, neg)
         tpr, _ = tpr_at_fpr(pos[transformed], neg)
-        per_kind = {k: float(np.mean(pos[kinds_arr == k] > cut)) for k in dict.fromkeys(kinds)}
+        per_kind = {k: float(np.mean(pos[kinds_arr == k] >= cut)) for k in dict.fromkeys(kinds)}
         table[name] = {
             "auc": roc_auc(pos[transformed], neg), "tpr_at_1pct_fpr": tpr,
             "auc_with_autoencoder": roc_auc(pos, neg), "tpr_with_autoencoder": tpr_all,

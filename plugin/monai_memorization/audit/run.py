@@ -107,13 +107,13 @@ def run_audit(
     Returns:
         :class:`AuditResult`.
     """
-    from monai_memorization.data.datalist import items_from_source, load_datalist
     from monai_memorization.data.phantoms import MODALITIES, write_dataset
     from monai_memorization.detection.detector import load_detector
     from monai_memorization.detection.embed import embed_tensor
     from monai_memorization.detection.presets import detector_preset
     from monai_memorization.detection.quality import CONVERGENCE_MARGIN, confirm_copies, generator_quality, pixel_nearest
-    from monai_memorization.detection.scan import run_scan
+    from monai_memorization.api import run_scan
+    from monai_memorization.data.imageset import ImageSet
     from monai_memorization.engines.contrastive import train_detector
     from monai_memorization.report.audit_report import write_audit_report
     from monai_memorization.report.plots import plot_copy_rate_curves, plot_image_rows
@@ -147,19 +147,22 @@ def run_audit(
 
     # 1. data ----------------------------------------------------------------------------------
     t = stage(f"data: {'phantoms ' + modality if datalist is None else datalist}")
-    if datalist is None:
+    user_data = datalist is not None
+    if not user_data:
         data_dir = out_dir / "data"
         if not (data_dir / "dataset.json").is_file():
             fresh(data_dir)
             write_dataset(modality, data_dir, n=p["n"], seed=seed, shape=spatial_size, n_val=p["n_val"],
                           n_holdout=p["n_holdout"], progress=progress)
         datalist = data_dir / "dataset.json"
-    else:
-        from monai_memorization.data.validation import validate_datalist
-
-        validate_datalist(datalist, section=("training", "holdout"), spatial_dims=spatial_dims)
     datalist = str(Path(datalist).resolve())
-    train_all, holdout_items = load_datalist(datalist, "training"), load_datalist(datalist, "holdout")
+    # the datalist is parsed (and, when it is the user's, every image read) once, here
+    sets = [ImageSet.from_source(datalist, s, n) for s, n in (("training", "training"), ("holdout", "held-out"))]
+    if user_data:
+        sets = [s.validate(progress=progress) for s in sets]
+        for s in sets:
+            s.check_dims(spatial_dims)
+    train_all, holdout_items = list(sets[0].items), list(sets[1].items)
     seconds["data"] = time.time() - t
 
     # 2. detector ------------------------------------------------------------------------------
@@ -212,12 +215,13 @@ def run_audit(
                "spatial_size": spatial_size}
         inf.update({k: v for k, v in (bundle_overrides or {}).items() if not k.startswith("memorization_check")})
         run_bundle([ldm / "configs" / "inference.json"] + bundle_configs[1:], "run", **inf)
-        train_items = load_datalist(sub, "training")
+        train_items = train_all[: c["n_train"]]
         train_arr = load_arrays(train_items, modality, spatial_size)
-        synth_arr = load_arrays(items_from_source(str(samples)), modality, spatial_size)
+        synth = ImageSet.from_source(str(samples), name="synthetic")
+        synth_arr = load_arrays(list(synth.items), modality, spatial_size)
         quality = generator_quality(train_arr, holdout_arr, synth_arr, features, "copy detector encoder")
         montage[f"samples: {name}"] = synth_arr[:8]
-        r = run_scan(sub, sub, samples, detector, out_dir / f"report_{name}", percentile=percentile, modality=modality,
+        r = run_scan(train_items, holdout_items, synth, detector, out_dir / f"report_{name}", percentile=percentile, modality=modality,
                      tracking_uri=uri, experiment_name=experiment, run_name=f"scan_{name}", progress=progress, seed=seed)
         adopt_child_runs(uri, experiment, parent, t0, {"audit_config": name})
         confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max)

@@ -57,13 +57,18 @@ def run_bundle(config_files: list[Path], run_id: str, **overrides: Any) -> None:
     """``python -m monai.bundle run RUN_ID --config_file "[...]" --key value ...``, in this process."""
     from monai.bundle import run
 
-    configs = [str(f) for f in config_files]
+    configs = [str(Path(f).resolve()) for f in config_files]
     folder = Path(configs[0]).parent
     logging_file = folder / "logging.conf"
-    run(
-        run_id=run_id, config_file=configs, meta_file=str(folder / "metadata.json"),
-        logging_file=str(logging_file) if logging_file.is_file() else None, **overrides,
-    )
+    cwd = os.getcwd()
+    os.chdir(folder.parents[2])  # MONAI reads the bundles' "%bundles/ldm_common/..." references from here
+    try:
+        run(
+            run_id=run_id, config_file=configs, meta_file=str(folder / "metadata.json"),
+            logging_file=str(logging_file) if logging_file.is_file() else None, **overrides,
+        )
+    finally:
+        os.chdir(cwd)
 
 
 def prepare_out(out_dir: Path) -> None:
@@ -103,9 +108,9 @@ def load_arrays(items: list[dict], modality: str, spatial_size: list[int]):
     """Images as ``[N, *spatial]`` float32 arrays in [0, 1], preprocessed as the scan does."""
     import numpy as np
 
-    from monai_memorization.data.transforms import get_transforms
+    from monai_memorization.detection.pipeline import preprocessing
 
-    t = get_transforms(modality, spatial_size=spatial_size)
+    t = preprocessing(modality, spatial_size)
     return np.stack([np.asarray(t(dict(it))["image"], dtype=np.float32)[0] for it in items])
 
 
@@ -118,7 +123,7 @@ def bundle_value(config_files: list[Path], key: str) -> Any:
 
 
 def training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, float]]:
-    """The in-training copy rate of one configuration, read back from MLflow."""
+    """The in-training ``synthetic_copy_rate`` of one configuration, read back from MLflow."""
     try:
         import mlflow
 
@@ -127,7 +132,7 @@ def training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, fl
         runs = client.search_runs(
             [exp.experiment_id], filter_string=f"attributes.run_name = 'diffusion' and tags.audit_config = '{config}'"
         )
-        hist = client.get_metric_history(runs[0].info.run_id, "memorization_copy_rate") if runs else []
+        hist = client.get_metric_history(runs[0].info.run_id, "memorization_synthetic_copy_rate") if runs else []
         return sorted((int(m.step), float(m.value)) for m in hist)
     except Exception as e:  # noqa: BLE001 -- a plot only
         logger.warning("could not read the in-training checks of %s: %s", config, e)
@@ -145,7 +150,7 @@ def run_positive_control(
 
     from monai_memorization.data.datalist import load_datalist, read_datalist
     from monai_memorization.data.phantoms import COPY_KINDS, spacing_for, transformed_copy, write_image
-    from monai_memorization.detection.scan import run_scan
+    from monai_memorization.api import run_scan
 
     train = load_datalist(datalist, "training")
     meta = read_datalist(datalist)

@@ -127,20 +127,15 @@ def load_datalist(
     return items
 
 
-def _is_dicom_file(p: Path) -> bool:
-    if p.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(p, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _is_dicom_series(folder: Path) -> bool:
+    """Every visible file of ``folder`` is a ``.dcm`` file or has DICOM's preamble (``pydicom.misc.is_dicom``)."""
+    from pydicom.misc import is_dicom
+
     files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
-    return bool(files) and all(_is_dicom_file(f) for f in files)
+    try:
+        return bool(files) and all(f.suffix.lower() == ".dcm" or is_dicom(f) for f in files)
+    except OSError:  # an unreadable file: not a series we can load
+        return False
 
 
 def items_from_folder(folder: str | os.PathLike) -> list[dict]:

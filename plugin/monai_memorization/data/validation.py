@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
@@ -184,8 +184,3 @@ def validate_datalist(
             spatial_dims = len(check_image(items[0]["image"], channels=channels)["shape"])
     return lists
 
-
-def describe(datalist: str | os.PathLike, section: str = "training") -> dict[str, Any]:
-    """Shape and spacing of the first image of a datalist section (after validation)."""
-    items = load_datalist(datalist, section)
-    return dict(check_image(items[0]["image"], channels=None))

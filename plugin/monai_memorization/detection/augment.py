@@ -118,13 +118,11 @@ def pair_views(
     augment: mt.Transform,
     key: str = "image",
     view_key: str = "image_2",
-    augment_both: bool = False,
-    both_augment: mt.Transform | None = None,
 ) -> mt.Compose:
     """Preprocessing followed by a copy of the image into ``view_key`` that gets ``augment``.
 
     The positive pair of a sample is ``(batch[key], batch[view_key])``: the sample and an augmented
-    view of it (or two augmented views when ``augment_both``).
+    view of it.
 
     Args:
         preprocess: deterministic loading/normalisation (None when the data are already tensors).
@@ -132,8 +130,6 @@ def pair_views(
             for ``keys=view_key``).
         key: image key.
         view_key: key of the augmented view.
-        augment_both: also augment ``key`` with ``both_augment``.
-        both_augment: augmentations for ``key`` when ``augment_both``.
 
     Returns:
         the composed transform.
@@ -141,7 +137,5 @@ def pair_views(
     ts = [] if preprocess is None else [preprocess]
     ts.append(mt.CopyItemsd(keys=key, times=1, names=view_key))
     ts.append(augment)
-    if augment_both and both_augment is not None:
-        ts.append(both_augment)
     ts.append(mt.EnsureTyped(keys=[key, view_key], track_meta=False, dtype="float32"))
     return mt.Compose(ts)

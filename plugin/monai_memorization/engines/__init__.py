@@ -7,6 +7,9 @@
   :func:`save_samples`, :func:`save_montage`, :class:`SampleMontage`.
 * :mod:`.checkpoint` - :class:`TrainingCheckpoint` (atomic periodic/final checkpoints, resume) and
   :func:`load_weights` (also for old ``monai-generative`` checkpoints).
+* :mod:`.contrastive` - the copy detector's trainer (``ContrastiveTrainer``, ``train_detector``), with its
+  training handlers in :mod:`.contrastive_handlers`; import them from there (not re-exported here, so that
+  the LDM engines load without the detector's dependencies).
 """
 
 from monai_memorization.engines.autoencoder import AutoencoderKLTrainer, ReconstructionInferer

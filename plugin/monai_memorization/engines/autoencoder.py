@@ -27,11 +27,10 @@ from monai.data import MetaTensor
 from monai.engines import AdversarialTrainer
 from monai.inferers import Inferer
 from monai.losses import PatchAdversarialLoss
-from monai.utils import AdversarialIterationEvents, AdversarialKeys
+from monai.utils import AdversarialIterationEvents, AdversarialKeys, str2bool
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
-from monai_memorization.engines.checkpoint import as_flag
 
 __all__ = [
     "AutoencoderKLTrainer",
@@ -185,7 +184,7 @@ class AutoencoderKLTrainer(AdversarialTrainer):
             key_train_metric=key_train_metric,
             additional_metrics=additional_metrics,
             train_handlers=train_handlers,
-            amp=bool(as_flag(amp)) and torch.device(device).type == "cuda",
+            amp=str2bool(amp) and torch.device(device).type == "cuda",
             event_names=event_names,
             event_to_attr=event_to_attr,
             decollate=decollate,

@@ -9,8 +9,10 @@ temporary file, then renamed) and MONAI's :class:`~monai.handlers.CheckpointLoad
   counters and the checkpointer itself (so old files keep being rotated after a resume);
 * at the end of training it writes ``<save_dir>/<final_filename>`` with only the state dict of
   ``save_dict[final_key]`` (the file the inference config loads);
-* with ``resume=True`` it loads the newest ``<prefix>_checkpoint_*.pt`` before the first iteration,
-  so a killed run loses at most one interval; a completed stage then finishes at once.
+* by default (``resume="auto"``) it loads the newest ``<prefix>_checkpoint_*.pt`` that reads back
+  before the first iteration, so rerunning a killed command loses at most one interval (a completed
+  stage then finishes at once); ``resume=False`` starts over and removes the stage's old checkpoints;
+  files a killed atomic write left are removed.
 
 :func:`load_weights` loads a weights file with ``torch.load(weights_only=True)`` and, for files
 written by the ``monai-generative`` prototype, maps the old names with the network's
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,36 +31,14 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
+from monai.utils import str2bool
 
 from monai_memorization.errors import MemorizationError
 
-__all__ = ["TrainingCheckpoint", "latest_checkpoint", "load_weights", "as_flag"]
+__all__ = ["TrainingCheckpoint", "latest_checkpoint", "intact_checkpoint", "resume_choice", "resuming", "stage_complete",
+           "load_weights"]
 
 logger = logging.getLogger(__name__)
-
-
-def as_flag(value: Any) -> bool | None:
-    """Read a flag given on the command line: ``--resume true`` arrives as the string ``"true"``.
-
-    Args:
-        value: a bool, None, a number, or a string such as ``"true"``, ``"False"``, ``"yes"``, ``"0"``.
-
-    Returns:
-        the boolean (None stays None).
-
-    Raises:
-        ValueError: a string that is not a recognised flag value.
-    """
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("1", "true", "yes", "y", "on"):
-            return True
-        if v in ("0", "false", "no", "n", "off", ""):
-            return False
-        raise ValueError(f"not a true/false value: {value!r}")
-    return bool(value)
 
 
 def latest_checkpoint(save_dir: str | Path, prefix: str) -> Path | None:
@@ -82,6 +62,104 @@ def latest_checkpoint(save_dir: str | Path, prefix: str) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _checkpoints(save_dir: Path, prefix: str) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every ``<prefix>_checkpoint_<epoch>.pt`` in ``save_dir``, newest first."""
+    pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_(\d+)\.pt$")
+    found = [(int(m.group(1)), p) for p in save_dir.glob(f"{prefix}_checkpoint_*.pt") if (m := pattern.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def intact_checkpoint(save_dir: str | Path, prefix: str) -> Path | None:
+    """The newest ``<prefix>_checkpoint_<epoch>.pt`` that loads (``weights_only=True``); unreadable ones are skipped.
+
+    Args:
+        save_dir: checkpoint folder.
+        prefix: the stage prefix given to :class:`TrainingCheckpoint`.
+
+    Returns:
+        the path, or None when no checkpoint loads.
+    """
+    for _, path in _checkpoints(Path(save_dir), prefix):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+            return path
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: fall back to the previous one
+            logger.warning(f"{path.name} is unreadable ({type(e).__name__}); trying the previous checkpoint")
+    return None
+
+
+def resume_choice(value: Any) -> bool | None:
+    """``--resume`` as given: ``"auto"`` or None (continue when checkpoints exist) -> None, else the flag.
+
+    Args:
+        value: ``"auto"``, None, a bool, or a command-line flag string (``"true"``, ``"false"``, ...).
+
+    Returns:
+        None for automatic, else True/False.
+    """
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    return str2bool(value)  # "--resume true" arrives as a string
+
+
+def resuming(resume: Any, save_dir: str | Path, prefix: str) -> bool:
+    """Whether a stage continues from its checkpoints: ``--resume`` true, or automatic and a checkpoint exists.
+
+    Args:
+        resume: the ``--resume`` value (see :func:`resume_choice`).
+        save_dir: checkpoint folder.
+        prefix: the stage prefix.
+
+    Returns:
+        True when the stage resumes.
+    """
+    choice = resume_choice(resume)
+    return latest_checkpoint(save_dir, prefix) is not None if choice is None else choice
+
+
+def stage_complete(
+    save_dir: str | Path,
+    prefix: str,
+    max_epochs: int,
+    resume: Any = "auto",
+    final_filename: str | None = None,
+    on_complete: Callable[[], Any] | None = None,
+) -> bool:
+    """Whether a stage already trained ``max_epochs`` epochs (so a rerun skips it, adding no empty MLflow run).
+
+    Args:
+        save_dir: checkpoint folder.
+        prefix: the stage prefix.
+        max_epochs: the epochs this run asks for (more than the checkpoint's: the stage continues).
+        resume: the ``--resume`` value; False always trains.
+        final_filename: the stage's final weights file; while it is missing (a kill just before it was written)
+            the stage runs, resumes at its last epoch and writes it.
+        on_complete: called when the stage is skipped (e.g. to close the MLflow run its killed process left open).
+
+    Returns:
+        True when the newest intact checkpoint is at ``max_epochs`` or beyond.
+    """
+    path = None if resume_choice(resume) is False else intact_checkpoint(save_dir, prefix)
+    if path is None or (final_filename is not None and not (Path(save_dir) / final_filename).is_file()):
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=True)["trainer"]
+    epoch = int(state["iteration"]) // max(1, int(state["epoch_length"] or 1))
+    if epoch < int(max_epochs):
+        return False
+    logger.warning(f"{prefix}: already trained {epoch} epochs ({path.name}); skipped (--resume false trains it again)")
+    if on_complete is not None:
+        on_complete()
+    return True
+
+
+def _remove_temporary_files(save_dir: Path) -> None:
+    """Delete what a killed atomic write left (ignite's ``tmpXXXXXXXX`` and this package's ``tmpXXXXXXXX.tmp``)."""
+    for p in save_dir.glob("tmp*"):
+        if p.is_file() and re.fullmatch(r"tmp[a-z0-9_]{8}(\.tmp)?", p.name):
+            p.unlink(missing_ok=True)
+            logger.info(f"removed {p.name}, left by an interrupted write")
+
+
 class TrainingCheckpoint:
     """Periodic + final atomic checkpoints of a training engine, with optional resume.
 
@@ -94,9 +172,15 @@ class TrainingCheckpoint:
         n_saved: how many periodic checkpoints to keep (None keeps all).
         final_filename: name of the weights-only file written at the end (None: none).
         final_key: key in ``save_dict`` whose state dict goes into ``final_filename``.
-        resume: load the newest periodic checkpoint before training starts, when one exists.
+        resume: ``"auto"`` (default): continue from the newest intact periodic checkpoint when there is one,
+            and say so; True: the same; False: start over, removing this stage's earlier checkpoints.
+        on_fresh_start: called when the stage starts from scratch (e.g. to close MLflow runs that a killed
+            process left RUNNING, so that a new run is not mixed with them).
 
-    Attach it before the other handlers so that the state is restored first.
+    Attach it before the other handlers so that the state is restored first. Not MONAI's ``CheckpointSaver``
+    and ``CheckpointLoader`` alone: neither finds the newest checkpoint to resume from, and the final
+    weights-only file (``model.pt``) is what inference and ``ckpt_export`` read. Built on Ignite's ``Checkpoint``
+    and MONAI's ``CheckpointLoader``.
     """
 
     def __init__(
@@ -108,7 +192,8 @@ class TrainingCheckpoint:
         n_saved: int | None = 2,
         final_filename: str | None = None,
         final_key: str | None = None,
-        resume: bool = False,
+        resume: Any = "auto",
+        on_fresh_start: Any = None,
     ) -> None:
         if final_filename is not None and final_key not in save_dict:
             raise ValueError(f"final_key {final_key!r} must name an entry of save_dict {list(save_dict)}")
@@ -119,7 +204,8 @@ class TrainingCheckpoint:
         self.n_saved = n_saved
         self.final_filename = final_filename
         self.final_key = final_key
-        self.resume = bool(as_flag(resume))
+        self.resume = resume_choice(resume)
+        self.on_fresh_start = on_fresh_start
         self.checkpointer: Checkpoint | None = None
         self.resumed_from: Path | None = None
 
@@ -141,17 +227,42 @@ class TrainingCheckpoint:
             global_step_transform=lambda e, _: e.state.epoch,
             include_self=True,
         )
-        if self.resume:
-            path = latest_checkpoint(self.save_dir, self.prefix)
-            if path is None:
-                logger.info(f"resume: no {self.prefix}_checkpoint_*.pt in {self.save_dir}; starting from scratch")
-            else:
-                self.resumed_from = path
-                loader = CheckpointLoader(
-                    load_path=str(path), load_dict={**to_save, "checkpointer": self.checkpointer}, map_location="cpu"
-                )
-                loader.attach(engine)
-                logger.info(f"resume: continuing {self.prefix} from {path}")
+        if self.save_dir.is_dir():
+            _remove_temporary_files(self.save_dir)
+        path = None if self.resume is False else intact_checkpoint(self.save_dir, self.prefix)
+        if path is not None:
+            self._check_fits(path)
+            self.resumed_from = path
+            loader = CheckpointLoader(
+                load_path=str(path), load_dict={**to_save, "checkpointer": self.checkpointer}, map_location="cpu"
+            )
+            loader.attach(engine)
+            logger.warning(f"{self.prefix}: continuing from {path} (--resume false starts over)")
+            return self._attach_savers(engine)
+        old = _checkpoints(self.save_dir, self.prefix) if self.save_dir.is_dir() else []
+        for _, p in old:  # with --resume false, or none of them loads: they would be taken for this run's later
+            p.unlink()
+        if old:
+            logger.warning(f"{self.prefix}: starting over; removed {len(old)} earlier checkpoint(s) in {self.save_dir}")
+        if self.on_fresh_start is not None:
+            self.on_fresh_start()
+        self._attach_savers(engine)
+
+    def _check_fits(self, path: Path) -> None:
+        """One line, before any training, when the checkpoint's networks differ from this run's."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for name, obj in self.save_dict.items():
+            if isinstance(obj, torch.nn.Module) and isinstance(state.get(name), Mapping):
+                own = {k: tuple(v.shape) for k, v in obj.state_dict().items()}
+                theirs = {k: tuple(v.shape) for k, v in state[name].items()}
+                if own != theirs:
+                    raise MemorizationError(
+                        f"{path}: its {name} differs from this run's (changed network sizes?); "
+                        "pass --resume false to start over, or restore the settings it was trained with"
+                    )
+
+    def _attach_savers(self, engine: Engine) -> None:
+        """Periodic checkpoints every ``save_interval`` epochs and at the end; the final weights file."""
 
         def _due(eng: Engine, epoch: int) -> bool:
             return epoch % self.save_interval == 0 or epoch >= (eng.state.max_epochs or 0)
@@ -196,7 +307,7 @@ def load_weights(
         MemorizationError: missing or unreadable file, or weights that do not fit the network.
     """
     path = Path(path)
-    old_format = as_flag(old_format)
+    old_format = None if old_format is None else str2bool(old_format)
     if not path.is_file():
         raise MemorizationError(f"{path}: weights file not found (train the stage first or set the path)")
     try:

@@ -2,9 +2,10 @@
 
 A positive pair is a sample and an augmented view of it; every other sample in the batch is a
 negative. The loss is ``monai.losses.ContrastiveLoss`` (NT-Xent, temperature 0.07), the optimiser
-Adam with cosine decay (settings from :mod:`monai_memorization.detection.presets`), and the engine a ``monai.engines.SupervisedTrainer`` whose iteration
-embeds both views. Per epoch, :class:`SimilarityHistogramHandler` records the Pearson correlation of
-positive and negative pairs (metrics + a PNG histogram, logged to MLflow when a run is active).
+Adam with cosine decay (settings from :mod:`monai_memorization.detection.presets`), and the engine a
+``monai.engines.SupervisedTrainer`` whose iteration embeds both views. The training handlers (similarity
+histograms, BatchNorm recalibration, step budget, saving the detector, MLflow) are in
+:mod:`.contrastive_handlers` and re-exported here.
 
 The bundle ``bundles/copy_detector/configs/train.json`` wires the same pieces from config;
 :func:`train_detector` builds them in Python for the CLI (``monai-memorization train-detector``).
@@ -21,38 +22,42 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.engines import SupervisedTrainer
-from monai.handlers import LrScheduleHandler, MLFlowHandler, StatsHandler
+from monai.handlers import LrScheduleHandler, StatsHandler
 from monai.losses import ContrastiveLoss
 from monai.utils import set_determinism
-from torch import nn
 
 from monai_memorization.detection.augment import contrastive_augmentations, pair_views
-from monai_memorization.detection.detector import save_detector
-from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS as _MIN_STEPS
+from monai_memorization.detection.index import normalize_for_correlation
+from monai_memorization.engines.contrastive_handlers import (
+    BatchNormRecalibrationHandler,
+    SaveDetectorHandler,
+    SimilarityHistogramHandler,
+    StepBudgetHandler,
+    default_tracking_uri,
+    mlflow_handler,
+)
 from monai_memorization.errors import DataValidationError, MemorizationError
 
 __all__ = [
     "ContrastiveTrainer",
+    "pearson_pair_similarities",
+    "contrastive_transform",
+    "train_detector",
+    # the training handlers live in .contrastive_handlers; re-exported for the bundle configs
     "SimilarityHistogramHandler",
     "SaveDetectorHandler",
     "BatchNormRecalibrationHandler",
     "StepBudgetHandler",
-    "pearson_pair_similarities",
-    "contrastive_transform",
     "mlflow_handler",
     "default_tracking_uri",
-    "train_detector",
 ]
 
 logger = logging.getLogger(__name__)
 
 VIEW_KEY = "image_2"
-# optimizer steps below which the validation benchmark's 2D detector missed transformed copies (900 steps
-# at lr 1e-3 met the targets on 96 training images, 450 did not; bench_detector_validation.md)
-MIN_RECOMMENDED_STEPS = _MIN_STEPS
 
 
 def pearson_pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,15 +70,11 @@ def pearson_pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch
     Returns:
         ``(positive [B], negative [B*(B-1)])`` on the CPU.
     """
-    a = z1.detach().float()
-    b = z2.detach().float()
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    sim = a @ b.T
-    eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
-    return sim[eye].cpu(), sim[~eye].cpu()
+    a = normalize_for_correlation(z1.detach().float().cpu().numpy(), "sample embeddings")
+    b = normalize_for_correlation(z2.detach().float().cpu().numpy(), "view embeddings")
+    sim = torch.from_numpy(a @ b.T)
+    eye = torch.eye(sim.shape[0], dtype=torch.bool)
+    return sim[eye], sim[~eye]
 
 
 class ContrastiveTrainer(SupervisedTrainer):
@@ -114,160 +115,6 @@ class ContrastiveTrainer(SupervisedTrainer):
         return {"loss": loss.detach(), "pos_sim": pos, "neg_sim": neg}
 
 
-class SimilarityHistogramHandler:
-    """Per-epoch positive/negative-pair similarity: metrics, a PNG histogram and MLflow artifacts.
-
-    At every epoch end it sets ``engine.state.metrics`` ``mean_positive_similarity``,
-    ``mean_negative_similarity``, ``similarity_gap`` and ``epoch_loss`` (mean loss of the epoch) (attach it before an ``MLFlowHandler`` /
-    ``StatsHandler`` so they log them), writes ``similarity_epoch_XXXX.png`` into ``output_dir`` and,
-    when ``mlflow_handler`` has an active run, logs the PNG under ``similarity_histograms/``.
-
-    Args:
-        output_dir: folder for the PNGs (None: no PNG, metrics only).
-        mlflow_handler: the run's ``monai.handlers.MLFlowHandler`` (optional).
-        every: write a PNG every ``every`` epochs (and at the last epoch).
-    """
-
-    def __init__(self, output_dir: str | os.PathLike | None = None, mlflow_handler: MLFlowHandler | None = None, every: int = 1) -> None:
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.mlflow_handler = mlflow_handler
-        self.every = max(1, int(every))
-        self.history: list[dict[str, float]] = []
-        self._pos: list[torch.Tensor] = []
-        self._neg: list[torch.Tensor] = []
-        self._loss: list[float] = []
-
-    def attach(self, engine: Engine) -> None:
-        """Register on ``EPOCH_STARTED``, ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED``."""
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
-
-    def _reset(self, engine: Engine) -> None:
-        self._pos, self._neg, self._loss = [], [], []
-
-    def _collect(self, engine: Engine) -> None:
-        out = engine.state.output
-        self._pos.append(out["pos_sim"])
-        self._neg.append(out["neg_sim"])
-        self._loss.append(float(out["loss"]))
-
-    def _epoch_completed(self, engine: Engine) -> None:
-        from monai_memorization.report.plots import plot_similarity_histogram
-
-        pos = torch.cat(self._pos).numpy()
-        neg = torch.cat(self._neg).numpy()
-        epoch = engine.state.epoch
-        stats = {
-            "mean_positive_similarity": float(pos.mean()),
-            "mean_negative_similarity": float(neg.mean()),
-            "similarity_gap": float(pos.mean() - neg.mean()),
-            "epoch_loss": float(np.mean(self._loss)),
-        }
-        engine.state.metrics.update(stats)
-        self.history.append({"epoch": epoch, **stats})
-        last = engine.state.max_epochs is not None and epoch == engine.state.max_epochs
-        if self.output_dir is not None and (epoch % self.every == 0 or last):
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            png = plot_similarity_histogram(pos, neg, epoch, self.output_dir / f"similarity_epoch_{epoch:04d}.png")
-            h = self.mlflow_handler
-            if h is not None and getattr(h, "cur_run", None) is not None:
-                h.client.log_artifact(h.cur_run.info.run_id, str(png), artifact_path="similarity_histograms")
-
-
-class BatchNormRecalibrationHandler:
-    """Recompute BatchNorm running statistics on the un-augmented training images when training ends.
-
-    The detector embeds in eval mode, where BatchNorm uses running averages that lag behind the
-    weights after short trainings; ``torch.optim.swa_utils.update_bn`` replaces them with exact
-    averages over the training set (no gradient step, weights unchanged).
-
-    Args:
-        loader: yields batches (dicts with ``key``) of the training images.
-        network: the encoder.
-        key: image key of the batches.
-    """
-
-    def __init__(self, loader, network: nn.Module, key: str = "image") -> None:
-        self.loader = loader
-        self.network = network
-        self.key = key
-
-    def attach(self, engine: Engine) -> None:
-        """Register on ``COMPLETED`` (attach before :class:`SaveDetectorHandler`)."""
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        from torch.optim.swa_utils import update_bn
-
-        module = self.network.module if hasattr(self.network, "module") else self.network
-        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
-            return
-        device = next(module.parameters()).device
-        was_training = module.training
-        update_bn((b[self.key] if isinstance(b, dict) else b for b in self.loader), module, device=device)
-        module.train(was_training)
-
-
-class StepBudgetHandler:
-    """Warn when training starts with fewer optimizer steps than the detector needs.
-
-    The copy invariances (shifts, noise, blur, autoencoder round trips) take several hundred
-    optimizer steps to learn; a small training set at a large batch size gives few steps per epoch
-    (96 images at batch 32: 3), so an epoch count that is fine on thousands of images is not here.
-
-    Args:
-        min_steps: the fewest steps that do not warn (default :data:`MIN_RECOMMENDED_STEPS`).
-    """
-
-    def __init__(self, min_steps: int | None = None) -> None:
-        self.min_steps = min_steps
-
-    def attach(self, engine: Engine) -> None:
-        """Register on ``STARTED``."""
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        per_epoch = int(engine.state.epoch_length or 0)
-        steps = int(engine.state.max_epochs or 0) * per_epoch
-        min_steps = MIN_RECOMMENDED_STEPS if self.min_steps is None else int(self.min_steps)
-        if steps < min_steps:
-            logger.warning(
-                "the detector gets only %d optimizer steps (%d epochs x %d batches); below about %d it misses shifted, "
-                "noisy and autoencoder round-trip copies (bench_detector_validation): raise epochs",
-                steps, engine.state.max_epochs, per_epoch, min_steps,
-            )
-
-
-class SaveDetectorHandler:
-    """Save the encoder as a copy detector (:func:`save_detector`) when training completes.
-
-    Args:
-        path: destination ``.pt``.
-        network: the encoder being trained.
-        config: detector config (see :func:`save_detector`); ``epochs_trained`` is added.
-        mlflow_handler: when given and its run is active, the detector is logged as an artifact.
-    """
-
-    def __init__(self, path: str | os.PathLike, network: nn.Module, config: dict, mlflow_handler: MLFlowHandler | None = None) -> None:
-        self.path = Path(path)
-        self.network = network
-        self.config = dict(config)
-        self.mlflow_handler = mlflow_handler
-
-    def attach(self, engine: Engine) -> None:
-        """Register on ``COMPLETED``."""
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        cfg = dict(self.config, epochs_trained=int(engine.state.epoch))
-        save_detector(self.path, self.network, cfg)
-        logger.info("saved copy detector to %s", self.path)
-        h = self.mlflow_handler
-        if h is not None and getattr(h, "cur_run", None) is not None:
-            h.client.log_artifact(h.cur_run.info.run_id, str(self.path), artifact_path="detector")
-
-
 def contrastive_transform(
     modality: str | None,
     spatial_dims: int,
@@ -297,51 +144,6 @@ def contrastive_transform(
         pre = mt.EnsureTyped(keys="image", dtype="float32", track_meta=False)
     aug = contrastive_augmentations(spatial_dims, keys=VIEW_KEY, spatial_size=spatial_size, **(augmentations or {}))
     return pair_views(pre, aug)
-
-
-def default_tracking_uri(folder: str | os.PathLike) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the project's local sqlite store in ``folder``.
-
-    Args:
-        folder: where ``mlflow.db`` (and the ``mlruns`` artifact folder) live by default.
-
-    Returns:
-        an MLflow tracking URI.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    from monai_memorization.tracking import sqlite_tracking_uri
-
-    return sqlite_tracking_uri(folder)
-
-
-def mlflow_handler(
-    tracking_uri: str | None = None,
-    experiment_name: str = "copy_detector",
-    run_name: str | None = None,
-    params: dict | None = None,
-) -> MLFlowHandler:
-    """``monai.handlers.MLFlowHandler`` logging the loss per iteration and the epoch metrics.
-
-    Args:
-        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
-        experiment_name: MLflow experiment.
-        run_name: MLflow run name.
-        params: run parameters to record.
-
-    Returns:
-        the handler (attach it to the trainer).
-    """
-    return MLFlowHandler(
-        tracking_uri=tracking_uri or default_tracking_uri(os.getcwd()),
-        experiment_name=experiment_name,
-        run_name=run_name,
-        experiment_param=params,
-        output_transform=lambda out: {"loss": float(out["loss"])},
-        tag_name="loss",
-        close_on_complete=True,
-    )
 
 
 def _in_memory_items(images) -> list[dict]:

@@ -23,11 +23,11 @@ import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
+from monai.utils import str2bool
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
 from monai_memorization.engines.autoencoder import prepare_image_batch
-from monai_memorization.engines.checkpoint import as_flag
 from monai_memorization.errors import MemorizationError
 
 __all__ = [
@@ -107,7 +107,7 @@ def prepare_latent_info(
         the dictionary written.
     """
     path = Path(path)
-    if as_flag(reuse) and path.is_file():
+    if str2bool(reuse) and path.is_file():
         return load_latent_info(path)
     autoencoder.eval()
     first = next(iter(data_loader))
@@ -204,6 +204,9 @@ class DiffusionTrainer(SupervisedTrainer):
         kwargs: other :class:`~monai.engines.SupervisedTrainer` arguments (train_handlers, key_train_metric, ...).
 
     The iteration output holds ``image``, ``noise`` (also as ``label``), ``pred`` and ``loss``.
+
+    Not a plain ``SupervisedTrainer`` with ``DiffusionPrepareBatch``: that one draws image-shaped noise, and
+    ``SupervisedTrainer`` passes its network where ``LatentDiffusionInferer`` expects the autoencoder.
     """
 
     def __init__(
@@ -231,7 +234,7 @@ class DiffusionTrainer(SupervisedTrainer):
             optimizer=optimizer,
             loss_function=loss_function,
             inferer=inferer,
-            amp=bool(as_flag(amp)) and torch.device(device).type == "cuda",
+            amp=str2bool(amp) and torch.device(device).type == "cuda",
             decollate=decollate,
             prepare_batch=prepare_batch,
             optim_set_to_none=optim_set_to_none,
@@ -325,7 +328,7 @@ class DiffusionEvaluator(SupervisedEvaluator):
             val_data_loader=val_data_loader,
             network=network,
             inferer=inferer,
-            amp=bool(as_flag(amp)) and torch.device(device).type == "cuda",
+            amp=str2bool(amp) and torch.device(device).type == "cuda",
             prepare_batch=prepare_batch,
             decollate=decollate,
             **kwargs,

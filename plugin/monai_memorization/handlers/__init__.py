@@ -1,20 +1,23 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Ignite handlers that add memorization checks to MONAI training workflows.
 
-* :class:`MemorizationCheckHandler` -- every K epochs, sample the generator being trained, look the
-  samples up in the training set with the copy detector, log copy rate and memorized fraction,
-  optionally stop training or keep the least-memorizing acceptable checkpoint.
-* :func:`sampler_from_engine` / :func:`ddim_scheduler_like` -- build a DDIM sampler from a diffusion
-  trainer's own network, inferer and autoencoder.
+* :class:`MemorizationCheckHandler` -- every K epochs, sample the generator being trained, scan the samples
+  with the one scan path and write ``memorization_*`` metrics into ``engine.state.metrics``.
+* :class:`StopAboveLimit` -- MONAI's ``EarlyStopHandler`` stopping training once the copy rate passes a limit.
 
-The overlay config ``bundles/copy_detector/configs/memorization_check.json`` adds the handler to any
-bundle's ``train#handlers`` without editing that bundle.
+The overlay config ``bundles/copy_detector/configs/memorization_check.json`` adds the check, a stock
+``CheckpointSaver`` keyed on its metric, the stop and an ``MLFlowHandler`` to any bundle's ``train#handlers``.
 """
 
-from monai_memorization.handlers.memorization_check import (
-    MemorizationCheckHandler,
-    ddim_scheduler_like,
-    default_loss_transform,
-    sampler_from_engine,
-)
+from monai_memorization.handlers.memorization_check import METRIC_NAMES, MemorizationCheckHandler, StopAboveLimit
 
-__all__ = ["MemorizationCheckHandler", "sampler_from_engine", "ddim_scheduler_like", "default_loss_transform"]
+__all__ = ["MemorizationCheckHandler", "StopAboveLimit", "METRIC_NAMES"]

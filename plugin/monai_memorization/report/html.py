@@ -38,6 +38,11 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
+def _pct_ci(s: Mapping[str, Any], name: str) -> str:
+    ci = s.get(f"{name}_ci") or [None, None]
+    return f"{_pct(s.get(name))} (95% CI {_pct(ci[0])} - {_pct(ci[1])})"
+
+
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], highlight: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
@@ -61,8 +66,9 @@ def write_html_report(
 
     Args:
         path: the ``.html`` to write.
-        summary: the scan summary (``ScanResult.summary()``): threshold, fractions, CIs, counts,
-            definitions, detector; a non-empty ``overlap_warning`` is shown above the headline figures.
+        summary: the scan summary (``ScanResult.summary()``): threshold, the three fractions (headline
+            ``synthetic_copy_rate`` first) with their CIs, counts, definitions, detector; a non-empty
+            ``overlap_warning`` is shown above the headline figures.
         pairs: per-synthetic-sample rows (``synthetic_id``, ``train_id``, ``train_subject``,
             ``correlation``, ``is_copy``).
         memorized: per-training-sample rows (``train_id``, ``correlation``, ``is_memorized``).
@@ -75,8 +81,6 @@ def write_html_report(
         the written path.
     """
     s = dict(summary)
-    copy_ci = s.get("copy_fraction_ci") or [None, None]
-    mem_ci = s.get("memorized_fraction_ci") or [None, None]
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
@@ -89,11 +93,13 @@ def write_html_report(
             f"<p class='warning' id='detector-warning'>WARNING: {html.escape(str(s['detector_warning']))}</p>"
             if s.get("detector_warning") else ""
         ),
-        "<p class='big'>"
-        f"Synthetic copies: {s.get('n_copies', 'n/a')} = {_pct(s.get('copy_fraction'))} of N_train "
-        f"(95% CI {_pct(copy_ci[0])} - {_pct(copy_ci[1])}).<br>"
-        f"Memorized training samples: {s.get('n_memorized', 'n/a')} = {_pct(s.get('memorized_fraction'))} of N_train "
-        f"(95% CI {_pct(mem_ci[0])} - {_pct(mem_ci[1])}).</p>",
+        "<p class='big' id='headline'>"
+        f"Synthetic images that are copies (synthetic_copy_rate, the headline): {s.get('n_copies', 'n/a')} of "
+        f"{s.get('n_synthetic', 'n/a')} = {_pct_ci(s, 'synthetic_copy_rate')}.</p>"
+        f"<p>Training images memorized (memorized_fraction): {s.get('n_memorized', 'n/a')} of {s.get('n_train', 'n/a')} = "
+        f"{_pct_ci(s, 'memorized_fraction')}.<br>"
+        f"Training images copied by at least one synthetic image (training_copied_fraction): "
+        f"{s.get('n_training_copied', 'n/a')} of {s.get('n_train', 'n/a')} = {_pct_ci(s, 'training_copied_fraction')}.</p>",
         _table(
             [
                 {"quantity": "threshold (Pearson correlation)", "value": s.get("threshold")},
@@ -101,7 +107,6 @@ def write_html_report(
                 {"quantity": "N_train", "value": s.get("n_train")},
                 {"quantity": "N_holdout", "value": s.get("n_holdout")},
                 {"quantity": "N_synthetic", "value": s.get("n_synthetic")},
-                {"quantity": "copies / N_synthetic", "value": s.get("synthetic_copy_rate")},
                 {"quantity": "detector", "value": s.get("detector")},
                 {"quantity": "detector sha256", "value": s.get("detector_sha256")},
             ],

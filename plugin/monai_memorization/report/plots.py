@@ -1,4 +1,8 @@
-"""Matplotlib (Agg) figures for the copy detector: correlation histograms and pair montages."""
+"""Matplotlib (Agg) figures for the copy detector: correlation histograms and image montages.
+
+Montage rows are drawn with ``monai.visualize.matshow3d``; the contrastive training's similarity
+histogram lives beside its handler (:mod:`monai_memorization.engines.contrastive_handlers`).
+"""
 
 from __future__ import annotations
 
@@ -11,21 +15,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from monai.visualize import matshow3d  # noqa: E402
 
+from monai_memorization.engines.contrastive_handlers import plot_similarity_histogram  # noqa: E402
 from monai_memorization.io import save_figure  # noqa: E402
 
 __all__ = [
     "plot_correlation_histogram", "plot_pair_montage", "plot_similarity_histogram", "preview_slice", "plot_copy_rate_curves",
     "plot_image_rows",
 ]
-
-
-def _bins(*arrays: np.ndarray, n: int = 60) -> np.ndarray:
-    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays if a is not None and len(a)])
-    lo, hi = (float(vals.min()), float(vals.max())) if len(vals) else (-1.0, 1.0)
-    if hi - lo < 1e-6:
-        lo, hi = lo - 0.01, hi + 0.01
-    return np.linspace(lo, hi, n + 1)
 
 
 def plot_correlation_histogram(
@@ -49,8 +47,8 @@ def plot_correlation_histogram(
     Returns:
         the PNG path.
     """
-    bins = _bins(calibration_corr, synthetic_corr, np.array([threshold]))
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    bins = np.histogram_bin_edges(np.concatenate([np.ravel(calibration_corr), np.ravel(synthetic_corr), [threshold]]), bins=60)
+    fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(calibration_corr, bins=bins, alpha=0.6, density=True, label="training -> nearest held-out")
     ax.hist(synthetic_corr, bins=bins, alpha=0.6, density=True, label="synthetic -> nearest training")
     ax.axvline(threshold, color="k", ls="--", lw=1.5, label=f"threshold {threshold:.4f} ({percentile:g}th pct.)")
@@ -58,11 +56,7 @@ def plot_correlation_histogram(
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def preview_slice(image: np.ndarray) -> np.ndarray:
@@ -82,6 +76,7 @@ def preview_slice(image: np.ndarray) -> np.ndarray:
         return img.T
     if img.ndim != 3:
         raise ValueError(f"cannot preview an image of shape {img.shape}")
+    # three orthogonal central slices, not matshow3d's slices along one axis: a copy may be shifted along any axis
     views = [img[img.shape[0] // 2], img[:, img.shape[1] // 2], img[:, :, img.shape[2] // 2]]
     h = max(v.shape[0] for v in views)
     padded = [np.pad(v, ((0, h - v.shape[0]), (0, 1)), constant_values=float(img.min())) for v in views]
@@ -105,53 +100,21 @@ def plot_pair_montage(
         the PNG path.
     """
     n = len(pairs)
-    fig, axes = plt.subplots(max(n, 1), 2, figsize=(6, 2.6 * max(n, 1)), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(max(n, 1), 1, figsize=(6, 2.6 * max(n, 1)), squeeze=False)
     if n == 0:
-        for ax in axes[0]:
-            ax.axis("off")
+        axes[0, 0].axis("off")
         axes[0, 0].text(0.5, 0.5, "no flagged pairs", ha="center", va="center", fontsize=12, transform=axes[0, 0].transAxes)
-    for row, p in enumerate(pairs):
-        for col, (key, label) in enumerate((("synthetic", "synthetic"), ("train", "training"))):
-            ax = axes[row, col]
-            ax.imshow(preview_slice(p[key]), cmap="gray", vmin=0.0, vmax=1.0)
-            ident = p.get(f"{key}_id", "")
-            ax.set_title(f"{label} {ident}" + (f"\nr = {p['correlation']:.4f}" if col == 0 else ""), fontsize=8)
-            ax.axis("off")
+    for ax, p in zip(axes[:, 0], pairs):
+        _image_row(ax, [p["synthetic"], p["train"]], vmin=0.0, vmax=1.0)
+        ids = f"synthetic {p.get('synthetic_id', '')} | training {p.get('train_id', '')}"
+        ax.set_title(f"{ids}\nr = {p['correlation']:.4f}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
-def plot_similarity_histogram(
-    positive: np.ndarray, negative: np.ndarray, epoch: int, path: str | os.PathLike
-) -> Path:
-    """Per-epoch histogram of positive-pair and negative-pair similarity during contrastive training.
-
-    Args:
-        positive: similarities of (sample, augmented view) pairs.
-        negative: similarities of pairs of different samples.
-        epoch: epoch number for the title.
-        path: PNG to write.
-
-    Returns:
-        the PNG path.
-    """
-    bins = _bins(positive, negative)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.hist(negative, bins=bins, alpha=0.6, density=True, label=f"negative pairs (mean {np.mean(negative):.3f})")
-    ax.hist(positive, bins=bins, alpha=0.6, density=True, label=f"positive pairs (mean {np.mean(positive):.3f})")
-    ax.set_xlabel("Pearson correlation of embeddings")
-    ax.set_ylabel("density")
-    ax.set_title(f"epoch {epoch}")
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def _image_row(ax, images: Sequence[np.ndarray], **kwargs) -> None:
+    """Images side by side on one axes (``monai.visualize.matshow3d``, a frame per :func:`preview_slice`)."""
+    matshow3d([preview_slice(im)[None] for im in images], fig=ax, frames_per_row=len(images), figsize=None, cmap="gray", **kwargs)
 
 
 def plot_copy_rate_curves(
@@ -193,13 +156,12 @@ def plot_image_rows(rows: dict[str, np.ndarray], path: str | os.PathLike, per_ro
     Returns:
         the written path.
     """
-    n_rows = max(1, len(rows))
-    fig, axes = plt.subplots(n_rows, per_row, figsize=(1.3 * per_row, 1.45 * n_rows), squeeze=False)
-    for r, (label, images) in enumerate(rows.items()):
-        for c in range(per_row):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(images):
-                ax.imshow(preview_slice(images[c]), cmap="gray")
-        axes[r][0].set_title(label, fontsize=8, loc="left")
+    fig, axes = plt.subplots(max(1, len(rows)), 1, figsize=(1.3 * per_row, 1.45 * max(1, len(rows))), squeeze=False)
+    axes[0, 0].axis("off")
+    for ax, (label, images) in zip(axes[:, 0], rows.items()):
+        if len(images):
+            _image_row(ax, list(images[:per_row]))
+        ax.set_anchor("W")  # rows with fewer images start at the left edge like the others
+        ax.axis("off")
+        ax.set_title(label, fontsize=8, loc="left")
     return save_figure(fig, path, dpi=100)

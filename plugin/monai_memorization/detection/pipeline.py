@@ -1,0 +1,400 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The one scan path: (detector, training set, held-out set, synthetic set) -> :class:`ScanResult`.
+
+Every entry point goes through here: the CLI ``scan``, :func:`monai_memorization.check`, the audit,
+the in-training :class:`~monai_memorization.handlers.MemorizationCheckHandler` and MONAI Label.
+
+* :func:`run_pipeline` -- the whole path for three image sets;
+* :func:`prepare` -- its first half, done once: every check the verdict depends on (percentile,
+  overlap between the sets, their sizes, spatial dims and channels, whether the detector fits),
+  *before* anything is embedded; then the training (and held-out) embeddings and the threshold;
+* :func:`scan` -- its second half: embed the synthetic images (files, or a tensor drawn while a
+  generator trains) and compute the fractions with :func:`~monai_memorization.detection.scan.scan_embeddings`;
+* :func:`nearest` -- the look-up of single images (MONAI Label).
+
+Files and in-memory samples are preprocessed by one chain (:func:`preprocessing`): after loading,
+the same intensity normalisation and then the same resize, in and out of training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_memorization.data.imageset import ImageSet
+from monai_memorization.detection.scan import ScanResult, scan_embeddings
+from monai_memorization.errors import DataValidationError, DetectorError
+
+__all__ = ["Detector", "Reference", "load", "preprocessing", "prepare", "scan", "run_pipeline", "nearest", "check_percentile"]
+
+logger = logging.getLogger(__name__)
+
+
+def preprocessing(modality: str, spatial_size: Sequence[int], in_memory: bool = False) -> Any:
+    """The detector's input chain: ``{"image": file}`` (or an in-memory image) -> ``[1, *spatial]`` in [0, 1].
+
+    Args:
+        modality: ``ct``/``mr``/``xr``.
+        spatial_size: the detector's input size.
+        in_memory: the input is a generator's sample ``[1, *spatial]`` in [0, 1] instead of a file: the
+            loading steps are left out and a CT sample is first mapped back to Hounsfield units, so the
+            rest of the chain (intensity normalisation, then resize) is the very one files go through.
+
+    Returns:
+        a ``monai.transforms.Compose`` of dictionary transforms.
+    """
+    from monai import transforms as mt
+
+    from monai_memorization.data.transforms import CT_WINDOW, GreyFromRGBd, get_transforms
+
+    chain = get_transforms(modality, spatial_size=list(spatial_size))
+    if not in_memory:
+        return chain
+    loading = (mt.LoadImaged, mt.Orientationd, GreyFromRGBd)
+    head = [mt.ScaleIntensityRanged("image", 0.0, 1.0, CT_WINDOW[0], CT_WINDOW[1])] if modality == "ct" else []
+    return mt.Compose(head + [t for t in chain.transforms if not isinstance(t, loading)])
+
+
+def check_percentile(percentile: Any) -> float:
+    """``percentile`` as a float in (0, 100], else a one-line :class:`DataValidationError`."""
+    try:
+        value = float(percentile)
+    except (TypeError, ValueError):
+        raise DataValidationError(f"percentile must be a number in (0, 100], got {percentile!r}") from None
+    if not 0.0 < value <= 100.0:
+        raise DataValidationError(f"percentile must be in (0, 100], got {percentile!r}")
+    return value
+
+
+@dataclass
+class Detector:
+    """A loaded copy detector and the preprocessing that goes with it.
+
+    Attributes:
+        encoder: the encoder (eval mode).
+        config: its checkpoint configuration (``sha256``, ``path``, ``spatial_size``, ...).
+        modality: ``ct``/``mr``/``xr``.
+        batch_size, num_workers, progress: how images are embedded.
+    """
+
+    encoder: torch.nn.Module
+    config: dict
+    modality: str
+    batch_size: int = 16
+    num_workers: int = 0
+    progress: bool = False
+
+    @property
+    def spatial_size(self) -> list[int]:
+        """The detector's input size."""
+        return [int(s) for s in self.config["spatial_size"]]
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3."""
+        return int(self.config["spatial_dims"])
+
+    @property
+    def warning(self) -> str | None:
+        """Set when the checkpoint says it had fewer optimizer steps than it needs."""
+        from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
+
+        cfg = self.config
+        steps = cfg.get("steps")
+        if steps is None and cfg.get("epochs_trained") and cfg.get("n_train") and cfg.get("batch_size"):
+            steps = int(cfg["epochs_trained"]) * max(1, int(cfg["n_train"]) // max(1, int(cfg["batch_size"])))
+        if steps is not None and int(steps) < MIN_RECOMMENDED_STEPS:
+            return (f"the detector was trained for {int(steps)} optimizer steps (fewer than {MIN_RECOMMENDED_STEPS}): it "
+                    "misses shifted, noisy and round-trip copies, so a low copy rate is weak evidence; train it longer")
+        return None
+
+    def embed(self, images: ImageSet | torch.Tensor, view: str | None = None) -> tuple[np.ndarray, list]:
+        """Embed an image set (files) or a tensor ``[n, 1, *spatial]`` in [0, 1] (in-memory samples).
+
+        Args:
+            images: the images.
+            view: an orientation view (:mod:`monai_memorization.detection.views`) applied after preprocessing.
+
+        Returns:
+            ``([n, d] embeddings, spatial shapes as loaded)``.
+        """
+        from monai import transforms as mt
+
+        from monai_memorization.detection.embed import embed_items, embed_tensor
+
+        in_memory = isinstance(images, torch.Tensor)
+        chain = preprocessing(self.modality, self.spatial_size, in_memory=in_memory)
+        if view is not None:
+            from monai_memorization.detection.views import ViewTransformd
+
+            chain = mt.Compose([chain, ViewTransformd(view)])
+        if in_memory:
+            x = torch.stack([torch.as_tensor(chain({"image": img.detach().float().cpu()})["image"]) for img in images])
+            return embed_tensor(self.encoder, x, batch_size=self.batch_size), [tuple(images.shape[2:])] * len(images)
+        desc = f"embedding {images.name}" + (f" ({view})" if view else "")
+        return embed_items(self.encoder, list(images.items), chain, batch_size=self.batch_size, progress=self.progress,
+                           num_workers=self.num_workers, return_shapes=True, desc=desc)
+
+    def embed_views(self, images: ImageSet | torch.Tensor, views: Sequence[str] | None) -> tuple[np.ndarray, list]:
+        """Embed under the identity and then every other view, view-major (``[V * n, d]``)."""
+        emb, shapes = self.embed(images)
+        if views:
+            emb = np.concatenate([emb] + [self.embed(images, view=v)[0] for v in views[1:]])
+        return emb, shapes
+
+
+def load(detector: str | os.PathLike | Detector, modality: str | None = None, device: str | None = None,
+         fallback_modality: str | None = None, **options: Any) -> Detector:
+    """Load a detector checkpoint and check its modality.
+
+    Args:
+        detector: the ``.pt`` checkpoint (a :class:`Detector` is returned as it is).
+        modality: ``ct``/``mr``/``xr``; default: the detector's, else ``fallback_modality`` (the datalist's).
+        device: where to run it (default: CUDA when available).
+        fallback_modality: the training datalist's modality.
+        options: ``batch_size``, ``num_workers``, ``progress`` of :class:`Detector`.
+
+    Returns:
+        the :class:`Detector`.
+
+    Raises:
+        DetectorError: missing or unusable checkpoint, unknown modality, a modality its dimensions cannot scan.
+    """
+    if isinstance(detector, Detector):
+        return detector
+    from monai_memorization.detection.detector import load_detector
+
+    encoder, cfg = load_detector(detector, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    m = (modality or cfg.get("modality") or fallback_modality or "").lower() or None
+    if m is None:
+        raise DetectorError(f"{detector}: modality unknown (not in the detector or the datalist); pass --modality")
+    if (m == "xr") != (int(cfg["spatial_dims"]) == 2):
+        raise DetectorError(f"{detector}: a {cfg['spatial_dims']}D detector cannot scan modality '{m}'")
+    return Detector(encoder, cfg, m, **options)
+
+
+@dataclass
+class Reference:
+    """The training side of a scan, prepared once: embeddings, threshold and the checks that passed.
+
+    Attributes:
+        detector: the loaded :class:`Detector`.
+        train: the training :class:`ImageSet`; ``holdout`` the held-out one (None with a given threshold).
+        train_emb, holdout_emb: their embeddings (``holdout_emb`` view-major with ``views``).
+        calibration: ``(threshold, correlations)`` from :func:`calibrate_threshold` (None with a given threshold).
+        threshold: the threshold in use; ``percentile`` the calibration percentile.
+        views: orientation views (None: identity only).
+        overlap_warning: the overlap found when it was allowed.
+    """
+
+    detector: Detector
+    train: ImageSet
+    holdout: ImageSet | None
+    train_emb: np.ndarray = field(repr=False)
+    holdout_emb: np.ndarray | None = field(repr=False)
+    calibration: tuple[float, np.ndarray] | None = field(repr=False)
+    threshold: float
+    percentile: float
+    views: tuple[str, ...] | None = None
+    overlap_warning: str | None = None
+
+
+def _check_dims(detector: str | os.PathLike | Detector, det: Detector, sets: Sequence[ImageSet]) -> None:
+    for s in sets:
+        bad = [(shape, p) for shape, p in zip(s.shapes or (), s.paths) if len(shape) != det.spatial_dims]
+        if bad and s.name == "training":  # the data define the task: the detector is the mismatch
+            raise DetectorError(f"{detector}: the detector is {det.spatial_dims}D but training image {bad[0][1]} is "
+                                f"{len(bad[0][0])}D; train a detector on this data")
+        s.check_dims(det.spatial_dims)
+
+
+def _check_shapes(train: ImageSet, synthetic: ImageSet, spatial_size: Sequence[int]) -> None:
+    allowed = {tuple(s) for s in train.shapes or ()} | {tuple(spatial_size)}
+    for shape, path in zip(synthetic.shapes or (), synthetic.paths):
+        if tuple(shape) not in allowed:
+            train_desc = ", ".join(str(s) for s in sorted({tuple(s) for s in train.shapes or ()})[:3])
+            raise DataValidationError(f"{path}: synthetic image shape {tuple(shape)} differs from the training images "
+                                      f"({train_desc}) and the detector input {tuple(spatial_size)}")
+
+
+def prepare(
+    detector: str | os.PathLike | Detector,
+    train: Any,
+    holdout: Any = None,
+    synthetic: Any = None,
+    threshold: float | None = None,
+    percentile: float = 95.0,
+    allow_overlap: bool = False,
+    validate: bool = True,
+    orientation_invariant: bool = False,
+    use_gpu: bool | str = "auto",
+    sections: Sequence[str] = ("training", "holdout", "training"),
+    **load_options: Any,
+) -> tuple[Reference, ImageSet | None]:
+    """Check the sets and the detector, then embed the training (and held-out) set and fix the threshold.
+
+    Args:
+        detector: checkpoint path or :class:`Detector`.
+        train: the generator's training set (any source :meth:`ImageSet.from_source` reads).
+        holdout: held-out images the generator never saw (None only with ``threshold``).
+        synthetic: the synthetic set, when known now (checked for overlap, dims and shapes with the others).
+        threshold: use this threshold instead of calibrating one.
+        percentile: threshold percentile.
+        allow_overlap: go on (with ``overlap_warning``) when the sets overlap; otherwise an overlap raises.
+        validate: read every image once before embedding (dims, channels, finite values).
+        orientation_invariant: embed held-out and synthetic images under every flip/transpose.
+        use_gpu: faiss GPU index (``"auto"``: when available).
+        sections: datalist lists of the training, held-out and synthetic sets.
+        load_options: :func:`load` arguments (``modality``, ``device``, ``batch_size``, ``num_workers``, ``progress``).
+
+    Returns:
+        ``(reference, synthetic image set or None)``.
+
+    Raises:
+        DataValidationError: a bad percentile, an empty/unreadable set, overlapping sets, mismatched dims or shapes,
+            no held-out data and no threshold.
+        DetectorError: an unusable detector or one that does not fit the data.
+    """
+    percentile = check_percentile(percentile)
+    tr = ImageSet.from_source(train, sections[0], "training")
+    if holdout is None and threshold is None:
+        raise DataValidationError("no held-out data to calibrate the threshold: give held-out images or a threshold")
+    ho = None if holdout is None else ImageSet.from_source(holdout, sections[1], "held-out")
+    sy = None if synthetic is None else ImageSet.from_source(synthetic, sections[2], "synthetic")
+    from monai_memorization.data.overlap import check_overlap
+
+    overlap = check_overlap(tr.items, ho.items if ho else None, sy.items if sy else None, allow_overlap=allow_overlap, log=logger)
+    det = load(detector, fallback_modality=tr.modality, **load_options)
+    sets = [s for s in (tr, ho, sy) if s is not None]
+    if validate:
+        sets = [s.validate(progress=det.progress) for s in sets]
+        _check_dims(detector, det, sets)
+        for s in sets:
+            rgb = [p for p, c in zip(s.paths, s.channels or ()) if c in (3, 4)]
+            if rgb:
+                logger.warning("%d %s image(s) are RGB/RGBA (first: %s): converted to grey (luminance)", len(rgb), s.name, rgb[0])
+        if sy is not None:
+            _check_shapes(sets[0], sets[-1], det.spatial_size)
+    tr, ho, sy = sets[0], (sets[1] if ho is not None else None), (sets[-1] if sy is not None else None)
+    from monai_memorization.detection.views import view_names
+
+    views = tuple(view_names(det.spatial_size)) if orientation_invariant else None
+    train_emb, shapes = det.embed(tr)
+    tr = tr.with_shapes(shapes)
+    calibration, holdout_emb = None, None
+    if ho is not None:
+        from monai_memorization.detection.calibrate import calibrate_threshold
+
+        holdout_emb, _ = det.embed_views(ho, views)
+        calibration = calibrate_threshold(train_emb, holdout_emb, percentile, use_gpu=use_gpu)
+    ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(threshold if threshold is not None else calibration[0]),
+                    percentile, views, overlap.message(allowed=True))
+    return ref, sy
+
+
+def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: int = 1000, seed: int = 0,
+         use_gpu: bool | str = "auto", content_hashes: bool = True) -> ScanResult:
+    """Embed the synthetic images and scan them against a prepared :class:`Reference`.
+
+    Args:
+        reference: from :func:`prepare`.
+        synthetic: an :class:`ImageSet` (files) or a tensor ``[n, 1, *spatial]`` in [0, 1] (samples drawn in memory).
+        n_bootstrap: bootstrap resamples for the 95% intervals (0 to skip).
+        seed: bootstrap seed.
+        use_gpu: faiss GPU index.
+        content_hashes: record each synthetic file's sha256 in its pair row (``synthetic_sha256``, for the release gate).
+
+    Returns:
+        the :class:`ScanResult`, with the reference's overlap and detector warnings.
+
+    Raises:
+        DataValidationError: synthetic images whose shape fits neither the training images nor the detector.
+    """
+    ref = reference
+    synth_emb, shapes = ref.detector.embed_views(synthetic, ref.views)
+    items = None
+    if isinstance(synthetic, ImageSet):
+        synthetic = synthetic.with_shapes(shapes)
+        _check_shapes(ref.train, synthetic, ref.detector.spatial_size)
+        items = list(synthetic.items)
+    result = scan_embeddings(
+        ref.train_emb, ref.holdout_emb, synth_emb, percentile=ref.percentile, train_items=list(ref.train.items),
+        synth_items=items, n_bootstrap=n_bootstrap, seed=seed, use_gpu=use_gpu, threshold=ref.threshold,
+        views=ref.views, calibration=ref.calibration,
+    )
+    result.overlap_warning = ref.overlap_warning
+    result.detector_warning = ref.detector.warning
+    if items is not None and content_hashes:  # the content each decision was made on
+        for i, pair in enumerate(result.pairs):
+            pair["synthetic_sha256"] = synthetic.content_hash(i)
+    return result
+
+
+def run_pipeline(detector: str | os.PathLike | Detector, train: Any, holdout: Any, synthetic: Any,
+                 n_bootstrap: int = 1000, seed: int = 0, **options: Any) -> tuple[ScanResult, Reference, ImageSet]:
+    """The one scan path: three image sets and a detector to a :class:`ScanResult`.
+
+    Args:
+        detector: checkpoint path or :class:`Detector`.
+        train, holdout, synthetic: the three sets (datalists, folders, lists or :class:`ImageSet`).
+        n_bootstrap: bootstrap resamples for the 95% intervals.
+        seed: bootstrap seed.
+        options: :func:`prepare` arguments.
+
+    Returns:
+        ``(result, reference, synthetic image set)``; the report layer writes the first with the others.
+    """
+    ref, synth = prepare(detector, train, holdout, synthetic, **options)
+    result = scan(ref, synth, n_bootstrap=n_bootstrap, seed=seed, use_gpu=options.get("use_gpu", "auto"))
+    logger.info("copies: %d of %d synthetic (synthetic_copy_rate %.3f), memorized: %d of %d training, threshold %.4f",
+                result.n_copies, result.n_synthetic, result.synthetic_copy_rate, result.n_memorized, result.n_train,
+                result.threshold)
+    return result, ref, synth
+
+
+def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 1) -> list[dict]:
+    """For each image: its ``k`` nearest training samples, the correlation and whether it is a copy.
+
+    Args:
+        reference: from :func:`prepare`.
+        images: image paths (files or DICOM series folders).
+        k: neighbours to report (the first decides ``is_copy``).
+
+    Returns:
+        one dict per image: ``image``, ``nearest`` (``train_id``, ``train_subject``, ``train_path``,
+        ``correlation``), ``correlation``, ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``.
+    """
+    from monai_memorization.detection.index import CorrelationIndex
+
+    query = ImageSet("query", tuple({"image": str(p)} for p in images))
+    emb, _ = reference.detector.embed(query)
+    index = CorrelationIndex(reference.train_emb.shape[1])
+    index.add(reference.train_emb, name="training embeddings")
+    corr, idx = index.search(emb, k=k, name="query embeddings")
+    out = []
+    for path, c_row, i_row in zip(query.paths, corr, idx):
+        train = [reference.train.items[int(i)] for i in i_row]
+        out.append({
+            "image": path,
+            "nearest": [{"train_id": os.path.basename(str(t["image"])), "train_subject": str(t.get("subject", "")),
+                         "train_path": str(t["image"]), "correlation": float(c)} for t, c in zip(train, c_row)],
+            "correlation": float(c_row[0]), "is_copy": bool(c_row[0] > reference.threshold),
+            "threshold": reference.threshold, "percentile": reference.percentile,
+            "detector_sha256": reference.detector.config.get("sha256"),
+        })
+    return out

@@ -1,0 +1,271 @@
+"""The copy detector's training handlers (attach them to :class:`~.contrastive.ContrastiveTrainer`).
+
+* :class:`SimilarityHistogramHandler` - per-epoch positive/negative-pair similarity: metrics, a PNG
+  histogram (:func:`plot_similarity_histogram`) and MLflow artifacts.
+* :class:`BatchNormRecalibrationHandler` - exact BatchNorm statistics on the training images at the end.
+* :class:`StepBudgetHandler` - warns when the run has too few optimizer steps to learn the copy invariances.
+* :class:`SaveDetectorHandler` - saves the encoder as a copy detector when training completes.
+* :func:`mlflow_handler` / :func:`default_tracking_uri` - the run's ``monai.handlers.MLFlowHandler``.
+
+The bundle ``bundles/copy_detector/configs/train.json`` names them through
+``monai_memorization.engines.contrastive``, which re-exports them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import MLFlowHandler
+from torch import nn
+
+from monai_memorization.detection.detector import save_detector
+from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
+
+__all__ = [
+    "BatchNormRecalibrationHandler",
+    "SaveDetectorHandler",
+    "SimilarityHistogramHandler",
+    "StepBudgetHandler",
+    "default_tracking_uri",
+    "mlflow_handler",
+    "plot_similarity_histogram",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _log_artifact(handler: MLFlowHandler | None, path: str | os.PathLike, artifact_path: str) -> None:
+    """Log ``path`` into the run of ``handler`` when it has an active one."""
+    if handler is not None and getattr(handler, "cur_run", None) is not None:
+        handler.client.log_artifact(handler.cur_run.info.run_id, str(path), artifact_path=artifact_path)
+
+
+def plot_similarity_histogram(positive: np.ndarray, negative: np.ndarray, epoch: int, path: str | os.PathLike) -> Path:
+    """Per-epoch histogram of positive-pair and negative-pair similarity during contrastive training.
+
+    Args:
+        positive: similarities of (sample, augmented view) pairs.
+        negative: similarities of pairs of different samples.
+        epoch: epoch number for the title.
+        path: PNG to write.
+
+    Returns:
+        the PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from monai_memorization.io import save_figure
+
+    bins = np.histogram_bin_edges(np.concatenate([np.ravel(positive), np.ravel(negative)]), bins=60)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(negative, bins=bins, alpha=0.6, density=True, label=f"negative pairs (mean {np.mean(negative):.3f})")
+    ax.hist(positive, bins=bins, alpha=0.6, density=True, label=f"positive pairs (mean {np.mean(positive):.3f})")
+    ax.set_xlabel("Pearson correlation of embeddings")
+    ax.set_ylabel("density")
+    ax.set_title(f"epoch {epoch}")
+    ax.legend(fontsize=8, loc="upper left")
+    return save_figure(fig, path, dpi=100)
+
+
+class SimilarityHistogramHandler:
+    """Per-epoch positive/negative-pair similarity: metrics, a PNG histogram and MLflow artifacts.
+
+    At every epoch end it sets ``engine.state.metrics`` ``mean_positive_similarity``,
+    ``mean_negative_similarity``, ``similarity_gap`` and ``epoch_loss`` (mean loss of the epoch) (attach it before an ``MLFlowHandler`` /
+    ``StatsHandler`` so they log them), writes ``similarity_epoch_XXXX.png`` into ``output_dir`` and,
+    when ``mlflow_handler`` has an active run, logs the PNG under ``similarity_histograms/``.
+
+    Args:
+        output_dir: folder for the PNGs (None: no PNG, metrics only).
+        mlflow_handler: the run's ``monai.handlers.MLFlowHandler`` (optional).
+        every: write a PNG every ``every`` epochs (and at the last epoch).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike | None = None, mlflow_handler: MLFlowHandler | None = None, every: int = 1) -> None:
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.mlflow_handler = mlflow_handler
+        self.every = max(1, int(every))
+        self.history: list[dict[str, float]] = []
+        self._pos: list[torch.Tensor] = []
+        self._neg: list[torch.Tensor] = []
+        self._loss: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``EPOCH_STARTED``, ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _reset(self, engine: Engine) -> None:
+        self._pos, self._neg, self._loss = [], [], []
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        self._pos.append(out["pos_sim"])
+        self._neg.append(out["neg_sim"])
+        self._loss.append(float(out["loss"]))
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        pos = torch.cat(self._pos).numpy()
+        neg = torch.cat(self._neg).numpy()
+        epoch = engine.state.epoch
+        stats = {
+            "mean_positive_similarity": float(pos.mean()),
+            "mean_negative_similarity": float(neg.mean()),
+            "similarity_gap": float(pos.mean() - neg.mean()),
+            "epoch_loss": float(np.mean(self._loss)),
+        }
+        engine.state.metrics.update(stats)
+        self.history.append({"epoch": epoch, **stats})
+        last = engine.state.max_epochs is not None and epoch == engine.state.max_epochs
+        if self.output_dir is not None and (epoch % self.every == 0 or last):
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            png = plot_similarity_histogram(pos, neg, epoch, self.output_dir / f"similarity_epoch_{epoch:04d}.png")
+            _log_artifact(self.mlflow_handler, png, "similarity_histograms")
+
+
+class BatchNormRecalibrationHandler:
+    """Recompute BatchNorm running statistics on the un-augmented training images when training ends.
+
+    The detector embeds in eval mode, where BatchNorm uses running averages that lag behind the
+    weights after short trainings; ``torch.optim.swa_utils.update_bn`` replaces them with exact
+    averages over the training set (no gradient step, weights unchanged).
+
+    Args:
+        loader: yields batches (dicts with ``key``) of the training images.
+        network: the encoder.
+        key: image key of the batches.
+    """
+
+    def __init__(self, loader, network: nn.Module, key: str = "image") -> None:
+        self.loader = loader
+        self.network = network
+        self.key = key
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``COMPLETED`` (attach before :class:`SaveDetectorHandler`)."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from torch.optim.swa_utils import update_bn
+
+        module = self.network.module if hasattr(self.network, "module") else self.network
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+            return
+        device = next(module.parameters()).device
+        was_training = module.training
+        update_bn((b[self.key] if isinstance(b, dict) else b for b in self.loader), module, device=device)
+        module.train(was_training)
+
+
+class StepBudgetHandler:
+    """Warn when training starts with fewer optimizer steps than the detector needs.
+
+    The copy invariances (shifts, noise, blur, autoencoder round trips) take several hundred
+    optimizer steps to learn; a small training set at a large batch size gives few steps per epoch
+    (96 images at batch 32: 3), so an epoch count that is fine on thousands of images is not here.
+
+    Args:
+        min_steps: the fewest steps that do not warn (default
+            :data:`~monai_memorization.detection.presets.MIN_RECOMMENDED_STEPS`).
+    """
+
+    def __init__(self, min_steps: int | None = None) -> None:
+        self.min_steps = min_steps
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``STARTED``."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        per_epoch = int(engine.state.epoch_length or 0)
+        steps = int(engine.state.max_epochs or 0) * per_epoch
+        min_steps = MIN_RECOMMENDED_STEPS if self.min_steps is None else int(self.min_steps)
+        if steps < min_steps:
+            logger.warning(
+                "the detector gets only %d optimizer steps (%d epochs x %d batches); below about %d it misses shifted, "
+                "noisy and autoencoder round-trip copies (bench_detector_validation): raise epochs",
+                steps, engine.state.max_epochs, per_epoch, min_steps,
+            )
+
+
+class SaveDetectorHandler:
+    """Save the encoder as a copy detector (:func:`save_detector`) when training completes.
+
+    Args:
+        path: destination ``.pt``.
+        network: the encoder being trained.
+        config: detector config (see :func:`save_detector`); ``epochs_trained`` is added.
+        mlflow_handler: when given and its run is active, the detector is logged as an artifact.
+    """
+
+    def __init__(self, path: str | os.PathLike, network: nn.Module, config: dict, mlflow_handler: MLFlowHandler | None = None) -> None:
+        self.path = Path(path)
+        self.network = network
+        self.config = dict(config)
+        self.mlflow_handler = mlflow_handler
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``COMPLETED``."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        cfg = dict(self.config, epochs_trained=int(engine.state.epoch))
+        save_detector(self.path, self.network, cfg)
+        logger.info("saved copy detector to %s", self.path)
+        _log_artifact(self.mlflow_handler, self.path, "detector")
+
+
+
+def default_tracking_uri(folder: str | os.PathLike) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project's local sqlite store in ``folder``.
+
+    Args:
+        folder: where ``mlflow.db`` (and the ``mlruns`` artifact folder) live by default.
+
+    Returns:
+        an MLflow tracking URI.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    from monai_memorization.tracking import sqlite_tracking_uri
+
+    return sqlite_tracking_uri(folder)
+
+
+def mlflow_handler(
+    tracking_uri: str | None = None,
+    experiment_name: str = "copy_detector",
+    run_name: str | None = None,
+    params: dict | None = None,
+) -> MLFlowHandler:
+    """``monai.handlers.MLFlowHandler`` logging the loss per iteration and the epoch metrics.
+
+    Args:
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
+        experiment_name: MLflow experiment.
+        run_name: MLflow run name.
+        params: run parameters to record.
+
+    Returns:
+        the handler (attach it to the trainer).
+    """
+    return MLFlowHandler(
+        tracking_uri=tracking_uri or default_tracking_uri(os.getcwd()),
+        experiment_name=experiment_name,
+        run_name=run_name,
+        experiment_param=params,
+        output_transform=lambda out: {"loss": float(out["loss"])},
+        tag_name="loss",
+        close_on_complete=True,
+    )
+

@@ -1,0 +1,199 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The scan report folder and its MLflow run, written from a :class:`ScanResult` (nothing is computed here).
+
+The folder holds ``report.json`` (the summary, with the definitions and which fraction is the
+headline), ``pairs.csv``/``pairs.json`` (one row per synthetic image), ``memorized.csv`` (one row per
+training image), ``histogram.png``, ``pairs.png`` and the self-contained ``report.html``. It is
+written into a temporary folder and renamed into place at the end, so a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_memorization.detection.scan import FRACTIONS, ScanResult
+from monai_memorization.errors import MemorizationError
+from monai_memorization.io import replace_dir
+
+__all__ = ["check_out_dir", "write_scan_report", "log_scan_to_mlflow", "write_csv", "scan_metrics", "default_tracking_uri"]
+
+#: files that show no pixels (logged to MLflow by default); the montage and the HTML report show training images
+DATA_FILES = ("report.json", "pairs.csv", "pairs.json", "memorized.csv", "histogram.png")
+IMAGE_FILES = ("pairs.png", "report.html")
+
+
+def default_tracking_uri(folder: str | os.PathLike) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<folder>/mlflow.db``."""
+    from monai_memorization.tracking import sqlite_tracking_uri
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_tracking_uri(folder)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
+    """Write ``rows`` (dicts with the same keys) as a CSV file with a header; an empty file for no rows."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        if rows:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(rows)
+
+
+def _check_existing(out_dir: Path) -> None:
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise MemorizationError(f"{out_dir}: exists and is not a folder")
+        content = [p.name for p in out_dir.iterdir()]
+        if content and "report.json" not in content:
+            raise MemorizationError(f"{out_dir}: folder exists and is not a previous scan report; choose another --out")
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Cheap check before any work: ``out_dir`` may be replaced and its folder can be written. Creates nothing.
+
+    Args:
+        out_dir: the report folder.
+
+    Returns:
+        ``out_dir`` as a ``Path``.
+
+    Raises:
+        MemorizationError: a file, a folder that is not a scan report, or a place that cannot be written.
+    """
+    out_dir = Path(out_dir)
+    _check_existing(out_dir)
+    ancestor = out_dir.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MemorizationError(f"{out_dir}: cannot create the report folder: {ancestor} is not a folder")
+    try:  # a real probe: write permission bits say nothing for root or on a read-only file system
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".probe", dir=ancestor))
+    except OSError as e:
+        raise MemorizationError(f"{out_dir}: cannot write the report folder in {ancestor} ({e.strerror or e})") from None
+    return out_dir
+
+
+def write_scan_report(
+    result: ScanResult, out_dir: str | os.PathLike, context: Mapping[str, Any], montage: Sequence[Mapping] = ()
+) -> dict[str, Any]:
+    """Write the report folder and set ``result.out_dir`` and ``result.report_path``.
+
+    Args:
+        result: the scan.
+        out_dir: the report folder (replaced whole when it is an earlier report).
+        context: what the summary adds to the result (``detector``, ``detector_sha256``, ``modality``,
+            ``spatial_size``, ``sources``).
+        montage: the flagged pairs to show: ``synthetic`` and ``train`` images (preprocessed arrays),
+            ``correlation``, ``synthetic_id``, ``train_id``.
+
+    Returns:
+        the summary written to ``report.json``.
+    """
+    from monai_memorization.report.html import write_html_report
+    from monai_memorization.report.plots import plot_correlation_histogram, plot_pair_montage
+
+    out_dir = Path(out_dir)
+    _check_existing(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    summary = result.summary()
+    summary.update(out_dir=str(out_dir.resolve()), report_path=str((out_dir / "report.html").resolve()), **context)
+    try:
+        (tmp / "report.json").write_text(json.dumps(summary, indent=2))
+        pair_rows = [{k: v for k, v in p.items() if k != "train_index"} for p in result.pairs]
+        (tmp / "pairs.json").write_text(json.dumps(pair_rows, indent=1))
+        write_csv(tmp / "pairs.csv", pair_rows)
+        write_csv(tmp / "memorized.csv", [{k: v for k, v in m.items() if k != "synthetic_index"} for m in result.memorized])
+        plot_correlation_histogram(result.calibration_corr, result.synthetic_corr, result.threshold, tmp / "histogram.png",
+                                   result.percentile)
+        plot_pair_montage(list(montage), tmp / "pairs.png")
+        write_html_report(
+            tmp / "report.html", summary, result.pairs, result.memorized,
+            images={"Correlation histogram": tmp / "histogram.png", f"Top {len(montage)} flagged pairs": tmp / "pairs.png"},
+            links=list(DATA_FILES) + ["pairs.png"],
+        )
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.out_dir, result.report_path = summary["out_dir"], summary["report_path"]
+    return summary
+
+
+def scan_metrics(result: ScanResult) -> dict[str, float]:
+    """The scan's numbers under their MLflow names (the fractions, their 95% intervals and the counts)."""
+    metrics = {"threshold": result.threshold}
+    for name in FRACTIONS:
+        metrics[name] = getattr(result, name)
+        ci = getattr(result, f"{name}_ci")
+        if np.isfinite(ci[0]):
+            metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = ci
+    for name in ("n_copies", "n_memorized", "n_training_copied", "n_train", "n_holdout", "n_synthetic"):
+        metrics[name] = getattr(result, name)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def log_scan_to_mlflow(
+    result: ScanResult, summary: dict[str, Any], tracking_uri: str | None = None, experiment_name: str = "memorization_scan",
+    run_name: str | None = None, params: Mapping[str, Any] | None = None, log_images: bool = False,
+) -> str:
+    """Log a written report to a new MLflow run, and record the run id in its ``report.json``.
+
+    Args:
+        result: the scan (with ``out_dir`` set by :func:`write_scan_report`).
+        summary: the summary :func:`write_scan_report` returned (``mlflow_run_id`` is added).
+        tracking_uri: MLflow tracking URI (default: :func:`default_tracking_uri` of the report's parent folder).
+        experiment_name: MLflow experiment.
+        run_name: MLflow run name.
+        params: run parameters.
+        log_images: also log the pair montage and the HTML report (they show training images; off by default).
+
+    Returns:
+        the run id.
+    """
+    import mlflow
+
+    out_dir = Path(result.out_dir)
+    uri = tracking_uri or default_tracking_uri(out_dir.parent)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+        exp_id = client.create_experiment(experiment_name, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    rid = client.create_run(exp_id, run_name=run_name, tags={"monai_memorization.kind": "scan"}).info.run_id
+    try:
+        for k, v in (params or {}).items():
+            client.log_param(rid, k, v)
+        for k, v in scan_metrics(result).items():
+            client.log_metric(rid, k, v)
+        for name in DATA_FILES + (IMAGE_FILES if log_images else ()):
+            client.log_artifact(rid, str(out_dir / name))
+        client.set_terminated(rid, "FINISHED")
+    except Exception:
+        client.set_terminated(rid, "FAILED")
+        raise
+    summary["mlflow_run_id"] = rid
+    (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
+    return rid

@@ -1,0 +1,165 @@
+"""Kill -9 a real LDM bundle training at random points, rerun the same command, and count what was lost.
+
+Each trial starts ``python -m monai.bundle run training --config_file bundles/ldm_xr/configs/train.json``
+(CPU-tiny overrides, a checkpoint every epoch) in a fresh ``bundle_root``, sends SIGKILL once a randomly
+chosen number of checkpoints has appeared (plus a random delay), then reruns the *same* command, without
+``--resume``, to the end. A trial passes when the rerun exits 0, continued from the newest checkpoint the
+killed process had written (so at most one checkpoint interval, the epoch in progress, was lost), left no
+temporary file, and MLflow holds one FINISHED run per stage with every other run of that name KILLED.
+
+Run from the repository root::
+
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_kill_resume.py --trials 10 \\
+        --out scripts/benchmarks/results/kill_resume.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+EPOCHS = 4
+TINY = {
+    "spatial_size": "[32,32]", "num_workers": 0, "ae_max_epochs": EPOCHS, "diffusion_max_epochs": EPOCHS,
+    "adv_warmup_epochs": 0, "ae_batch_size": 4, "diffusion_batch_size": 4, "latent_channels": 2,
+    "ae_channels": "[8,8]", "ae_num_res_blocks": 1, "ae_norm_num_groups": 4,
+    "ae_attention_levels": "[False,False]", "disc_channels": 4, "disc_num_layers": 1,
+    "diffusion_channels": "[8,8]", "diffusion_attention_levels": "[False,True]",
+    "diffusion_num_head_channels": "[0,8]", "diffusion_num_res_blocks": 1, "diffusion_norm_num_groups": 4,
+    "num_inference_steps": 2, "montage_samples": 2, "val_interval": EPOCHS, "save_interval": 1, "n_saved": 2,
+}
+STAGES = ("autoencoder", "diffusion")
+_CKPT = re.compile(r"^(autoencoder|diffusion)_checkpoint_(\d+)\.pt$")
+
+
+def command(bundle_root: Path, datalist: str) -> list[str]:
+    """The user's training command with CPU-tiny overrides."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--config_file", "bundles/ldm_xr/configs/train.json", "--bundle_root", str(bundle_root),
+           "--datalist", datalist]
+    for k, v in TINY.items():
+        cmd += [f"--{k}", str(v)]
+    return cmd
+
+
+def progress(models: Path) -> tuple[int, int]:
+    """(stage index, epoch) of the newest checkpoint in ``models``; (-1, 0) when there is none."""
+    best = (-1, 0)
+    for p in models.glob("*_checkpoint_*.pt") if models.is_dir() else []:
+        m = _CKPT.match(p.name)
+        if m:
+            best = max(best, (STAGES.index(m.group(1)), int(m.group(2))))
+    return best
+
+
+def trial(root: Path, datalist: str, rng: random.Random, timeout: float = 600.0) -> dict:
+    """One kill-and-rerun trial in the fresh folder ``root``.
+
+    Args:
+        root: the trial's ``bundle_root`` (must not exist yet).
+        datalist: a Decathlon-style datalist of X-ray images.
+        rng: picks the kill point.
+        timeout: seconds allowed for each process.
+
+    Returns:
+        a dict: ``target`` (checkpoints to wait for), ``killed_at`` (stage, epoch) of the newest checkpoint
+        when killed (None if the run ended first), ``resumed`` (stage, epoch) the rerun continued from,
+        ``lost_epochs``, ``rerun_rc``, ``tmp_left``, ``runs`` ({stage: [statuses]}), ``ok``.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    models = root / "models"
+    target = rng.randint(1, 2 * EPOCHS - 1)  # checkpoints written before the kill: 1 .. 7 of 8
+    log = root.parent / f"{root.name}_killed.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(command(root, datalist), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        t0, killed_at = time.time(), None
+        while proc.poll() is None and time.time() - t0 < timeout:
+            stage, epoch = progress(models)
+            if stage >= 0 and stage * EPOCHS + epoch >= target:
+                time.sleep(rng.uniform(0.0, 0.5))  # somewhere inside the next epoch, or in a write
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_at = progress(models)
+                break
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rerun = subprocess.run(command(root, datalist), cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    out = rerun.stdout + rerun.stderr
+    (root.parent / f"{root.name}_rerun.log").write_text(out)
+    cont = re.findall(r"(autoencoder|diffusion): continuing from \S*_checkpoint_(\d+)\.pt", out)
+    skipped = re.findall(r"(autoencoder|diffusion): already trained (\d+) epochs", out)
+    resumed = max([(STAGES.index(s), int(e)) for s, e in cont + skipped], default=(-1, 0))
+    lost = 0 if killed_at is None else (killed_at[0] - resumed[0]) * EPOCHS + killed_at[1] - resumed[1]
+    runs = _runs(root)
+    tmp_left = sorted(p.name for p in models.glob("tmp*")) if models.is_dir() else []
+    ok = (rerun.returncode == 0 and (models / "model.pt").is_file() and not tmp_left and lost <= 0
+          and all(st.count("FINISHED") == 1 and set(st) <= {"FINISHED", "KILLED"} for st in runs.values())
+          and set(runs) == set(STAGES))
+    return {"target": target, "killed_at": killed_at, "resumed": resumed, "lost_epochs": lost,
+            "rerun_rc": rerun.returncode, "tmp_left": tmp_left, "runs": runs, "ok": ok}
+
+
+def _runs(root: Path) -> dict[str, list[str]]:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'eval' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ldm_xr")
+    out: dict[str, list[str]] = {}
+    for r in client.search_runs([exp.experiment_id]) if exp else []:
+        out.setdefault(r.info.run_name, []).append(r.info.status)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="/tmp/bench_kill_resume")
+    parser.add_argument("--out", default=None, help="markdown results file")
+    args = parser.parse_args()
+    import shutil
+
+    from monai_memorization.data.phantoms import ensure_phantoms
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    datalist = ensure_phantoms("xr", work / "data", n=10, seed=0)
+    rng = random.Random(args.seed)
+    rows = []
+    for i in range(args.trials):
+        r = trial(work / f"trial_{i}", datalist, rng)
+        rows.append(r)
+        print(i, r, flush=True)
+    lines = ["# Kill -9 and rerun: LDM bundle training", "",
+             f"Command: `OMP_NUM_THREADS=1 python scripts/benchmarks/bench_kill_resume.py --trials {args.trials} "
+             f"--seed {args.seed}{' --out ' + args.out if args.out else ''}` (2-core CPU machine, "
+             f"{time.strftime('%Y-%m-%d')}).", "",
+             f"Each trial: `ldm_xr` training, CPU-tiny, {EPOCHS} epochs per stage, a checkpoint every epoch; SIGKILL "
+             "after a random number of checkpoints plus 0-0.5 s; then the same command again, no `--resume`.", "",
+             "| trial | kill after checkpoints | newest checkpoint at kill (stage, epoch) | rerun continued from | "
+             "epochs lost beyond the one in progress | rerun exit | MLflow runs | pass |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        k = "ended before the kill" if r["killed_at"] is None else f"{STAGES[r['killed_at'][0]]} {r['killed_at'][1]}"
+        c = "start" if r["resumed"][0] < 0 else f"{STAGES[r['resumed'][0]]} {r['resumed'][1]}"
+        lines.append(f"| {i} | {r['target']} | {k} | {c} | {max(0, r['lost_epochs'])} | {r['rerun_rc']} | "
+                     f"{r['runs']} | {'yes' if r['ok'] else 'NO'} |")
+    lines += ["", f"**{sum(r['ok'] for r in rows)} of {len(rows)} trials passed.**"]
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
