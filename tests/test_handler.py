@@ -1,3 +1,13 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """MemorizationCheckHandler inside real (tiny) training runs, with MONAI's stock handlers acting on its metrics."""
 
 from __future__ import annotations
@@ -192,7 +202,7 @@ def test_missing_holdout_is_a_clear_error(xr_datalist, detector):
 def test_ddim_scheduler_like_copies_the_training_schedule():
     from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-    from monai_memorization.engines.sampling import ddim_scheduler_like
+    from monai_memorization.engines.engine_sampler import ddim_scheduler_like
 
     train = DDPMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
     ddim = ddim_scheduler_like(train)

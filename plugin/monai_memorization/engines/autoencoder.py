@@ -1,3 +1,13 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Stage 1 of a latent diffusion model: the autoencoder-KL trainer.
 
 :class:`AutoencoderKLTrainer` is MONAI's :class:`~monai.engines.AdversarialTrainer` with the
@@ -19,7 +29,8 @@ generator loss, so MONAI's default tracking settings can read it) and each compo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -101,6 +112,33 @@ class ReconstructionInferer(Inferer):
         return module.reconstruct(inputs)
 
 
+def cuda_amp(amp: Any, device: torch.device | str) -> bool:
+    """Mixed precision only where it exists: ``amp`` (a flag, or its command-line string) on a CUDA device."""
+    return str2bool(amp) and torch.device(device).type == "cuda"
+
+
+def _update(engine: Any, network: torch.nn.Module, optimizer: Optimizer, scaler: Any,
+            loss_fn: Callable[[], torch.Tensor], backward_event: Any) -> torch.Tensor:
+    """One optimizer step of ``network`` on ``loss_fn()`` (under autocast and the grad scaler with AMP).
+
+    Returns:
+        the loss.
+    """
+    network.train()
+    optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+    amp = engine.amp and scaler is not None
+    with torch.autocast("cuda", **engine.amp_kwargs) if amp else contextlib.nullcontext():
+        loss = loss_fn()
+    (scaler.scale(loss) if amp else loss).backward()
+    engine.fire_event(backward_event)
+    if amp:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss
+
+
 class AutoencoderKLTrainer(AdversarialTrainer):
     """Ignite trainer for an AutoencoderKL with a patch discriminator (stage 1 of an LDM).
 
@@ -119,11 +157,10 @@ class AutoencoderKLTrainer(AdversarialTrainer):
         perceptual_loss: optional :class:`~monai.losses.PerceptualLoss` (needs local weights; None skips it).
         perceptual_weight: weight of the perceptual term.
         adv_warmup_epochs: epochs trained without the adversarial terms (the discriminator is idle meanwhile).
-        epoch_length, non_blocking, iteration_update, postprocessing, key_train_metric, additional_metrics,
-        metric_cmp_fn, train_handlers, amp, event_names, event_to_attr, decollate, optim_set_to_none,
-        to_kwargs, amp_kwargs: as in :class:`~monai.engines.AdversarialTrainer`. ``amp`` only takes effect
-        on CUDA devices. ``decollate`` defaults to False (outputs stay batched dicts).
-        prepare_batch: defaults to :func:`prepare_image_batch`.
+        amp: mixed precision, only on CUDA devices.
+        kwargs: other :class:`~monai.engines.AdversarialTrainer` arguments (train_handlers, key_train_metric,
+            metric_cmp_fn, ...); ``prepare_batch`` defaults to :func:`prepare_image_batch`, ``decollate`` to
+            False (outputs stay batched dicts).
 
     The iteration output holds ``image``, ``pred`` (reconstruction), ``loss`` (total generator loss),
     ``recon_loss``, ``kl_loss``, ``perceptual_loss``, ``gen_adv_loss`` and ``disc_loss`` (detached).
@@ -145,53 +182,22 @@ class AutoencoderKLTrainer(AdversarialTrainer):
         perceptual_loss: Callable | None = None,
         perceptual_weight: float = 0.001,
         adv_warmup_epochs: int = 0,
-        epoch_length: int | None = None,
-        non_blocking: bool = False,
-        prepare_batch: Callable = prepare_image_batch,
-        iteration_update: Callable | None = None,
-        postprocessing: Callable | None = None,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable | None = None,
-        train_handlers: Sequence | None = None,
         amp: bool = False,
-        event_names: list | None = None,
-        event_to_attr: dict | None = None,
-        decollate: bool = False,
-        optim_set_to_none: bool = True,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
+        **kwargs: Any,
     ) -> None:
         adv = adv_loss if adv_loss is not None else PatchAdversarialLoss(criterion="least_squares")
-        extra = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
+
+        def d_loss_function(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+            return 0.5 * (adv(real, target_is_real=True, for_discriminator=True)
+                          + adv(fake, target_is_real=False, for_discriminator=True))
+
+        kwargs = {"prepare_batch": prepare_image_batch, "decollate": False, "optim_set_to_none": True, **kwargs}
         super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            g_network=g_network,
-            g_optimizer=g_optimizer,
+            device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, amp=cuda_amp(amp, device),
+            g_network=g_network, g_optimizer=g_optimizer, d_network=d_network, d_optimizer=d_optimizer,
             g_loss_function=lambda logits: adv(logits, target_is_real=True, for_discriminator=False),
             recon_loss_function=recon_loss_function if recon_loss_function is not None else torch.nn.L1Loss(),
-            d_network=d_network,
-            d_optimizer=d_optimizer,
-            d_loss_function=lambda real, fake: 0.5
-            * (adv(real, target_is_real=True, for_discriminator=True) + adv(fake, target_is_real=False, for_discriminator=True)),
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
-            iteration_update=iteration_update,
-            postprocessing=postprocessing,
-            key_train_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            train_handlers=train_handlers,
-            amp=str2bool(amp) and torch.device(device).type == "cuda",
-            event_names=event_names,
-            event_to_attr=event_to_attr,
-            decollate=decollate,
-            optim_set_to_none=optim_set_to_none,
-            to_kwargs=to_kwargs,
-            amp_kwargs=amp_kwargs,
-            **extra,
+            d_loss_function=d_loss_function, **kwargs,
         )
         self.kl_weight = float(kl_weight)
         self.adv_weight = float(adv_weight)
@@ -255,20 +261,8 @@ class AutoencoderKLTrainer(AdversarialTrainer):
             out["perceptual_loss"], out[AdversarialKeys.GENERATOR_LOSS] = per.detach(), gen_adv.detach()
             return loss
 
-        s.g_network.train()
-        s.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        if engine.amp and s.g_scaler is not None:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                g_loss = _generator_loss()
-            s.g_scaler.scale(g_loss).backward()
-            engine.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
-            s.g_scaler.step(s.g_optimizer)
-            s.g_scaler.update()
-        else:
-            g_loss = _generator_loss()
-            g_loss.backward()
-            engine.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
-            s.g_optimizer.step()
+        g_loss = _update(engine, s.g_network, s.g_optimizer, s.g_scaler, _generator_loss,
+                         AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
         engine.fire_event(AdversarialIterationEvents.GENERATOR_MODEL_COMPLETED)
         out[Keys.LOSS] = g_loss.detach()
 
@@ -284,19 +278,7 @@ class AutoencoderKLTrainer(AdversarialTrainer):
                 engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_LOSS_COMPLETED)
                 return loss
 
-            s.d_network.train()
-            s.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-            if engine.amp and s.d_scaler is not None:
-                with torch.autocast("cuda", **engine.amp_kwargs):
-                    d_loss = _discriminator_loss()
-                s.d_scaler.scale(d_loss).backward()
-                engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
-                s.d_scaler.step(s.d_optimizer)
-                s.d_scaler.update()
-            else:
-                d_loss = _discriminator_loss()
-                d_loss.backward()
-                engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
-                s.d_optimizer.step()
+            d_loss = _update(engine, s.d_network, s.d_optimizer, s.d_scaler, _discriminator_loss,
+                             AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
         out[AdversarialKeys.DISCRIMINATOR_LOSS] = d_loss.detach()
         return out

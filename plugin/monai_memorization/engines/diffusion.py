@@ -1,3 +1,13 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Stage 2 of a latent diffusion model: the (latent) diffusion trainer and its validation evaluator.
 
 :class:`DiffusionTrainer` is MONAI's :class:`~monai.engines.SupervisedTrainer` whose iteration draws
@@ -15,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +37,7 @@ from monai.utils import str2bool
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
-from monai_memorization.engines.autoencoder import prepare_image_batch
+from monai_memorization.engines.autoencoder import cuda_amp, prepare_image_batch
 from monai_memorization.errors import MemorizationError
 
 __all__ = [
@@ -220,27 +230,12 @@ class DiffusionTrainer(SupervisedTrainer):
         inferer: Inferer,
         autoencoder_model: torch.nn.Module | None = None,
         amp: bool = False,
-        decollate: bool = False,
-        prepare_batch: Callable = prepare_image_batch,
-        optim_set_to_none: bool = True,
-        train_handlers: Sequence | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=loss_function,
-            inferer=inferer,
-            amp=str2bool(amp) and torch.device(device).type == "cuda",
-            decollate=decollate,
-            prepare_batch=prepare_batch,
-            optim_set_to_none=optim_set_to_none,
-            train_handlers=train_handlers,
-            **kwargs,
-        )
+        kwargs = {"decollate": False, "prepare_batch": prepare_image_batch, "optim_set_to_none": True, **kwargs}
+        super().__init__(device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
+                         optimizer=optimizer, loss_function=loss_function, inferer=inferer,
+                         amp=cuda_amp(amp, device), **kwargs)
         self.autoencoder_model = autoencoder_model
         self._latent_shapes: dict[tuple, tuple] = {}
         if autoencoder_model is not None:
@@ -319,20 +314,11 @@ class DiffusionEvaluator(SupervisedEvaluator):
         autoencoder_model: torch.nn.Module | None = None,
         seed: int = 0,
         amp: bool = False,
-        prepare_batch: Callable = prepare_image_batch,
-        decollate: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            device=device,
-            val_data_loader=val_data_loader,
-            network=network,
-            inferer=inferer,
-            amp=str2bool(amp) and torch.device(device).type == "cuda",
-            prepare_batch=prepare_batch,
-            decollate=decollate,
-            **kwargs,
-        )
+        kwargs = {"decollate": False, "prepare_batch": prepare_image_batch, **kwargs}
+        super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer,
+                         amp=cuda_amp(amp, device), **kwargs)
         self.autoencoder_model = autoencoder_model
         self.seed = int(seed)
         self._latent_shapes: dict[tuple, tuple] = {}

@@ -1,3 +1,13 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Seeded sampling from trained diffusion models, sample files, and a montage handler.
 
 Samplers are plain callables, so an Ignite handler (e.g. a memorization check run every N epochs)
@@ -32,12 +42,10 @@ from monai.data import MetaTensor
 from monai.inferers import DiffusionInferer, LatentDiffusionInferer
 from monai.transforms import SaveImage
 
-from monai_memorization.errors import MemorizationError
 from monai_memorization.io import save_figure
 
 __all__ = [
-    "LatentDiffusionSampler", "DiffusionSampler", "save_samples", "save_montage", "SampleMontage", "sampler_from_engine",
-    "ddim_scheduler_like", "unwrap",
+    "LatentDiffusionSampler", "DiffusionSampler", "save_samples", "save_montage", "SampleMontage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,11 +119,9 @@ class LatentDiffusionSampler(_SamplerBase):
         scheduler: sampling scheduler, e.g. ``DDIMScheduler`` with the training beta schedule.
         latent_shape: ``(latent_channels, *latent_spatial)``.
         scale_factor: the latent scale factor used in training (``1/std`` of the latents).
-        num_inference_steps: sampling steps (50 by default).
-        device: device to sample on (the networks' device by default).
-        batch_size: images decoded per forward pass.
-        intensity_range: clip range of the output, the training range [0, 1]; None: no clipping.
-        verbose: show the scheduler's progress bar.
+        options: ``num_inference_steps`` (sampling steps, 50), ``device`` (the networks' device by default),
+            ``batch_size`` (images decoded per forward pass, 8), ``intensity_range`` (clip range of the output,
+            the training range (0, 1); None: no clipping), ``verbose`` (the scheduler's progress bar).
     """
 
     def __init__(
@@ -125,13 +131,9 @@ class LatentDiffusionSampler(_SamplerBase):
         scheduler: Any,
         latent_shape: Sequence[int],
         scale_factor: float,
-        num_inference_steps: int = 50,
-        device: str | torch.device | None = None,
-        batch_size: int = 8,
-        intensity_range: tuple[float, float] | None = (0.0, 1.0),
-        verbose: bool = False,
+        **options: Any,
     ) -> None:
-        super().__init__(scheduler, latent_shape, num_inference_steps, device, batch_size, intensity_range, verbose)
+        super().__init__(scheduler, latent_shape, **options)
         self.autoencoder = autoencoder
         self.diffusion_unet = diffusion_unet
         self.scale_factor = float(scale_factor)
@@ -157,7 +159,7 @@ class DiffusionSampler(_SamplerBase):
         diffusion_unet: the DiffusionModelUNet.
         scheduler: sampling scheduler (e.g. ``DDIMScheduler``).
         image_shape: ``(channels, *spatial)`` of the images.
-        num_inference_steps, device, batch_size, intensity_range, verbose: as for :class:`LatentDiffusionSampler`.
+        options: as for :class:`LatentDiffusionSampler`.
     """
 
     def __init__(
@@ -165,13 +167,9 @@ class DiffusionSampler(_SamplerBase):
         diffusion_unet: torch.nn.Module,
         scheduler: Any,
         image_shape: Sequence[int],
-        num_inference_steps: int = 50,
-        device: str | torch.device | None = None,
-        batch_size: int = 8,
-        intensity_range: tuple[float, float] | None = (0.0, 1.0),
-        verbose: bool = False,
+        **options: Any,
     ) -> None:
-        super().__init__(scheduler, image_shape, num_inference_steps, device, batch_size, intensity_range, verbose)
+        super().__init__(scheduler, image_shape, **options)
         self.diffusion_unet = diffusion_unet
         self.inferer = DiffusionInferer(scheduler=scheduler)
 
@@ -304,93 +302,3 @@ class SampleMontage:
         save_montage(images, self.path, title=f"samples (epoch {epoch})" if epoch is not None else "samples")
         logger.info(f"sample montage written to {self.path}")
         return self.path
-
-
-def unwrap(module: Any) -> Any:
-    """The network inside ``DataParallel``/``DistributedDataParallel`` (the module itself otherwise)."""
-    return module.module if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else module
-
-
-def ddim_scheduler_like(scheduler: Any) -> Any:
-    """A ``DDIMScheduler`` with the noise schedule (betas, alphas, prediction type) of a training scheduler.
-
-    A DDIM scheduler (e.g. the bundle's own ``ddim_scheduler``) is copied, so setting its timesteps
-    does not touch the original.
-
-    Args:
-        scheduler: the training scheduler (``DDPMScheduler``, ``DDIMScheduler``, ...).
-
-    Returns:
-        a new DDIM scheduler (``clip_sample=False`` unless copied).
-    """
-    import copy
-
-    from monai.networks.schedulers import DDIMScheduler
-
-    if isinstance(scheduler, DDIMScheduler):
-        return copy.deepcopy(scheduler)
-    ddim = DDIMScheduler(int(scheduler.num_train_timesteps), clip_sample=False,
-                         prediction_type=getattr(scheduler, "prediction_type", "epsilon"))
-    ddim.betas, ddim.alphas = scheduler.betas.clone(), scheduler.alphas.clone()
-    ddim.alphas_cumprod = scheduler.alphas_cumprod.clone()
-    return ddim
-
-
-def _batch_shape(engine: Engine) -> tuple[int, ...] | None:
-    """``(channels, *spatial)`` of the images of the trainer's current batch."""
-    batch = getattr(engine.state, "batch", None)
-    images = batch.get("image") if isinstance(batch, dict) else batch
-    return tuple(int(s) for s in images.shape[1:]) if isinstance(images, torch.Tensor) else None
-
-
-def sampler_from_engine(
-    engine: Engine, num_inference_steps: int = 50, latent_shape: Sequence[int] | None = None,
-    scheduler: Any = None, batch_size: int = 8,
-) -> LatentDiffusionSampler | DiffusionSampler:
-    """A DDIM sampler built from a diffusion trainer's own network, inferer and autoencoder.
-
-    Args:
-        engine: a trainer with ``network`` (the diffusion UNet) and ``inferer`` (``LatentDiffusionInferer``
-            with ``autoencoder_model`` on the engine, or ``DiffusionInferer``).
-        num_inference_steps: DDIM steps.
-        latent_shape: ``(channels, *spatial)`` of the latents; default: ``engine.latent_shape``, else found by
-            encoding a zero image shaped like the current training batch.
-        scheduler: the sampling scheduler (e.g. the bundle's ``ddim_scheduler``); default: a DDIM copy of
-            the inferer's training schedule (:func:`ddim_scheduler_like`).
-        batch_size: images per sampling batch.
-
-    Returns:
-        a :class:`LatentDiffusionSampler` or :class:`DiffusionSampler`.
-
-    Raises:
-        MemorizationError: the engine does not hold what a sampler needs.
-    """
-    network, inferer = getattr(engine, "network", None), getattr(engine, "inferer", None)
-    if network is None or getattr(inferer, "scheduler", None) is None:
-        raise MemorizationError(
-            f"memorization check: cannot build a sampler from {type(engine).__name__} (it needs 'network' and an inferer "
-            "with a 'scheduler'); pass sampler=... (e.g. monai_memorization.engines.LatentDiffusionSampler)"
-        )
-    network = unwrap(network)
-    device = getattr(engine.state, "device", None) or next(network.parameters()).device
-    ddim = ddim_scheduler_like(scheduler if scheduler is not None else inferer.scheduler)
-    autoencoder, image_shape = getattr(engine, "autoencoder_model", None), _batch_shape(engine)
-    if not isinstance(inferer, LatentDiffusionInferer) and autoencoder is None:
-        if image_shape is None:
-            raise MemorizationError("memorization check: image shape unknown (no training batch seen)")
-        return DiffusionSampler(network, ddim, image_shape, num_inference_steps, device=device, batch_size=batch_size)
-    if autoencoder is None:
-        raise MemorizationError(f"memorization check: {type(engine).__name__} has a latent diffusion inferer but no "
-                                "'autoencoder_model'; pass sampler=...")
-    autoencoder = unwrap(autoencoder)
-    shape = latent_shape if latent_shape is not None else getattr(engine, "latent_shape", None)
-    if shape is None or isinstance(shape, int):  # an int is a GAN-style latent size, not a latent image shape
-        if image_shape is None:
-            raise MemorizationError("memorization check: latent shape unknown (no engine.latent_shape and no training batch)")
-        with torch.no_grad():
-            was = autoencoder.training
-            autoencoder.eval()
-            shape = tuple(autoencoder.encode_stage_2_inputs(torch.zeros((1, *image_shape), device=device)).shape[1:])
-            autoencoder.train(was)
-    return LatentDiffusionSampler(autoencoder, network, ddim, latent_shape=shape, scale_factor=float(getattr(inferer, "scale_factor", 1.0)),
-                                  num_inference_steps=num_inference_steps, device=device, batch_size=batch_size)

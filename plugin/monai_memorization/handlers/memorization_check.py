@@ -23,7 +23,7 @@ same preprocessing, threshold and definitions as ``monai-memorization scan``). I
 
 The overlay ``bundles/copy_detector/configs/memorization_check.json`` wires all of them into any bundle's
 ``train#handlers`` without editing it. With no ``sampler`` given, one is built from the trainer at the first
-check (:func:`monai_memorization.engines.sampling.sampler_from_engine`).
+check (:func:`monai_memorization.engines.engine_sampler.sampler_from_engine`).
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ class MemorizationCheckHandler:
         t0 = time.time()
         if idist.get_rank() == 0:
             if self.sampler is None:
-                from monai_memorization.engines.sampling import sampler_from_engine
+                from monai_memorization.engines.engine_sampler import sampler_from_engine
 
                 self.sampler = sampler_from_engine(engine, self.num_inference_steps, self.latent_shape, self.scheduler)
             r = self.compute(self.sampler(self.num_samples, seed=self.seed))
