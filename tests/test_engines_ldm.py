@@ -344,3 +344,28 @@ def test_tracking_helpers(tmp_path):
     f = output_scalars(["loss", "kl_loss", "absent"])
     assert f({"loss": torch.tensor(2.5), "kl_loss": 1}) == {"loss": 2.5, "kl_loss": 1.0}
     assert f([{"loss": torch.tensor(1.0)}]) == {"loss": 1.0}
+
+
+def test_half_built_mlflow_store_is_set_aside_and_rebuilt(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    import mlflow
+
+    uri = sqlite_tracking_uri(tmp_path)
+    mlflow.MlflowClient(uri).create_experiment("before")
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    con.execute("DELETE FROM alembic_version")  # what a kill during the store's creation leaves
+    con.commit()
+    con.close()
+    code = ("import sys, mlflow; from monai_memorization.tracking import sqlite_tracking_uri\n"
+            "uri = sqlite_tracking_uri(sys.argv[1]); print(uri)\n"
+            "print([e.name for e in mlflow.MlflowClient(uri).search_experiments()])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})  # a new process, as after a kill
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.splitlines() == [uri, "['Default']"]  # a new, working store
+    assert "could not be opened" in out.stderr and "moved to mlflow.db.broken-" in out.stderr
+    broken = list(tmp_path.glob("mlflow.db.broken-*"))
+    assert len(broken) == 1 and broken[0].stat().st_size > 0  # kept, not deleted

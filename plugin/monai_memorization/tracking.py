@@ -17,6 +17,7 @@ its configuration needs:
   folder (``sqlite:///<output_dir>/mlflow.db``). Open it with
   ``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``. The ``MLFLOW_TRACKING_URI``
   environment variable, or a ``tracking_uri`` override, points the logging elsewhere.
+* :func:`default_tracking_uri` - ``MLFLOW_TRACKING_URI`` when set, else that local store (scans, detector).
 * :func:`unique_mlflow_handlers` - drops a second ``MLFlowHandler`` from a handler list. MONAI's
   ``--tracking mlflow`` appends its own handler to ``train#handlers``; since the bundles already log
   (to the same ``tracking_uri``/``experiment_name`` config keys MONAI's settings use), the appended
@@ -45,6 +46,7 @@ import torch
 __all__ = [
     "DEFAULT_DB_NAME",
     "sqlite_tracking_uri",
+    "default_tracking_uri",
     "unique_mlflow_handlers",
     "output_scalars",
     "export_executed_config",
@@ -68,12 +70,49 @@ def sqlite_tracking_uri(output_dir: str | Path, db_name: str = DEFAULT_DB_NAME) 
 
     Returns:
         an MLflow tracking URI. Artifacts go to ``<output_dir>/mlruns`` (MONAI's MLFlowHandler default).
+
+    A store that a killed process left half-built (its schema version missing, so MLflow would fail with
+    "out-of-date database schema" or "table ... already exists" on every later run) is moved aside to
+    ``<db_name>.broken-<time>`` (nothing is deleted) and a new one is created, with one warning line.
     """
     folder = Path(output_dir).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     from monai.utils import path_to_sqlite_uri
 
-    return path_to_sqlite_uri(str(folder / db_name))
+    db = folder / db_name
+    uri = path_to_sqlite_uri(str(db))
+    if db.is_file() and db.stat().st_size > 0:
+        try:
+            import mlflow
+
+            mlflow.MlflowClient(tracking_uri=uri)  # opens (and, when needed, migrates) the store
+        except Exception as e:  # noqa: BLE001 - any store MLflow cannot open is set aside, not lost
+            import time
+
+            broken = db.with_name(f"{db_name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            db.rename(broken)
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)  # MLflow keeps one engine per URI
+            if engine is not None:
+                engine.dispose()
+            logger.warning(f"MLflow store {db} could not be opened ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                           f"moved to {broken.name} and a new store is created")
+    return uri
+
+
+def default_tracking_uri(folder: str | Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the local store ``sqlite:///<folder>/mlflow.db`` (:func:`sqlite_tracking_uri`).
+
+    Args:
+        folder: where ``mlflow.db`` (and the ``mlruns`` artifact folder) live by default.
+
+    Returns:
+        an MLflow tracking URI.
+    """
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_tracking_uri(folder)
 
 
 def unique_mlflow_handlers(handlers: Iterable[Any] | None) -> list[Any]:

@@ -11,16 +11,15 @@
 """Kill -9 a real LDM bundle training at random points, rerun the same command, and count what was lost.
 
 Each trial starts ``python -m monai.bundle run training --config_file bundles/ldm_xr/configs/train.json``
-(CPU-tiny overrides, a checkpoint every epoch) in a fresh ``bundle_root``, sends SIGKILL once a randomly
-chosen number of checkpoints has appeared (plus a random delay), then reruns the *same* command, without
-``--resume``, to the end. A trial passes when the rerun exits 0, continued from the newest checkpoint the
+(CPU-tiny overrides, a checkpoint every epoch) in a fresh ``bundle_root``, sends SIGKILL at a uniformly random
+moment of its training (from one second before training starts to the end of an uninterrupted run, both
+measured first), then reruns the *same* command, without ``--resume``, to the end. A trial passes when the rerun exits 0, continued from the newest checkpoint the
 killed process had written (so at most one checkpoint interval, the epoch in progress, was lost), left no
 temporary file, and MLflow holds one FINISHED run per stage with every other run of that name KILLED.
 
 Run from the repository root::
 
-    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_kill_resume.py --trials 10 \\
-        --out scripts/benchmarks/results/kill_resume.md
+    python scripts/benchmarks/bench_kill_resume.py --trials 10 --out scripts/benchmarks/results/kill_resume.md
 """
 
 from __future__ import annotations
@@ -36,15 +35,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-EPOCHS = 4
+EPOCHS = 6
 TINY = {
-    "spatial_size": "[32,32]", "num_workers": 0, "ae_max_epochs": EPOCHS, "diffusion_max_epochs": EPOCHS,
-    "adv_warmup_epochs": 0, "ae_batch_size": 4, "diffusion_batch_size": 4, "latent_channels": 2,
+    "spatial_size": "[64,64]", "num_workers": 0, "ae_max_epochs": EPOCHS, "diffusion_max_epochs": EPOCHS,
+    "adv_warmup_epochs": 0, "latent_channels": 2,
     "ae_channels": "[8,8]", "ae_num_res_blocks": 1, "ae_norm_num_groups": 4,
     "ae_attention_levels": "[False,False]", "disc_channels": 4, "disc_num_layers": 1,
     "diffusion_channels": "[8,8]", "diffusion_attention_levels": "[False,True]",
     "diffusion_num_head_channels": "[0,8]", "diffusion_num_res_blocks": 1, "diffusion_norm_num_groups": 4,
     "num_inference_steps": 2, "montage_samples": 2, "val_interval": EPOCHS, "save_interval": 1, "n_saved": 2,
+    "ae_batch_size": 2, "diffusion_batch_size": 2,
 }
 STAGES = ("autoencoder", "diffusion")
 _CKPT = re.compile(r"^(autoencoder|diffusion)_checkpoint_(\d+)\.pt$")
@@ -70,36 +70,51 @@ def progress(models: Path) -> tuple[int, int]:
     return best
 
 
-def trial(root: Path, datalist: str, rng: random.Random, timeout: float = 600.0) -> dict:
+def reference_duration(root: Path, datalist: str, timeout: float = 600.0) -> tuple[float, float]:
+    """When training starts (the MLflow store appears) and when an uninterrupted run ends, in seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    t0, started = time.time(), None
+    proc = subprocess.Popen(command(root, datalist), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while proc.poll() is None and time.time() - t0 < timeout:
+        if started is None and (root / "eval" / "mlflow.db").exists():
+            started = time.time() - t0
+        time.sleep(0.01)
+    if proc.wait() != 0:
+        raise RuntimeError("the uninterrupted reference run failed")
+    return started or 0.0, time.time() - t0
+
+
+def trial(root: Path, datalist: str, rng: random.Random, window: tuple[float, float], timeout: float = 600.0) -> dict:
     """One kill-and-rerun trial in the fresh folder ``root``.
 
     Args:
         root: the trial's ``bundle_root`` (must not exist yet).
         datalist: a Decathlon-style datalist of X-ray images.
-        rng: picks the kill point.
+        rng: picks the kill moment.
+        window: (training start, end) of an uninterrupted run (:func:`reference_duration`); the kill falls
+            uniformly between one second before the start and the end.
         timeout: seconds allowed for each process.
 
     Returns:
-        a dict: ``target`` (checkpoints to wait for), ``killed_at`` (stage, epoch) of the newest checkpoint
+        a dict: ``target`` (seconds after start of the kill), ``killed_at`` (stage, epoch) of the newest checkpoint
         when killed (None if the run ended first), ``resumed`` (stage, epoch) the rerun continued from,
         ``lost_epochs``, ``rerun_rc``, ``tmp_left``, ``runs`` ({stage: [statuses]}), ``ok``.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     models = root / "models"
-    target = rng.randint(1, 2 * EPOCHS - 1)  # checkpoints written before the kill: 1 .. 7 of 8
+    target = rng.uniform(max(0.0, window[0] - 1.0), window[1])
     log = root.parent / f"{root.name}_killed.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(command(root, datalist), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
         t0, killed_at = time.time(), None
         while proc.poll() is None and time.time() - t0 < timeout:
-            stage, epoch = progress(models)
-            if stage >= 0 and stage * EPOCHS + epoch >= target:
-                time.sleep(rng.uniform(0.0, 0.5))  # somewhere inside the next epoch, or in a write
+            if time.time() - t0 >= target:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 killed_at = progress(models)
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -146,24 +161,27 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     datalist = ensure_phantoms("xr", work / "data", n=10, seed=0)
     rng = random.Random(args.seed)
+    window = reference_duration(work / "reference", datalist)
     rows = []
     for i in range(args.trials):
-        r = trial(work / f"trial_{i}", datalist, rng)
+        r = trial(work / f"trial_{i}", datalist, rng, window)
         rows.append(r)
         print(i, r, flush=True)
     lines = ["# Kill -9 and rerun: LDM bundle training", "",
-             f"Command: `OMP_NUM_THREADS=1 python scripts/benchmarks/bench_kill_resume.py --trials {args.trials} "
-             f"--seed {args.seed}{' --out ' + args.out if args.out else ''}` (2-core CPU machine, "
-             f"{time.strftime('%Y-%m-%d')}).", "",
+             f"Command: `python scripts/benchmarks/bench_kill_resume.py --trials {args.trials} --seed {args.seed} "
+             f"--work {args.work}{' --out ' + args.out if args.out else ''}` (2-core CPU machine, "
+             f"{time.strftime('%Y-%m-%d')}; each training runs with OMP_NUM_THREADS=1).", "",
              f"Each trial: `ldm_xr` training, CPU-tiny, {EPOCHS} epochs per stage, a checkpoint every epoch; SIGKILL "
-             "after a random number of checkpoints plus 0-0.5 s; then the same command again, no `--resume`.", "",
-             "| trial | kill after checkpoints | newest checkpoint at kill (stage, epoch) | rerun continued from | "
+             f"at a uniformly random moment from 1 s before training starts to the end of an uninterrupted run (here "
+             f"{window[0]:.1f} s and {window[1]:.1f} s after launch); then the same command again, no `--resume`.", "",
+             "| trial | killed after (s) | newest checkpoint at kill (stage, epoch) | rerun continued from | "
              "epochs lost beyond the one in progress | rerun exit | MLflow runs | pass |",
              "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
-        k = "ended before the kill" if r["killed_at"] is None else f"{STAGES[r['killed_at'][0]]} {r['killed_at'][1]}"
+        k = ("ended before the kill" if r["killed_at"] is None else "none yet" if r["killed_at"][0] < 0
+             else f"{STAGES[r['killed_at'][0]]} {r['killed_at'][1]}")
         c = "start" if r["resumed"][0] < 0 else f"{STAGES[r['resumed'][0]]} {r['resumed'][1]}"
-        lines.append(f"| {i} | {r['target']} | {k} | {c} | {max(0, r['lost_epochs'])} | {r['rerun_rc']} | "
+        lines.append(f"| {i} | {r['target']:.1f} | {k} | {c} | {max(0, r['lost_epochs'])} | {r['rerun_rc']} | "
                      f"{r['runs']} | {'yes' if r['ok'] else 'NO'} |")
     lines += ["", f"**{sum(r['ok'] for r in rows)} of {len(rows)} trials passed.**"]
     if args.out:

@@ -15,7 +15,7 @@
 * :class:`BatchNormRecalibrationHandler` - exact BatchNorm statistics on the training images at the end.
 * :class:`StepBudgetHandler` - warns when the run has too few optimizer steps to learn the copy invariances.
 * :class:`SaveDetectorHandler` - saves the encoder as a copy detector when training completes.
-* :func:`mlflow_handler` / :func:`default_tracking_uri` - the run's ``monai.handlers.MLFlowHandler``.
+* :func:`mlflow_handler` - the run's ``monai.handlers.MLFlowHandler``.
 
 The bundle ``bundles/copy_detector/configs/train.json`` names them through
 ``monai_memorization.engines.contrastive``, which re-exports them.
@@ -35,6 +35,7 @@ from torch import nn
 
 from monai_memorization.detection.detector import save_detector
 from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
+from monai_memorization.tracking import default_tracking_uri
 
 __all__ = [
     "BatchNormRecalibrationHandler",
@@ -233,23 +234,6 @@ class SaveDetectorHandler:
         logger.info("saved copy detector to %s", self.path)
         _log_artifact(self.mlflow_handler, self.path, "detector")
 
-
-
-def default_tracking_uri(folder: str | os.PathLike) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the project's local sqlite store in ``folder``.
-
-    Args:
-        folder: where ``mlflow.db`` (and the ``mlruns`` artifact folder) live by default.
-
-    Returns:
-        an MLflow tracking URI.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    from monai_memorization.tracking import sqlite_tracking_uri
-
-    return sqlite_tracking_uri(folder)
 
 
 def mlflow_handler(

@@ -30,21 +30,15 @@ from typing import Any
 import numpy as np
 
 from monai_memorization.detection.scan import FRACTIONS, ScanResult
+from monai_memorization.tracking import default_tracking_uri
 from monai_memorization.errors import MemorizationError
 from monai_memorization.io import replace_dir
 
-__all__ = ["check_out_dir", "write_scan_report", "log_scan_to_mlflow", "write_csv", "scan_metrics", "default_tracking_uri"]
+__all__ = ["check_out_dir", "write_scan_report", "log_scan_to_mlflow", "write_csv", "scan_metrics"]
 
 #: files that show no pixels (logged to MLflow by default); the montage and the HTML report show training images
 DATA_FILES = ("report.json", "pairs.csv", "pairs.json", "memorized.csv", "histogram.png")
 IMAGE_FILES = ("pairs.png", "report.html")
-
-
-def default_tracking_uri(folder: str | os.PathLike) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<folder>/mlflow.db``."""
-    from monai_memorization.tracking import sqlite_tracking_uri
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_tracking_uri(folder)
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
@@ -160,7 +154,7 @@ def log_scan_to_mlflow(
     Args:
         result: the scan (with ``out_dir`` set by :func:`write_scan_report`).
         summary: the summary :func:`write_scan_report` returned (``mlflow_run_id`` is added).
-        tracking_uri: MLflow tracking URI (default: :func:`default_tracking_uri` of the report's parent folder).
+        tracking_uri: MLflow tracking URI (default: :func:`~monai_memorization.tracking.default_tracking_uri` of the report's parent folder).
         experiment_name: MLflow experiment.
         run_name: MLflow run name.
         params: run parameters.
