@@ -113,11 +113,11 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert run.data.metrics["threshold"] == pytest.approx(res.threshold)
     assert run.data.metrics["n_synthetic"] == 7
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert arts == {"report.json", "pairs.csv", "pairs.json", "memorized.csv", "histogram.png"}  # no training pixels
+    assert arts == {"histogram.png"}  # private by default: no paths, subject IDs or training pixels
 
     # re-running into the same folder replaces the report; images go to MLflow only when asked
     res2 = run_scan(setup["datalist"], setup["datalist"], str(setup["synthetic"]), setup["detector"], out,
-                    tracking_uri=uri, progress=False, n_bootstrap=0, log_images_to_mlflow=True)
+                    tracking_uri=uri, progress=False, n_bootstrap=0, log_images_to_mlflow=True, mlflow_artifacts=True)
     assert res2.n_copies == res.n_copies and np.isnan(res2.synthetic_copy_rate_ci[0])
     run2 = client.get_run(json.loads((out / "report.json").read_text())["mlflow_run_id"])
     assert {"pairs.png", "report.html"} <= {a.path for a in client.list_artifacts(run2.info.run_id)}
@@ -195,3 +195,33 @@ def test_cli_scan_and_one_line_errors(setup, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a readable detector checkpoint" in err and setup["datalist"] in err
     assert not (tmp_path / "x").exists()
+
+
+def test_hybrid_score_finds_blurred_round_trips_under_one_budget(setup, tmp_path):
+    """score="hybrid": blurred copies (what an autoencoder round trip returns) are found through the pixel side, exact
+    copies still through the detector, new subjects stay below, and the threshold is the held-out percentile."""
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    from monai_memorization.detection.pipeline import prepare
+
+    data = json.loads(Path(setup["datalist"]).read_text())
+    syn = tmp_path / "synthetic"
+    shutil.copytree(setup["synthetic"], syn)
+    for i, it in enumerate(data["training"][6:10]):
+        img = np.asarray(Image.open(Path(setup["datalist"]).parent / it["image"]), dtype=np.float64)
+        Image.fromarray(np.clip(gaussian_filter(img, 1.2), 0, 65535).astype(np.uint16)).save(syn / f"blurred_{i}.png")
+    res = run_scan(setup["datalist"], setup["datalist"], str(syn), setup["detector"], tmp_path / "report",
+                   log_to_mlflow=False, progress=False, n_bootstrap=0, score="hybrid")
+    by_id = {p["synthetic_id"]: p for p in res.pairs}
+    assert res.score == "hybrid" and json.loads((tmp_path / "report" / "report.json").read_text())["score"] == "hybrid"
+    for i in range(4):
+        p = by_id[f"blurred_{i}"]
+        assert p["is_copy"] and p["pixel_correlation"] > 0.98 and p["correlation"] > res.threshold, p
+    assert all(by_id[f"copy_{i}"]["is_copy"] for i in range(3))
+    assert sum(by_id[f"novel_{i}"]["is_copy"] for i in range(4)) <= 1
+    assert np.mean(res.calibration_corr > res.threshold) <= 0.1  # the 95th percentile of the combined calibration
+    with pytest.raises(DataValidationError, match="score must be one of detector, hybrid"):
+        prepare(setup["detector"], setup["datalist"], setup["datalist"], threshold=0.5, score="hybrid")
+    with pytest.raises(DataValidationError, match="got 'pixels'"):
+        prepare(setup["detector"], setup["datalist"], setup["datalist"], score="pixels")

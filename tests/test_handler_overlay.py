@@ -97,7 +97,8 @@ def test_overlay_appends_the_handler_to_our_bundles(bundle):
     assert merged["train"]["handlers"][:-4] == alone["train"]["handlers"]
     added = merged["train"]["handlers"][-4:]
     assert added[0] == "@memorization_check#handler"
-    assert [h["_target_"] for h in added[1:]] == ["CheckpointSaver", "monai_memorization.handlers.StopAboveLimit", "MLFlowHandler"]
+    assert [h["_target_"] for h in added[1:]] == ["CheckpointSaver", "monai_memorization.handlers.StopAboveLimit",
+                                             "monai_memorization.handlers.SafeMLFlowHandler"]
     assert added[1]["key_metric_name"] == "memorization_checkpoint_score" and added[1]["key_metric_greater_or_equal"]
     assert "network_def" in merged  # what the overlay's CheckpointSaver saves
     parser = ConfigParser(merged)
@@ -123,4 +124,4 @@ def test_overlay_stop_and_mlflow_are_off_until_asked_for():
 
     assert handlers() == ["CheckpointSaver", "StatsHandler", MemorizationCheckHandler.__name__, "CheckpointSaver"]
     on = handlers(**{"memorization_check#stop_on_copy_rate": 0.2, "memorization_check#tracking_uri": "sqlite:///x.db"})
-    assert on[-2:] == [StopAboveLimit.__name__, "MLFlowHandler"]
+    assert on[-2:] == [StopAboveLimit.__name__, "SafeMLFlowHandler"]

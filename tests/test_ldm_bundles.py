@@ -141,8 +141,9 @@ def test_train_then_infer(modality, tmp_path, request):
     assert ae.data.params["n_train"] == "8" and ae.data.params["n_val"] == "2"
     assert ae.data.params["ae_channels"] == "[8, 8]" and int(ae.data.params["ae_parameters"]) > 0
     assert dm.data.params["epochs"] == "1" and float(dm.data.params["scale_factor"]) > 0
-    assert {a.path for a in client.list_artifacts(dm.info.run_id)} == {"executed_config.json", "samples_montage.png"}
-    assert {a.path for a in client.list_artifacts(ae.info.run_id)} == {"executed_config.json"}
+    # private by default: no artifacts (executed config, montage) and no datalist path (tests/test_tracking_privacy.py)
+    assert client.list_artifacts(dm.info.run_id) == [] and client.list_artifacts(ae.info.run_id) == []
+    assert "datalist" not in ae.data.params and "datalist" not in dm.data.params
     executed = json.loads((tmp_path / "eval" / "executed_config.json").read_text())
     assert executed["ae_max_epochs"] == 1 and executed["datalist"] == datalist
 
@@ -209,7 +210,9 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     wf = ConfigWorkflow(config_file=stage("ct", "train_autoencoder.json"), workflow_type="train", tracking="mlflow", **o)
     wf.initialize()
     trainer = wf.parser.get_parsed_content("ae#train#trainer")
-    assert sum(type(h).__name__ == "MLFlowHandler" for h in wf.parser.get_parsed_content("ae#train#handlers")) == 1
+    from monai.handlers import MLFlowHandler
+
+    assert sum(isinstance(h, MLFlowHandler) for h in wf.parser.get_parsed_content("ae#train#handlers")) == 1
 
     def crash(engine):
         if engine.state.epoch == 2:
@@ -242,7 +245,9 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     wf = ConfigWorkflow(config_file=stage("ct", "train_diffusion.json"), workflow_type="train", tracking="mlflow", **o)
     wf.initialize()
     raw = wf.parser.get("train#handlers")
-    assert sum(h.get("_target_") == "MLFlowHandler" for h in raw) == 2  # the bundle's + the one appended by MONAI
+    targets = [h.get("_target_") for h in raw]
+    # the bundle's (private by default, failure-proof) + the one appended by MONAI
+    assert targets.count("monai_memorization.handlers.SafeMLFlowHandler") == 1 and targets.count("MLFlowHandler") == 1
     wf.run()
     wf.finalize()
     assert (models / "model.pt").is_file()

@@ -22,6 +22,19 @@ __version__ = "0.1.0"
 # (MLFLOW_DISABLE_TELEMETRY=false); it would otherwise contact a remote host from a hospital machine.
 _os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+
+def _install_edge() -> None:
+    """Under ``python -m monai.bundle`` (a bundle imports this package), our errors end in one line and exit 2."""
+    import sys
+
+    if sys.argv and sys.argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        from monai_memorization.edge import install_bundle_excepthook
+
+        install_bundle_excepthook()
+
+
+_install_edge()
+
 __all__ = ["__version__", "check"]
 
 

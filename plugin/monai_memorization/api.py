@@ -87,6 +87,7 @@ def run_scan(
     log_to_mlflow: bool = True,
     tracking_uri: str | None = None,
     log_images_to_mlflow: bool = False,
+    mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
     experiment_name: str = "memorization_scan",
     run_name: str | None = None,
     batch_size: int = 16,
@@ -103,6 +104,7 @@ def run_scan(
     use_gpu: bool | str = "auto",
     allow_overlap: bool = False,
     orientation_invariant: bool = False,
+    score: str = "detector",
 ) -> ScanResult:
     """Scan synthetic images for copies of training images and write the memorization report.
 
@@ -114,9 +116,14 @@ def run_scan(
         out_dir: report folder (written into a temporary folder and renamed at the end).
         percentile: threshold percentile (default 95).
         modality: ``ct``/``mr``/``xr``; default: the detector's, else the training datalist's.
-        log_to_mlflow: log metrics and the non-image files to MLflow.
+        log_to_mlflow: log the metrics, aggregate parameters and the correlation histogram to MLflow (a failing
+            store never fails the scan: they then go to ``<out_dir>/mlflow_buffer.jsonl``).
         tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<parent of out_dir>/mlflow.db``).
-        log_images_to_mlflow: also log the pair montage and the HTML report (they show training images).
+        log_images_to_mlflow: also log the pair montage and the HTML report (they show training images; needs
+            ``mlflow_artifacts``).
+        mlflow_artifacts: also log the files naming training images and subjects (``report.json``, ``pairs.csv/json``,
+            ``memorized.csv``); default: ``MONAI_MEMORIZATION_MLFLOW_ARTIFACTS``.
+        allow_remote_tracking: allow more than metrics and aggregate parameters to go to a remote store.
         experiment_name, run_name: MLflow experiment and run name.
         batch_size: images per embedding batch.
         device: ``"cuda"``/``"cpu"`` (default: CUDA when available).
@@ -132,6 +139,9 @@ def run_scan(
             then carries ``overlap_warning``. Without it an overlap is an error.
         orientation_invariant: embed synthetic and held-out images under every flip/transpose
             (:mod:`monai_memorization.detection.views`); costs one embedding pass per view.
+        score: ``"detector"`` (default) or ``"hybrid"``: the detector's and the pixel correlation under one
+            false-positive budget (:mod:`monai_memorization.detection.hybrid`); finds blurred autoencoder round trips
+            that a detector trained to ignore blur misses.
 
     Returns:
         :class:`ScanResult` with ``out_dir`` and ``report_path`` set.
@@ -142,16 +152,16 @@ def run_scan(
         MemorizationError: ``out_dir`` cannot be written or is a folder that is not a scan report.
         DetectorError: unusable checkpoint, NaN embeddings.
     """
-    from monai_memorization.detection.pipeline import check_percentile, run_pipeline
-    from monai_memorization.report.writer import check_out_dir, log_scan_to_mlflow, write_scan_report
+    from monai_memorization.detection.pipeline import run_pipeline
+    from monai_memorization.report.writer import log_scan_to_mlflow, write_scan_report
 
-    percentile = check_percentile(percentile)
-    out_dir = check_out_dir(out_dir)
+    percentile, out_dir = _check_args(percentile, out_dir, device, batch_size=(batch_size, 1), top_k=(top_k, 0),
+                                      n_bootstrap=(n_bootstrap, 0), num_workers=(num_workers, 0))
     result, ref, synth = run_pipeline(
         detector, train, holdout, synthetic, n_bootstrap=n_bootstrap, seed=seed, percentile=percentile,
         allow_overlap=allow_overlap, validate=validate, orientation_invariant=orientation_invariant, use_gpu=use_gpu,
         sections=(train_section, holdout_section, synthetic_section), modality=modality, device=device,
-        batch_size=batch_size, num_workers=num_workers, progress=progress,
+        batch_size=batch_size, num_workers=num_workers, progress=progress, score=score,
     )
     det = ref.detector
     context = {
@@ -163,8 +173,35 @@ def run_scan(
     if log_to_mlflow:
         params = {"percentile": percentile, "detector_sha256": det.config["sha256"], "modality": det.modality,
                   "n_bootstrap": n_bootstrap}
-        log_scan_to_mlflow(result, summary, tracking_uri, experiment_name, run_name, params, log_images_to_mlflow)
+        log_scan_to_mlflow(result, summary, tracking_uri, experiment_name, run_name, params, log_images_to_mlflow,
+                           mlflow_artifacts, allow_remote_tracking)
     return result
+
+
+def _check_args(percentile: Any, out_dir: Any, device: Any, **counts: tuple[Any, int]) -> tuple[float, Path]:
+    """The scan's cheap checks, before anything is read, embedded or trained.
+
+    Args:
+        percentile: the threshold percentile.
+        out_dir: the report folder; checked, then locked for this process (one writer per folder).
+        device: the requested device.
+        counts: ``name=(value, minimum)`` of whole-number arguments.
+
+    Returns:
+        ``(percentile, out_dir)`` as a float and a ``Path``.
+    """
+    from monai_memorization.detection.pipeline import check_percentile
+    from monai_memorization.edge import check_device, check_number
+    from monai_memorization.locking import hold_output
+    from monai_memorization.report.writer import check_out_dir
+
+    percentile = check_percentile(percentile)
+    for name, (value, minimum) in counts.items():
+        check_number(name, value, minimum)
+    check_device(device)
+    out_dir = check_out_dir(out_dir)
+    hold_output(out_dir)
+    return percentile, out_dir
 
 
 def _holdout_of(train: Any) -> ImageSet:
@@ -196,6 +233,7 @@ def check(
     mlflow: bool = False,
     tracking_uri: str | None = None,
     log_images_to_mlflow: bool = False,
+    mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
     device: str | None = None,
     batch_size: int = 16,
     top_k: int = 8,
@@ -222,7 +260,10 @@ def check(
         detector_options: other ``train_detector`` arguments for the quick detector.
         mlflow: log the scan (and the quick detector's training) to MLflow.
         tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<parent of out>/mlflow.db``).
-        log_images_to_mlflow: also log the pair montage and HTML report (they show training images).
+        log_images_to_mlflow: also log the pair montage and HTML report (they show training images; needs
+            ``mlflow_artifacts``).
+        mlflow_artifacts: also log paths, subject IDs, the per-pair tables and the quick detector's weights.
+        allow_remote_tracking: allow more than metrics and aggregate parameters to go to a remote store.
         device: ``cuda``/``cpu``.
         batch_size: images per embedding batch.
         top_k: flagged pairs in the montage.
@@ -240,6 +281,9 @@ def check(
         DataValidationError: missing hold-out data, overlapping sets, empty or unreadable sets, mismatched shapes.
         DetectorError: an unusable detector checkpoint.
     """
+    out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="memorization_check_")) / "report"
+    _check_args(percentile, out_dir, device, batch_size=(batch_size, 1), top_k=(top_k, 0), n_bootstrap=(n_bootstrap, 0),
+                detector_epochs=(detector_epochs, 1))
     train_set = ImageSet.from_source(train, "training", "training")
     holdout_set = _holdout_of(train) if holdout is None else ImageSet.from_source(holdout, holdout_section, "held-out")
     synthetic_set = ImageSet.from_source(synthetic, "training", "synthetic")
@@ -249,16 +293,17 @@ def check(
         from monai_memorization.data.overlap import check_overlap
 
         check_overlap(train_set.items, holdout_set.items, synthetic_set.items)
-    out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="memorization_check_")) / "report"
     if detector is None:
         detector = _train_quick_detector(
             train, train_set, out_dir.parent / f"{out_dir.name}_detector" / "copy_detector.pt", modality, detector_epochs,
             detector_options, mlflow, tracking_uri, device, seed, progress,
+            {"mlflow_artifacts": mlflow_artifacts, "allow_remote_tracking": allow_remote_tracking},
         )
         trained = True
     r = run_scan(
         train_set, holdout_set, synthetic_set, detector, out_dir, percentile=percentile, modality=modality,
         log_to_mlflow=mlflow, tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow, batch_size=batch_size,
+        mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
         device=device, top_k=top_k, n_bootstrap=n_bootstrap, seed=seed, progress=progress, allow_overlap=allow_overlap,
     )
     values = {f.name: getattr(r, f.name) for f in fields(ScanResult)}
@@ -267,7 +312,7 @@ def check(
 
 def _train_quick_detector(
     train: Any, train_set: ImageSet, path: Path, modality: str | None, epochs: int | None, options: dict | None,
-    mlflow: bool, tracking_uri: str | None, device: str | None, seed: int, progress: bool,
+    mlflow: bool, tracking_uri: str | None, device: str | None, seed: int, progress: bool, privacy: dict | None = None,
 ) -> str:
     from monai_memorization.engines.contrastive import train_detector
 
@@ -279,6 +324,6 @@ def _train_quick_detector(
         options["epochs"] = int(epochs)
     train_detector(
         train, path, modality=m, device=device, seed=seed, log_to_mlflow=mlflow, tracking_uri=tracking_uri,
-        progress=progress, **options,
+        progress=progress, **(privacy or {}), **options,
     )
     return str(path)

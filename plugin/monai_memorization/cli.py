@@ -11,13 +11,12 @@
 """The ``monai-memorization`` command line (built with ``fire``).
 
 Each command is a method of :class:`Commands`; ``fire`` turns ``train_detector`` into
-``train-detector``. Errors about the user's input end in one line on stderr and exit code 2
-(set ``MONAI_MEMORIZATION_DEBUG=1`` for the traceback).
+``train-detector``. Every failure ends in one line on stderr and exit code 2, also a full disk or a
+usage error (set ``MONAI_MEMORIZATION_DEBUG=1`` for the traceback); ``--flag false`` means False.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 __all__ = ["Commands", "main"]
@@ -102,6 +101,7 @@ class Commands:
         mlflow: bool = True,
         tracking_uri: str | None = None,
         experiment_name: str = "copy_detector",
+        mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
     ) -> str:
         """Train the self-supervised contrastive copy detector on the generator's training data.
 
@@ -129,6 +129,8 @@ class Commands:
             mlflow: log the run to MLflow.
             tracking_uri: MLflow tracking URI (default: sqlite mlflow.db next to the checkpoint).
             experiment_name: MLflow experiment.
+            mlflow_artifacts: also send paths, subject IDs, the detector weights (trained on patient images) to MLflow (default: aggregates only).
+            allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
 
         Returns:
             A one-line summary with the checkpoint path.
@@ -154,7 +156,8 @@ class Commands:
             datalist, out, modality=modality, section=section, spatial_size=spatial_size, preset=preset, steps=steps,
             epochs=epochs, batch_size=batch_size, embed_dim=embed_dim, network=network, lr=lr, temperature=temperature,
             augmentations=aug, device=device, num_workers=num_workers, seed=seed, log_to_mlflow=mlflow,
-            tracking_uri=tracking_uri, experiment_name=experiment_name,
+            tracking_uri=tracking_uri, experiment_name=experiment_name, mlflow_artifacts=mlflow_artifacts,
+            allow_remote_tracking=allow_remote_tracking,
         )
         last = res["history"][-1] if res["history"] else {}
         return (
@@ -179,9 +182,11 @@ class Commands:
         mlflow: bool = True,
         tracking_uri: str | None = None,
         log_images_to_mlflow: bool = False,
+        mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
         holdout_section: str = "holdout",
         allow_overlap: bool = False,
         orientation_invariant: bool = False,
+        score: str = "detector",
     ) -> str:
         """Scan synthetic images for copies of training images; write the memorization report.
 
@@ -196,15 +201,21 @@ class Commands:
             batch_size: images per embedding batch.
             device: cuda or cpu.
             top_k: flagged pairs shown in the montage.
-            mlflow: log metrics and non-image files to MLflow.
+            mlflow: log metrics, aggregate parameters and the correlation histogram to MLflow (a failing store
+                never fails the scan: they go to OUT/mlflow_buffer.jsonl).
             tracking_uri: MLflow tracking URI (default: sqlite mlflow.db next to the report folder).
-            log_images_to_mlflow: also log the pair montage and HTML report (they show patient images).
+            log_images_to_mlflow: also log the pair montage and HTML report (they show patient images; needs
+                --mlflow_artifacts).
+            mlflow_artifacts: also send paths, subject IDs, report.json, pairs.csv/json and memorized.csv to MLflow (default: aggregates only).
+            allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
             holdout_section: datalist list holding the held-out images.
             allow_overlap: scan even when the training, held-out and synthetic sets share files,
                 content or subjects (otherwise an error); the report's headline then warns.
             orientation_invariant: also match synthetic images flipped or transposed relative to the
                 training images (8 views in 2D square images, 8 flips in 3D; the threshold is
                 calibrated the same way).
+            score: detector (default) or hybrid: the detector's and the pixel correlation under one
+                false-positive budget (finds blurred autoencoder round trips; see the README's figures).
 
         Returns:
             A one-line summary with the three fractions (synthetic_copy_rate, the headline, first) and the report path.
@@ -214,10 +225,13 @@ class Commands:
         r = run_scan(
             train, holdout, synthetic, detector, out, percentile=percentile, modality=modality,
             log_to_mlflow=mlflow, tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow,
+            mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
             batch_size=batch_size, device=device, top_k=top_k, holdout_section=holdout_section,
-            allow_overlap=allow_overlap, orientation_invariant=orientation_invariant,
+            allow_overlap=allow_overlap, orientation_invariant=orientation_invariant, score=score,
         )
-        return _summary_line(r)
+        from monai_memorization.report.writer import summary_line
+
+        return summary_line(r)
 
     def filter(self, synthetic: str, report: str, out: str, progress: bool = True) -> str:
         """Release gate: copy only the synthetic samples the scan did not flag, with a verifiable manifest.
@@ -257,6 +271,7 @@ class Commands:
         mlflow: bool = True,
         tracking_uri: str | None = None,
         allow_overlap: bool = False,
+        mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
     ) -> str:
         """Scan with sensible defaults (the Python API ``monai_memorization.check``).
 
@@ -273,6 +288,8 @@ class Commands:
             tracking_uri: MLflow tracking URI.
             allow_overlap: scan even when the training, held-out and synthetic sets share files,
                 content or subjects (otherwise an error); the report's headline then warns.
+            mlflow_artifacts: also send paths, subject IDs, the per-pair tables and the quick detector's weights to MLflow (default: aggregates only).
+            allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
 
         Returns:
             A one-line summary with the three fractions (synthetic_copy_rate, the headline, first) and the report path.
@@ -282,8 +299,11 @@ class Commands:
         r = check(
             train, synthetic, holdout=holdout, detector=detector, out=out, modality=modality, percentile=percentile,
             detector_epochs=detector_epochs, mlflow=mlflow, tracking_uri=tracking_uri, allow_overlap=allow_overlap,
+            mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
         )
-        return _summary_line(r) + f"; detector: {r.detector}"
+        from monai_memorization.report.writer import summary_line
+
+        return summary_line(r) + f"; detector: {r.detector}"
 
     def audit(
         self,
@@ -296,6 +316,7 @@ class Commands:
         positive_control: int = 8,
         seed: int = 0,
         tracking_uri: str | None = None,
+        mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
     ) -> None:
         """End-to-end audit: a memorization-prone and a mitigated LDM, side by side, each scanned for copies.
 
@@ -314,48 +335,53 @@ class Commands:
             positive_control: plant this many transformed copies of training images and scan them as a control.
             seed: phantom, training and sampling seed.
             tracking_uri: MLflow store (default: sqlite:///<out>/mlflow.db).
+            mlflow_artifacts: also send paths, subject IDs, the detector weights, the executed configs and sample montages to MLflow (default: aggregates only).
+            allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
         """
         from monai_memorization.audit import run_audit
 
         r = run_audit(
             modality=modality, out=out, datalist=datalist, preset=preset, num_samples=num_samples,
             detector_epochs=detector_epochs, positive_control=positive_control, seed=seed, tracking_uri=tracking_uri,
+            mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
         )
         print(r.summary(), flush=True)
         if r.exit_code:
             sys.exit(r.exit_code)
 
 
-def _summary_line(r) -> str:
-    """One line: the warnings, the headline (synthetic copy rate), the other two fractions, the threshold and the report."""
-
-    def pct(v: float, ci) -> str:
-        return f"{100 * v:.1f}%" + (f" (95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%)" if ci[0] == ci[0] else "")
-
-    return (
-        "".join(f"WARNING: {w}; " for w in (r.overlap_warning, r.detector_warning) if w)
-        + f"synthetic_copy_rate: {r.n_copies}/{r.n_synthetic} synthetic images are copies = "
-        f"{pct(r.synthetic_copy_rate, r.synthetic_copy_rate_ci)}; memorized_fraction: {r.n_memorized}/{r.n_train} "
-        f"training images = {pct(r.memorized_fraction, r.memorized_fraction_ci)}; training_copied_fraction: "
-        f"{r.n_training_copied}/{r.n_train} = {pct(r.training_copied_fraction, r.training_copied_fraction_ci)}; "
-        f"threshold {r.threshold:.4f}; report: {r.report_path}"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``monai-memorization`` console script."""
+    """Entry point of the ``monai-memorization`` console script: every failure ends in one line and exit 2.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``). ``MONAI_MEMORIZATION_DEBUG=1`` shows tracebacks.
+    """
     import fire
+    import fire.core
 
-    from monai_memorization.errors import MemorizationError
+    from monai_memorization.edge import EXIT_ERROR, bool_flags, debug, one_line
 
+    show = fire.core._DisplayError
+
+    def usage_error(trace) -> None:  # fire's own errors (a missing or unknown argument): one line too
+        if debug() or {"-h", "--help"} & set(trace.elements[-1].args):
+            return show(trace)
+        msg = " ".join(trace.elements[-1].ErrorAsStr().split())
+        print(f"monai-memorization: error: {msg} (see {trace.GetCommand()} --help)", file=sys.stderr)
+
+    fire.core._DisplayError = usage_error
     try:
-        fire.Fire(Commands(), command=argv, name="monai-memorization")
-    except (MemorizationError, FileExistsError, FileNotFoundError, ValueError) as e:
-        if os.environ.get("MONAI_MEMORIZATION_DEBUG"):
+        fire.Fire(Commands(), command=bool_flags(list(sys.argv[1:] if argv is None else argv), Commands), name="monai-memorization")
+    except KeyboardInterrupt:
+        print("monai-memorization: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # the edge: every failure is one line (the traceback with the debug variable)
+        if debug():
             raise
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"monai-memorization: error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        print(f"monai-memorization: error: {one_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_ERROR)
+    finally:
+        fire.core._DisplayError = show
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ deletes the other's checkpoints, MLflow runs carry the other's artifacts. :func:
 exclusive ``filelock`` on ``<folder>/.monai_memorization.lock`` for the rest of the process (the operating
 system releases it when the process ends, also after ``kill -9``) and records the holder's pid and command
 beside it, so the second writer's error says who holds the folder.
+
+An output that is replaced whole when it is done (a scan report folder, a release folder, a detector
+checkpoint) cannot hold its own lock: :func:`hold_output` locks ``.monai_memorization.lock-<name>``
+beside it instead, and creates nothing but that lock (and the parent folder, when missing).
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ from filelock import FileLock, Timeout
 
 from monai_memorization.errors import MemorizationError
 
-__all__ = ["LOCK_NAME", "hold_folder"]
+__all__ = ["LOCK_NAME", "hold_folder", "hold_output"]
 
 LOCK_NAME = ".monai_memorization.lock"
 _HELD: dict[str, FileLock] = {}
 
 
-def hold_folder(folder: str | Path) -> str:
+def hold_folder(folder: str | os.PathLike) -> str:
     """Lock ``folder`` for this process (again in the same process: a no-op).
 
     Args:
@@ -43,20 +47,52 @@ def hold_folder(folder: str | Path) -> str:
         the folder, as a string.
 
     Raises:
-        MemorizationError: another process holds the folder (one line naming it).
+        MemorizationError: another process holds the folder (one line naming it), or it cannot be written.
     """
     path = Path(folder).expanduser().resolve()
-    key = str(path)
+    if path.exists() and not path.is_dir():
+        raise MemorizationError(f"{path}: exists and is not a folder")
+    _hold(path / LOCK_NAME, path)
+    return str(path)
+
+
+def hold_output(output: str | os.PathLike) -> str:
+    """Lock an output that is replaced whole (a report folder, a checkpoint file) with a lock file beside it.
+
+    Args:
+        output: the folder or file to be written (need not exist; its parent is created when missing).
+
+    Returns:
+        the output's absolute path, as a string.
+
+    Raises:
+        MemorizationError: another process is writing the same output (one line naming it), or its
+            folder cannot be written.
+    """
+    path = Path(os.path.abspath(Path(output).expanduser()))  # "." and ".." resolved, the last link kept
+    path = path.parent.resolve() / path.name
+    _hold(path.parent / f"{LOCK_NAME}-{path.name}", path)
+    return str(path)
+
+
+def _hold(lock_path: Path, what: Path) -> None:
+    """Take the lock at ``lock_path`` for the rest of the process; record the holder beside it."""
+    key = str(lock_path)
     if key in _HELD:
-        return key
-    path.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path / LOCK_NAME), timeout=0, is_singleton=False)
-    holder = path / (LOCK_NAME + ".holder")
+        return
+    holder = lock_path.with_name(lock_path.name + ".holder")
     try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(key, timeout=0, is_singleton=False)
         lock.acquire()
     except Timeout:
         who = holder.read_text().strip() if holder.is_file() else "another process"
-        raise MemorizationError(f"{path} is in use by {who}; wait for it to finish or choose another folder") from None
-    holder.write_text(f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})\n")
+        raise MemorizationError(f"{what} is in use by {who}; wait for it to finish or choose another folder") from None
+    except OSError as e:
+        raise MemorizationError(f"{what}: cannot write in {lock_path.parent} ({e.strerror or e})") from None
+    try:
+        holder.write_text(f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})\n")
+    except OSError as e:
+        lock.release()
+        raise MemorizationError(f"{what}: cannot write in {lock_path.parent} ({e.strerror or e})") from None
     _HELD[key] = lock
-    return key

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_memorization.errors import MemorizationError
 from monai_memorization.io import file_sha256, replace_dir
 from monai_memorization.release_manifest import (
     MANIFEST_FORMAT,
@@ -157,6 +156,9 @@ def _files_of(entry: Path) -> list[Path]:
 
 
 def _prepare_out(out_dir: Path, synthetic_dir: Path) -> Path:
+    """Check ``out_dir`` may be replaced, lock it for this process (one writer) and make the temporary folder beside it."""
+    from monai_memorization.locking import hold_output
+
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ReleaseError(f"{out_dir}: exists and is not a folder")
@@ -165,7 +167,7 @@ def _prepare_out(out_dir: Path, synthetic_dir: Path) -> Path:
             raise ReleaseError(f"{out_dir}: folder exists and is not a previous release; choose another --out")
     if out_dir.resolve() == synthetic_dir.resolve() or synthetic_dir.resolve() in out_dir.resolve().parents:
         raise ReleaseError(f"{out_dir}: the release folder must lie outside the synthetic folder {synthetic_dir}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    hold_output(out_dir)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
 
 
@@ -274,7 +276,14 @@ def _main(argv: list[str] | None = None) -> int:
     """``python -m monai_memorization.release verify OUT [--report REPORT]`` for reviewers."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m monai_memorization.release", description=__doc__.splitlines()[0])
+    from monai_memorization.edge import EXIT_ERROR, debug, one_line
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # one line, not usage + error
+            print(f"release: error: {message} (see python -m monai_memorization.release --help)", file=sys.stderr)
+            sys.exit(EXIT_ERROR)
+
+    parser = Parser(prog="python -m monai_memorization.release", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="verify a release folder against its manifest")
     v.add_argument("out_dir")
@@ -282,13 +291,15 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         m = verify_manifest(args.out_dir, args.report)
-    except MemorizationError as e:
-        print(f"release: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # the edge: every failure is one line (the traceback with the debug variable)
+        if debug():
+            raise
+        print(f"release: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
     c = m["counts"]
     print(
         f"{args.out_dir}: OK ({c['released']} released, {c['excluded']} excluded of {c['synthetic']}; threshold "
-        f"{m['threshold']}; detector sha256 {str(m['detector_sha256'])[:12]})"
+        f"{m.get('threshold')}; detector sha256 {str(m.get('detector_sha256'))[:12]})"
     )
     return 0
 

@@ -70,6 +70,12 @@ def load_report(report: str | os.PathLike) -> tuple[dict, list[dict], Path]:
     for i, row in enumerate(pairs):
         if not isinstance(row, dict) or not isinstance(row.get("is_copy"), bool) or not (row.get("synthetic_path") or row.get("synthetic_id")):
             raise ReleaseError(f"{pairs_path}: row {i} lacks 'is_copy' or the synthetic file")
+        for key in ("synthetic_path", "synthetic_id", "synthetic_sha256"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise ReleaseError(f"{pairs_path}: row {i}'s '{key}' is {row[key]!r}, not a string")
+        corr = row.get("correlation")
+        if corr is not None and (isinstance(corr, bool) or not isinstance(corr, (int, float))):
+            raise ReleaseError(f"{pairs_path}: row {i}'s 'correlation' is {corr!r}, not a number")
     return summary, pairs, folder
 
 
@@ -175,7 +181,10 @@ def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None
 def _check_against_report(manifest: dict, out_dir: Path, report: str | os.PathLike) -> None:
     """The manifest's decisions are the scan report's: same report files, detector and threshold, same flags."""
     summary, pairs, folder = load_report(report)
-    for name, digest in (manifest.get("report_sha256") or {}).items():
+    recorded = manifest.get("report_sha256") or {}
+    if not isinstance(recorded, dict) or not all(isinstance(k, str) and k in ("report.json", "pairs.json") for k in recorded):
+        raise ReleaseError(f"{out_dir / MANIFEST_NAME}: 'report_sha256' must map report.json and pairs.json to their sha256")
+    for name, digest in recorded.items():
         if file_sha256(folder / name) != digest:
             raise ReleaseError(f"{folder / name}: differs from the report the release was made from")
     if summary.get("detector_sha256") != manifest.get("detector_sha256"):

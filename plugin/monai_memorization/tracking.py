@@ -8,10 +8,30 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Small MLflow helpers shared by the bundles and the copy detector.
+"""Small MLflow helpers shared by the bundles, the copy detector, the scan and the audit.
 
-The bundles log with MONAI's :class:`~monai.handlers.MLFlowHandler`; these helpers only supply what
-its configuration needs:
+**What goes to MLflow (private by default).** :func:`tracking_policy` is the one decision, used by every
+place that logs:
+
+* by default only aggregate metrics and aggregate parameters (sizes, rates, thresholds,
+  hyperparameters, the detector's sha256) and aggregate plots (similarity/correlation histograms) are
+  logged; :func:`aggregate_params` drops parameters that name files or subjects;
+* file paths, subject IDs, detector weights (trained on patient images), sample montages and images,
+  embeddings, the executed config (it holds paths) and the per-pair tables need the opt-in
+  :func:`private_artifacts_allowed`: ``--mlflow_artifacts`` / ``mlflow_artifacts=True`` / the bundle key
+  ``"mlflow_artifacts": true`` or ``MONAI_MEMORIZATION_MLFLOW_ARTIFACTS=1``;
+* a remote store (:func:`is_remote`: not ``sqlite:``/``file:``/a plain path), from a ``tracking_uri``
+  or an inherited ``MLFLOW_TRACKING_URI``, gets aggregate metrics and parameters only, unless
+  ``--allow_remote_tracking`` / ``MONAI_MEMORIZATION_ALLOW_REMOTE_TRACKING=1`` (one log line says so).
+
+**Tracking never costs training or a scan.** MLflow's HTTP timeout and retries are cut to seconds
+(:func:`prepare_mlflow_env`, unless the user set them). A store that fails (unreachable, locked,
+read-only) is remembered for the process (:func:`store_failed`); what would have gone there is appended
+to a local JSON-lines file (:func:`buffer_records`, ``mlflow_buffer.jsonl`` beside the outputs) and one
+line says where. The bundles use :class:`monai_memorization.handlers.SafeMLFlowHandler` for this.
+These store helpers live in :mod:`monai_memorization.tracking_store` and are re-exported here.
+
+Other helpers:
 
 * :func:`sqlite_tracking_uri` - the default store, a local SQLite file in the bundle's output
   folder (``sqlite:///<output_dir>/mlflow.db``). Open it with
@@ -23,96 +43,194 @@ its configuration needs:
   (to the same ``tracking_uri``/``experiment_name`` config keys MONAI's settings use), the appended
   one would log everything twice.
 * :func:`output_scalars` - an ``output_transform`` giving ``{name: float}`` from an engine output.
-* :func:`export_executed_config` - writes the configuration being run (after overrides) to a file,
-  for logging as an artifact. (Not MONAI's ``--tracking`` export: the bundles log to MLflow by default,
-  without ``--tracking``, and the file goes into their own stage runs.)
+* :func:`export_executed_config` - writes the configuration being run (after overrides) to a file
+  (logged as an artifact only with the opt-in above: it holds paths).
 * :func:`count_parameters` - number of trainable parameters, for run parameters.
 * :func:`close_unfinished_runs` - marks the runs a killed process left RUNNING as KILLED, so that a stage
   that starts over gets a new run instead of being mixed into the old one.
-* :func:`start_parent_run` / :func:`adopt_child_runs` - one parent run for a multi-step job (the
-  audit), with the runs its steps start nested under it (MLflow's ``mlflow.parentRunId`` tag).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
+from monai_memorization.tracking_store import (
+    BUFFER_NAME,
+    DEFAULT_DB_NAME,
+    HTTP_DEFAULTS,
+    buffer_records,
+    close_unfinished_runs,
+    default_tracking_uri,
+    mark_store_failed,
+    prepare_mlflow_env,
+    redact_uri,
+    say_once,
+    sqlite_tracking_uri,
+    store_failed,
+)
+
 __all__ = [
+    "ARTIFACTS_ENV",
+    "BUFFER_NAME",
     "DEFAULT_DB_NAME",
-    "sqlite_tracking_uri",
-    "default_tracking_uri",
-    "unique_mlflow_handlers",
-    "output_scalars",
-    "export_executed_config",
-    "count_parameters",
+    "HTTP_DEFAULTS",
+    "PRIVATE_PARAMS",
+    "REMOTE_ENV",
+    "TrackingPolicy",
+    "aggregate_params",
+    "buffer_records",
     "close_unfinished_runs",
-    "start_parent_run",
-    "adopt_child_runs",
+    "count_parameters",
+    "default_tracking_uri",
+    "export_executed_config",
+    "is_remote",
+    "mark_store_failed",
+    "output_scalars",
+    "prepare_mlflow_env",
+    "private_artifacts_allowed",
+    "redact_uri",
+    "remote_tracking_allowed",
+    "say_once",
+    "sqlite_tracking_uri",
+    "store_failed",
+    "tracking_policy",
+    "unique_mlflow_handlers",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DB_NAME = "mlflow.db"
+#: the opt-in for private content (paths, subject IDs, weights, images, configs, per-pair tables)
+ARTIFACTS_ENV = "MONAI_MEMORIZATION_MLFLOW_ARTIFACTS"
+#: the opt-in for sending more than aggregate metrics and parameters to a remote store
+REMOTE_ENV = "MONAI_MEMORIZATION_ALLOW_REMOTE_TRACKING"
+#: parameters that name files or data sets (dropped unless private content is allowed)
+PRIVATE_PARAMS = frozenset({"datalist", "train_source", "dataset_dir", "data_root", "bundle_root", "detector",
+                            "sources", "out_dir", "report_path", "holdout", "synthetic", "train_data"})
 
 
-def sqlite_tracking_uri(output_dir: str | Path, db_name: str = DEFAULT_DB_NAME) -> str:
-    """Return ``sqlite:///<abs output_dir>/<db_name>``, creating ``output_dir``.
-
-    Args:
-        output_dir: folder of the store (a bundle's ``eval`` folder by default).
-        db_name: file name of the SQLite database.
-
-    Returns:
-        an MLflow tracking URI. Artifacts go to ``<output_dir>/mlruns`` (MONAI's MLFlowHandler default).
-
-    A store that a killed process left half-built (its schema version missing, so MLflow would fail with
-    "out-of-date database schema" or "table ... already exists" on every later run) is moved aside to
-    ``<db_name>.broken-<time>`` (nothing is deleted) and a new one is created, with one warning line.
-    """
-    folder = Path(output_dir).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    from monai.utils import path_to_sqlite_uri
-
-    db = folder / db_name
-    uri = path_to_sqlite_uri(str(db))
-    if db.is_file() and db.stat().st_size > 0:
-        try:
-            import mlflow
-
-            mlflow.MlflowClient(tracking_uri=uri)  # opens (and, when needed, migrates) the store
-        except Exception as e:  # noqa: BLE001 - any store MLflow cannot open is set aside, not lost
-            import time
-
-            broken = db.with_name(f"{db_name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
-            db.rename(broken)
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-            engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)  # MLflow keeps one engine per URI
-            if engine is not None:
-                engine.dispose()
-            logger.warning(f"MLflow store {db} could not be opened ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                           f"moved to {broken.name} and a new store is created")
-    return uri
+def _on(value: Any) -> bool:
+    """True for True, 1 and the strings 1/true/yes/on (bundle overrides arrive as strings)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
-def default_tracking_uri(folder: str | Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the local store ``sqlite:///<folder>/mlflow.db`` (:func:`sqlite_tracking_uri`).
+def private_artifacts_allowed(flag: Any = None) -> bool:
+    """The one opt-in for private content in MLflow: paths, subject IDs, weights, images, configs, per-pair tables.
 
     Args:
-        folder: where ``mlflow.db`` (and the ``mlruns`` artifact folder) live by default.
+        flag: an explicit choice (``--mlflow_artifacts``, ``mlflow_artifacts=True``, the bundle key
+            ``mlflow_artifacts``); a string ``"true"``/``"1"`` counts as True.
 
     Returns:
-        an MLflow tracking URI.
+        True when ``flag`` says so or ``MONAI_MEMORIZATION_MLFLOW_ARTIFACTS=1``.
     """
-    import os
+    return _on(flag) or _on(os.environ.get(ARTIFACTS_ENV, ""))
 
-    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_tracking_uri(folder)
+
+def remote_tracking_allowed(flag: Any = None) -> bool:
+    """The opt-in for sending more than aggregate metrics and parameters to a remote store.
+
+    Args:
+        flag: ``--allow_remote_tracking`` / ``allow_remote_tracking=True`` / the bundle key.
+
+    Returns:
+        True when ``flag`` says so or ``MONAI_MEMORIZATION_ALLOW_REMOTE_TRACKING=1``.
+    """
+    return _on(flag) or _on(os.environ.get(REMOTE_ENV, ""))
+
+
+def is_remote(uri: str | None) -> bool:
+    """Whether a tracking URI leaves the machine: anything but ``sqlite:``, ``file:`` and plain paths.
+
+    Args:
+        uri: an MLflow tracking URI (None: MLflow's local default).
+
+    Returns:
+        True for ``http(s)://``, ``databricks``, database servers and the like.
+    """
+    u = str(uri or "").strip()
+    if not u:
+        return False
+    if u.lower().split(":")[0] in ("databricks", "databricks-uc", "uc"):
+        return True
+    if len(u) > 2 and u[1] == ":" and u[2] in "\\/":  # a Windows drive path
+        return False
+    return urlsplit(u).scheme.lower() not in ("", "file", "sqlite")
+
+
+@dataclass(frozen=True)
+class TrackingPolicy:
+    """What may go to one MLflow store.
+
+    Attributes:
+        uri: the tracking URI used.
+        remote: the store is not on this machine (:func:`is_remote`).
+        files: aggregate plots (histograms) may be logged: a local store, or a remote one with its opt-in.
+        private: paths, subject IDs, weights, images, configs and per-pair tables may be logged.
+    """
+
+    uri: str
+    remote: bool
+    files: bool
+    private: bool
+
+    def params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``params`` as they may be logged: all of them when private content is allowed, else :func:`aggregate_params`."""
+        return dict(params or {}) if self.private else aggregate_params(params)
+
+
+def tracking_policy(uri: str | None, mlflow_artifacts: Any = None, allow_remote_tracking: Any = None) -> TrackingPolicy:
+    """The one decision of what goes to MLflow; says once when a remote store gets aggregates only.
+
+    Args:
+        uri: the tracking URI that will be used (None: ``MLFLOW_TRACKING_URI``, as MLflow does).
+        mlflow_artifacts: the private-content opt-in (:func:`private_artifacts_allowed`).
+        allow_remote_tracking: the remote opt-in (:func:`remote_tracking_allowed`).
+
+    Returns:
+        a :class:`TrackingPolicy`.
+    """
+    prepare_mlflow_env()
+    effective = str(uri or os.environ.get("MLFLOW_TRACKING_URI") or "")
+    remote = is_remote(effective)
+    open_remote = remote and remote_tracking_allowed(allow_remote_tracking)
+    private = private_artifacts_allowed(mlflow_artifacts) and (not remote or open_remote)
+    if remote and not open_remote:
+        say_once(f"remote:{effective}", f"MLflow: {redact_uri(effective)} is a remote store; only aggregate metrics "
+                 f"and parameters are sent (pass --allow_remote_tracking or set {REMOTE_ENV}=1 to send more)")
+    elif not private:
+        say_once("private", "MLflow: paths, subject IDs, weights, images and configs are not logged (opt in with "
+                 f"--mlflow_artifacts or {ARTIFACTS_ENV}=1)", logging.INFO)
+    return TrackingPolicy(uri=effective, remote=remote, files=not remote or open_remote, private=private)
+
+
+def _names_a_file(value: Any) -> bool:
+    if isinstance(value, (bool, int, float)) or value is None:
+        return False
+    s = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    return "/" in s or "\\" in s or s.lower().endswith((".json", ".csv", ".nii", ".nii.gz", ".png", ".dcm", ".pt"))
+
+
+def aggregate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` without those that may name a file, a data set or a subject.
+
+    Args:
+        params: run parameters.
+
+    Returns:
+        the parameters not in :data:`PRIVATE_PARAMS` whose value does not look like a path.
+    """
+    return {k: v for k, v in (params or {}).items() if k not in PRIVATE_PARAMS and not _names_a_file(v)}
 
 
 def unique_mlflow_handlers(handlers: Iterable[Any] | None) -> list[Any]:
@@ -204,107 +322,6 @@ def _on_stack(cls: type) -> Any:
     return None
 
 
-def close_unfinished_runs(tracking_uri: str, experiment_name: str, run_name: str, status: str = "KILLED") -> int:
-    """Mark the runs named ``run_name`` that are not finished as ``status`` (their process is gone).
-
-    MONAI's ``MLFlowHandler`` continues the newest unfinished run of its name; that is right when a stage
-    resumes from its checkpoint, and wrong when it starts over (two trainings' metrics would mix).
-    Tracking never stops training: a store that cannot be reached is logged and skipped.
-
-    Args:
-        tracking_uri: MLflow store.
-        experiment_name: experiment holding the runs.
-        run_name: the stage's run name (``autoencoder``, ``diffusion``).
-        status: ``"KILLED"`` (the stage starts over), or ``"FINISHED"`` (its checkpoints show it completed).
-
-    Returns:
-        the number of runs marked.
-    """
-    try:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        exp = client.get_experiment_by_name(experiment_name)
-        if exp is None:
-            return 0
-        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
-        stale = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
-        for r in stale:
-            client.set_terminated(r.info.run_id, status=status)
-        if stale:
-            logger.warning(f"MLflow: {len(stale)} unfinished '{run_name}' run(s) of a stopped process marked {status}")
-        return len(stale)
-    except Exception as e:  # noqa: BLE001 - tracking never costs training
-        logger.warning(f"MLflow: could not close unfinished '{run_name}' runs ({type(e).__name__}: {e})")
-        return 0
-
-
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of trainable parameters of ``module``."""
     return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
-
-
-def start_parent_run(tracking_uri: str, experiment_name: str, run_name: str, params: dict | None = None) -> str | None:
-    """Create a parent run that later runs are nested under (see :func:`adopt_child_runs`).
-
-    Args:
-        tracking_uri: MLflow store.
-        experiment_name: experiment (created when missing); children must be in the same one.
-        run_name: name of the parent run.
-        params: run parameters (aggregate settings only: no paths, no subject IDs).
-
-    Returns:
-        the run id, or None when the store cannot be reached (tracking never stops the job).
-    """
-    try:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        exp = client.get_experiment_by_name(experiment_name)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment_name)
-        run = client.create_run(exp_id, run_name=run_name)
-        for k, v in (params or {}).items():
-            client.log_param(run.info.run_id, k, v)
-        return run.info.run_id
-    except Exception as e:  # noqa: BLE001
-        logger.warning("MLflow: no parent run (%s: %s); the steps log on their own", type(e).__name__, e)
-        return None
-
-
-def adopt_child_runs(
-    tracking_uri: str, experiment_name: str, parent_run_id: str | None, since: float, tags: dict | None = None
-) -> list[str]:
-    """Nest every run of ``experiment_name`` started since ``since`` (and not yet nested) under the parent.
-
-    Args:
-        tracking_uri: MLflow store.
-        experiment_name: the parent's experiment.
-        parent_run_id: the parent run (None: nothing is done).
-        since: a ``time.time()`` taken before the child runs started.
-        tags: extra tags for the children (e.g. the configuration they belong to).
-
-    Returns:
-        the ids of the runs nested.
-    """
-    if parent_run_id is None:
-        return []
-    try:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        exp = client.get_experiment_by_name(experiment_name)
-        if exp is None:
-            return []
-        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {int(since * 1000)}")
-        adopted = []
-        for r in runs:
-            if r.info.run_id == parent_run_id or "mlflow.parentRunId" in r.data.tags:
-                continue
-            client.set_tag(r.info.run_id, "mlflow.parentRunId", parent_run_id)
-            for k, v in (tags or {}).items():
-                client.set_tag(r.info.run_id, k, v)
-            adopted.append(r.info.run_id)
-        return adopted
-    except Exception as e:  # noqa: BLE001
-        logger.warning("MLflow: could not nest runs under the audit run (%s: %s)", type(e).__name__, e)
-        return []

@@ -21,8 +21,8 @@ from typing import Any
 
 from monai_memorization.audit.presets import AUDIT_PRESETS
 from monai_memorization.audit.steps import (
-    bundle_value, fresh, load_arrays, prepare_out, run_bundle, run_positive_control, say, sub_datalist,
-    training_curve, bundle_dir,
+    adopt_child_runs, bundle_value, check_audit_args, fresh, load_arrays, prepare_out, run_bundle, run_positive_control, say,
+    start_parent_run, sub_datalist, training_curve, bundle_dir,
 )
 from monai_memorization.audit.verdict import finish_parent, make_headline, rate_ci
 from monai_memorization.errors import DataValidationError
@@ -85,6 +85,7 @@ def run_audit(
     bundle_overrides: dict | None = None,
     positive_control: int = 8,
     progress: bool = True,
+    mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
 ) -> AuditResult:
     """Run the audit; see the docstring of :mod:`monai_memorization.audit` for the steps.
 
@@ -99,10 +100,14 @@ def run_audit(
         num_samples: synthetic samples per configuration (default: the preset's).
         detector_epochs: copy-detector epochs (default: the detector preset's optimizer steps).
         percentile: threshold percentile.
-        tracking_uri: MLflow store (default ``sqlite:///<out>/mlflow.db``).
+        tracking_uri: MLflow store (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<out>/mlflow.db``). A store
+            that fails never stops the audit (each step buffers its metrics beside its outputs).
         bundle_overrides: extra ``--key value`` overrides for the LDM bundle.
         positive_control: planted copies of training images (0: none).
         progress: progress bars.
+        mlflow_artifacts: also send paths, the detector weights, the executed configs, sample montages and the
+            scans' per-pair tables to MLflow (default: aggregate metrics and parameters only).
+        allow_remote_tracking: allow more than aggregates to go to a remote tracking store.
 
     Returns:
         :class:`AuditResult`.
@@ -117,7 +122,7 @@ def run_audit(
     from monai_memorization.engines.contrastive import train_detector
     from monai_memorization.report.audit_report import write_audit_report
     from monai_memorization.report.plots import plot_copy_rate_curves, plot_image_rows
-    from monai_memorization.tracking import adopt_child_runs, sqlite_tracking_uri, start_parent_run
+    from monai_memorization.tracking import default_tracking_uri
 
     modality = str(modality).lower()
     if modality not in MODALITIES:
@@ -125,9 +130,12 @@ def run_audit(
     if preset not in AUDIT_PRESETS[modality]:
         raise DataValidationError(f"unknown audit preset {preset!r}: expected one of {', '.join(AUDIT_PRESETS[modality])}")
     p = AUDIT_PRESETS[modality][preset]
+    check_audit_args(datalist, percentile, num_samples=(num_samples, 1), detector_epochs=(detector_epochs, 1),
+                     positive_control=(positive_control, 0))
     out_dir = Path(out or f"audit_{modality}").resolve()
     prepare_out(out_dir)
-    uri = tracking_uri or sqlite_tracking_uri(out_dir)
+    uri = tracking_uri or default_tracking_uri(out_dir)
+    privacy = {"mlflow_artifacts": bool(mlflow_artifacts), "allow_remote_tracking": bool(allow_remote_tracking)}
     experiment = f"audit_{modality}"
     ldm = bundle_dir(f"ldm_{modality}")
     spatial_dims = 2 if modality == "xr" else 3
@@ -136,7 +144,8 @@ def run_audit(
     configs = p["configs"]
     steps = 3 + len(configs) + (positive_control > 0)
     seconds: dict[str, float] = {}
-    parent = start_parent_run(uri, experiment, f"audit_{modality}_{preset}", {"modality": modality, "preset": preset})
+    parent = start_parent_run(uri, experiment, f"audit_{modality}_{preset}", {"modality": modality, "preset": preset},
+                              **privacy)
     step = 0
 
     def stage(msg: str) -> float:
@@ -173,7 +182,7 @@ def run_audit(
     t0 = time.time()
     train_detector(datalist, detector, modality=modality, spatial_size=spatial_size, seed=seed, tracking_uri=uri,
                    experiment_name=experiment, run_name="detector", progress=progress, histogram_every=50,
-                   epochs=det["epochs"])
+                   epochs=det["epochs"], **privacy)
     adopt_child_runs(uri, experiment, parent, t0, {"audit_step": "detector"})
     seconds["detector"] = time.time() - t
     encoder, _ = load_detector(detector)
@@ -202,6 +211,7 @@ def run_audit(
             "memorization_check#detector": str(detector), "memorization_check#holdout": sub,
             "memorization_check#interval": interval, "memorization_check#num_samples": 8,
             "memorization_check#num_inference_steps": "@num_inference_steps", "memorization_check#percentile": percentile,
+            **privacy,
         }
         overrides.update(bundle_overrides or {})
         files = bundle_configs + [bundle_dir("copy_detector") / "configs" / "memorization_check.json"]
@@ -222,7 +232,8 @@ def run_audit(
         quality = generator_quality(train_arr, holdout_arr, synth_arr, features, "copy detector encoder")
         montage[f"samples: {name}"] = synth_arr[:8]
         r = run_scan(train_items, holdout_items, synth, detector, out_dir / f"report_{name}", percentile=percentile, modality=modality,
-                     tracking_uri=uri, experiment_name=experiment, run_name=f"scan_{name}", progress=progress, seed=seed)
+                     tracking_uri=uri, experiment_name=experiment, run_name=f"scan_{name}", progress=progress, seed=seed,
+                     **privacy)
         adopt_child_runs(uri, experiment, parent, t0, {"audit_config": name})
         confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max)
         n_conf = sum(x["confirmed"] for x in confirmed)

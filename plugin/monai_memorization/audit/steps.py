@@ -8,7 +8,12 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The audit's steps that touch files, bundles and MLflow: folders, sub-datalists, bundle runs, the positive control."""
+"""The audit's steps that touch files, bundles and MLflow: folders, sub-datalists, bundle runs, the positive control.
+
+MLflow: one parent run (:func:`start_parent_run`) with the steps' runs nested under it (:func:`adopt_child_runs`).
+Private by default like every run (:func:`~monai_memorization.tracking.tracking_policy`); a store that failed is
+not tried again, and the audit goes on.
+"""
 
 from __future__ import annotations
 
@@ -71,11 +76,39 @@ def run_bundle(config_files: list[Path], run_id: str, **overrides: Any) -> None:
         os.chdir(cwd)
 
 
+def check_audit_args(datalist: Any, percentile: Any, **counts: tuple[Any, int]) -> None:
+    """The audit's cheap checks, before its folder is made: the numbers, and the user's datalist's lists.
+
+    Args:
+        datalist: the user's datalist (None: phantoms); it needs non-empty ``training`` and ``holdout`` lists.
+        percentile: the threshold percentile.
+        counts: ``name=(value, minimum)`` of whole-number arguments (None passes).
+
+    Raises:
+        DataValidationError: the first wrong argument (one line).
+    """
+    from monai_memorization.data.datalist import read_datalist
+    from monai_memorization.detection.pipeline import check_percentile
+    from monai_memorization.edge import check_number
+
+    check_percentile(percentile)
+    for name, (value, minimum) in counts.items():
+        check_number(name, value, minimum)
+    if datalist is not None:
+        read_datalist(datalist, ("training", "holdout"))
+
+
 def prepare_out(out_dir: Path) -> None:
-    """Use ``out_dir`` only when it is new, empty or an earlier audit's folder: never delete a user's files."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / _MARKER).is_file():
+    """Use ``out_dir`` only when it is new, empty or an earlier audit's folder (never delete a user's files); then
+    lock it for this process, so that a second audit into it fails at once naming this one."""
+    from monai_memorization.locking import LOCK_NAME, hold_folder
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataValidationError(f"{out_dir}: exists and is not a folder; choose another --out")
+    mine = [p for p in out_dir.iterdir() if not p.name.startswith(LOCK_NAME)] if out_dir.exists() else []
+    if mine and not (out_dir / _MARKER).is_file():
         raise DataValidationError(f"{out_dir}: folder exists and is not an audit folder; choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    hold_folder(out_dir)
     (out_dir / _MARKER).write_text("created by monai-memorization audit\n")
 
 
@@ -123,7 +156,11 @@ def bundle_value(config_files: list[Path], key: str) -> Any:
 
 
 def training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, float]]:
-    """The in-training ``synthetic_copy_rate`` of one configuration, read back from MLflow."""
+    """The in-training ``synthetic_copy_rate`` of one configuration, read back from MLflow (empty when the store failed)."""
+    from monai_memorization.tracking import store_failed
+
+    if store_failed(uri):
+        return []
     try:
         import mlflow
 
@@ -185,3 +222,80 @@ def run_positive_control(
         "planted": len(r.pairs), "found": r.n_copies, "by_kind": by_kind, "threshold": r.threshold,
         "report_path": r.report_path,
     }
+
+
+def start_parent_run(
+    tracking_uri: str, experiment_name: str, run_name: str, params: dict | None = None, mlflow_artifacts: Any = None,
+    allow_remote_tracking: Any = None,
+) -> str | None:
+    """Create a parent run that later runs are nested under (see :func:`adopt_child_runs`).
+
+    Args:
+        tracking_uri: MLflow store.
+        experiment_name: experiment (created when missing); children must be in the same one.
+        run_name: name of the parent run.
+        params: run parameters (aggregate settings only: others are dropped without the opt-in).
+        mlflow_artifacts, allow_remote_tracking: the opt-ins of :func:`~monai_memorization.tracking.tracking_policy`.
+
+    Returns:
+        the run id, or None when the store cannot be reached (tracking never stops the job).
+    """
+    from monai_memorization.tracking import mark_store_failed, store_failed, tracking_policy
+    from monai_memorization.tracking_store import experiment_id
+
+    policy = tracking_policy(tracking_uri, mlflow_artifacts, allow_remote_tracking)
+    if store_failed(policy.uri):
+        return None
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=policy.uri)
+        run = client.create_run(experiment_id(client, policy.uri, experiment_name), run_name=run_name)
+        for k, v in policy.params(params).items():
+            client.log_param(run.info.run_id, k, v)
+        return run.info.run_id
+    except Exception as e:  # noqa: BLE001
+        logger.warning("MLflow: no parent run (%s: %s); the steps log on their own", type(e).__name__, str(e)[:160])
+        mark_store_failed(policy.uri, e, announce=False)
+        return None
+
+
+def adopt_child_runs(
+    tracking_uri: str, experiment_name: str, parent_run_id: str | None, since: float, tags: dict | None = None
+) -> list[str]:
+    """Nest every run of ``experiment_name`` started since ``since`` (and not yet nested) under the parent.
+
+    Args:
+        tracking_uri: MLflow store.
+        experiment_name: the parent's experiment.
+        parent_run_id: the parent run (None: nothing is done).
+        since: a ``time.time()`` taken before the child runs started.
+        tags: extra tags for the children (e.g. the configuration they belong to).
+
+    Returns:
+        the ids of the runs nested.
+    """
+    from monai_memorization.tracking import store_failed
+
+    if parent_run_id is None or store_failed(tracking_uri):
+        return []
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {int(since * 1000)}")
+        adopted = []
+        for r in runs:
+            if r.info.run_id == parent_run_id or "mlflow.parentRunId" in r.data.tags:
+                continue
+            client.set_tag(r.info.run_id, "mlflow.parentRunId", parent_run_id)
+            for k, v in (tags or {}).items():
+                client.set_tag(r.info.run_id, k, v)
+            adopted.append(r.info.run_id)
+        return adopted
+    except Exception as e:  # noqa: BLE001
+        logger.warning("MLflow: could not nest runs under the audit run (%s: %s)", type(e).__name__, e)
+        return []

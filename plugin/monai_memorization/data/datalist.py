@@ -79,14 +79,15 @@ def read_datalist(path: str | os.PathLike, sections: Sequence[str] = ("training"
 
     Args:
         path: the JSON datalist.
-        sections: lists that must be present, non-empty, and hold ``{"image": ...}`` items or paths.
+        sections: lists that must be present, non-empty, and hold ``{"image": path}`` items.
 
     Returns:
         The parsed JSON object.
 
     Raises:
         DataValidationError: the file is missing, not JSON, not an object, or a section is
-            missing, not a list, empty, or has items without an ``image``.
+            missing, not a list, empty, or has an item that is not an object with one ``image`` path
+            (a bare string, a list of images, a number).
     """
     p = Path(path)
     if not p.is_file():
@@ -107,11 +108,25 @@ def read_datalist(path: str | os.PathLike, sections: Sequence[str] = ("training"
         if not items:
             raise DataValidationError(f"{p}: '{sec}' list is empty")
         for i, it in enumerate(items):
-            if isinstance(it, str):
-                continue
-            if not isinstance(it, dict) or not isinstance(it.get("image"), (str, list)) or not it.get("image"):
-                raise DataValidationError(f"{p}: {sec}[{i}] has no 'image' path")
+            _check_item(p, f"{sec}[{i}]", it)
     return data
+
+
+def _check_item(where: Any, name: str, item: Any) -> None:
+    """One datalist item: an object with one image path (MONAI's Decathlon format; every model here takes one channel)."""
+    if isinstance(item, str):
+        raise DataValidationError(
+            f"{where}: {name} is the string {item!r}; each item must be an object such as {json.dumps({'image': item})}"
+        )
+    if not isinstance(item, dict) or "image" not in item or item["image"] in ("", None):
+        raise DataValidationError(f"{where}: {name} has no 'image' path")
+    image = item["image"]
+    if isinstance(image, (list, tuple)):
+        raise DataValidationError(
+            f"{where}: {name}'s 'image' is a list of {len(image)}; give one image path per item (single-channel images)"
+        )
+    if not isinstance(image, (str, os.PathLike)):
+        raise DataValidationError(f"{where}: {name}'s 'image' is {image!r}, not a path")
 
 
 def load_datalist(
@@ -199,7 +214,9 @@ def items_from_source(source: Any, section: str = "training", data_root: str | o
         raise DataValidationError(f"{p}: not found (expected a datalist .json, a folder or an image file)")
     if isinstance(source, Iterable):
         items = []
-        for it in source:
+        for i, it in enumerate(source):
+            if not isinstance(it, (str, os.PathLike)):
+                _check_item("image list", f"item {i}", it)
             if isinstance(it, dict):
                 item = dict(it)
                 item["image"] = os.path.abspath(item["image"])

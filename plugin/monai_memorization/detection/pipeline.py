@@ -37,37 +37,13 @@ import numpy as np
 import torch
 
 from monai_memorization.data.imageset import ImageSet
+from monai_memorization.detection.loaded import Detector, load, preprocessing
 from monai_memorization.detection.scan import ScanResult, scan_embeddings
 from monai_memorization.errors import DataValidationError, DetectorError
 
 __all__ = ["Detector", "Reference", "load", "preprocessing", "prepare", "scan", "run_pipeline", "nearest", "check_percentile"]
 
 logger = logging.getLogger(__name__)
-
-
-def preprocessing(modality: str, spatial_size: Sequence[int], in_memory: bool = False) -> Any:
-    """The detector's input chain: ``{"image": file}`` (or an in-memory image) -> ``[1, *spatial]`` in [0, 1].
-
-    Args:
-        modality: ``ct``/``mr``/``xr``.
-        spatial_size: the detector's input size.
-        in_memory: the input is a generator's sample ``[1, *spatial]`` in [0, 1] instead of a file: the
-            loading steps are left out and a CT sample is first mapped back to Hounsfield units, so the
-            rest of the chain (intensity normalisation, then resize) is the very one files go through.
-
-    Returns:
-        a ``monai.transforms.Compose`` of dictionary transforms.
-    """
-    from monai import transforms as mt
-
-    from monai_memorization.data.transforms import CT_WINDOW, GreyFromRGBd, get_transforms
-
-    chain = get_transforms(modality, spatial_size=list(spatial_size))
-    if not in_memory:
-        return chain
-    loading = (mt.LoadImaged, mt.Orientationd, GreyFromRGBd)
-    head = [mt.ScaleIntensityRanged("image", 0.0, 1.0, CT_WINDOW[0], CT_WINDOW[1])] if modality == "ct" else []
-    return mt.Compose(head + [t for t in chain.transforms if not isinstance(t, loading)])
 
 
 def check_percentile(percentile: Any) -> float:
@@ -82,113 +58,6 @@ def check_percentile(percentile: Any) -> float:
 
 
 @dataclass
-class Detector:
-    """A loaded copy detector and the preprocessing that goes with it.
-
-    Attributes:
-        encoder: the encoder (eval mode).
-        config: its checkpoint configuration (``sha256``, ``path``, ``spatial_size``, ...).
-        modality: ``ct``/``mr``/``xr``.
-        batch_size, num_workers, progress: how images are embedded.
-    """
-
-    encoder: torch.nn.Module
-    config: dict
-    modality: str
-    batch_size: int = 16
-    num_workers: int = 0
-    progress: bool = False
-
-    @property
-    def spatial_size(self) -> list[int]:
-        """The detector's input size."""
-        return [int(s) for s in self.config["spatial_size"]]
-
-    @property
-    def spatial_dims(self) -> int:
-        """2 or 3."""
-        return int(self.config["spatial_dims"])
-
-    @property
-    def warning(self) -> str | None:
-        """Set when the checkpoint says it had fewer optimizer steps than it needs."""
-        from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
-
-        cfg = self.config
-        steps = cfg.get("steps")
-        if steps is None and cfg.get("epochs_trained") and cfg.get("n_train") and cfg.get("batch_size"):
-            steps = int(cfg["epochs_trained"]) * max(1, int(cfg["n_train"]) // max(1, int(cfg["batch_size"])))
-        if steps is not None and int(steps) < MIN_RECOMMENDED_STEPS:
-            return (f"the detector was trained for {int(steps)} optimizer steps (fewer than {MIN_RECOMMENDED_STEPS}): it "
-                    "misses shifted, noisy and round-trip copies, so a low copy rate is weak evidence; train it longer")
-        return None
-
-    def embed(self, images: ImageSet | torch.Tensor, view: str | None = None) -> tuple[np.ndarray, list]:
-        """Embed an image set (files) or a tensor ``[n, 1, *spatial]`` in [0, 1] (in-memory samples).
-
-        Args:
-            images: the images.
-            view: an orientation view (:mod:`monai_memorization.detection.views`) applied after preprocessing.
-
-        Returns:
-            ``([n, d] embeddings, spatial shapes as loaded)``.
-        """
-        from monai import transforms as mt
-
-        from monai_memorization.detection.embed import embed_items, embed_tensor
-
-        in_memory = isinstance(images, torch.Tensor)
-        chain = preprocessing(self.modality, self.spatial_size, in_memory=in_memory)
-        if view is not None:
-            from monai_memorization.detection.views import ViewTransformd
-
-            chain = mt.Compose([chain, ViewTransformd(view)])
-        if in_memory:
-            x = torch.stack([torch.as_tensor(chain({"image": img.detach().float().cpu()})["image"]) for img in images])
-            return embed_tensor(self.encoder, x, batch_size=self.batch_size), [tuple(images.shape[2:])] * len(images)
-        desc = f"embedding {images.name}" + (f" ({view})" if view else "")
-        return embed_items(self.encoder, list(images.items), chain, batch_size=self.batch_size, progress=self.progress,
-                           num_workers=self.num_workers, return_shapes=True, desc=desc)
-
-    def embed_views(self, images: ImageSet | torch.Tensor, views: Sequence[str] | None) -> tuple[np.ndarray, list]:
-        """Embed under the identity and then every other view, view-major (``[V * n, d]``)."""
-        emb, shapes = self.embed(images)
-        if views:
-            emb = np.concatenate([emb] + [self.embed(images, view=v)[0] for v in views[1:]])
-        return emb, shapes
-
-
-def load(detector: str | os.PathLike | Detector, modality: str | None = None, device: str | None = None,
-         fallback_modality: str | None = None, **options: Any) -> Detector:
-    """Load a detector checkpoint and check its modality.
-
-    Args:
-        detector: the ``.pt`` checkpoint (a :class:`Detector` is returned as it is).
-        modality: ``ct``/``mr``/``xr``; default: the detector's, else ``fallback_modality`` (the datalist's).
-        device: where to run it (default: CUDA when available).
-        fallback_modality: the training datalist's modality.
-        options: ``batch_size``, ``num_workers``, ``progress`` of :class:`Detector`.
-
-    Returns:
-        the :class:`Detector`.
-
-    Raises:
-        DetectorError: missing or unusable checkpoint, unknown modality, a modality its dimensions cannot scan.
-    """
-    if isinstance(detector, Detector):
-        return detector
-    from monai_memorization.detection.detector import load_detector
-
-    encoder, cfg = load_detector(detector, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    m = (modality or cfg.get("modality") or fallback_modality or "").lower() or None
-    if m is None:
-        raise DetectorError(f"{detector}: modality unknown (not in the detector or the datalist); pass --modality")
-    if (m == "xr") != (int(cfg["spatial_dims"]) == 2):
-        raise DetectorError(f"{detector}: a {cfg['spatial_dims']}D detector cannot scan modality '{m}'")
-    return Detector(encoder, cfg, m, **options)
-
-
-@dataclass
 class Reference:
     """The training side of a scan, prepared once: embeddings, threshold and the checks that passed.
 
@@ -200,6 +69,7 @@ class Reference:
         threshold: the threshold in use; ``percentile`` the calibration percentile.
         views: orientation views (None: identity only).
         overlap_warning: the overlap found when it was allowed.
+        hybrid: the pixel side with ``score="hybrid"`` (:mod:`monai_memorization.detection.hybrid`), else None.
     """
 
     detector: Detector
@@ -212,6 +82,7 @@ class Reference:
     percentile: float
     views: tuple[str, ...] | None = None
     overlap_warning: str | None = None
+    hybrid: Any = None
 
 
 def _check_dims(detector: str | os.PathLike | Detector, det: Detector, sets: Sequence[ImageSet]) -> None:
@@ -244,6 +115,7 @@ def prepare(
     orientation_invariant: bool = False,
     use_gpu: bool | str = "auto",
     sections: Sequence[str] = ("training", "holdout", "training"),
+    score: str = "detector",
     **load_options: Any,
 ) -> tuple[Reference, ImageSet | None]:
     """Check the sets and the detector, then embed the training (and held-out) set and fix the threshold.
@@ -260,6 +132,8 @@ def prepare(
         orientation_invariant: embed held-out and synthetic images under every flip/transpose.
         use_gpu: faiss GPU index (``"auto"``: when available).
         sections: datalist lists of the training, held-out and synthetic sets.
+        score: ``"detector"`` or ``"hybrid"`` (the detector's and the pixel correlation under one false-positive
+            budget; needs held-out data, not a given threshold).
         load_options: :func:`load` arguments (``modality``, ``device``, ``batch_size``, ``num_workers``, ``progress``).
 
     Returns:
@@ -271,6 +145,11 @@ def prepare(
         DetectorError: an unusable detector or one that does not fit the data.
     """
     percentile = check_percentile(percentile)
+    from monai_memorization.detection.hybrid import SCORES, prepare_hybrid
+
+    if score not in SCORES or (score == "hybrid" and (threshold is not None or holdout is None)):
+        raise DataValidationError(f"score must be one of {', '.join(SCORES)} (hybrid: with held-out data and no fixed "
+                                  f"threshold), got {score!r}")
     tr = ImageSet.from_source(train, sections[0], "training")
     if holdout is None and threshold is None:
         raise DataValidationError("no held-out data to calibrate the threshold: give held-out images or a threshold")
@@ -302,8 +181,10 @@ def prepare(
 
         holdout_emb, _ = det.embed_views(ho, views)
         calibration = calibrate_threshold(train_emb, holdout_emb, percentile, use_gpu=use_gpu)
-    ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(threshold if threshold is not None else calibration[0]),
-                    percentile, views, overlap.message(allowed=True))
+    hybrid = prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu) if score == "hybrid" else None
+    thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else calibration[0])
+    ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(thr), percentile, views,
+                    overlap.message(allowed=True), hybrid)
     return ref, sy
 
 
@@ -332,16 +213,36 @@ def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: 
         synthetic = synthetic.with_shapes(shapes)
         _check_shapes(ref.train, synthetic, ref.detector.spatial_size)
         items = list(synthetic.items)
-    result = scan_embeddings(
-        ref.train_emb, ref.holdout_emb, synth_emb, percentile=ref.percentile, train_items=list(ref.train.items),
-        synth_items=items, n_bootstrap=n_bootstrap, seed=seed, use_gpu=use_gpu, threshold=ref.threshold,
-        views=ref.views, calibration=ref.calibration,
-    )
+    if ref.hybrid is None:
+        result = scan_embeddings(
+            ref.train_emb, ref.holdout_emb, synth_emb, percentile=ref.percentile, train_items=list(ref.train.items),
+            synth_items=items, n_bootstrap=n_bootstrap, seed=seed, use_gpu=use_gpu, threshold=ref.threshold,
+            views=ref.views, calibration=ref.calibration,
+        )
+    else:
+        result = _scan_hybrid(ref, synthetic, synth_emb, items, n_bootstrap, seed, use_gpu)
     result.overlap_warning = ref.overlap_warning
     result.detector_warning = ref.detector.warning
     if items is not None and content_hashes:  # the content each decision was made on
         for i, pair in enumerate(result.pairs):
             pair["synthetic_sha256"] = synthetic.content_hash(i)
+    return result
+
+
+def _scan_hybrid(ref: Reference, synthetic: Any, synth_emb: np.ndarray, items: list | None, n_bootstrap: int, seed: int,
+                 use_gpu: bool | str) -> ScanResult:
+    """The hybrid score's scan: both spaces' nearest neighbours combined, then the usual decisions and intervals."""
+    from monai_memorization.detection.hybrid import hybrid_near, scan_pixels
+    from monai_memorization.detection.scan import nearest_both_ways, scan_scores
+
+    n_views = len(ref.views) if ref.views else 1
+    near = hybrid_near(nearest_both_ways(ref.train_emb, synth_emb, n_views, use_gpu),
+                       scan_pixels(ref.hybrid, synthetic, ref.views, use_gpu), ref.hybrid.score)
+    result = scan_scores(near, ref.hybrid.score.calibration, ref.percentile, ref.threshold, list(ref.train.items), items,
+                         n_bootstrap, seed, len(ref.holdout.items), ref.views)
+    for pair, det_corr, pix_corr in zip(result.pairs, near["s_det"], near["s_pix"]):
+        pair["detector_correlation"], pair["pixel_correlation"] = float(det_corr), float(pix_corr)
+    result.score = "hybrid"
     return result
 
 

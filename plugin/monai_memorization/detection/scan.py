@@ -45,7 +45,7 @@ from monai_memorization.detection.calibrate import calibrate_threshold
 from monai_memorization.detection.index import CorrelationIndex
 from monai_memorization.errors import DataValidationError, DetectorError
 
-__all__ = ["ScanResult", "scan_embeddings", "DEFINITIONS", "HEADLINE", "FRACTIONS"]
+__all__ = ["ScanResult", "scan_embeddings", "nearest_both_ways", "scan_scores", "DEFINITIONS", "HEADLINE", "FRACTIONS"]
 
 #: the number to quote first
 HEADLINE = "synthetic_copy_rate"
@@ -87,6 +87,8 @@ class ScanResult:
         out_dir, report_path: the written report (set by the report writer).
         overlap_warning: the overlap between the sets when the scan ran anyway (``allow_overlap``).
         detector_warning: set when the detector had fewer optimizer steps than it needs.
+        score: ``"detector"`` (correlations of detector embeddings) or ``"hybrid"`` (the larger of the detector's and
+            the pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
     """
 
     threshold: float
@@ -112,6 +114,7 @@ class ScanResult:
     report_path: str | None = None
     overlap_warning: str | None = None
     detector_warning: str | None = None
+    score: str = "detector"
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-sample arrays), with the definitions and the headline's name.
@@ -126,6 +129,11 @@ class ScanResult:
             d[f"{name}_ci"] = [_json_float(v) for v in getattr(self, f"{name}_ci")]
         d["headline"] = HEADLINE
         d["definitions"] = dict(DEFINITIONS, threshold=f"{self.percentile:g}th " + DEFINITIONS["threshold"])
+        if self.score == "hybrid":
+            d["definitions"]["threshold"] = (
+                f"{self.percentile:g}th percentile, over the training samples, of the larger of their detector and pixel "
+                "correlations to the nearest held-out sample, each in standard deviations of its own held-out calibration")
+            d["definitions"]["correlation"] = "hybrid score (standard deviations); detector_correlation and pixel_correlation per pair"
         return d
 
 
@@ -238,9 +246,25 @@ def scan_embeddings(
     if calibration is None and holdout_emb is None:
         calibration = (float("nan"), np.full(n_train, np.nan, dtype=np.float32))
     calibrated, calib = calibration or calibrate_threshold(train_emb, holdout_emb, percentile, use_gpu=use_gpu)
+    near = nearest_both_ways(train_emb, synth_emb, n_views, use_gpu)
     fixed = threshold is not None or not np.isfinite(calibrated)
-    thr = float(calibrated if threshold is None else threshold)
+    return scan_scores(near, calib, percentile, calibrated if threshold is None else threshold, train_items, synth_items,
+                       n_bootstrap, seed, 0 if holdout_emb is None else len(holdout_emb) // n_views, views, fixed)
 
+
+def nearest_both_ways(train_emb: np.ndarray, synth_emb: np.ndarray, n_views: int = 1, use_gpu: bool | str = "auto") -> dict:
+    """Each synthetic sample's nearest training sample and each training sample's nearest synthetic sample.
+
+    Args:
+        train_emb: ``[N_train, d]``.
+        synth_emb: ``[V * N_synthetic, d]``, view-major when ``n_views > 1``.
+        n_views: orientation views in ``synth_emb`` (each synthetic image counts with its best view).
+        use_gpu: passed to :class:`CorrelationIndex`.
+
+    Returns:
+        ``{"s_corr", "s_idx", "s_view"}`` (``[N_synthetic]``) and ``{"t_corr", "t_idx"}`` (``[N_train]``).
+    """
+    n_synth = len(synth_emb) // n_views
     s_corr, s_idx = _nearest(train_emb, synth_emb, use_gpu, ("training embeddings", "synthetic embeddings"))
     s_view = np.zeros(n_synth, dtype=int)
     if n_views > 1:
@@ -248,7 +272,43 @@ def scan_embeddings(
 
         s_corr, s_idx, s_view = reduce_views(s_corr, s_idx, n_views)
     t_corr, t_idx = _nearest(synth_emb, train_emb, use_gpu, ("synthetic embeddings", "training embeddings"))
-    t_idx = t_idx % n_synth  # the synthetic image, whichever view matched
+    return {"s_corr": s_corr, "s_idx": s_idx, "s_view": s_view, "t_corr": t_corr, "t_idx": t_idx % n_synth}
+
+
+def scan_scores(
+    near: dict,
+    calib: np.ndarray,
+    percentile: float,
+    threshold: float,
+    train_items: Sequence[dict] | None = None,
+    synth_items: Sequence[dict] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    n_holdout: int = 0,
+    views: Sequence[str] | None = None,
+    fixed_threshold: bool = False,
+) -> ScanResult:
+    """The decisions, fractions and bootstrap intervals from nearest-neighbour scores (any score: higher = closer).
+
+    Args:
+        near: :func:`nearest_both_ways` output (or the same keys from a combined score, e.g. the hybrid one).
+        calib: ``[N_train]`` calibration scores (each training sample to its nearest held-out sample).
+        percentile: calibration percentile (the threshold moves with the bootstrap resamples of ``calib``).
+        threshold: the threshold in use; a NaN ``calib`` fixes it.
+        train_items, synth_items: items naming the samples.
+        n_bootstrap: bootstrap resamples (0 to skip); ``seed`` their seed.
+        n_holdout: size of the held-out set (reported).
+        views: orientation view names when the synthetic side was embedded under several views.
+        fixed_threshold: the threshold was given, not calibrated: the bootstrap keeps it.
+
+    Returns:
+        the :class:`ScanResult`.
+    """
+    s_corr, s_idx, s_view, t_corr, t_idx = (near[k] for k in ("s_corr", "s_idx", "s_view", "t_corr", "t_idx"))
+    n_train, n_synth, n_views = len(t_corr), len(s_corr), len(views) if views else 1
+    calib = np.asarray(calib)
+    fixed = fixed_threshold or not np.all(np.isfinite(calib))
+    thr = float(threshold)
     is_copy, is_mem = s_corr > thr, t_corr > thr
     copied = np.zeros(n_train, dtype=bool)
     copied[s_idx[is_copy]] = True
@@ -306,7 +366,7 @@ def scan_embeddings(
         synthetic_copy_rate=n_copies / n_synth, synthetic_copy_rate_ci=rate_ci,
         memorized_fraction=n_mem / n_train, memorized_fraction_ci=mem_ci,
         training_copied_fraction=n_copied / n_train, training_copied_fraction_ci=copied_ci,
-        n_train=n_train, n_holdout=0 if holdout_emb is None else len(holdout_emb) // n_views, n_synthetic=n_synth,
+        n_train=n_train, n_holdout=n_holdout, n_synthetic=n_synth,
         n_copies=n_copies, n_memorized=n_mem, n_training_copied=n_copied, pairs=pairs, memorized=memorized,
         calibration_corr=calib, synthetic_corr=s_corr, train_corr=t_corr,
     )

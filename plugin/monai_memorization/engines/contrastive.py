@@ -188,6 +188,7 @@ def train_detector(
     seed: int = 0,
     log_to_mlflow: bool = True,
     tracking_uri: str | None = None,
+    mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
     experiment_name: str = "copy_detector",
     run_name: str | None = None,
     histogram_dir: str | os.PathLike | None = None,
@@ -224,6 +225,10 @@ def train_detector(
         log_to_mlflow: track the run with MLflow.
         tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else
             ``sqlite:///<folder of out>/mlflow.db``).
+        mlflow_artifacts: also log the detector weights (trained on patient images) and the training data's path
+            (default: aggregate metrics, parameters and similarity plots only; see
+            :func:`~monai_memorization.tracking.private_artifacts_allowed`).
+        allow_remote_tracking: allow more than aggregates to go to a remote tracking store.
         experiment_name: MLflow experiment.
         run_name: MLflow run name.
         histogram_dir: folder for per-epoch similarity histograms (default: ``<out stem>_histograms``).
@@ -236,6 +241,11 @@ def train_detector(
         "mlflow_run_id"}``.
     """
     out = Path(out)
+    from monai_memorization.edge import check_training_arguments
+
+    check_training_arguments(out, augmentations, device, lr, temperature, epochs=(epochs, 1), steps=(steps, 1),
+                             batch_size=(batch_size, 2), embed_dim=(embed_dim, 1), num_workers=(num_workers, 0),
+                             histogram_every=(histogram_every, 1))
     from_files = not isinstance(source, (np.ndarray, torch.Tensor))
     meta: dict = {}
     if from_files:
@@ -266,9 +276,12 @@ def train_detector(
         spatial_size = spatial_size or list(items[0]["image"].shape[1:])
     if isinstance(spatial_size, int):
         spatial_size = [spatial_size] * spatial_dims
-    spatial_size = [int(s) for s in spatial_size]
-    if len(spatial_size) != spatial_dims:
-        raise DataValidationError(f"{source}: spatial_size {spatial_size} does not have {spatial_dims} dimensions")
+    try:
+        spatial_size = [int(s) for s in spatial_size]
+    except (TypeError, ValueError):
+        spatial_size = None
+    if not spatial_size or len(spatial_size) != spatial_dims or min(spatial_size) < 1:
+        raise DataValidationError(f"{source}: spatial_size must be {spatial_dims} positive whole numbers")
     if len(items) < 2:
         raise DataValidationError(f"{source}: contrastive training needs at least 2 images, got {len(items)}")
 
@@ -292,7 +305,12 @@ def train_detector(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = build_encoder(name, **kwargs).to(dev)
 
-    transform = contrastive_transform(modality, spatial_dims, spatial_size, augmentations, from_files=from_files)
+    try:
+        transform = contrastive_transform(modality, spatial_dims, spatial_size, augmentations, from_files=from_files)
+    except (TypeError, ValueError) as e:
+        if not augmentations:
+            raise
+        raise DataValidationError(f"augmentations {augmentations}: {e}") from None
     if cache_rate > 0:
         ds = CacheDataset(items, transform, cache_rate=cache_rate, num_workers=num_workers or None, progress=progress)
     else:
@@ -326,7 +344,8 @@ def train_detector(
     if log_to_mlflow:
         params = {k: v for k, v in config.items() if k != "network_kwargs"}
         params["network_kwargs"] = json.dumps(kwargs, sort_keys=True)
-        mlf = mlflow_handler(tracking_uri or default_tracking_uri(out.parent), experiment_name, run_name, params)
+        mlf = mlflow_handler(tracking_uri or default_tracking_uri(out.parent), experiment_name, run_name, params,
+                             mlflow_artifacts, allow_remote_tracking, buffer_dir=out.parent)
     sim = SimilarityHistogramHandler(hist_dir, mlflow_handler=mlf, every=histogram_every)
     handlers.append(sim)
     handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))

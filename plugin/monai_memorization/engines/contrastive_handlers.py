@@ -11,11 +11,13 @@
 """The copy detector's training handlers (attach them to :class:`~.contrastive.ContrastiveTrainer`).
 
 * :class:`SimilarityHistogramHandler` - per-epoch positive/negative-pair similarity: metrics, a PNG
-  histogram (:func:`plot_similarity_histogram`) and MLflow artifacts.
+  histogram (:func:`plot_similarity_histogram`) and MLflow artifacts (aggregate plots: logged to a local store).
 * :class:`BatchNormRecalibrationHandler` - exact BatchNorm statistics on the training images at the end.
 * :class:`StepBudgetHandler` - warns when the run has too few optimizer steps to learn the copy invariances.
 * :class:`SaveDetectorHandler` - saves the encoder as a copy detector when training completes.
-* :func:`mlflow_handler` - the run's ``monai.handlers.MLFlowHandler``.
+* :func:`mlflow_handler` - the run's :class:`~monai_memorization.handlers.SafeMLFlowHandler` (private by default:
+  the detector weights, trained on patient images, and the training data's path are logged only with
+  ``mlflow_artifacts``; a failing store buffers the metrics beside the detector).
 
 The bundle ``bundles/copy_detector/configs/train.json`` names them through
 ``monai_memorization.engines.contrastive``, which re-exports them.
@@ -35,7 +37,8 @@ from torch import nn
 
 from monai_memorization.detection.detector import save_detector
 from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
-from monai_memorization.tracking import default_tracking_uri
+from monai_memorization.handlers.safe_mlflow import SafeMLFlowHandler
+from monai_memorization.tracking import default_tracking_uri, tracking_policy
 
 __all__ = [
     "BatchNormRecalibrationHandler",
@@ -50,10 +53,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _log_artifact(handler: MLFlowHandler | None, path: str | os.PathLike, artifact_path: str) -> None:
-    """Log ``path`` into the run of ``handler`` when it has an active one."""
-    if handler is not None and getattr(handler, "cur_run", None) is not None:
-        handler.client.log_artifact(handler.cur_run.info.run_id, str(path), artifact_path=artifact_path)
+def _log_artifact(handler: MLFlowHandler | None, path: str | os.PathLike, artifact_path: str, private: bool) -> None:
+    """Log ``path`` into the run of ``handler`` when it has an active one and the tracking policy allows it.
+
+    ``private``: the file holds patient-derived content (detector weights); else it is an aggregate plot.
+    """
+    if isinstance(handler, SafeMLFlowHandler):
+        handler.log_artifact(path, artifact_path, private=private)
+    elif handler is not None and getattr(handler, "cur_run", None) is not None:  # a stock handler given by a config
+        policy = tracking_policy(getattr(handler.client, "tracking_uri", None))
+        if policy.private or (policy.files and not private):
+            try:
+                handler.client.log_artifact(handler.cur_run.info.run_id, str(path), artifact_path=artifact_path)
+            except Exception as e:  # noqa: BLE001 - tracking never costs training
+                logger.warning("MLflow: %s not logged (%s: %s)", Path(path).name, type(e).__name__, e)
 
 
 def plot_similarity_histogram(positive: np.ndarray, negative: np.ndarray, epoch: int, path: str | os.PathLike) -> Path:
@@ -140,7 +153,7 @@ class SimilarityHistogramHandler:
         if self.output_dir is not None and (epoch % self.every == 0 or last):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             png = plot_similarity_histogram(pos, neg, epoch, self.output_dir / f"similarity_epoch_{epoch:04d}.png")
-            _log_artifact(self.mlflow_handler, png, "similarity_histograms")
+            _log_artifact(self.mlflow_handler, png, "similarity_histograms", private=False)
 
 
 class BatchNormRecalibrationHandler:
@@ -215,7 +228,8 @@ class SaveDetectorHandler:
         path: destination ``.pt``.
         network: the encoder being trained.
         config: detector config (see :func:`save_detector`); ``epochs_trained`` is added.
-        mlflow_handler: when given and its run is active, the detector is logged as an artifact.
+        mlflow_handler: when given and its run is active, the detector is logged as an artifact (only with the
+            ``mlflow_artifacts`` opt-in: its weights were trained on patient images).
     """
 
     def __init__(self, path: str | os.PathLike, network: nn.Module, config: dict, mlflow_handler: MLFlowHandler | None = None) -> None:
@@ -232,7 +246,7 @@ class SaveDetectorHandler:
         cfg = dict(self.config, epochs_trained=int(engine.state.epoch))
         save_detector(self.path, self.network, cfg)
         logger.info("saved copy detector to %s", self.path)
-        _log_artifact(self.mlflow_handler, self.path, "detector")
+        _log_artifact(self.mlflow_handler, self.path, "detector", private=True)
 
 
 
@@ -241,19 +255,24 @@ def mlflow_handler(
     experiment_name: str = "copy_detector",
     run_name: str | None = None,
     params: dict | None = None,
-) -> MLFlowHandler:
-    """``monai.handlers.MLFlowHandler`` logging the loss per iteration and the epoch metrics.
+    mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
+    buffer_dir: str | os.PathLike | None = None,
+) -> SafeMLFlowHandler:
+    """:class:`~monai_memorization.handlers.SafeMLFlowHandler` logging the loss per iteration and the epoch metrics.
 
     Args:
         tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
         experiment_name: MLflow experiment.
         run_name: MLflow run name.
-        params: run parameters to record.
+        params: run parameters to record (paths such as ``train_source`` only with ``mlflow_artifacts``).
+        mlflow_artifacts: opt-in for private content (:func:`~monai_memorization.tracking.private_artifacts_allowed`).
+        allow_remote_tracking: opt-in for sending more than aggregates to a remote store.
+        buffer_dir: where ``mlflow_buffer.jsonl`` goes when the store fails (default: the store's folder).
 
     Returns:
         the handler (attach it to the trainer).
     """
-    return MLFlowHandler(
+    return SafeMLFlowHandler(
         tracking_uri=tracking_uri or default_tracking_uri(os.getcwd()),
         experiment_name=experiment_name,
         run_name=run_name,
@@ -261,5 +280,7 @@ def mlflow_handler(
         output_transform=lambda out: {"loss": float(out["loss"])},
         tag_name="loss",
         close_on_complete=True,
+        mlflow_artifacts=mlflow_artifacts,
+        allow_remote_tracking=allow_remote_tracking,
+        buffer_dir=buffer_dir,
     )
-

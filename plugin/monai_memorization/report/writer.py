@@ -14,10 +14,16 @@ The folder holds ``report.json`` (the summary, with the definitions and which fr
 headline), ``pairs.csv``/``pairs.json`` (one row per synthetic image), ``memorized.csv`` (one row per
 training image), ``histogram.png``, ``pairs.png`` and the self-contained ``report.html``. It is
 written into a temporary folder and renamed into place at the end, so a reader never sees half a report.
+
+The MLflow run (:func:`log_scan_to_mlflow`) is private by default: the metrics, aggregate parameters and
+the correlation histogram; the files naming training images and subjects (:data:`DATA_FILES`) and the
+images (:data:`IMAGE_FILES`) only with the opt-in of :func:`~monai_memorization.tracking.tracking_policy`.
+A store that fails never fails the scan: the run's content goes to ``<report>/mlflow_buffer.jsonl``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -30,14 +36,27 @@ from typing import Any
 import numpy as np
 
 from monai_memorization.detection.scan import FRACTIONS, ScanResult
-from monai_memorization.tracking import default_tracking_uri
 from monai_memorization.errors import MemorizationError
 from monai_memorization.io import replace_dir
+from monai_memorization.tracking import (
+    BUFFER_NAME,
+    buffer_records,
+    default_tracking_uri,
+    mark_store_failed,
+    redact_uri,
+    say_once,
+    store_failed,
+    tracking_policy,
+)
+from monai_memorization.tracking_store import experiment_id
 
-__all__ = ["check_out_dir", "write_scan_report", "log_scan_to_mlflow", "write_csv", "scan_metrics"]
+__all__ = ["check_out_dir", "log_scan_to_mlflow", "scan_metrics", "write_csv", "write_scan_report"]
 
-#: files that show no pixels (logged to MLflow by default); the montage and the HTML report show training images
-DATA_FILES = ("report.json", "pairs.csv", "pairs.json", "memorized.csv", "histogram.png")
+#: files that name training images and subjects (paths, IDs): logged to MLflow only with the opt-in
+DATA_FILES = ("report.json", "pairs.csv", "pairs.json", "memorized.csv")
+#: aggregate plots (no pixels, no names): logged to a local store by default
+PLOT_FILES = ("histogram.png",)
+#: files showing training images: logged only with the opt-in and ``log_images``
 IMAGE_FILES = ("pairs.png", "report.html")
 
 
@@ -102,7 +121,10 @@ def write_scan_report(
         the summary written to ``report.json``.
     """
     from monai_memorization.report.html import write_html_report
-    from monai_memorization.report.plots import plot_correlation_histogram, plot_pair_montage
+    from monai_memorization.report.plots import (
+        plot_correlation_histogram,
+        plot_pair_montage,
+    )
 
     out_dir = Path(out_dir)
     _check_existing(out_dir)
@@ -122,7 +144,7 @@ def write_scan_report(
         write_html_report(
             tmp / "report.html", summary, result.pairs, result.memorized,
             images={"Correlation histogram": tmp / "histogram.png", f"Top {len(montage)} flagged pairs": tmp / "pairs.png"},
-            links=list(DATA_FILES) + ["pairs.png"],
+            links=list(DATA_FILES + PLOT_FILES) + ["pairs.png"],
         )
         replace_dir(tmp, out_dir)
     except BaseException:
@@ -148,8 +170,12 @@ def scan_metrics(result: ScanResult) -> dict[str, float]:
 def log_scan_to_mlflow(
     result: ScanResult, summary: dict[str, Any], tracking_uri: str | None = None, experiment_name: str = "memorization_scan",
     run_name: str | None = None, params: Mapping[str, Any] | None = None, log_images: bool = False,
-) -> str:
+    mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
+) -> str | None:
     """Log a written report to a new MLflow run, and record the run id in its ``report.json``.
+
+    Never fails the scan: when the store fails (unreachable, locked, read-only) the metrics and parameters go to
+    ``<report>/mlflow_buffer.jsonl``, ``report.json`` names that file (``mlflow_buffer``) and one line says so.
 
     Args:
         result: the scan (with ``out_dir`` set by :func:`write_scan_report`).
@@ -157,37 +183,78 @@ def log_scan_to_mlflow(
         tracking_uri: MLflow tracking URI (default: :func:`~monai_memorization.tracking.default_tracking_uri` of the report's parent folder).
         experiment_name: MLflow experiment.
         run_name: MLflow run name.
-        params: run parameters.
-        log_images: also log the pair montage and the HTML report (they show training images; off by default).
+        params: run parameters (without the opt-in, those naming files are dropped).
+        log_images: also log the pair montage and the HTML report (they show training images; needs the opt-in).
+        mlflow_artifacts: opt-in for the files naming training images and subjects (:data:`DATA_FILES`).
+        allow_remote_tracking: opt-in for sending more than metrics and aggregate parameters to a remote store.
 
     Returns:
-        the run id.
+        the run id, or None when the store failed.
     """
-    import mlflow
-
     out_dir = Path(result.out_dir)
-    uri = tracking_uri or default_tracking_uri(out_dir.parent)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
-        location = None
-        if uri.startswith("sqlite:///"):
-            location = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
-        exp_id = client.create_experiment(experiment_name, artifact_location=location)
+    policy = tracking_policy(tracking_uri or default_tracking_uri(out_dir.parent), mlflow_artifacts, allow_remote_tracking)
+    if log_images and not policy.private:
+        say_once("scan_images", "MLflow: the pair montage and HTML report stay on disk only (they show training "
+                 "images; log_images_to_mlflow needs --mlflow_artifacts, and for a remote store --allow_remote_tracking)")
+    files = (PLOT_FILES if policy.files else ()) + (DATA_FILES + (IMAGE_FILES if log_images else ()) if policy.private else ())
+    params, metrics = policy.params(params), scan_metrics(result)
+    buffer, rid = out_dir / BUFFER_NAME, None
+    if store_failed(policy.uri):
+        mark_store_failed(policy.uri, None, buffer)
     else:
-        exp_id = exp.experiment_id
-    rid = client.create_run(exp_id, run_name=run_name, tags={"monai_memorization.kind": "scan"}).info.run_id
-    try:
-        for k, v in (params or {}).items():
-            client.log_param(rid, k, v)
-        for k, v in scan_metrics(result).items():
-            client.log_metric(rid, k, v)
-        for name in DATA_FILES + (IMAGE_FILES if log_images else ()):
-            client.log_artifact(rid, str(out_dir / name))
-        client.set_terminated(rid, "FINISHED")
-    except Exception:
-        client.set_terminated(rid, "FAILED")
-        raise
+        try:
+            rid = _log_run(policy.uri, experiment_name, run_name, params, metrics, [out_dir / f for f in files])
+        except Exception as e:  # noqa: BLE001 - tracking never costs a scan
+            mark_store_failed(policy.uri, e, buffer)
+    if rid is None:
+        buffer_records(buffer, [{"tracking_uri": redact_uri(policy.uri), "experiment": experiment_name, "run_name": run_name,
+                                 "params": {k: str(v) for k, v in params.items()}, "metrics": metrics}])
+        summary["mlflow_buffer"] = str(buffer)
     summary["mlflow_run_id"] = rid
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
     return rid
+
+
+def _log_run(uri: str, experiment_name: str, run_name: str | None, params: Mapping[str, Any], metrics: Mapping[str, float],
+             files: Sequence[Path]) -> str:
+    """One finished run with ``params``, ``metrics`` and ``files``; raises when the store fails."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    rid = client.create_run(experiment_id(client, uri, experiment_name), run_name=run_name, tags={"monai_memorization.kind": "scan"}).info.run_id
+    try:
+        for k, v in params.items():
+            client.log_param(rid, k, v)
+        for k, v in metrics.items():
+            client.log_metric(rid, k, v)
+        for f in files:
+            client.log_artifact(rid, str(f))
+        client.set_terminated(rid, "FINISHED")
+    except Exception:
+        with contextlib.suppress(Exception):
+            client.set_terminated(rid, "FAILED")
+        raise
+    return rid
+
+
+def summary_line(r: ScanResult) -> str:
+    """One line: the warnings, the headline (synthetic copy rate), the other two fractions, the threshold and the report.
+
+    Args:
+        r: a written scan result.
+
+    Returns:
+        the line the CLI prints.
+    """
+
+    def pct(v: float, ci) -> str:
+        return f"{100 * v:.1f}%" + (f" (95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%)" if ci[0] == ci[0] else "")
+
+    return (
+        "".join(f"WARNING: {w}; " for w in (r.overlap_warning, r.detector_warning) if w)
+        + f"synthetic_copy_rate: {r.n_copies}/{r.n_synthetic} synthetic images are copies = "
+        f"{pct(r.synthetic_copy_rate, r.synthetic_copy_rate_ci)}; memorized_fraction: {r.n_memorized}/{r.n_train} "
+        f"training images = {pct(r.memorized_fraction, r.memorized_fraction_ci)}; training_copied_fraction: "
+        f"{r.n_training_copied}/{r.n_train} = {pct(r.training_copied_fraction, r.training_copied_fraction_ci)}; "
+        f"threshold {r.threshold:.4f}; report: {r.report_path}"
+    )

@@ -1,0 +1,164 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""A loaded copy detector and the one preprocessing chain its inputs go through, in and out of training.
+
+* :func:`preprocessing` -- ``{"image": file}`` or an in-memory sample -> the detector's input;
+* :class:`Detector` -- the encoder, its checkpoint configuration and how it embeds image sets;
+* :func:`load` -- a checkpoint to a :class:`Detector`, with the modality checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_memorization.data.imageset import ImageSet
+from monai_memorization.errors import DetectorError
+
+__all__ = ["Detector", "load", "preprocessing"]
+
+
+def preprocessing(modality: str, spatial_size: Sequence[int], in_memory: bool = False) -> Any:
+    """The detector's input chain: ``{"image": file}`` (or an in-memory image) -> ``[1, *spatial]`` in [0, 1].
+
+    Args:
+        modality: ``ct``/``mr``/``xr``.
+        spatial_size: the detector's input size.
+        in_memory: the input is a generator's sample ``[1, *spatial]`` in [0, 1] instead of a file: the
+            loading steps are left out and a CT sample is first mapped back to Hounsfield units, so the
+            rest of the chain (intensity normalisation, then resize) is the very one files go through.
+
+    Returns:
+        a ``monai.transforms.Compose`` of dictionary transforms.
+    """
+    from monai import transforms as mt
+
+    from monai_memorization.data.transforms import CT_WINDOW, GreyFromRGBd, get_transforms
+
+    chain = get_transforms(modality, spatial_size=list(spatial_size))
+    if not in_memory:
+        return chain
+    loading = (mt.LoadImaged, mt.Orientationd, GreyFromRGBd)
+    head = [mt.ScaleIntensityRanged("image", 0.0, 1.0, CT_WINDOW[0], CT_WINDOW[1])] if modality == "ct" else []
+    return mt.Compose(head + [t for t in chain.transforms if not isinstance(t, loading)])
+
+
+
+@dataclass
+class Detector:
+    """A loaded copy detector and the preprocessing that goes with it.
+
+    Attributes:
+        encoder: the encoder (eval mode).
+        config: its checkpoint configuration (``sha256``, ``path``, ``spatial_size``, ...).
+        modality: ``ct``/``mr``/``xr``.
+        batch_size, num_workers, progress: how images are embedded.
+    """
+
+    encoder: torch.nn.Module
+    config: dict
+    modality: str
+    batch_size: int = 16
+    num_workers: int = 0
+    progress: bool = False
+
+    @property
+    def spatial_size(self) -> list[int]:
+        """The detector's input size."""
+        return [int(s) for s in self.config["spatial_size"]]
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3."""
+        return int(self.config["spatial_dims"])
+
+    @property
+    def warning(self) -> str | None:
+        """Set when the checkpoint says it had fewer optimizer steps than it needs."""
+        from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
+
+        cfg = self.config
+        steps = cfg.get("steps")
+        if steps is None and cfg.get("epochs_trained") and cfg.get("n_train") and cfg.get("batch_size"):
+            steps = int(cfg["epochs_trained"]) * max(1, int(cfg["n_train"]) // max(1, int(cfg["batch_size"])))
+        if steps is not None and int(steps) < MIN_RECOMMENDED_STEPS:
+            return (f"the detector was trained for {int(steps)} optimizer steps (fewer than {MIN_RECOMMENDED_STEPS}): it "
+                    "misses shifted, noisy and round-trip copies, so a low copy rate is weak evidence; train it longer")
+        return None
+
+    def embed(self, images: ImageSet | torch.Tensor, view: str | None = None) -> tuple[np.ndarray, list]:
+        """Embed an image set (files) or a tensor ``[n, 1, *spatial]`` in [0, 1] (in-memory samples).
+
+        Args:
+            images: the images.
+            view: an orientation view (:mod:`monai_memorization.detection.views`) applied after preprocessing.
+
+        Returns:
+            ``([n, d] embeddings, spatial shapes as loaded)``.
+        """
+        from monai import transforms as mt
+
+        from monai_memorization.detection.embed import embed_items, embed_tensor
+
+        in_memory = isinstance(images, torch.Tensor)
+        chain = preprocessing(self.modality, self.spatial_size, in_memory=in_memory)
+        if view is not None:
+            from monai_memorization.detection.views import ViewTransformd
+
+            chain = mt.Compose([chain, ViewTransformd(view)])
+        if in_memory:
+            x = torch.stack([torch.as_tensor(chain({"image": img.detach().float().cpu()})["image"]) for img in images])
+            return embed_tensor(self.encoder, x, batch_size=self.batch_size), [tuple(images.shape[2:])] * len(images)
+        desc = f"embedding {images.name}" + (f" ({view})" if view else "")
+        return embed_items(self.encoder, list(images.items), chain, batch_size=self.batch_size, progress=self.progress,
+                           num_workers=self.num_workers, return_shapes=True, desc=desc)
+
+    def embed_views(self, images: ImageSet | torch.Tensor, views: Sequence[str] | None) -> tuple[np.ndarray, list]:
+        """Embed under the identity and then every other view, view-major (``[V * n, d]``)."""
+        emb, shapes = self.embed(images)
+        if views:
+            emb = np.concatenate([emb] + [self.embed(images, view=v)[0] for v in views[1:]])
+        return emb, shapes
+
+
+def load(detector: str | os.PathLike | Detector, modality: str | None = None, device: str | None = None,
+         fallback_modality: str | None = None, **options: Any) -> Detector:
+    """Load a detector checkpoint and check its modality.
+
+    Args:
+        detector: the ``.pt`` checkpoint (a :class:`Detector` is returned as it is).
+        modality: ``ct``/``mr``/``xr``; default: the detector's, else ``fallback_modality`` (the datalist's).
+        device: where to run it (default: CUDA when available).
+        fallback_modality: the training datalist's modality.
+        options: ``batch_size``, ``num_workers``, ``progress`` of :class:`Detector`.
+
+    Returns:
+        the :class:`Detector`.
+
+    Raises:
+        DetectorError: missing or unusable checkpoint, unknown modality, a modality its dimensions cannot scan.
+    """
+    if isinstance(detector, Detector):
+        return detector
+    from monai_memorization.detection.detector import load_detector
+
+    encoder, cfg = load_detector(detector, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    m = (modality or cfg.get("modality") or fallback_modality or "").lower() or None
+    if m is None:
+        raise DetectorError(f"{detector}: modality unknown (not in the detector or the datalist); pass --modality")
+    if (m == "xr") != (int(cfg["spatial_dims"]) == 2):
+        raise DetectorError(f"{detector}: a {cfg['spatial_dims']}D detector cannot scan modality '{m}'")
+    return Detector(encoder, cfg, m, **options)

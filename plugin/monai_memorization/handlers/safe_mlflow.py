@@ -1,0 +1,180 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+""":class:`SafeMLFlowHandler`: MONAI's ``MLFlowHandler`` that is private by default and never stops training."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine
+from monai.handlers import MLFlowHandler
+from monai.utils import ensure_tuple, flatten_dict
+
+from monai_memorization.tracking import (
+    BUFFER_NAME,
+    buffer_records,
+    mark_store_failed,
+    redact_uri,
+    say_once,
+    store_failed,
+    tracking_policy,
+)
+
+__all__ = ["SafeMLFlowHandler"]
+
+
+class SafeMLFlowHandler(MLFlowHandler):
+    """MONAI's ``MLFlowHandler``, private by default, whose store failures never stop training.
+
+    The stock handler is not enough: any store error (an unreachable server, a locked or read-only SQLite
+    file) raises from its event handlers and aborts training, and it logs every parameter, artifact and
+    dataset path it is given, to wherever ``MLFLOW_TRACKING_URI`` points.
+
+    Here :func:`~monai_memorization.tracking.tracking_policy` decides what is logged: without the opt-in,
+    ``artifacts`` and ``dataset_dict`` are dropped and ``experiment_param`` keeps aggregate values only. When
+    the store fails, the handler says so in one line and appends the rest of its metrics and parameters to
+    ``<buffer_dir>/mlflow_buffer.jsonl`` (one JSON object a line, with ``experiment``, ``run_name`` and
+    ``step``); a store that failed once is not tried again in this process.
+
+    Args:
+        tracking_uri: the MLflow store (``MLFLOW_TRACKING_URI`` wins when set, as in the stock handler).
+        mlflow_artifacts: opt-in for private content (paths, artifacts, datasets), e.g. the bundle key.
+        allow_remote_tracking: opt-in for sending more than aggregates to a remote store.
+        buffer_dir: folder of the buffer file (default: the SQLite store's folder, else the working directory).
+        kwargs: the other ``MLFlowHandler`` arguments.
+    """
+
+    def __init__(
+        self, tracking_uri: str | None = None, *, mlflow_artifacts: Any = None, allow_remote_tracking: Any = None,
+        buffer_dir: str | os.PathLike | None = None, **kwargs: Any,
+    ) -> None:
+        # the stock handler lets MLFLOW_TRACKING_URI win over its argument: the policy judges that store
+        self.policy = tracking_policy(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri, mlflow_artifacts,
+                                      allow_remote_tracking)
+        if not self.policy.private:
+            kwargs.update(artifacts=(), dataset_dict=None)
+        kwargs["experiment_param"] = self.policy.params(kwargs.get("experiment_param"))
+        self.buffer = Path(buffer_dir or _store_folder(self.policy.uri)) / BUFFER_NAME
+        self.offline = store_failed(self.policy.uri)
+        self._params_buffered = False
+        if not self.offline:
+            try:
+                super().__init__(tracking_uri=tracking_uri, **kwargs)
+                return
+            except ValueError:
+                raise  # MONAI's own argument check (a file-store URI): a configuration error
+            except Exception as e:  # noqa: BLE001 - the store cannot be opened
+                self._fail(e)
+        self._init_without_store(tracking_uri, kwargs)
+        mark_store_failed(self.policy.uri, None, self.buffer)
+
+    def _init_without_store(self, tracking_uri: str | None, kwargs: dict) -> None:
+        """The stock handler's attributes, without its MLflow client."""
+        bound = inspect.signature(MLFlowHandler.__init__).bind(self, tracking_uri=tracking_uri, **kwargs)
+        bound.apply_defaults()
+        for k, v in list(bound.arguments.items())[1:]:
+            setattr(self, k, v)
+        self.artifacts, self.dataset_keys = ensure_tuple(self.artifacts), ensure_tuple(self.dataset_keys)
+        self.optimizer_param_names = ensure_tuple(self.optimizer_param_names)
+        self.client, self.experiment, self.cur_run, self.run_finish_status = None, None, None, "FINISHED"
+
+    def _fail(self, error: BaseException) -> None:
+        """Go on without the store: remember it failed and say once where the records go."""
+        self.offline = True
+        mark_store_failed(self.policy.uri, error, self.buffer)
+
+    def _buffer(self, **record: Any) -> None:
+        run_id = self.cur_run.info.run_id if getattr(self, "cur_run", None) is not None else None
+        buffer_records(self.buffer, [{"tracking_uri": redact_uri(self.policy.uri), "experiment": self.experiment_name,
+                                      "run_name": self.run_name, "run_id": run_id, **record}])
+
+    def start(self, engine: Engine) -> None:
+        """Start (or continue) the run and log its parameters; on a store failure, buffer them."""
+        if not self.offline and store_failed(self.policy.uri):  # another handler of this process found it failing
+            self.offline = True
+            mark_store_failed(self.policy.uri, None, self.buffer)
+        if not self.offline:
+            try:
+                super().start(engine)
+                return
+            except Exception as e:  # noqa: BLE001 - tracking never costs training
+                self._fail(e)
+        if not self._params_buffered:
+            params = dict(self.experiment_param or {})
+            params.update({a: getattr(engine.state, a, None) for a in self.default_tracking_params})
+            self._buffer(params={k: str(v) for k, v in params.items()})
+            self._params_buffered = True
+
+    def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if not self.offline:
+            try:
+                super()._log_metrics(metrics, step)
+                return
+            except Exception as e:  # noqa: BLE001 - tracking never costs training
+                self._fail(e)
+        values = {k: float(v.item() if hasattr(v, "item") else v) for k, v in flatten_dict(metrics).items()}
+        self._buffer(metrics=values, step=step or 0)
+
+    def complete(self) -> None:
+        """Log the artifacts (only with the opt-in); a store failure leaves them on disk only."""
+        if self.offline:
+            return
+        try:
+            super().complete()
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def close(self) -> None:
+        """End the run (in the buffer when the store failed)."""
+        if self.offline:
+            if self.cur_run is not None or self._params_buffered:
+                self._buffer(status=self.run_finish_status)
+            self.cur_run, self._params_buffered = None, False
+            return
+        try:
+            super().close()
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None, private: bool = True) -> bool:
+        """Log one file into the current run when the policy allows it and the store works.
+
+        Args:
+            path: the file.
+            artifact_path: folder inside the run's artifacts.
+            private: the file holds private content (weights, images, paths); else an aggregate plot.
+
+        Returns:
+            True when it was logged.
+        """
+        allowed = self.policy.private if private else self.policy.files
+        if not allowed or self.offline or self.cur_run is None:
+            if private and not self.policy.private:
+                say_once(f"artifact:{artifact_path}", f"MLflow: {artifact_path or Path(path).name} stays on disk only "
+                         "(private content; opt in with --mlflow_artifacts)", logging.INFO)
+            return False
+        try:
+            self.client.log_artifact(self.cur_run.info.run_id, str(path), artifact_path=artifact_path)
+            return True
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+            return False
+
+
+def _store_folder(uri: str) -> Path:
+    """The folder of a local SQLite store, else the working directory."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent
+    return Path(os.getcwd())
