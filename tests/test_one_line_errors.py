@@ -266,6 +266,14 @@ def _bundle(config: list[str], root: Path, *overrides: str, run_id: str = "run")
             "--bundle_root", str(root), *overrides]
 
 
+def _corrupt_copy(datalist: str, folder: Path) -> str:
+    """A copy of the datalist's folder whose first training image is not an image (checked before training)."""
+    shutil.copytree(Path(datalist).parent, folder)
+    first = json.loads(Path(datalist).read_text())["training"][0]["image"]
+    (folder / first).write_bytes(b"not an image")
+    return str(folder / Path(datalist).name)
+
+
 BUNDLE_ROWS = [
     ("ldm bundle, datalist of strings", lambda w, t: _bundle(
         ["ldm_xr/configs/train.json", "ldm_xr/configs/quick.json"], t / "ldm", "--datalist", w.bad["string_items"],
@@ -273,6 +281,9 @@ BUNDLE_ROWS = [
     ("detector bundle, missing datalist", lambda w, t: _bundle(
         ["copy_detector/configs/train.json", "copy_detector/configs/quick.json"], t / "det", "--datalist",
         str(t / "nowhere.json"), "--use_mlflow", "False"), "datalist file not found"),
+    ("detector bundle, corrupt image", lambda w, t: _bundle(
+        ["copy_detector/configs/train.json", "copy_detector/configs/quick.json"], t / "corrupt", "--datalist",
+        _corrupt_copy(w.dl, t / "corrupt_data"), "--use_mlflow", "False"), "unreadable or corrupt image"),
     ("detector bundle, bundle_root held", lambda w, t: _bundle(
         ["copy_detector/configs/train.json", "copy_detector/configs/quick.json"], t / "held", "--use_mlflow", "False"),
      f"is in use by pid {os.getpid()}"),
@@ -293,7 +304,7 @@ def test_bundles_end_in_one_line_and_exit_2(w, tmp_path):
         assert "Traceback" not in err, (kind, err[-2000:])
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and phrase in lines[0] and err.rstrip().endswith(lines[0]), (kind, err[-2000:])
-    for name in ("ldm", "det", "held"):  # no checkpoint, no phantoms, no MLflow store: only the lock files, if any
+    for name in ("ldm", "det", "corrupt", "held"):  # no checkpoint, no phantoms, no MLflow store: only the lock files, if any
         assert not [p for p in (tmp_path / name).glob("*") if not p.name.startswith(".")], name
 
 
@@ -310,8 +321,9 @@ def test_bool_flags_mean_what_they_say():
     assert _bool_flags(["train-detector", "a", "--mlflow=no", "--allow_overlap", "1"])[2] == "--mlflow=False"
 
 
-def test_bundle_excepthook_only_under_monai_bundle_and_only_for_our_errors(monkeypatch):
-    """Other programs keep their hook; under monai.bundle an error that is not ours keeps the default traceback."""
+def test_bundle_excepthook_only_under_monai_bundle_one_line_for_every_error(monkeypatch, capsys):
+    """Other programs keep their hook; under monai.bundle every error is one line and exit 2 (an error that is not
+    ours with the debug hint; the debug variable and Ctrl-C keep the default traceback)."""
     from monai_memorization import edge
 
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
@@ -319,11 +331,21 @@ def test_bundle_excepthook_only_under_monai_bundle_and_only_for_our_errors(monke
     assert sys.excepthook is sys.__excepthook__
     assert edge.install_bundle_excepthook("/venv/lib/python3.11/site-packages/monai/bundle/__main__.py")
     assert sys.excepthook is edge._bundle_excepthook
-    seen = []
+    import atexit
+
+    seen, exits = [], []
     monkeypatch.setattr(sys, "__excepthook__", lambda *a: seen.append(a[1]))
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)
+    monkeypatch.setattr(edge.os, "_exit", exits.append)
     bug = ValueError("not ours")
-    sys.excepthook(ValueError, bug, None)  # not a MemorizationError: the default hook, no exit
-    assert seen == [bug]
+    sys.excepthook(ValueError, bug, None)
+    err = capsys.readouterr().err.strip()
+    assert exits == [2] and seen == [] and err.startswith("error: ") and "not ours" in err and "DEBUG=1" in err
+    assert "\n" not in err
+    sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)  # Ctrl-C: the default
+    monkeypatch.setenv(edge.DEBUG_ENV, "1")
+    sys.excepthook(ValueError, bug, None)  # the debug variable: the traceback
+    assert exits == [2] and len(seen) == 2
     try:
         raise RuntimeError("Failed to evaluate ConfigExpression") from edge.DataValidationError("x.json: datalist file not found")
     except RuntimeError as e:

@@ -105,17 +105,23 @@ def one_line(exc: BaseException) -> str:
 
 
 def _bundle_excepthook(exc_type: type, exc: BaseException, tb: Any) -> None:
-    """``sys.excepthook`` of ``python -m monai.bundle``: one line and exit 2 for our errors, else the default."""
+    """``sys.excepthook`` of ``python -m monai.bundle``: every failure one line and exit 2, as on the CLI.
+
+    Our errors and a full or read-only disk give their own line; any other exception its type and message, with
+    the hint to set ``MONAI_MEMORIZATION_DEBUG=1`` for the traceback (which that variable restores). An interrupt
+    (Ctrl-C) keeps the default.
+    """
+    if debug() or not isinstance(exc, Exception):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
     links = chain(exc)
     ours = any(isinstance(e, MemorizationError) for e in links) or any(
         isinstance(e, OSError) and e.errno in _DISK_HINTS for e in links
     )
-    if not ours or debug():
-        sys.__excepthook__(exc_type, exc, tb)
-        return
     with contextlib.suppress(Exception):  # a closed stdout must not hide the error line
         sys.stdout.flush()
-    print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+    hint = "" if ours else f" (set {DEBUG_ENV}=1 for the traceback)"
+    print(f"error: {one_line(exc)}{hint}", file=sys.stderr, flush=True)
     # an excepthook cannot set the exit status (a SystemExit raised here is reported as a second error),
     # so run what a normal exit runs (atexit: logging, MLflow) and leave with status 2
     try:
