@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "copy_detector"
 CONFIGS = BUNDLE / "configs"
@@ -69,6 +70,14 @@ def test_quick_train_then_scan(tmp_path, capfd):
     assert det["spatial_dims"] == 3 and det["embed_dim"] == 32 and det["spatial_size"] == [32, 32, 32]
     assert det["modality"] == "ct" and det["epochs_trained"] == 2
     assert list((tmp_path / "models").glob("checkpoint_final_iteration=*.pt"))
+    # MONAI's ckpt_export with its defaults: network_def, <bundle_root>/models/model.pt -> models/model.ts
+    from monai.bundle import ckpt_export
+
+    ckpt_export(config_file=cfg, bundle_root=str(tmp_path), meta_file=str(CONFIGS / "metadata.json"))
+    exported = torch.jit.load(str(tmp_path / "models" / "model.ts"))
+    x = torch.rand(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(exported(x), enc.cpu()(x), atol=1e-5)
     # 2 epochs x 2 batches: the bundle warns like train_detector does
     assert "the detector gets only 4 optimizer steps (2 epochs x 2 batches)" in capfd.readouterr().out
 

@@ -150,6 +150,17 @@ def test_train_then_infer(modality, tmp_path, request):
     info = json.loads((models / "latent_info.json").read_text())
     io = {k: o[k] for k in INFER_KEYS}  # the inference config needs the same network sizes
     run(config_file=cfg(modality, "inference.json"), num_samples=3, **io)
+    # MONAI's ckpt_export on the trained bundle with its defaults (network_def, models/model.pt -> models/model.ts)
+    from monai.bundle import ckpt_export
+
+    ckpt_export(config_file=cfg(modality, "inference.json"), bundle_root=str(tmp_path),
+                meta_file=cfg(modality, "metadata.json"), **{k: v for k, v in io.items() if k != "bundle_root"})
+    assert (models / "model.ts").is_file()
+    ckpt_export("autoencoder_def", filepath=str(models / "autoencoder.ts"), ckpt_file=str(models / "model_autoencoder.pt"),
+                config_file=cfg(modality, "inference.json"), meta_file=cfg(modality, "metadata.json"), use_trace=True,
+                input_shape=[1, 1, *o["spatial_size"]], **{k: v for k, v in io.items() if k != "bundle_root"})
+    assert torch.jit.load(str(models / "autoencoder.ts"))(torch.rand(1, 1, *o["spatial_size"]))[0].shape[2:] == tuple(
+        o["spatial_size"])
     out = tmp_path / "outputs" / "samples"
     files = sorted(out.iterdir())
     assert len(files) == 3
@@ -301,3 +312,39 @@ def test_bundles_share_one_common_file():
         assert train["ae"] == "%bundles/ldm_common/configs/train.json#ae" and train["bundle_root"] == f"bundles/ldm_{m}"
         inference = json.loads(Path(cfg(m, "inference.json")).read_text())
         assert inference["network_def"] == "%bundles/ldm_common/configs/train.json#diffusion_def"
+
+
+@pytest.mark.parametrize("modality", ["ct", "mr", "xr"])
+def test_verify_net_in_out_and_ckpt_export(modality, tmp_path):
+    """MONAI's ``verify_net_in_out network_def`` and ``ckpt_export`` run on each LDM bundle with their defaults
+    (net id ``network_def``, ``models/model.pt`` under ``--bundle_root``, TorchScript by ``torch.jit.script``), and
+    the exported network gives the trained network's numbers, with and without timesteps."""
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    nets = {k: v for k, v in tiny(tmp_path, None, modality).items() if k.startswith(("latent_", "diffusion_"))}
+    nets = {k: v for k, v in nets.items() if "epochs" not in k and "batch" not in k}
+    small = [8] * len(TINY_SHAPES[modality])
+    meta = {"_meta_#network_data_format#inputs#image#num_channels": 2,
+            "_meta_#network_data_format#inputs#image#spatial_shape": small,
+            "_meta_#network_data_format#outputs#pred#num_channels": 2}
+    verify_net_in_out(net_id="network_def", meta_file=cfg(modality, "metadata.json"),
+                      config_file=cfg(modality, "train.json"), device="cpu", **nets, **meta)
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(cfg(modality, "inference.json"))
+    parser.update(nets)
+    net = parser.get_parsed_content("network_def").eval()
+    (tmp_path / "models").mkdir()
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    ckpt_export(config_file=cfg(modality, "inference.json"), bundle_root=str(tmp_path),
+                meta_file=cfg(modality, "metadata.json"), **nets)
+    exported = torch.jit.load(str(tmp_path / "models" / "model.ts"))
+    x = torch.randn(2, 2, *small)
+    t = torch.tensor([0, 500])
+    with torch.no_grad():
+        from monai.networks.nets import DiffusionModelUNet
+
+        assert torch.allclose(exported(x, t), DiffusionModelUNet.forward(net, x, t), atol=1e-5)
+        assert torch.allclose(exported(x), net(x, torch.tensor([999, 999])), atol=1e-5)  # default: first sampling step

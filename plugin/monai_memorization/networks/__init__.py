@@ -8,8 +8,9 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Encoders for the self-supervised copy detector."""
+"""Networks: the copy detector's encoders, and the LDM bundles' exportable diffusion UNet."""
 
+from monai_memorization.networks.diffusion_unet import ExportableDiffusionUNet
 from monai_memorization.networks.encoders import ConvEncoder, ResNetEncoder, build_encoder
 
-__all__ = ["ConvEncoder", "ResNetEncoder", "build_encoder"]
+__all__ = ["ConvEncoder", "ExportableDiffusionUNet", "ResNetEncoder", "build_encoder"]
