@@ -61,9 +61,7 @@ class CheckResult(ScanResult):
 
 def _montage(ref: Any, synthetic: ImageSet, result: ScanResult, top_k: int) -> list[dict]:
     """The ``top_k`` flagged pairs, both images preprocessed as the detector saw them."""
-    from monai_memorization.detection.pipeline import preprocessing
-
-    chain = preprocessing(ref.detector.modality, ref.detector.spatial_size)
+    chain = ref.detector.preprocessing()
     flagged = sorted((i for i, p in enumerate(result.pairs) if p["is_copy"]), key=lambda i: -result.pairs[i]["correlation"])
     rows = []
     for i in flagged[: max(0, top_k)]:
@@ -105,6 +103,7 @@ def run_scan(
     allow_overlap: bool = False,
     orientation_invariant: bool = False,
     score: str = "detector",
+    search: str = "auto",
 ) -> ScanResult:
     """Scan synthetic images for copies of training images and write the memorization report.
 
@@ -142,6 +141,8 @@ def run_scan(
         score: ``"detector"`` (default) or ``"hybrid"``: the detector's and the pixel correlation under one
             false-positive budget (:mod:`monai_memorization.detection.hybrid`); finds blurred autoencoder round trips
             that a detector trained to ignore blur misses.
+        search: ``"auto"`` (default: exact, approximate above 1e11 correlations a pass on the CPU), ``"exact"`` or
+            ``"approximate"`` (faiss IVF-Flat; the report then says so).
 
     Returns:
         :class:`ScanResult` with ``out_dir`` and ``report_path`` set.
@@ -161,7 +162,7 @@ def run_scan(
         detector, train, holdout, synthetic, n_bootstrap=n_bootstrap, seed=seed, percentile=percentile,
         allow_overlap=allow_overlap, validate=validate, orientation_invariant=orientation_invariant, use_gpu=use_gpu,
         sections=(train_section, holdout_section, synthetic_section), modality=modality, device=device,
-        batch_size=batch_size, num_workers=num_workers, progress=progress, score=score,
+        batch_size=batch_size, num_workers=num_workers, progress=progress, score=score, search=search,
     )
     det = ref.detector
     context = {

@@ -28,7 +28,7 @@ from monai_memorization.errors import DataValidationError
 
 __all__ = [
     "IMAGE_SUFFIXES", "read_datalist", "load_datalist", "items_from_folder", "items_from_source", "subject_of",
-    "datalist_modality",
+    "datalist_modality", "resolve_channel",
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm")
@@ -72,6 +72,37 @@ def datalist_modality(meta: dict[str, Any]) -> str | None:
         if names <= {"xr", "xray", "cr", "dx"}:
             return "xr"
     return None
+
+
+def resolve_channel(channel: int | str | None, meta: dict[str, Any] | None = None, where: Any = "datalist") -> int | None:
+    """A channel index from an index or a channel name of a Decathlon ``modality`` dict.
+
+    Args:
+        channel: ``None``, an index (``0``, ``"2"``) or a name (``"FLAIR"``, case-insensitive).
+        meta: the parsed datalist (its ``modality`` dict names the channels).
+        where: the datalist, for messages.
+
+    Returns:
+        the index, or None when ``channel`` is None.
+
+    Raises:
+        DataValidationError: a name the datalist does not list, or a negative index.
+    """
+    if channel is None or isinstance(channel, bool):
+        return None
+    names = (meta or {}).get("modality")
+    names = {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
+    text = str(channel).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if index < 0:
+            raise DataValidationError(f"{where}: channel must be 0 or more, got {channel}")
+        return index
+    for key, name in names.items():
+        if name.strip().lower() == text.lower() and key.isdigit():
+            return int(key)
+    listed = ", ".join(f"{k}: {v}" for k, v in names.items()) or "the datalist names none"
+    raise DataValidationError(f"{where}: no channel named {channel!r} ({listed}); pass its index or name")
 
 
 def read_datalist(path: str | os.PathLike, sections: Sequence[str] = ("training",)) -> dict[str, Any]:

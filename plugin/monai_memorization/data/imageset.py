@@ -103,13 +103,16 @@ class ImageSet:
         path = Path(self.items[i]["image"])
         return file_sha256(path) if path.is_file() else None
 
-    def validate(self, channels: Sequence[int] = (1,), rgb_2d: bool = True, progress: bool = False) -> ImageSet:
+    def validate(
+        self, channels: Sequence[int] = (1,), rgb_2d: bool = True, progress: bool = False, channel: int | None = None
+    ) -> ImageSet:
         """Read every image once: readable, finite, not constant, with the allowed channels.
 
         Args:
             channels: allowed channel counts.
             rgb_2d: also allow 3 or 4 channels in 2D images (RGB/RGBA, converted to grey when loaded).
             progress: progress bar.
+            channel: the channel the detector keeps (its checkpoint's ``channel``): images need it, or one channel.
 
         Returns:
             a copy with ``shapes`` and ``channels`` set (``self`` when already validated).
@@ -123,10 +126,17 @@ class ImageSet:
 
         infos = validate_items(list(self.items), name=f"{self.name} set", spatial_dims=None, channels=None, progress=progress)
         for info, item in zip(infos, self.items):
+            if channel is not None:
+                if info["channels"] != 1 and not channel < info["channels"]:
+                    raise DataValidationError(
+                        f"{item['image']}: has {info['channels']} channels, the detector reads channel {channel}"
+                    )
+                continue
             ok = info["channels"] in channels or (rgb_2d and info["channels"] in (3, 4) and len(info["shape"]) == 2)
             if not ok:
                 raise DataValidationError(
-                    f"{item['image']}: has {info['channels']} channels, expected 1 (or an RGB/RGBA 2D image)"
+                    f"{item['image']}: has {info['channels']} channels, expected 1 (or an RGB/RGBA 2D image); "
+                    "train the detector with --channel N to read one channel of multi-channel images"
                 )
         return replace(
             self, shapes=tuple(tuple(int(s) for s in i["shape"]) for i in infos),

@@ -30,7 +30,10 @@ from monai import transforms as mt
 warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader: nvImageCodec decoder plugin")
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
-__all__ = ["CT_WINDOW", "MR_PERCENTILES", "intensity_transform", "get_transforms", "augmentations", "GreyFromRGBd"]
+__all__ = [
+    "CT_WINDOW", "MR_PERCENTILES", "intensity_transform", "get_transforms", "augmentations", "GreyFromRGBd",
+    "SelectChanneld", "default_spatial_dims", "check_spatial_dims",
+]
 
 #: Hounsfield window mapped to [0, 1] for CT.
 CT_WINDOW = (-1000.0, 1000.0)
@@ -56,6 +59,52 @@ class GreyFromRGBd(mt.MapTransform):
                 w = img.new_tensor([0.299, 0.587, 0.114], dtype=img.dtype if img.is_floating_point() else None).float()
                 d[key] = (img[:3].float() * w.view(3, 1, 1)).sum(0, keepdim=True)
         return d
+
+
+class SelectChanneld(mt.MapTransform):
+    """Keep one channel of a channel-first multi-channel image (a Decathlon 4-channel MR volume, say).
+
+    A one-channel image passes unchanged: a generator trained on the chosen channel writes one-channel
+    samples, and they go through the same chain as the training images.
+
+    Args:
+        keys: keys to reduce.
+        channel: the channel index to keep.
+    """
+
+    def __init__(self, keys, channel: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channel = int(channel)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.shape[0] == 1:
+                continue
+            if not -img.shape[0] <= self.channel < img.shape[0]:
+                raise ValueError(f"channel {self.channel} asked of an image with {img.shape[0]} channels")
+            d[key] = img[self.channel : self.channel + 1]
+        return d
+
+
+def default_spatial_dims(modality: str) -> int:
+    """2 for X-ray, 3 for CT and MR (pass ``spatial_dims`` for 2D CT or MR slices)."""
+    return 2 if modality.lower() == "xr" else 3
+
+
+def check_spatial_dims(modality: str, spatial_dims: int | None) -> int:
+    """``spatial_dims`` for ``modality``: its default when None; X-ray is 2D, CT and MR 2D or 3D.
+
+    Raises:
+        ValueError: another combination.
+    """
+    if spatial_dims is None:
+        return default_spatial_dims(modality)
+    sd = int(spatial_dims)
+    if sd not in (2, 3) or (modality.lower() == "xr" and sd != 2):
+        raise ValueError(f"spatial_dims={spatial_dims} does not fit modality '{modality}' (xr: 2; ct and mr: 2 or 3)")
+    return sd
 
 
 def intensity_transform(modality: str, keys: Sequence[str] = ("image",)) -> mt.MapTransform:
@@ -106,6 +155,8 @@ def get_transforms(
     keys: Sequence[str] = ("image",),
     augment: bool = False,
     spatial_mode: str = "resize",
+    spatial_dims: int | None = None,
+    channel: int | None = None,
 ) -> mt.Compose:
     """Load, orient, normalise and size images of one modality.
 
@@ -116,19 +167,22 @@ def get_transforms(
         augment: append flip/rotation augmentation (see :func:`augmentations`).
         spatial_mode: ``"resize"`` (interpolate the whole image to ``spatial_size``) or
             ``"crop"`` (centre crop / pad to it).
+        spatial_dims: 2 or 3; by default 2 for X-ray and 3 for CT and MR (2D CT or MR slices: 2).
+        channel: the channel of multi-channel images to keep (one-channel images pass unchanged);
+            None: 2D RGB/RGBA images become grey, other images must have one channel.
 
     Returns:
         A ``Compose`` whose output ``image`` is a float32 tensor ``(1, *spatial)`` in [0, 1].
     """
     m = modality.lower()
     keys = list(keys)
-    spatial_dims = 2 if m == "xr" else 3
-    chain: list = [
-        mt.LoadImaged(keys, image_only=True, ensure_channel_first=True),
-    ]
+    spatial_dims = check_spatial_dims(m, spatial_dims)
+    chain: list = [mt.LoadImaged(keys, image_only=True, ensure_channel_first=True)]
+    if channel is not None:
+        chain.append(SelectChanneld(keys, channel))
     if spatial_dims == 3:
         chain.append(mt.Orientationd(keys, axcodes="RAS"))
-    else:
+    elif channel is None:
         chain.append(GreyFromRGBd(keys))
     chain.append(intensity_transform(m, keys))
     if spatial_size is not None:

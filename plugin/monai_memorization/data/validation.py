@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_memorization.data.datalist import load_datalist, read_datalist
+from monai_memorization.data.datalist import load_datalist, read_datalist, resolve_channel
 from monai_memorization.errors import DataValidationError
 
 __all__ = ["ImageInfo", "check_image", "validate_items", "validate_datalist"]
@@ -47,13 +47,17 @@ def _channel_dim(meta: dict) -> int | None:
         return None
 
 
-def check_image(path: str | os.PathLike, spatial_dims: int | None = None, channels: int | None = 1) -> ImageInfo:
+def check_image(
+    path: str | os.PathLike, spatial_dims: int | None = None, channels: int | None = 1, channel: int | None = None
+) -> ImageInfo:
     """Read one image (file or DICOM series folder) and check it can be trained on.
 
     Args:
         path: the image.
         spatial_dims: required number of spatial dimensions (2 or 3), or None for any.
         channels: required number of channels, or None for any.
+        channel: the channel that will be kept (:class:`~monai_memorization.data.transforms.SelectChanneld`):
+            the image must have it, or have one channel; ``channels`` is then not checked.
 
     Returns:
         :class:`ImageInfo` with the spatial ``shape``, ``channels`` and ``spacing``.
@@ -90,8 +94,12 @@ def check_image(path: str | os.PathLike, spatial_dims: int | None = None, channe
         raise DataValidationError(
             f"{p}: has {len(spatial)} spatial dimensions (shape {tuple(arr.shape)}), expected {spatial_dims}"
         )
-    if channels is not None and nch != channels:
-        raise DataValidationError(f"{p}: has {nch} channels (shape {tuple(arr.shape)}), expected {channels}")
+    if channel is not None:
+        if nch != 1 and not channel < nch:
+            raise DataValidationError(f"{p}: has {nch} channels (shape {tuple(arr.shape)}), channel {channel} asked")
+    elif channels is not None and nch != channels:
+        hint = f"; choose one with --channel (0-{nch - 1}) or channel=N" if channels == 1 else ""
+        raise DataValidationError(f"{p}: has {nch} channels (shape {tuple(arr.shape)}), expected {channels}{hint}")
     if np.issubdtype(arr.dtype, np.floating):
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if bad:
@@ -112,6 +120,7 @@ def validate_items(
     spatial_dims: int | None = None,
     channels: int | None = 1,
     progress: bool = False,
+    channel: int | None = None,
 ) -> list[ImageInfo]:
     """Check every item of a list; the first problem raises.
 
@@ -122,6 +131,7 @@ def validate_items(
             required of all the others.
         channels: required channels.
         progress: show a progress bar.
+        channel: the channel that will be kept (see :func:`check_image`).
 
     Returns:
         One :class:`ImageInfo` per item.
@@ -132,7 +142,7 @@ def validate_items(
         raise DataValidationError(f"{name}: no images")
     infos = []
     for it in tqdm(items, desc=f"validating {name}", disable=not progress, unit="image"):
-        info = check_image(it["image"], spatial_dims=spatial_dims, channels=channels)
+        info = check_image(it["image"], spatial_dims=spatial_dims, channels=channels, channel=channel)
         if spatial_dims is None:
             spatial_dims = len(info["shape"])
         infos.append(info)
@@ -146,12 +156,14 @@ def validate_datalist(
     spatial_dims: int | None = None,
     channels: int | None = 1,
     progress: bool = True,
+    channel: int | str | None = None,
 ) -> dict[str, list[dict]]:
     """Validate a datalist's structure and every image it names, before training starts.
 
-    Checks, in order: the file is JSON with the requested non-empty lists; no image path or
-    subject id appears twice (within or across the lists); every image exists, is not empty,
-    reads, has the expected dimensions and channels, has no NaN/Inf and is not constant.
+    Checks, in order: the file is JSON with the requested non-empty lists; no image path appears twice
+    and no subject in two lists (several images of one subject in one list are fine: slices, time
+    points, follow-ups); every image exists, is not empty, reads, has the expected dimensions and
+    channels, has no NaN/Inf and is not constant.
 
     Args:
         datalist: path of the JSON datalist.
@@ -160,6 +172,8 @@ def validate_datalist(
         spatial_dims: required spatial dimensions (2 or 3); by default all images must match the first.
         channels: required number of channels (1 for every model here).
         progress: show a progress bar.
+        channel: the channel of multi-channel images to use, an index or a name of the datalist's
+            ``modality`` dict (Decathlon: ``"FLAIR"``); then images need that channel instead.
 
     Returns:
         ``{section: items}`` with absolute paths, ready for a MONAI dataset.
@@ -168,7 +182,8 @@ def validate_datalist(
         DataValidationError: with a one-line message naming the file and the problem.
     """
     sections = [s.strip() for s in section.split(",")] if isinstance(section, str) else list(section)
-    read_datalist(datalist, sections)
+    meta = read_datalist(datalist, sections)
+    channel = resolve_channel(channel, meta, datalist)
     lists = {s: load_datalist(datalist, s, data_root) for s in sections}
     seen_path: dict[str, str] = {}
     seen_subject: dict[str, str] = {}
@@ -189,8 +204,8 @@ def validate_datalist(
                         "subject-disjoint (a patient's images all in one list)"
                     )
     for s, items in lists.items():
-        validate_items(items, name=f"{datalist}:{s}", spatial_dims=spatial_dims, channels=channels, progress=progress)
-        if spatial_dims is None:
-            spatial_dims = len(check_image(items[0]["image"], channels=channels)["shape"])
+        infos = validate_items(items, name=f"{datalist}:{s}", spatial_dims=spatial_dims, channels=channels,
+                               progress=progress, channel=channel)
+        spatial_dims = len(infos[0]["shape"]) if spatial_dims is None else spatial_dims
     return lists
 

@@ -31,7 +31,10 @@ from monai_memorization.errors import DetectorError
 __all__ = ["Detector", "load", "preprocessing"]
 
 
-def preprocessing(modality: str, spatial_size: Sequence[int], in_memory: bool = False) -> Any:
+def preprocessing(
+    modality: str, spatial_size: Sequence[int], in_memory: bool = False, spatial_dims: int | None = None,
+    channel: int | None = None,
+) -> Any:
     """The detector's input chain: ``{"image": file}`` (or an in-memory image) -> ``[1, *spatial]`` in [0, 1].
 
     Args:
@@ -40,18 +43,21 @@ def preprocessing(modality: str, spatial_size: Sequence[int], in_memory: bool = 
         in_memory: the input is a generator's sample ``[1, *spatial]`` in [0, 1] instead of a file: the
             loading steps are left out and a CT sample is first mapped back to Hounsfield units, so the
             rest of the chain (intensity normalisation, then resize) is the very one files go through.
+        spatial_dims: 2 or 3 (default: the modality's, or the length of ``spatial_size``).
+        channel: the channel of multi-channel files the detector reads (its checkpoint's ``channel``).
 
     Returns:
         a ``monai.transforms.Compose`` of dictionary transforms.
     """
     from monai import transforms as mt
 
-    from monai_memorization.data.transforms import CT_WINDOW, GreyFromRGBd, get_transforms
+    from monai_memorization.data.transforms import CT_WINDOW, GreyFromRGBd, SelectChanneld, get_transforms
 
-    chain = get_transforms(modality, spatial_size=list(spatial_size))
+    chain = get_transforms(modality, spatial_size=list(spatial_size), spatial_dims=spatial_dims or len(spatial_size),
+                           channel=channel)
     if not in_memory:
         return chain
-    loading = (mt.LoadImaged, mt.Orientationd, GreyFromRGBd)
+    loading = (mt.LoadImaged, SelectChanneld, mt.Orientationd, GreyFromRGBd)
     head = [mt.ScaleIntensityRanged("image", 0.0, 1.0, CT_WINDOW[0], CT_WINDOW[1])] if modality == "ct" else []
     return mt.Compose(head + [t for t in chain.transforms if not isinstance(t, loading)])
 
@@ -86,6 +92,16 @@ class Detector:
         return int(self.config["spatial_dims"])
 
     @property
+    def channel(self) -> int | None:
+        """The channel of multi-channel images it reads (None: one-channel or RGB images)."""
+        ch = self.config.get("channel")
+        return None if ch is None else int(ch)
+
+    def preprocessing(self, in_memory: bool = False) -> Any:
+        """Its input chain (:func:`preprocessing` with its modality, size, dimensions and channel)."""
+        return preprocessing(self.modality, self.spatial_size, in_memory, self.spatial_dims, self.channel)
+
+    @property
     def warning(self) -> str | None:
         """Set when the checkpoint says it had fewer optimizer steps than it needs."""
         from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
@@ -114,7 +130,7 @@ class Detector:
         from monai_memorization.detection.embed import embed_items, embed_tensor
 
         in_memory = isinstance(images, torch.Tensor)
-        chain = preprocessing(self.modality, self.spatial_size, in_memory=in_memory)
+        chain = self.preprocessing(in_memory=in_memory)
         if view is not None:
             from monai_memorization.detection.views import ViewTransformd
 
@@ -159,6 +175,6 @@ def load(detector: str | os.PathLike | Detector, modality: str | None = None, de
     m = (modality or cfg.get("modality") or fallback_modality or "").lower() or None
     if m is None:
         raise DetectorError(f"{detector}: modality unknown (not in the detector or the datalist); pass --modality")
-    if (m == "xr") != (int(cfg["spatial_dims"]) == 2):
+    if m == "xr" and int(cfg["spatial_dims"]) != 2:  # CT and MR come as volumes or as 2D slices
         raise DetectorError(f"{detector}: a {cfg['spatial_dims']}D detector cannot scan modality '{m}'")
     return Detector(encoder, cfg, m, **options)

@@ -131,6 +131,7 @@ def contrastive_transform(
     spatial_size: Sequence[int] | None,
     augmentations: dict | None = None,
     from_files: bool = True,
+    channel: int | None = None,
 ):
     """Preprocessing (from files) + a copied, augmented view under ``image_2``.
 
@@ -140,6 +141,7 @@ def contrastive_transform(
         spatial_size: size images are resized to.
         augmentations: keyword arguments for :func:`contrastive_augmentations`.
         from_files: items hold file paths (True) or ``[1, *spatial]`` arrays in [0, 1] (False).
+        channel: the channel of multi-channel files to keep (see ``get_transforms``).
 
     Returns:
         a ``monai.transforms.Compose``.
@@ -149,7 +151,7 @@ def contrastive_transform(
     if from_files:
         from monai_memorization.data.transforms import get_transforms
 
-        pre = get_transforms(modality, spatial_size=spatial_size)
+        pre = get_transforms(modality, spatial_size=spatial_size, spatial_dims=spatial_dims, channel=channel)
     else:
         pre = mt.EnsureTyped(keys="image", dtype="float32", track_meta=False)
     aug = contrastive_augmentations(spatial_dims, keys=VIEW_KEY, spatial_size=spatial_size, **(augmentations or {}))
@@ -195,6 +197,7 @@ def train_detector(
     histogram_every: int = 1,
     progress: bool = True,
     validate: bool = True,
+    channel: int | str | None = None,
 ) -> dict[str, Any]:
     """Train a contrastive copy-detector encoder and save it with :func:`save_detector`.
 
@@ -203,7 +206,7 @@ def train_detector(
             array ``[N, 1, *spatial]`` with values in [0, 1].
         out: the detector checkpoint to write (``.pt``).
         modality: ``ct``/``mr``/``xr``; read from the datalist's ``modality`` when None.
-        spatial_dims: 2 or 3; from the modality (or the array) when None.
+        spatial_dims: 2 or 3; from the modality (X-ray 2, CT and MR 3) or the array when None; 2 for CT or MR slices.
         spatial_size: training/scan image size; the datalist's ``shape`` (or the images') when None.
         section: datalist section with the generator's training data.
         epochs: training epochs; default: enough for the preset's optimizer ``steps`` on this data set.
@@ -235,6 +238,9 @@ def train_detector(
         histogram_every: write a histogram every N epochs.
         progress: show an ignite progress bar.
         validate: check every input image (readable, finite, one channel) before training.
+        channel: for multi-channel images (a Decathlon 4-channel MR volume), the channel to train on: an
+            index or a name of the datalist's ``modality`` dict (``"FLAIR"``); kept in the checkpoint, so
+            the scan reads the same channel.
 
     Returns:
         ``{"path", "config", "history": [{"epoch", "loss", "mean_positive_similarity", ...}],
@@ -259,17 +265,24 @@ def train_detector(
         modality = (modality or datalist_modality(meta) or "").lower() or None
         if modality is None:
             raise DataValidationError(f"{source}: modality unknown; pass modality='ct', 'mr' or 'xr'")
-        spatial_dims = spatial_dims or (2 if modality == "xr" else 3)
+        from monai_memorization.data.datalist import resolve_channel
+        from monai_memorization.data.transforms import check_spatial_dims
+
+        try:
+            spatial_dims = check_spatial_dims(modality, spatial_dims)
+        except ValueError as e:
+            raise DataValidationError(f"{source}: {e}") from None
+        channel = resolve_channel(channel, meta, source)
         if validate:
             from monai_memorization.data.validation import validate_items
 
-            validate_items(items, name=str(source), spatial_dims=spatial_dims, channels=1)
+            validate_items(items, name=str(source), spatial_dims=spatial_dims, channels=1, channel=channel)
         if spatial_size is None:
             spatial_size = meta.get("shape")
         if spatial_size is None:
             from monai_memorization.data.validation import check_image
 
-            spatial_size = list(check_image(items[0]["image"]).get("shape", []))[-spatial_dims:]
+            spatial_size = list(check_image(items[0]["image"], channels=None).get("shape", []))[-spatial_dims:]
     else:
         items = _in_memory_items(source)
         spatial_dims = spatial_dims or items[0]["image"].ndim - 1
@@ -306,7 +319,8 @@ def train_detector(
     net = build_encoder(name, **kwargs).to(dev)
 
     try:
-        transform = contrastive_transform(modality, spatial_dims, spatial_size, augmentations, from_files=from_files)
+        transform = contrastive_transform(modality, spatial_dims, spatial_size, augmentations, from_files=from_files,
+                                          channel=channel if from_files else None)
     except (TypeError, ValueError) as e:
         if not augmentations:
             raise
@@ -327,6 +341,7 @@ def train_detector(
         "embed_dim": int(kwargs["embed_dim"]),
         "spatial_size": spatial_size,
         "modality": modality,
+        "channel": channel if from_files else None,
         "temperature": temperature,
         "lr": lr,
         "epochs": epochs,
