@@ -34,7 +34,9 @@ def test_nearest_training_sample_for_single_images(xr_datalist, tmp_path_factory
     Image.fromarray((np.random.default_rng(0).random((32, 32)) * 65535).astype(np.uint16)).save(noise)
 
     hit = lookup(train[2]["image"], k=2)
-    assert hit["nearest"][0]["train_id"] == Path(train[2]["image"]).name
+    # private by default: the neighbour is named by its pseudonymous ID (position in the training list), no path
+    assert hit["nearest"][0] == {"train_id": "train-0002", "correlation": hit["correlation"]}
+    assert hit["image"] == Path(train[2]["image"]).name and str(Path(train[2]["image"]).parent) not in repr(hit)
     assert hit["correlation"] == pytest.approx(1.0, abs=1e-5) and hit["is_copy"]
     assert hit["nearest"][1]["correlation"] <= hit["correlation"] and len(hit["nearest"]) == 2
     miss = lookup(str(noise))
@@ -46,3 +48,62 @@ def test_nearest_training_sample_for_single_images(xr_datalist, tmp_path_factory
     ho = embed_items(lookup.encoder, load_datalist(xr_datalist, "holdout"), lookup.transform, progress=False)
     assert lookup.threshold == pytest.approx(scan_embeddings(tr, ho, tr[:1], n_bootstrap=0).threshold, abs=1e-6)
     assert list(lookup.scores([train[2]["image"], str(noise)])) == pytest.approx([hit["correlation"], miss["correlation"]], abs=1e-6)
+
+
+def test_show_paths_reveals_training_files_only_when_asked(xr_datalist, tmp_path_factory):
+    from monai_memorization.data.datalist import load_datalist
+    from monai_memorization.label import NearestTrainingSample
+
+    det = tiny_detector(xr_datalist, tmp_path_factory.mktemp("detector"))
+    train = load_datalist(xr_datalist, "training")
+    shown = NearestTrainingSample(det, train=xr_datalist, holdout=xr_datalist, show_paths=True)(train[5]["image"], k=1)
+    near = shown["nearest"][0]
+    assert near["train_id"] == "train-0005" and near["train_path"] == str(train[5]["image"])
+    assert near["train_name"] == Path(train[5]["image"]).name and near["train_subject"] == train[5]["subject"]
+    assert shown["image"] == str(train[5]["image"])
+
+
+def test_app_conf_options(tmp_path):
+    from monai_memorization.errors import DataValidationError
+    from monai_memorization.label.appconf import lookup_options, truthy
+
+    opts, k = lookup_options({"detector": "d.pt", "train": "ds.json", "k": "5", "percentile": "99",
+                              "show_paths": "True", "modality": "xr"}, tmp_path)
+    assert k == 5 and opts == {"detector": "d.pt", "train": "ds.json", "holdout": "ds.json", "show_paths": True,
+                               "percentile": 99.0, "modality": "xr"}
+    opts, k = lookup_options({"detector": "d.pt", "train": "train_dir", "holdout": "held_out_dir", "threshold": "0.9"}, tmp_path)
+    assert k == 3 and opts["holdout"] == "held_out_dir" and opts["threshold"] == 0.9 and opts["show_paths"] is False
+    with pytest.raises(DataValidationError, match="both --conf detector"):
+        lookup_options({"train": "ds.json"}, tmp_path)
+    with pytest.raises(DataValidationError, match="not a number"):
+        lookup_options({"detector": "d.pt", "train": "ds.json", "k": "three"}, tmp_path)
+    with pytest.raises(DataValidationError, match="true/false"):
+        truthy("maybe")
+    assert not (tmp_path / ".memorization").exists()  # nothing generated when a detector and data are given
+
+
+def test_app_demo_datastore_and_default_conf(tmp_path):
+    """No --conf: the embedded phantoms and a tiny detector, made once in <studies>/.memorization."""
+    from monai_memorization.data.datalist import load_datalist
+    from monai_memorization.label import NearestTrainingSample
+    from monai_memorization.label.app import write_app
+    from monai_memorization.label.appconf import lookup_options, write_demo
+
+    app = write_app(tmp_path / "app")
+    assert (app / "main.py").read_text().count("class MemorizationApp(MONAILabelApp)") == 1
+    studies = tmp_path / "synthetic"
+    demo = write_demo(studies)
+    assert sorted(p.name for p in studies.iterdir() if p.is_file()) == [
+        "copy_of_training.png", "novel_noise.png", "novel_phantom_0.png", "novel_phantom_1.png"]
+    train = load_datalist(demo["datalist"], "training")
+    assert len(train) == 8 and len(load_datalist(demo["datalist"], "holdout")) == 8
+    assert Path(demo["copy"]).read_bytes() == Path(train[2]["image"]).read_bytes()
+    assert all(Path(p).read_bytes() != Path(t["image"]).read_bytes() for p in demo["novel"] for t in train)
+    mtime = Path(demo["detector"]).stat().st_mtime_ns
+    opts, k = lookup_options({}, studies)  # the defaults are the demo's files, not made again
+    assert (opts["detector"], opts["train"], opts["holdout"]) == (demo["detector"], demo["datalist"], demo["datalist"])
+    assert Path(demo["detector"]).stat().st_mtime_ns == mtime and k == 3
+    lookup = NearestTrainingSample(**opts)
+    copy, noise = lookup([demo["copy"], demo["noise"]])
+    assert copy["is_copy"] and copy["nearest"][0]["train_id"] == demo["copy_of"] == "train-0002"
+    assert not noise["is_copy"] and noise["correlation"] < lookup.threshold

@@ -47,6 +47,7 @@ def write_dicom_series(
     Returns:
         The folder.
     """
+    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -94,5 +95,7 @@ def write_dicom_series(
         ds.PixelRepresentation = signed
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T).tobytes()
-        ds.save_as(folder / f"slice_{k:04d}.dcm", enforce_file_format=True)
+        # the DICOM file format (preamble, file meta): pydicom 3's keyword; pydicom 2 (monailabel's pin) has the older one
+        fmt = {"enforce_file_format": True} if int(pydicom.__version__.split(".")[0]) >= 3 else {"write_like_original": False}
+        ds.save_as(folder / f"slice_{k:04d}.dcm", **fmt)
     return folder

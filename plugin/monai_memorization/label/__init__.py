@@ -16,25 +16,33 @@
 * :class:`~monai_memorization.label.tasks.MemorizationInferTask` -- a MONAI Label ``InferTask``
   (type ``others``) returning that look-up as the JSON result of an infer request.
 * :class:`~monai_memorization.label.tasks.MemorizationScoring` -- a MONAI Label ``ScoringMethod``
-  that stores the look-up in the datastore's image info (key ``memorization``) for every image,
-  so a reviewer can sort a datastore of synthetic images by how close each is to a training image.
+  that stores each datastore image's nearest-training correlation in its image info (key ``memorization``,
+  plus ``memorization_is_copy``, ``memorization_nearest``, ...), so a reviewer can sort a datastore of
+  synthetic images by how close each is to a training image.
+* :mod:`monai_memorization.label.app` -- the MONAI Label app (``app/main.py``, see ``app/README.md``):
+  ``python -m monai_memorization.label.app APP_DIR [--demo STUDIES]`` writes it, then
+  ``monailabel start_server --app APP_DIR --studies STUDIES --conf detector ... --conf train ... --conf holdout ...``;
+  its ``--conf`` options are read by :mod:`monai_memorization.label.appconf`.
 
-In a MONAI Label app (``main.py``)::
+Private by default: a neighbour is named by a pseudonymous ID, ``train-NNNN`` (its position in the training
+list); training file names, paths and subject IDs are returned only with ``show_paths`` (``--conf show_paths true``).
 
-    from monai_memorization.label import MemorizationInferTask, MemorizationScoring, NearestTrainingSample
+Installation (checked on this project's pins: Python 3.11, torch 2.13.0 CPU, monai 1.6.1, numpy 2.4,
+jsonschema 4.26)::
 
-    lookup = NearestTrainingSample("copy_detector.pt", train="dataset.json", holdout="dataset.json")
-    def init_infers(self):
-        return {"memorization": MemorizationInferTask(lookup)}
-    def init_scoring_methods(self):
-        return {"memorization": MemorizationScoring(lookup)}
+    pip install -e ".[label]"
+    pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1
 
-Installation: ``pip install "monai-memorization[label]"``, i.e. ``monailabel==0.8.5``. Checked on
-this project's pins (Python 3.11, torch 2.13.0 CPU, monai 1.6.1): monailabel 0.8.5 installs beside
-monai 1.6.1 and imports, but its dependency ``pydicom-seg 0.4.1`` requires ``jsonschema<4`` and
-the resolver also settles on ``numpy<2`` (1.26.4); our own ``jsonschema>=4.0`` pin must be relaxed
-to ``jsonschema>=3.2`` for the extra to resolve. It also pulls a large set of server packages
-(fastapi, uvicorn, itk, sam2, torchvision, ...), which is why it is an extra and not a requirement.
+``monailabel==0.8.5`` cannot be installed with its own dependencies here: they pull ``sam2`` and ``torchvision``,
+which replace the CPU torch 2.13 by a CUDA torch 2.14 (with its ``nvidia-*`` wheels), downgrade numpy to
+1.26 and jsonschema to 3.2 (``pydicom-seg 0.4.1`` pins ``jsonschema<4`` and ``numpy<2``). The ``label`` extra
+therefore lists what the server imports (fastapi, uvicorn, pydantic-settings, ..., ``itk-core`` and ``SimpleITK``,
+imported by MONAI Label's DICOM code at start-up) and MONAI Label itself is installed without dependencies.
+The extra pins ``pydicom<3`` and ``dicomweb-client<0.60``: ``pydicom-seg 0.4.1`` imports
+``pydicom._storage_sopclass_uids``, gone in pydicom 3. ``pip check`` then reports MONAI Label's unmet optional
+parts (sam2, shapely, numpymaxflow, pynetdicom, ninja) and pydicom-seg's jsonschema/numpy pins: none is imported
+by the server or this app. Measured here (2 CPU cores): 17 s on top of ``.[test]`` and about
+770 MB on disk (itk-core 450 MB, SimpleITK 264 MB, monailabel 53 MB).
 """
 
 from monai_memorization.label.core import NearestTrainingSample

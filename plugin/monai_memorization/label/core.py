@@ -38,6 +38,10 @@ class NearestTrainingSample:
         device: where to run the encoder.
         batch_size: images per embedding batch.
         train_section, holdout_section: datalist lists to read.
+        show_paths: also return each neighbour's training file name, path and subject ID. Off by default
+            (private by default): a neighbour is then named only by its pseudonymous ID ``train-NNNN``, the
+            0-based position of that image in the training list (``train_section`` of the datalist), which the
+            data steward who holds the datalist can resolve and a reviewer cannot.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class NearestTrainingSample:
         batch_size: int = 16,
         train_section: str = "training",
         holdout_section: str = "holdout",
+        show_paths: bool = False,
     ) -> None:
         from monai_memorization.detection.pipeline import prepare, preprocessing
 
@@ -64,6 +69,26 @@ class NearestTrainingSample:
         self.spatial_dims = det.spatial_dims
         self.transform = preprocessing(det.modality, det.spatial_size)
         self.threshold, self.percentile = self.reference.threshold, self.reference.percentile
+        self.show_paths = bool(show_paths)
+        self._train_index = {p: i for i, p in reversed(list(enumerate(self.reference.train.paths)))}
+
+    def train_id(self, path: str) -> str:
+        """The pseudonymous ID of a training image: ``train-NNNN``, its 0-based position in the training list."""
+        return f"train-{self._train_index[str(path)]:04d}"
+
+    def _public(self, res: dict) -> dict:
+        """A look-up result with pseudonymous neighbours, and paths only when ``show_paths``."""
+        out = dict(res)
+        if not self.show_paths:
+            out["image"] = os.path.basename(str(res["image"]))
+        neighbours = []
+        for n in res["nearest"]:
+            row = {"train_id": self.train_id(n["train_path"]), "correlation": n["correlation"]}
+            if self.show_paths:
+                row.update(train_name=n["train_id"], train_subject=n["train_subject"], train_path=n["train_path"])
+            neighbours.append(row)
+        out["nearest"] = neighbours
+        return out
 
     def __call__(self, images: str | os.PathLike | Sequence[str | os.PathLike], k: int = 1) -> dict | list[dict]:
         """Look up one image path (returns a dict) or several (returns a list).
@@ -73,13 +98,15 @@ class NearestTrainingSample:
             k: neighbours to report (the first decides ``is_copy``).
 
         Returns:
-            ``{"image", "nearest": [{"train_id", "train_subject", "train_path", "correlation"}...],
-            "correlation", "is_copy", "threshold", "percentile", "detector_sha256"}``.
+            ``{"image", "nearest": [{"train_id", "correlation"}...], "correlation", "is_copy", "threshold",
+            "percentile", "detector_sha256"}``; ``train_id`` is pseudonymous (``train-NNNN``) and ``image`` the file
+            name. With ``show_paths``: ``image`` is the full path and each neighbour also has ``train_name``
+            (file name), ``train_subject`` and ``train_path``.
         """
         from monai_memorization.detection.pipeline import nearest
 
         single = isinstance(images, (str, os.PathLike))
-        out = nearest(self.reference, [images] if single else list(images), k=k)
+        out = [self._public(r) for r in nearest(self.reference, [images] if single else list(images), k=k)]
         return out[0] if single else out
 
     def scores(self, images: Sequence[str | os.PathLike]) -> np.ndarray:

@@ -8,21 +8,25 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""MONAI Label task classes (need the ``label`` extra: ``monailabel==0.8.5``)."""
+"""MONAI Label task classes (need MONAI Label: see :mod:`monai_memorization.label` for the install)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 from monai_memorization.label.core import NearestTrainingSample
 
 try:
+    from fastapi import HTTPException
     from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
     from monailabel.interfaces.tasks.scoring import ScoringMethod
 except ImportError as e:  # pragma: no cover - depends on the optional extra
     raise ImportError(
-        "monai_memorization.label.tasks needs MONAI Label: pip install \"monai-memorization[label]\" (monailabel==0.8.5)"
+        "monai_memorization.label.tasks needs MONAI Label: pip install \"monai-memorization[label]\" && "
+        "pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1 (see monai_memorization.label)"
     ) from e
 
 __all__ = ["MemorizationInferTask", "MemorizationScoring"]
@@ -51,13 +55,25 @@ class MemorizationInferTask(InferTask):
         return True
 
     def __call__(self, request: dict[str, Any]):
-        """Returns ``(None, result)``: MONAI Label's (label file, JSON) pair; the image is ``request["image"]``."""
+        """Returns ``(None, result)``: MONAI Label's (label file, JSON) pair; the image is ``request["image"]``.
+
+        Raises:
+            HTTPException: 404 when the image is not in the datastore (MONAI Label passes an empty path then).
+        """
+        image = request.get("image")
+        if not isinstance(image, str) or not image or not os.path.exists(image):
+            raise HTTPException(status_code=404, detail="image not found in the datastore")
         k = int(request.get("k", self.k))
-        return None, self.lookup(request["image"], k=k)
+        return None, self.lookup(image, k=k)
 
 
 class MemorizationScoring(ScoringMethod):
-    """Scoring method: store each datastore image's nearest-training look-up under its info key ``memorization``.
+    """Scoring method: each datastore image's nearest-training correlation, stored in its image info.
+
+    The info keys (flat, so a client can sort by them): ``memorization`` (the correlation; higher: closer to a
+    training image), ``memorization_is_copy``, ``memorization_nearest`` (pseudonymous training ID
+    ``train-NNNN``), ``memorization_threshold``, ``memorization_ts`` and, with ``show_paths`` only,
+    ``memorization_nearest_path``.
 
     Args:
         lookup: a :class:`NearestTrainingSample`.
@@ -68,11 +84,19 @@ class MemorizationScoring(ScoringMethod):
         self.lookup = lookup
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+        ids = list(datastore.list_images())
+        looked_up = self.lookup([datastore.get_image_uri(i) for i in ids]) if ids else []  # one batch, one index
+        now = int(time.time())
         results = {}
-        for image_id in datastore.list_images():
-            res = self.lookup(datastore.get_image_uri(image_id))
-            datastore.update_image_info(image_id, {"memorization": res})
-            results[image_id] = {"correlation": res["correlation"], "is_copy": res["is_copy"]}
+        for image_id, res in zip(ids, looked_up):
+            near = res["nearest"][0]
+            info = {"memorization": res["correlation"], "memorization_is_copy": res["is_copy"],
+                    "memorization_nearest": near["train_id"], "memorization_threshold": res["threshold"],
+                    "memorization_ts": now}
+            if self.lookup.show_paths:
+                info["memorization_nearest_path"] = near["train_path"]
+            datastore.update_image_info(image_id, info)
+            results[image_id] = {"correlation": res["correlation"], "is_copy": res["is_copy"], "nearest": near["train_id"]}
         n_copies = sum(r["is_copy"] for r in results.values())
         logger.info("memorization scoring: %d of %d images above the threshold %.4f", n_copies, len(results), self.lookup.threshold)
-        return {"scored": len(results), "copies": n_copies, "threshold": self.lookup.threshold}
+        return {"scored": len(results), "copies": n_copies, "threshold": self.lookup.threshold, "images": results}
