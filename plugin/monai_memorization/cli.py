@@ -19,21 +19,22 @@ from __future__ import annotations
 
 import sys
 
+from monai_memorization.data.splits import split as _split
+from monai_memorization.study import study as _study
+
 __all__ = ["Commands", "main"]
 
 
 class Commands:
     """Did the generative model copy our patients? Memorization checks for MONAI models."""
 
+    split = staticmethod(_split)  # subject-disjoint training / held-out datalist (data/splits.py)
+    study = staticmethod(_study)  # LDM vs VAE vs GAN and the factors of memorization (study/)
+
     def phantoms(
         self,
-        modality: str = "ct",
-        out: str = "phantoms",
-        n: int = 32,
-        seed: int = 0,
-        shape: tuple | None = None,
-        n_val: int | None = None,
-        n_holdout: int | None = None,
+        modality: str = "ct", out: str = "phantoms", n: int = 32, seed: int = 0, shape: tuple | None = None,
+        n_val: int | None = None, n_holdout: int | None = None,
     ) -> str:
         """Generate an embedded phantom dataset and its datalist.
 
@@ -58,8 +59,7 @@ class Commands:
         datalist: str,
         section: str = "training",
         data_root: str | None = None,
-        spatial_dims: int | None = None,
-        channels: int = 1,
+        spatial_dims: int | None = None, channels: int = 1, channel: str | None = None,
     ) -> str:
         """Validate a datalist and every image in it; one line per problem, exit 2 on the first.
 
@@ -69,13 +69,15 @@ class Commands:
             data_root: folder relative paths resolve against (default: the datalist's folder).
             spatial_dims: required spatial dimensions (2 or 3).
             channels: required channels.
+            channel: the channel that will be used, index or name ("FLAIR"): images need it instead.
 
         Returns:
             A one-line summary.
         """
         from monai_memorization.data.validation import validate_datalist
 
-        lists = validate_datalist(datalist, section, data_root, spatial_dims=spatial_dims, channels=channels)
+        lists = validate_datalist(datalist, section, data_root, spatial_dims=spatial_dims, channels=channels,
+                                  channel=channel)
         counts = ", ".join(f"{k}: {len(v)}" for k, v in lists.items())
         return f"{datalist}: OK ({counts})"
 
@@ -102,6 +104,7 @@ class Commands:
         tracking_uri: str | None = None,
         experiment_name: str = "copy_detector",
         mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
+        spatial_dims: int | None = None, channel: str | None = None,
     ) -> str:
         """Train the self-supervised contrastive copy detector on the generator's training data.
 
@@ -131,6 +134,8 @@ class Commands:
             experiment_name: MLflow experiment.
             mlflow_artifacts: also send paths, subject IDs, the detector weights (trained on patient images) to MLflow (default: aggregates only).
             allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
+            spatial_dims: 2 or 3 (default: xr 2, ct and mr 3); 2 for CT or MR slices.
+            channel: channel of multi-channel images (Decathlon 4-channel MR): index or name ("FLAIR").
 
         Returns:
             A one-line summary with the checkpoint path.
@@ -157,7 +162,7 @@ class Commands:
             epochs=epochs, batch_size=batch_size, embed_dim=embed_dim, network=network, lr=lr, temperature=temperature,
             augmentations=aug, device=device, num_workers=num_workers, seed=seed, log_to_mlflow=mlflow,
             tracking_uri=tracking_uri, experiment_name=experiment_name, mlflow_artifacts=mlflow_artifacts,
-            allow_remote_tracking=allow_remote_tracking,
+            allow_remote_tracking=allow_remote_tracking, spatial_dims=spatial_dims, channel=channel,
         )
         last = res["history"][-1] if res["history"] else {}
         return (
@@ -187,6 +192,7 @@ class Commands:
         allow_overlap: bool = False,
         orientation_invariant: bool = False,
         score: str = "detector",
+        search: str = "auto",
     ) -> str:
         """Scan synthetic images for copies of training images; write the memorization report.
 
@@ -216,6 +222,8 @@ class Commands:
                 calibrated the same way).
             score: detector (default) or hybrid: the detector's and the pixel correlation under one
                 false-positive budget (finds blurred autoencoder round trips; see the README's figures).
+            search: auto (exact; approximate faiss IVF-Flat above 1e11 correlations a pass), exact or approximate
+                (the report says when the search was approximate).
 
         Returns:
             A one-line summary with the three fractions (synthetic_copy_rate, the headline, first) and the report path.
@@ -227,7 +235,7 @@ class Commands:
             log_to_mlflow=mlflow, tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow,
             mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
             batch_size=batch_size, device=device, top_k=top_k, holdout_section=holdout_section,
-            allow_overlap=allow_overlap, orientation_invariant=orientation_invariant, score=score,
+            allow_overlap=allow_overlap, orientation_invariant=orientation_invariant, score=score, search=search,
         )
         from monai_memorization.report.writer import summary_line
 
@@ -316,14 +324,13 @@ class Commands:
         positive_control: int = 8,
         seed: int = 0,
         tracking_uri: str | None = None,
-        mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
+        mlflow_artifacts: bool = False, allow_remote_tracking: bool = False, bundle: str | None = None, **options,
     ) -> None:
         """End-to-end audit: a memorization-prone and a mitigated LDM, side by side, each scanned for copies.
 
-        Prints the findings; the verdict is given only when the evidence carries one. Exit status:
-        0 = every verdict is backed by evidence (generators converged, every planted copy kind found);
-        3 = inconclusive (a generator did not converge, the detector missed planted kinds, or a smoke
-        run); 2 = bad input.
+        Prints the findings; the verdict is given only when the evidence carries one. Exit status: 0 = every verdict is
+        backed by evidence (generators converged, every planted copy kind found); 3 = inconclusive (a generator did not
+        converge, the detector missed planted kinds, or a smoke run); 2 = bad input.
 
         Args:
             modality: xr (2D chest X-ray), ct or mr (3D).
@@ -337,14 +344,15 @@ class Commands:
             tracking_uri: MLflow store (default: sqlite:///<out>/mlflow.db).
             mlflow_artifacts: also send paths, subject IDs, the detector weights, the executed configs and sample montages to MLflow (default: aggregates only).
             allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
+            bundle: audit this trained generator bundle as it is instead (options: monai_memorization.zoo.audit).
         """
+        if bundle is not None or options:  # an existing trained generator, without retraining it
+            from monai_memorization.zoo.audit import bundle_command
+            sys.exit(bundle_command(bundle, out, num_samples, detector_epochs, positive_control, seed, tracking_uri, **options))
         from monai_memorization.audit import run_audit
-
-        r = run_audit(
-            modality=modality, out=out, datalist=datalist, preset=preset, num_samples=num_samples,
-            detector_epochs=detector_epochs, positive_control=positive_control, seed=seed, tracking_uri=tracking_uri,
-            mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
-        )
+        r = run_audit(modality=modality, out=out, datalist=datalist, preset=preset, num_samples=num_samples,
+                      detector_epochs=detector_epochs, positive_control=positive_control, seed=seed, tracking_uri=tracking_uri,
+                      mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking)
         print(r.summary(), flush=True)
         if r.exit_code:
             sys.exit(r.exit_code)

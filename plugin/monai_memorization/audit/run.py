@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monai_memorization.audit.evaluate import evaluate_samples
 from monai_memorization.audit.presets import AUDIT_PRESETS
 from monai_memorization.audit.steps import (
     adopt_child_runs, bundle_value, check_audit_args, fresh, load_arrays, prepare_out, run_bundle, run_positive_control, say,
     start_parent_run, sub_datalist, training_curve, bundle_dir,
 )
-from monai_memorization.audit.verdict import finish_parent, make_headline, rate_ci
+from monai_memorization.audit.verdict import finish_parent, make_headline
 from monai_memorization.errors import DataValidationError
 
 __all__ = ["run_audit", "AuditResult"]
@@ -116,8 +117,7 @@ def run_audit(
     from monai_memorization.detection.detector import load_detector
     from monai_memorization.detection.embed import embed_tensor
     from monai_memorization.detection.presets import detector_preset
-    from monai_memorization.detection.quality import CONVERGENCE_MARGIN, confirm_copies, generator_quality, pixel_nearest
-    from monai_memorization.api import run_scan
+    from monai_memorization.detection.quality import CONVERGENCE_MARGIN, pixel_nearest
     from monai_memorization.data.imageset import ImageSet
     from monai_memorization.engines.contrastive import train_detector
     from monai_memorization.report.audit_report import write_audit_report
@@ -226,37 +226,24 @@ def run_audit(
         inf.update({k: v for k, v in (bundle_overrides or {}).items() if not k.startswith("memorization_check")})
         run_bundle([ldm / "configs" / "inference.json"] + bundle_configs[1:], "run", **inf)
         train_items = train_all[: c["n_train"]]
-        train_arr = load_arrays(train_items, modality, spatial_size)
-        synth = ImageSet.from_source(str(samples), name="synthetic")
-        synth_arr = load_arrays(list(synth.items), modality, spatial_size)
-        quality = generator_quality(train_arr, holdout_arr, synth_arr, features, "copy detector encoder")
+        rec, synth_arr = evaluate_samples(
+            name, samples, train_items, holdout_items, holdout_arr, detector, out_dir, modality, spatial_size, features,
+            percentile=percentile, seed=seed, progress=progress,
+            scan_options={"tracking_uri": uri, "experiment_name": experiment, **privacy})
         montage[f"samples: {name}"] = synth_arr[:8]
-        r = run_scan(train_items, holdout_items, synth, detector, out_dir / f"report_{name}", percentile=percentile, modality=modality,
-                     tracking_uri=uri, experiment_name=experiment, run_name=f"scan_{name}", progress=progress, seed=seed,
-                     **privacy)
         adopt_child_runs(uri, experiment, parent, t0, {"audit_config": name})
-        confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max)
-        n_conf = sum(x["confirmed"] for x in confirmed)
-        conf_rate, conf_ci = n_conf / max(1, r.n_synthetic), rate_ci(n_conf, r.n_synthetic, seed)
         if preset == "smoke":
             verdict = "SMOKE TEST: tiny training, no verdict"
-        elif not quality.converged:
+        elif not rec["quality"]["converged"]:
             verdict = "generator not converged: the copy rate says nothing about privacy"
         else:
-            verdict = (f"{n_conf} of {r.n_synthetic} samples are confirmed copies of training images ({r.n_copies} flagged "
-                       "by the detector, each checked in pixel space)")
+            verdict = (f"{rec['n_confirmed']} of {rec['n_synthetic']} samples are confirmed copies of training images "
+                       f"({rec['n_copies']} flagged by the detector, each checked in pixel space)")
         batch = int(overrides.get("diffusion_batch_size") or bundle_value(bundle_configs, "diffusion_batch_size"))
         per_epoch = -(-len(train_items) // batch)  # the bundle's diffusion loader keeps the last partial batch
         curves[name] = [(e * per_epoch, rate) for e, rate in training_curve(uri, experiment, name)]
-        records.append({
-            **c, "n_train": r.n_train, "n_synthetic": r.n_synthetic, "n_copies": r.n_copies, "n_memorized": r.n_memorized,
-            "synthetic_copy_rate": r.synthetic_copy_rate, "synthetic_copy_rate_ci": list(r.synthetic_copy_rate_ci),
-            "memorized_fraction": r.memorized_fraction, "memorized_fraction_ci": list(r.memorized_fraction_ci),
-            "threshold": r.threshold, "quality": quality.to_dict(), "n_confirmed": n_conf, "confirmed_copy_rate": conf_rate,
-            "confirmed_copy_rate_ci": conf_ci, "copies": confirmed,
-            "verdict": verdict, "report_link": os.path.relpath(r.report_path, out_dir), "training_checks": curves[name],
-            "diffusion_steps": c["diffusion_epochs"] * per_epoch,
-        })
+        records.append({**c, **rec, "verdict": verdict, "training_checks": curves[name],
+                        "diffusion_steps": c["diffusion_epochs"] * per_epoch})
         seconds[name] = time.time() - t
 
     # 5. positive control --------------------------------------------------------------------------

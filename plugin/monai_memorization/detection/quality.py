@@ -20,6 +20,7 @@ generator has learned its data, in pixel space and independently of the copy det
 * **FID** -- MONAI's ``FIDMetric`` between features of the synthetic and the training images, with
   the held-out images' FID as the scale (features: the copy detector's encoder, the network
   available offline here; any ``[N, d]`` feature function can be passed);
+* **MMD** -- MONAI's ``MMDMetric`` between the same features (synthetic vs training, held-out vs training);
 * **diversity** -- the mean MS-SSIM (``MultiScaleSSIMMetric``) over pairs of synthetic samples,
   against the same figure for pairs of training images (higher means less diverse).
 
@@ -96,6 +97,15 @@ def _fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(FIDMetric()(torch.as_tensor(features_a, dtype=torch.float64), torch.as_tensor(features_b, dtype=torch.float64)))
 
 
+def _mmd(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """MONAI's ``MMDMetric`` (linear kernel) between two feature sets, each L2-normalised per row."""
+    from monai.metrics import MMDMetric
+
+    a, b = (torch.nn.functional.normalize(torch.as_tensor(f, dtype=torch.float64), dim=1) for f in (features_a, features_b))
+    n = min(len(a), len(b))  # MMDMetric compares paired batches: use equally many of each
+    return float(MMDMetric()(a[:n], b[:n]))
+
+
 @dataclass
 class GeneratorQuality:
     """How well a generator learned its data (see the module docstring).
@@ -108,6 +118,7 @@ class GeneratorQuality:
         margin: the allowed shortfall of ``pixel_nn_synthetic`` below ``pixel_nn_holdout``.
         fid_synthetic: FID between synthetic and training features (None without a feature function).
         fid_holdout: FID between held-out and training features (the scale).
+        mmd_synthetic: MMD between synthetic and training features; ``mmd_holdout`` the held-out scale.
         ms_ssim_synthetic: mean MS-SSIM over pairs of samples (diversity; higher = less diverse).
         ms_ssim_train: the same over pairs of training images.
         feature_network: what made the FID features.
@@ -120,6 +131,8 @@ class GeneratorQuality:
     margin: float = CONVERGENCE_MARGIN
     fid_synthetic: float | None = None
     fid_holdout: float | None = None
+    mmd_synthetic: float | None = None
+    mmd_holdout: float | None = None
     ms_ssim_synthetic: float | None = None
     ms_ssim_train: float | None = None
     feature_network: str | None = None
@@ -165,6 +178,7 @@ def generator_quality(
     if features is not None and min(len(train), len(holdout), len(synthetic)) >= 2:
         f_train, f_hold, f_syn = features(train), features(holdout), features(synthetic)
         q.fid_synthetic, q.fid_holdout = _fid(f_syn, f_train), _fid(f_hold, f_train)
+        q.mmd_synthetic, q.mmd_holdout = _mmd(f_syn, f_train), _mmd(f_hold, f_train)
     if diversity:
         q.ms_ssim_synthetic = _mean_pairwise_ms_ssim(np.asarray(synthetic))
         q.ms_ssim_train = _mean_pairwise_ms_ssim(np.asarray(train))

@@ -33,7 +33,9 @@ from monai_memorization.engines.diffusion import (
 )
 from monai_memorization.engines.sampling import (
     DiffusionSampler,
+    GeneratorSampler,
     LatentDiffusionSampler,
+    PriorSampler,
     SampleMontage,
     save_montage,
     save_samples,
@@ -49,6 +51,8 @@ __all__ = [
     "load_latent_info",
     "LatentDiffusionSampler",
     "DiffusionSampler",
+    "PriorSampler",
+    "GeneratorSampler",
     "SampleMontage",
     "save_samples",
     "save_montage",

@@ -45,7 +45,8 @@ from monai.transforms import SaveImage
 from monai_memorization.io import save_figure
 
 __all__ = [
-    "LatentDiffusionSampler", "DiffusionSampler", "save_samples", "save_montage", "SampleMontage",
+    "LatentDiffusionSampler", "DiffusionSampler", "PriorSampler", "GeneratorSampler", "save_samples", "save_montage",
+    "SampleMontage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class _SamplerBase:
             n.eval()
         try:
             # timesteps stay on the CPU: MONAI's sample loop concatenates them with a CPU tensor
-            self.scheduler.set_timesteps(num_inference_steps=self.num_inference_steps)
+            if self.scheduler is not None:
+                self.scheduler.set_timesteps(num_inference_steps=self.num_inference_steps)
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             noise = torch.randn((int(num_samples), *self.sample_shape), generator=gen)
             out = []
@@ -180,6 +182,46 @@ class DiffusionSampler(_SamplerBase):
         return self.inferer.sample(
             input_noise=noise, diffusion_model=self.diffusion_unet, scheduler=self.scheduler, verbose=self.verbose
         )
+
+
+class PriorSampler(_SamplerBase):
+    """Images decoded from draws of a VAE's prior, N(0, I) in its latent space (the study's VAE baseline).
+
+    Args:
+        autoencoder: the trained ``AutoencoderKL``.
+        latent_shape: ``(latent_channels, *latent_spatial)``.
+        options: ``device``, ``batch_size``, ``intensity_range`` as for :class:`LatentDiffusionSampler`.
+    """
+
+    def __init__(self, autoencoder: torch.nn.Module, latent_shape: Sequence[int], **options: Any) -> None:
+        super().__init__(None, latent_shape, **options)
+        self.autoencoder = autoencoder
+
+    def _networks(self) -> list[torch.nn.Module]:
+        return [self.autoencoder]
+
+    def _sample(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(noise)
+
+
+class GeneratorSampler(_SamplerBase):
+    """Images of a GAN generator (``monai.networks.nets.Generator``) from N(0, I) latents (the GAN baseline).
+
+    Args:
+        generator: the trained generator.
+        latent_size: length of its latent vector.
+        options: ``device``, ``batch_size``, ``intensity_range`` as for :class:`LatentDiffusionSampler`.
+    """
+
+    def __init__(self, generator: torch.nn.Module, latent_size: int, **options: Any) -> None:
+        super().__init__(None, (int(latent_size),), **options)
+        self.generator = generator
+
+    def _networks(self) -> list[torch.nn.Module]:
+        return [self.generator]
+
+    def _sample(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.generator(noise)
 
 
 def save_samples(

@@ -1,0 +1,252 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""``run_study``: train every configuration of a study, score it with the audit's evaluation, and summarise.
+
+For each configuration (see :mod:`monai_memorization.study.config`) the driver trains the family's
+bundle through ``monai.bundle`` (the LDM with the in-training memorization check overlaid, so its copy
+rate is followed along training), samples it with the bundle's ``inference.json``, and scores the
+samples with :func:`~monai_memorization.audit.evaluate.evaluate_samples`, the audit's own scan and
+quality figures. One copy detector, trained once on the whole training pool, scans every
+configuration. A configuration whose ``result.json`` exists (with the same settings) is skipped, so a
+rerun continues where a killed one stopped; a configuration killed half-way resumes its training from
+its newest checkpoint. MLflow: one parent run, each configuration's runs nested under it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_memorization.audit.evaluate import evaluate_samples
+from monai_memorization.audit.steps import (
+    adopt_child_runs, bundle_dir, fresh, load_arrays, prepare_out, run_bundle, say, start_parent_run, training_curve,
+)
+from monai_memorization.errors import DataValidationError
+from monai_memorization.study.config import FAMILIES, epochs_for, expand, load_study_config
+
+__all__ = ["run_study", "study_datalist"]
+
+
+def study_datalist(datalist: str, n_train: int, duplication: int, path: Path) -> str:
+    """The first ``n_train`` training items, the first quarter of them present ``duplication`` times in all.
+
+    The duplicates are byte-identical copies of the files under other names, with the same subject; held-out and
+    validation lists are kept; paths are absolute.
+    """
+    from monai_memorization.data.datalist import load_datalist, read_datalist
+
+    meta = {k: v for k, v in read_datalist(datalist).items() if not isinstance(v, list)}
+    for section in ("training", "validation", "holdout"):
+        try:
+            meta[section] = load_datalist(datalist, section)
+        except DataValidationError:
+            continue
+    train = meta["training"][: int(n_train)]
+    if len(train) < int(n_train):
+        raise DataValidationError(f"{datalist}: {len(train)} training images, the study asks for {n_train}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = []
+    for it in train[: max(1, len(train) // 4)] if int(duplication) > 1 else []:
+        src = Path(it["image"])
+        for k in range(1, int(duplication)):  # byte-identical files under other names, as duplicates come in real data
+            suffix = "".join(src.suffixes)
+            dst = path.parent / "duplicates" / f"{src.name[: -len(suffix)]}_dup{k}{suffix}"
+            dst.parent.mkdir(exist_ok=True)
+            shutil.copyfile(src, dst)
+            extra.append({**it, "image": str(dst)})
+    meta["training"] = train + extra
+    path.write_text(json.dumps(meta, indent=2))
+    return str(path)
+
+
+def _overrides(cfg: dict, c: dict, n_items: int) -> tuple[dict, dict]:
+    """(training overrides, the subset the inference config needs) of one configuration."""
+    fam = cfg["families"][c["family"]]
+    net = {**fam.get("overrides", {}), **fam.get("sizes", {}).get(c["size"], {})}
+    train = dict(net)
+    lengths = fam.get("lengths", {}).get(c["length"], {})
+    for steps_key, epochs_key, batch_key in FAMILIES[c["family"]]["stages"]:
+        if steps_key not in lengths:
+            raise DataValidationError(f"configuration {c['name']}: length {c['length']!r} gives no {steps_key}")
+        batch = int(net.get(batch_key) or 8)
+        train[epochs_key] = epochs_for(lengths[steps_key], n_items, batch)
+    return train, net
+
+
+def _feature_function(cfg: dict, detector: Path, spatial_dims: int):
+    """FID/MMD features: the copy detector's encoder, or a user's network from a local weights file."""
+    import torch
+
+    from monai_memorization.detection.detector import load_detector
+    from monai_memorization.detection.embed import embed_tensor
+
+    spec = (cfg.get("detector") or {}).get("feature_weights")
+    if spec:
+        from monai.networks.nets import resnet50
+
+        net = resnet50(spatial_dims=spatial_dims, n_input_channels=1, feed_forward=False)
+        state = torch.load(spec, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        missing = net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=False)
+        if len(missing.missing_keys) > len(state) // 2:
+            raise DataValidationError(f"{spec}: not a ResNet-50 state dict ({len(missing.missing_keys)} weights missing)")
+        name, encoder = f"ResNet-50 from {Path(spec).name}", net.eval()
+    else:
+        name, encoder = "copy detector encoder (trained on the study's training pool)", load_detector(detector)[0]
+
+    def features(images: np.ndarray) -> np.ndarray:
+        return embed_tensor(encoder, torch.as_tensor(images[:, None]), batch_size=16)
+
+    return features, name
+
+
+def run_study(
+    config: str | os.PathLike | dict | None = None,
+    out: str | os.PathLike = "study",
+    preset: str | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) a study; returns its summary (also written to ``<out>/study.json``).
+
+    Args:
+        config: a YAML/JSON study configuration, or a dict (None: the preset alone).
+        out: the study folder (new, empty, or an earlier study's: finished configurations are kept).
+        preset: ``cpu`` (default), ``gpu`` or ``smoke`` (a configuration file may name its own).
+        tracking_uri: MLflow store (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<out>/mlflow.db``).
+        progress: progress bars.
+        only: run only these configuration names (the others are left as they are).
+
+    Returns:
+        ``{"configs": [record, ...], "directions": [...], "files": {...}}``.
+    """
+    from monai_memorization.data.phantoms import write_dataset
+    from monai_memorization.data.imageset import ImageSet
+    from monai_memorization.detection.presets import detector_preset
+    from monai_memorization.engines.contrastive import train_detector
+    from monai_memorization.study.summary import summarise
+    from monai_memorization.tracking import default_tracking_uri
+
+    cfg = load_study_config(config, preset)
+    configs = expand(cfg)
+    if only:
+        unknown = sorted(set(only) - {c["name"] for c in configs})
+        if unknown:
+            raise DataValidationError(f"unknown configuration(s) {', '.join(unknown)}: expected names such as {configs[0]['name']}")
+    m, seed, shape = cfg["modality"], int(cfg.get("seed", 0)), [int(s) for s in cfg["data"]["shape"]]
+    spatial_dims, percentile = len(shape), float(cfg.get("percentile", 95.0))
+    out_dir = Path(out).resolve()
+    prepare_out(out_dir)
+    uri = tracking_uri or default_tracking_uri(out_dir)
+    experiment = f"study_{m}"
+    state_file = out_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    parent = state.get("parent_run") or start_parent_run(uri, experiment, f"study_{cfg['preset']}", {"preset": cfg["preset"], "modality": m})
+    state_file.write_text(json.dumps({"parent_run": parent}))
+
+    datalist = cfg["data"].get("datalist")
+    if datalist is None:
+        data_dir = out_dir / "data"
+        if not (data_dir / "dataset.json").is_file():
+            n_pool = max([int(c["n_train"]) for c in configs])
+            fresh(data_dir)
+            write_dataset(m, data_dir, n=max(n_pool, int(cfg["data"].get("n", n_pool))), seed=seed, shape=shape,
+                          n_val=cfg["data"].get("n_val"), n_holdout=cfg["data"].get("n_holdout"), progress=progress)
+        datalist = str(data_dir / "dataset.json")
+    train_all = list(ImageSet.from_source(datalist, "training", "training").items)
+    holdout_items = list(ImageSet.from_source(datalist, "holdout", "held-out").items)
+    holdout_arr = load_arrays(holdout_items, m, shape)
+
+    detector = out_dir / "detector" / "copy_detector.pt"
+    if not detector.is_file():
+        det = detector_preset(None, spatial_dims, n_images=len(train_all), steps=(cfg.get("detector") or {}).get("steps"))
+        say(f"study: copy detector, {det['steps']} optimizer steps on {len(train_all)} training images -> {detector}")
+        t0 = time.time()
+        train_detector(datalist, detector, modality=m, spatial_size=shape, seed=seed, tracking_uri=uri, experiment_name=experiment,
+                       run_name="detector", progress=progress, histogram_every=50, epochs=det["epochs"])
+        adopt_child_runs(uri, experiment, parent, t0, {"audit_config": "detector"})
+    features, feature_name = _feature_function(cfg, detector, spatial_dims)
+    if not (out_dir / "train_features.npy").is_file():  # the common reference of the FID comparisons
+        np.save(out_dir / "train_features.npy", features(load_arrays(train_all, m, shape)))
+
+    records = []
+    for i, c in enumerate(configs, 1):
+        folder = out_dir / "configs" / c["name"]
+        result = folder / "result.json"
+        spec = {k: c[k] for k in ("family", "n_train", "augment", "size", "length", "duplication")}
+        if result.is_file():
+            rec = json.loads(result.read_text())
+            if rec.get("spec") != spec:
+                raise DataValidationError(f"{result}: was made with other settings than {c['name']} now has; use a new --out")
+            say(f"[{i}/{len(configs)}] {c['name']}: done earlier ({rec['confirmed_copy_rate']:.0%} confirmed copies), kept")
+            records.append(rec)
+            continue
+        if only and c["name"] not in only:
+            continue
+        records.append(_run_config(cfg, c, spec, i, len(configs), folder, datalist, train_all, holdout_items, holdout_arr,
+                                   detector, features, feature_name, uri, experiment, parent, percentile, seed, progress))
+    return summarise(cfg, records, out_dir, uri, parent, feature_name)
+
+
+def _run_config(cfg, c, spec, i, n, folder, datalist, train_all, holdout_items, holdout_arr, detector, features,
+                feature_name, uri, experiment, parent, percentile, seed, progress) -> dict:
+    """Train, sample and score one configuration; writes ``<folder>/result.json`` last."""
+    m, shape = cfg["modality"], [int(s) for s in cfg["data"]["shape"]]
+    t0 = time.time()
+    sub = study_datalist(datalist, c["n_train"], c["duplication"], folder / "dataset.json")
+    n_items = len(json.loads(Path(sub).read_text())["training"])
+    train_over, net_over = _overrides(cfg, c, n_items)
+    bundle = bundle_dir(FAMILIES[c["family"]]["bundle"].format(m=m))
+    gen_dir = folder / "generator"
+    gen_dir.mkdir(parents=True, exist_ok=True)  # kept across reruns: a killed training resumes from its checkpoints
+    files = [bundle / "configs" / "train.json"]
+    overrides: dict[str, Any] = {
+        "bundle_root": str(gen_dir), "datalist": sub, "tracking_uri": uri, "experiment_name": experiment, "seed": seed,
+        "spatial_size": shape, "augment": bool(c["augment"]), "val_interval": 10**6, "save_interval": 50, **train_over,
+    }
+    if c["family"] == "ldm" and int(cfg.get("checks", 0)) > 0:  # the copy rate along training
+        files.append(bundle_dir("copy_detector") / "configs" / "memorization_check.json")
+        overrides.update({
+            "memorization_check#detector": str(detector), "memorization_check#holdout": sub,
+            "memorization_check#interval": max(1, train_over["diffusion_max_epochs"] // int(cfg["checks"])),
+            "memorization_check#num_samples": 8, "memorization_check#num_inference_steps": "@num_inference_steps",
+            "memorization_check#percentile": percentile,
+        })
+    say(f"[{i}/{n}] {c['name']}: python -m monai.bundle run training --config_file \"{[str(f) for f in files]}\" "
+        + " ".join(f"--{k} {v}" for k, v in overrides.items()))
+    run_bundle(files, "training", **overrides)
+    samples = fresh(folder / "samples")
+    run_bundle([bundle / "configs" / "inference.json"], "run", bundle_root=str(gen_dir), output_dir=str(samples),
+               num_samples=int(cfg["num_samples"]), seed=seed, spatial_size=shape, **net_over)
+    train_items = train_all[: int(c["n_train"])]
+    rec, synth_arr = evaluate_samples(
+        c["name"], samples, train_items, holdout_items, holdout_arr, detector, folder, m, shape, features, feature_name,
+        percentile=percentile, seed=seed, progress=progress, scan_options={"tracking_uri": uri, "experiment_name": experiment})
+    np.save(folder / "synthetic_features.npy", features(synth_arr))
+    adopt_child_runs(uri, experiment, parent, t0, {"audit_config": c["name"]})
+    curve = training_curve(uri, experiment, c["name"]) if c["family"] == "ldm" else []
+    batch = int(net_over.get("diffusion_batch_size") or 8)
+    per_epoch = -(-n_items // batch)
+    rec.update({**c, "spec": spec, "training_checks": [(e * per_epoch, r) for e, r in curve], "seconds": time.time() - t0,
+                "overrides": train_over})
+    tmp = folder / ".result.json.tmp"
+    tmp.write_text(json.dumps(rec, indent=2))
+    os.replace(tmp, folder / "result.json")
+    say(f"[{i}/{n}] {c['name']}: {rec['n_confirmed']}/{rec['n_synthetic']} confirmed copies, "
+        f"{rec['n_copies']} flagged, FID {rec['quality'].get('fid_synthetic') or float('nan'):.2f}, {rec['seconds'] / 60:.1f} min")
+    return rec

@@ -1,0 +1,164 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The study's results: a table (CSV and Markdown), the directions it tests with 95% CIs, and figures.
+
+Directions are the study's claims (Dar et al.): each compares two configurations that differ in one factor.
+A direction is *reproduced* when the 95% bootstrap interval of the difference lies on the claimed side of
+0, *refuted* when it lies on the other side, and *inconclusive* otherwise. Copy rates are the confirmed
+copy rate (flagged by the detector and closer in pixels than any new patient); quality is the FID of the
+samples' features against the training images' (lower is better), its interval from resampling samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["summarise", "directions", "diff_ci"]
+
+_B = 2000
+
+
+def diff_ci(k1: int, n1: int, k2: int, n2: int, seed: int = 0) -> tuple[float, float, float]:
+    """Difference of two fractions ``k1/n1 - k2/n2`` with its percentile-bootstrap 95% interval."""
+    rng = np.random.default_rng(seed)
+    d = rng.binomial(n1, k1 / n1, _B) / n1 - rng.binomial(n2, k2 / n2, _B) / n2
+    return k1 / n1 - k2 / n2, float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def _fid_diff_ci(a: Path, b: Path, train_features: np.ndarray, seed: int = 0, n_boot: int = 200) -> tuple[float, float, float]:
+    """FID(a) - FID(b) against the training features, with a 95% interval from resampling each sample set."""
+    import torch
+    from monai.metrics import FIDMetric
+
+    fa, fb = np.load(a), np.load(b)
+    t = torch.as_tensor(train_features, dtype=torch.float64)
+
+    def fid(x):
+        return float(FIDMetric()(torch.as_tensor(x, dtype=torch.float64), t))
+
+    rng = np.random.default_rng(seed)
+    boots = [fid(fa[rng.integers(0, len(fa), len(fa))]) - fid(fb[rng.integers(0, len(fb), len(fb))]) for _ in range(n_boot)]
+    return fid(fa) - fid(fb), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+#: (claim, factor, configuration picked as "more", "less", what is compared, claimed sign of more - less)
+_CLAIMS = [
+    ("LDM samples are copies more often than VAE samples", "family", {"family": "ldm"}, {"family": "vae"}, "copies", +1),
+    ("LDM samples are copies more often than GAN samples", "family", {"family": "ldm"}, {"family": "gan"}, "copies", +1),
+    ("LDM samples are of better quality (lower FID) than VAE samples", "family", {"family": "ldm"}, {"family": "vae"}, "fid", -1),
+    ("LDM samples are of better quality (lower FID) than GAN samples", "family", {"family": "ldm"}, {"family": "gan"}, "fid", -1),
+    ("longer training raises copies", "length", "long", "short", "copies", +1),
+    ("more training data lowers copies", "n_train", "max", "min", "copies", -1),
+    ("augmentation lowers copies", "augment", {"augment": True}, {"augment": False}, "copies", -1),
+    ("a smaller model lowers copies", "size", {"size": "small"}, {"size": "base"}, "copies", -1),
+    ("duplicated training images raise copies", "duplication", "max", "min", "copies", +1),
+]
+
+
+def _pick(records: list[dict], factor: str, which: Any) -> dict | None:
+    """The base, or the configuration that differs from it in ``factor`` as asked."""
+    group = [r for r in records if r.get("varies") in (None, factor)]
+    if isinstance(which, dict):
+        hits = [r for r in group if all(r[k] == v for k, v in which.items())]
+        return hits[0] if hits else None
+    if factor == "length":
+        hits = [r for r in group if r["length"] == which]
+        return hits[0] if hits else None
+    if len(group) < 2:
+        return None
+    key = sorted(group, key=lambda r: float(r[factor]))
+    return key[-1] if which == "max" else key[0]
+
+
+def directions(records: list[dict], out_dir: Path, seed: int = 0) -> list[dict]:
+    """Each claim of the study that the configurations can test, with its difference, 95% CI and outcome."""
+    out = []
+    train_feats = out_dir / "train_features.npy"
+    for claim, factor, more, less, what, sign in _CLAIMS:
+        a, b = _pick(records, factor, more), _pick(records, factor, less)
+        if a is None or b is None or a["name"] == b["name"]:
+            continue
+        if what == "copies":
+            d, lo, hi = diff_ci(a["n_confirmed"], a["n_synthetic"], b["n_confirmed"], b["n_synthetic"], seed)
+        else:
+            fa, fb = (out_dir / "configs" / r["name"] / "synthetic_features.npy" for r in (a, b))
+            if not (fa.is_file() and fb.is_file() and train_feats.is_file()):
+                continue
+            d, lo, hi = _fid_diff_ci(fa, fb, np.load(train_feats), seed)
+        outcome = "reproduced" if (lo > 0 if sign > 0 else hi < 0) else "refuted" if (hi < 0 if sign > 0 else lo > 0) else "inconclusive"
+        caveat = [r["name"] for r in (a, b) if not r["quality"].get("converged")]
+        out.append({"claim": claim, "compared": f"{a['name']} vs {b['name']}", "measure": "confirmed copy rate" if what == "copies" else "FID",
+                    "difference": d, "ci": [lo, hi], "outcome": outcome,
+                    "note": f"not converged: {', '.join(caveat)}" if caveat else ""})
+    return out
+
+
+def _fmt_rate(r: dict, key: str) -> str:
+    lo, hi = r[f"{key}_ci"]
+    return f"{100 * r[key]:.0f}% ({100 * lo:.0f}-{100 * hi:.0f})"
+
+
+def _table_rows(records: list[dict]) -> list[dict]:
+    rows = []
+    for r in records:
+        q = r["quality"]
+        rows.append({
+            "configuration": r["name"], "family": r["family"], "n_train": r["n_train"], "augment": r["augment"], "size": r["size"],
+            "length": r["length"], "duplication": r["duplication"], "confirmed copies": _fmt_rate(r, "confirmed_copy_rate"),
+            "flagged copies": _fmt_rate(r, "synthetic_copy_rate"), "training images memorized": _fmt_rate(r, "memorized_fraction"),
+            "FID (held-out)": f"{q.get('fid_synthetic') or float('nan'):.2f} ({q.get('fid_holdout') or float('nan'):.2f})",
+            "MMD (held-out)": f"{q.get('mmd_synthetic') or float('nan'):.3f} ({q.get('mmd_holdout') or float('nan'):.3f})",
+            "MS-SSIM (training)": f"{q.get('ms_ssim_synthetic') or float('nan'):.3f} ({q.get('ms_ssim_train') or float('nan'):.3f})",
+            "converged": q.get("converged"), "minutes": round(r.get("seconds", 0) / 60, 1),
+        })
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(cfg: dict, records: list[dict], out_dir: Path, uri: str, parent: str | None, feature_name: str) -> dict:
+    """Write ``results.csv``, ``results.md``, ``directions.md``, the figures and ``study.json``; close the parent run."""
+    from monai_memorization.audit.verdict import finish_parent
+    from monai_memorization.report.study_figures import study_figures
+
+    rows = _table_rows(records)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        if rows:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    dirs = directions(records, out_dir, int(cfg.get("seed", 0)))
+    figures = study_figures(records, out_dir)
+    md = [f"# Memorization study ({cfg['preset']} preset, {cfg['modality']})", "",
+          f"Rates are fractions of {cfg['num_samples']} samples with 95% bootstrap CIs; FID, MMD: {feature_name} features; "
+          "MS-SSIM: mean over pairs of samples (higher = less diverse).", "", _markdown(rows), "## Directions", "",
+          _markdown([{"claim": d["claim"], "compared": d["compared"], "measure": d["measure"],
+                      "difference (95% CI)": f"{d['difference']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})",
+                      "outcome": d["outcome"], "note": d["note"]} for d in dirs]), "## Figures", ""]
+    md += [f"![{name}]({Path(p).name})" for name, p in figures.items()]
+    (out_dir / "results.md").write_text("\n".join(md) + "\n")
+    summary = {"preset": cfg["preset"], "configs": records, "directions": dirs, "figures": {k: str(v) for k, v in figures.items()},
+               "tracking_uri": uri}
+    (out_dir / "study.json").write_text(json.dumps(summary, indent=2, default=str))
+    finish_parent(uri, parent, [{**r, "name": r["name"].replace("-", "_")} for r in records], 0)
+    return summary

@@ -1,0 +1,98 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The study driver on its smoke preset: every family trains through its bundle, the table, directions and figures are
+written, MLflow holds one parent run with the configurations' runs nested under it, and a rerun skips what is done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from monai_memorization.errors import DataValidationError
+from monai_memorization.study.config import expand, load_study_config
+from monai_memorization.study.run import run_study, study_datalist
+
+SMOKE = {"preset": "smoke", "sweeps": {"family": ["vae", "gan"], "duplication": [3]}}
+
+
+def test_configurations_and_bad_input(tmp_path):
+    cfg = load_study_config(preset="cpu")
+    names = [c["name"] for c in expand(cfg)]
+    assert names[0] == "ldm-n12-noaug-base-base" and len(names) == len(set(names)) == 11
+    assert {"vae-n12-noaug-base-base", "gan-n12-noaug-base-base", "ldm-n12-noaug-base-long", "ldm-n12-noaug-base-base-dup4"} <= set(names)
+    with pytest.raises(DataValidationError, match="unknown sweep factor 'colour'"):
+        load_study_config({"sweeps": {"colour": ["red"]}})
+    with pytest.raises(DataValidationError, match="unknown study preset 'tpu'"):
+        load_study_config(preset="tpu")
+    (tmp_path / "bad.yaml").write_text("base: [unclosed")
+    with pytest.raises(DataValidationError, match="bad.yaml: not a readable YAML/JSON study configuration"):
+        load_study_config(tmp_path / "bad.yaml")
+    with pytest.raises(DataValidationError, match="family gan has no length 'long'"):
+        expand(load_study_config({"preset": "smoke", "sweeps": {"length": ["long"]}, "base": {**cfg["base"], "family": "gan", "n_train": 4}}))
+
+
+def test_smoke_study_end_to_end_then_resume(tmp_path, capfd):
+    out = tmp_path / "study"
+    s = run_study(SMOKE, out, progress=False)
+    names = [r["name"] for r in s["configs"]]
+    assert names == ["ldm-n4-noaug-base-base", "vae-n4-noaug-base-base", "gan-n4-noaug-base-base", "ldm-n4-noaug-base-base-dup3"]
+    for r in s["configs"]:
+        assert r["n_synthetic"] == 4 and r["n_train"] == 4 and 0 <= r["confirmed_copy_rate"] <= 1
+        lo, hi = r["confirmed_copy_rate_ci"]
+        assert lo <= r["confirmed_copy_rate"] <= hi
+        q = r["quality"]
+        assert q["fid_synthetic"] > 0 and q["fid_holdout"] > 0 and q["mmd_synthetic"] is not None and 0 < q["ms_ssim_synthetic"] < 1
+        assert (out / "configs" / r["name"] / "samples").is_dir() and len(list((out / "configs" / r["name"] / "samples").iterdir())) == 4
+    # the duplicated configuration trained on 4 + 2 byte-identical copies of the first image (a quarter, 3 times in all)
+    dup = json.loads((out / "configs" / "ldm-n4-noaug-base-base-dup3" / "dataset.json").read_text())["training"]
+    assert len(dup) == 6 and Path(dup[4]["image"]).read_bytes() == Path(dup[0]["image"]).read_bytes()
+    assert dup[4]["subject"] == dup[0]["subject"]
+    # the LDM's copy rate along training comes from the in-training check
+    assert s["configs"][0]["training_checks"] and s["configs"][1]["training_checks"] == []
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("configuration,family,n_train")
+    md = (out / "results.md").read_text()
+    assert "## Directions" in md and "LDM samples are copies more often than VAE samples" in md
+    claims = {d["claim"]: d for d in s["directions"]}
+    assert claims["duplicated training images raise copies"]["compared"] == "ldm-n4-noaug-base-base-dup3 vs ldm-n4-noaug-base-base"
+    for d in claims.values():
+        assert d["outcome"] in ("reproduced", "refuted", "inconclusive") and d["ci"][0] <= d["difference"] <= d["ci"][1]
+        assert d["note"].startswith("not converged")  # seconds of training: every claim carries the caveat
+    for png in ("copy_rate_vs_steps.png", "quality_vs_copy_rate.png", "factors.png"):
+        assert (out / png).stat().st_size > 5000
+
+    client = mlflow.MlflowClient(s["tracking_uri"])
+    exp = client.get_experiment_by_name("study_xr")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [p.info.run_name for p in parents] == ["study_smoke"]
+    children = {(r.data.tags.get("audit_config"), r.info.run_name) for r in runs if r not in parents}
+    assert {("ldm-n4-noaug-base-base", "diffusion"), ("vae-n4-noaug-base-base", "autoencoder"), ("gan-n4-noaug-base-base", "gan"),
+            ("gan-n4-noaug-base-base", "scan_gan-n4-noaug-base-base"), ("detector", "detector")} <= children
+
+    capfd.readouterr()
+    again = run_study(SMOKE, out, progress=False)  # a rerun keeps every finished configuration
+    assert [r["seconds"] for r in again["configs"]] == [r["seconds"] for r in s["configs"]]
+    assert capfd.readouterr().err.count("done earlier") == 4
+    result = out / "configs" / "ldm-n4-noaug-base-base" / "result.json"
+    rec = json.loads(result.read_text())
+    rec["spec"]["length"] = "other"  # a result from other settings is never silently reused
+    result.write_text(json.dumps(rec))
+    with pytest.raises(DataValidationError, match="was made with other settings"):
+        run_study(SMOKE, out, progress=False)
+
+
+def test_study_datalist_rejects_too_few(tmp_path, xr_datalist):
+    with pytest.raises(DataValidationError, match="the study asks for 500"):
+        study_datalist(xr_datalist, 500, 1, tmp_path / "d.json")
