@@ -33,7 +33,8 @@ import numpy as np
 
 from monai_memorization.audit.evaluate import evaluate_samples
 from monai_memorization.audit.steps import (
-    adopt_child_runs, bundle_dir, fresh, load_arrays, prepare_out, run_bundle, say, start_parent_run, training_curve,
+    adopt_child_runs, bundle_dir, fresh, load_arrays, prepare_out, run_bundle, say, start_parent_run, sub_datalist,
+    training_curve,
 )
 from monai_memorization.errors import DataValidationError
 from monai_memorization.study.config import FAMILIES, epochs_for, expand, load_study_config
@@ -47,15 +48,9 @@ def study_datalist(datalist: str, n_train: int, duplication: int, path: Path) ->
     The duplicates are byte-identical copies of the files under other names, with the same subject; held-out and
     validation lists are kept; paths are absolute.
     """
-    from monai_memorization.data.datalist import load_datalist, read_datalist
-
-    meta = {k: v for k, v in read_datalist(datalist).items() if not isinstance(v, list)}
-    for section in ("training", "validation", "holdout"):
-        try:
-            meta[section] = load_datalist(datalist, section)
-        except DataValidationError:
-            continue
-    train = meta["training"][: int(n_train)]
+    sub_datalist(datalist, n_train, path)
+    meta = json.loads(path.read_text())
+    train = meta["training"]
     if len(train) < int(n_train):
         raise DataValidationError(f"{datalist}: {len(train)} training images, the study asks for {n_train}")
     path.parent.mkdir(parents=True, exist_ok=True)
