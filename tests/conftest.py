@@ -66,3 +66,34 @@ def _restore_logging():
     for name, lg in logging.root.manager.loggerDict.items():
         if isinstance(lg, logging.Logger):
             lg.disabled = disabled.get(name, False)
+
+
+@pytest.fixture(scope="session")
+def zoo2d(tmp_path_factory):
+    """A tiny Decathlon Task01_BrainTumour and the 2D axial-slice bundle fixture trained on it (both stages):
+    ``(bundle folder, data folder)``. Tests that change the bundle work on a copy."""
+    from fixtures.zoo import make_brats, trained_zoo_2d
+
+    root = tmp_path_factory.mktemp("zoo2d")
+    data = make_brats(root / "data")
+    return trained_zoo_2d(root, data), data
+
+
+@pytest.fixture(scope="session")
+def zoo2d_audit(zoo2d, tmp_path_factory):
+    """The docs page's ``audit --bundle`` command, run once on ``zoo2d``: ``(exit code, audit folder, stdout)``."""
+    import contextlib
+    import io
+
+    from fixtures.zoo import docs_argv, docs_commands
+
+    from monai_memorization.cli import main
+
+    bundle, data = zoo2d
+    audit = tmp_path_factory.mktemp("zoo2d_audit") / "audit"
+    argv = docs_argv(docs_commands()[0], BUNDLE=str(bundle), DATA=str(data), AUDIT=str(audit))
+    assert argv[:3] == ["monai-memorization", "audit", "--bundle"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+        main(argv[1:])
+    return e.value.code, audit, out.getvalue()

@@ -110,18 +110,23 @@ def test_overlay_appends_the_handler_to_our_bundles(bundle):
     assert str(handler.detector).endswith("models/copy_detector.pt") and handler.interval == 10
 
 
-def test_overlay_stop_and_mlflow_are_off_until_asked_for():
-    """With the defaults the overlay adds the check and the CheckpointSaver; a limit adds the stop, a URI the MLflow run."""
+def test_overlay_stop_is_off_until_asked_for_and_mlflow_on_by_default(tmp_path):
+    """With the defaults the overlay adds the check, the CheckpointSaver and an MLflow run in a local store (the check
+    stands it down when the bundle logs to MLflow itself); a limit adds the stop, log_to_mlflow false drops MLflow."""
     from monai.bundle import ConfigParser
 
-    from monai_memorization.handlers import MemorizationCheckHandler, StopAboveLimit
+    from monai_memorization.handlers import MemorizationCheckHandler, SafeMLFlowHandler, StopAboveLimit
 
     def handlers(**overrides):
         parser = ConfigParser(ConfigParser.load_config_files([str(ZOO / "configs" / "train_diffusion.json"), str(OVERLAY)]))
-        parser.update(overrides)
+        parser.update({"bundle_root": str(tmp_path), **overrides})
         parser.parse()
-        return [type(h).__name__ for h in parser.get_parsed_content("train#handlers", instantiate=True)]
+        return parser.get_parsed_content("train#handlers", instantiate=True)
 
-    assert handlers() == ["CheckpointSaver", "StatsHandler", MemorizationCheckHandler.__name__, "CheckpointSaver"]
-    on = handlers(**{"memorization_check#stop_on_copy_rate": 0.2, "memorization_check#tracking_uri": "sqlite:///x.db"})
-    assert on[-2:] == [StopAboveLimit.__name__, "SafeMLFlowHandler"]
+    default = handlers()
+    assert [type(h).__name__ for h in default] == ["CheckpointSaver", "StatsHandler", MemorizationCheckHandler.__name__,
+                                                   "CheckpointSaver", SafeMLFlowHandler.__name__]
+    assert default[-1].run_name == default[2].mlflow_run_name == "memorization_check"
+    assert (tmp_path / "eval" / "mlflow.db").is_file()  # the default local store
+    on = handlers(**{"memorization_check#stop_on_copy_rate": 0.2, "memorization_check#log_to_mlflow": False})
+    assert [type(h).__name__ for h in on][-2:] == ["CheckpointSaver", StopAboveLimit.__name__]

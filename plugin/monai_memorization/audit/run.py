@@ -66,7 +66,7 @@ class AuditResult:
             lines.append(f"  {c['name']}: {c['verdict']}  (scan report: {c['report_link']})")
         lines += [
             f"report:   {self.report_path}",
-            f"MLflow:   mlflow ui --backend-store-uri {self.tracking_uri}",
+            f"MLflow:   mlflow ui --backend-store-uri {self.tracking_uri}" if self.tracking_uri else "MLflow:   not logged",
             f"time:     {sum(self.seconds.values()) / 60:.1f} min ("
             + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()) + ")",
         ]

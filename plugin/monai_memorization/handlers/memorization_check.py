@@ -57,10 +57,12 @@ class MemorizationCheckHandler:
 
     Args:
         detector: copy-detector checkpoint trained on the generator's training data.
-        train_data: the generator's training set (datalist ``.json``, folder, paths or items). None: the items
-            of the trainer's own data loader (``engine.data_loader.dataset.data``).
+        train_data: the generator's training set (datalist ``.json``, folder, paths or items). None: the trainer's own
+            dataset through its own chain without the random transforms (:func:`monai_memorization.zoo.images.trainer_images`:
+            axial slices of volumes for a 2D slice bundle), and the held-out images through the same chain.
         holdout: held-out images the generator never sees, to calibrate the threshold (datalist: its
-            ``holdout_section`` list). Needed unless ``threshold`` is given.
+            ``holdout_section`` list). None with ``train_data`` None: a ``DecathlonDataset``'s validation section.
+            Needed unless ``threshold`` is given.
         threshold: use this correlation threshold instead of calibrating one.
         sampler: ``sampler(num_samples, seed) -> Tensor[n, 1, *spatial]`` in [0, 1]; None: built from the
             trainer at the first check, with ``scheduler`` (e.g. the bundle's ``ddim_scheduler``) when given.
@@ -79,6 +81,8 @@ class MemorizationCheckHandler:
         allow_overlap: calibrate even when the held-out items overlap the training items (warning kept in
             ``overlap_warning``); otherwise an overlap is an error at setup, before anything is embedded.
         name: logger name.
+        mlflow_run_name: the run name of the overlay's own MLflow handler; it stands down when the bundle logs to MLflow
+            itself (``--tracking mlflow``), which then gets the ``memorization_*`` metrics.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class MemorizationCheckHandler:
         batch_size: int = 16,
         allow_overlap: bool = False,
         name: str | None = None,
+        mlflow_run_name: str = "memorization_check",
     ) -> None:
         if int(interval) < 1 or int(num_samples) < 1:
             raise ValueError(f"interval and num_samples must be >= 1, got {interval} and {num_samples}")
@@ -118,6 +123,8 @@ class MemorizationCheckHandler:
         self.reference: Any = None
         self.overlap_warning: str | None = None
         self.history: list[dict[str, Any]] = []
+        self.failure: BaseException | None = None
+        self.mlflow_run_name = mlflow_run_name
 
     def attach(self, engine: Engine) -> None:
         """Register on a trainer: set-up at start, a check at the last iteration of every due epoch.
@@ -131,6 +138,39 @@ class MemorizationCheckHandler:
         engine.add_event_handler(Events.STARTED, self._setup)
         engine.add_event_handler(Events.EPOCH_STARTED, self._clear)
         engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self)
+        # first in line when something raises: a failed check ends the run before a bundle's CheckpointSaver
+        # (save_final) writes the network it holds over the bundle's models/model.pt
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+        raised = engine._event_handlers[Events.EXCEPTION_RAISED]
+        raised.insert(0, raised.pop())
+
+    def _failed(self, engine: Engine, e: BaseException) -> None:
+        if self.failure is not None:
+            self.logger.error("memorization check failed (%s); the bundle's final checkpoints are not written, so its "
+                              "models/ files stay as they were", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise e
+
+    def _route_mlflow(self, engine: Engine) -> None:
+        """One MLflow destination, said in the log: the bundle's own run when it has one, else the overlay's store."""
+        from monai.handlers import MLFlowHandler
+
+        def owner(h: Any) -> Any:
+            return getattr(getattr(h, "__wrapped__", h), "__self__", None)
+
+        loggers = {id(o): o for hs in engine._event_handlers.values() for h, *_ in hs
+                   if isinstance(o := owner(h), MLFlowHandler)}
+        overlay = [o for o in loggers.values() if getattr(o, "run_name", None) == self.mlflow_run_name]
+        bundle = [o for o in loggers.values() if o not in overlay]
+        where = lambda o: (f"experiment '{o.experiment_name}' at {getattr(o.client, 'tracking_uri', None) or 'its store'}"
+                           f" (run '{o.run_name or 'the bundle run'}')")
+        if bundle:
+            for hs in engine._event_handlers.values():  # the bundle's run gets the metrics: no second run
+                hs[:] = [x for x in hs if owner(x[0]) not in overlay]
+            self.logger.info("memorization check: %s* metrics go to the bundle's MLflow run, %s", self.prefix, where(bundle[0]))
+        elif overlay:
+            self.logger.info("memorization check: %s* metrics go to MLflow, %s", self.prefix, where(overlay[0]))
+        else:
+            self.logger.info("memorization check: no MLflow logging (%s* metrics are in engine.state.metrics)", self.prefix)
 
     def _due(self, engine: Engine, iteration: int) -> bool:
         length = engine.state.epoch_length
@@ -150,6 +190,14 @@ class MemorizationCheckHandler:
         """Check the sets and the detector, embed the training (and held-out) set once, fix the threshold (rank 0)."""
         if idist.get_rank() != 0 or self.reference is not None:
             return
+        self._route_mlflow(engine)
+        try:
+            self._prepare(engine)
+        except Exception as e:
+            self.failure = e
+            raise
+
+    def _prepare(self, engine: Engine) -> None:
         from monai_memorization.detection.pipeline import prepare
 
         if not Path(self.detector).is_file():
@@ -157,20 +205,22 @@ class MemorizationCheckHandler:
                 f"{self.detector}: detector checkpoint not found; train one on the generator's training data "
                 f"(monai-memorization train-detector DATALIST --out {self.detector}) or set memorization_check#detector"
             )
-        train = self.train_data
-        if train is None:
-            train = getattr(getattr(getattr(engine, "data_loader", None), "dataset", None), "data", None)
-            if not train:
-                raise MemorizationError("memorization check: train_data not given and the trainer's data loader has no "
-                                        "dataset.data; set memorization_check#train_data")
-        if self.holdout is None and self.threshold is None:
+        train, holdout, detector = self.train_data, self.holdout, self.detector
+        device = getattr(engine.state, "device", None) or "cpu"
+        if train is None:  # the trainer's own dataset, through the bundle's own chain (slices of volumes included)
+            from monai_memorization.zoo.images import memory_detector, trainer_images
+
+            tr, ho = trainer_images(getattr(getattr(engine, "data_loader", None), "dataset", None), holdout, self.sections[1])
+            train, holdout = tr.image_set("training"), (ho.image_set("held-out") if ho is not None else None)
+            detector = memory_detector(self.detector, modality=self.modality, device=device, batch_size=self.batch_size)
+        if holdout is None and self.threshold is None:
             raise MemorizationError("memorization check: no held-out data to calibrate the threshold; set holdout "
                                     "(e.g. --memorization_check#holdout <datalist with a 'holdout' list>) or threshold")
         t0 = time.time()
         self.reference, _ = prepare(
-            self.detector, train, self.holdout, threshold=self.threshold, percentile=self.percentile,
+            detector, train, holdout, threshold=self.threshold, percentile=self.percentile,
             allow_overlap=self.allow_overlap, validate=False, sections=(*self.sections, "training"), modality=self.modality,
-            device=getattr(engine.state, "device", None) or "cpu", batch_size=self.batch_size,
+            device=device, batch_size=self.batch_size,
         )
         self.threshold, self.overlap_warning = self.reference.threshold, self.reference.overlap_warning
         self.logger.info("memorization check: threshold %.4f (%s), %d training samples, %.1fs", self.threshold,
@@ -194,6 +244,13 @@ class MemorizationCheckHandler:
 
     def __call__(self, engine: Engine) -> None:
         """Run one check and write its values into ``engine.state.metrics`` (on every rank)."""
+        try:
+            self._check(engine)
+        except Exception as e:
+            self.failure = e
+            raise
+
+    def _check(self, engine: Engine) -> None:
         values = torch.zeros(len(METRIC_NAMES), dtype=torch.float64)
         t0 = time.time()
         if idist.get_rank() == 0:
