@@ -70,6 +70,7 @@ class Reference:
         views: orientation views (None: identity only).
         overlap_warning: the overlap found when it was allowed.
         hybrid: the pixel side with ``score="hybrid"`` (:mod:`monai_memorization.detection.hybrid`), else None.
+        search: ``"auto"``/``"exact"``/``"approximate"`` for the scan; ``calibration_search`` what calibration used.
     """
 
     detector: Detector
@@ -83,6 +84,8 @@ class Reference:
     views: tuple[str, ...] | None = None
     overlap_warning: str | None = None
     hybrid: Any = None
+    search: str = "auto"
+    calibration_search: str = "exact"
 
 
 def _check_dims(detector: str | os.PathLike | Detector, det: Detector, sets: Sequence[ImageSet]) -> None:
@@ -116,6 +119,7 @@ def prepare(
     use_gpu: bool | str = "auto",
     sections: Sequence[str] = ("training", "holdout", "training"),
     score: str = "detector",
+    search: str = "auto",
     **load_options: Any,
 ) -> tuple[Reference, ImageSet | None]:
     """Check the sets and the detector, then embed the training (and held-out) set and fix the threshold.
@@ -134,6 +138,7 @@ def prepare(
         sections: datalist lists of the training, held-out and synthetic sets.
         score: ``"detector"`` or ``"hybrid"`` (the detector's and the pixel correlation under one false-positive
             budget; needs held-out data, not a given threshold).
+        search: ``"auto"``, ``"exact"`` or ``"approximate"`` (faiss IVF-Flat for archives; see ``scan_embeddings``).
         load_options: :func:`load` arguments (``modality``, ``device``, ``batch_size``, ``num_workers``, ``progress``).
 
     Returns:
@@ -150,6 +155,10 @@ def prepare(
     if score not in SCORES or (score == "hybrid" and (threshold is not None or holdout is None)):
         raise DataValidationError(f"score must be one of {', '.join(SCORES)} (hybrid: with held-out data and no fixed "
                                   f"threshold), got {score!r}")
+    from monai_memorization.detection.index import SEARCHES
+
+    if search not in SEARCHES:
+        raise DataValidationError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     tr = ImageSet.from_source(train, sections[0], "training")
     if holdout is None and threshold is None:
         raise DataValidationError("no held-out data to calibrate the threshold: give held-out images or a threshold")
@@ -161,7 +170,7 @@ def prepare(
     det = load(detector, fallback_modality=tr.modality, **load_options)
     sets = [s for s in (tr, ho, sy) if s is not None]
     if validate:
-        sets = [s.validate(progress=det.progress) for s in sets]
+        sets = [s.validate(progress=det.progress, channel=det.channel) for s in sets]
         _check_dims(detector, det, sets)
         for s in sets:
             rgb = [p for p, c in zip(s.paths, s.channels or ()) if c in (3, 4)]
@@ -175,16 +184,16 @@ def prepare(
     views = tuple(view_names(det.spatial_size)) if orientation_invariant else None
     train_emb, shapes = det.embed(tr)
     tr = tr.with_shapes(shapes)
-    calibration, holdout_emb = None, None
+    calibration, holdout_emb, calibration_search = None, None, "exact"
     if ho is not None:
-        from monai_memorization.detection.calibrate import calibrate_threshold
+        from monai_memorization.detection.scan import calibrate
 
         holdout_emb, _ = det.embed_views(ho, views)
-        calibration = calibrate_threshold(train_emb, holdout_emb, percentile, use_gpu=use_gpu)
+        calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search)
     hybrid = prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu) if score == "hybrid" else None
     thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else calibration[0])
     ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(thr), percentile, views,
-                    overlap.message(allowed=True), hybrid)
+                    overlap.message(allowed=True), hybrid, search, calibration_search)
     return ref, sy
 
 
@@ -217,7 +226,7 @@ def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: 
         result = scan_embeddings(
             ref.train_emb, ref.holdout_emb, synth_emb, percentile=ref.percentile, train_items=list(ref.train.items),
             synth_items=items, n_bootstrap=n_bootstrap, seed=seed, use_gpu=use_gpu, threshold=ref.threshold,
-            views=ref.views, calibration=ref.calibration,
+            views=ref.views, calibration=ref.calibration, search=ref.search, calibration_search=ref.calibration_search,
         )
     else:
         result = _scan_hybrid(ref, synthetic, synth_emb, items, n_bootstrap, seed, use_gpu)

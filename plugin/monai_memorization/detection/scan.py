@@ -41,11 +41,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from monai_memorization.detection.calibrate import calibrate_threshold
-from monai_memorization.detection.index import CorrelationIndex
+from monai_memorization.detection import index as nn
 from monai_memorization.errors import DataValidationError, DetectorError
 
-__all__ = ["ScanResult", "scan_embeddings", "nearest_both_ways", "scan_scores", "DEFINITIONS", "HEADLINE", "FRACTIONS"]
+__all__ = ["ScanResult", "scan_embeddings", "nearest_both_ways", "calibrate", "scan_scores", "DEFINITIONS", "HEADLINE", "FRACTIONS"]
 
 #: the number to quote first
 HEADLINE = "synthetic_copy_rate"
@@ -89,6 +88,7 @@ class ScanResult:
         detector_warning: set when the detector had fewer optimizer steps than it needs.
         score: ``"detector"`` (correlations of detector embeddings) or ``"hybrid"`` (the larger of the detector's and
             the pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
+        search: ``"exact"`` or the approximate index and the passes it served (``"ivf-flat (nprobe=..) for the scan"``).
     """
 
     threshold: float
@@ -115,6 +115,7 @@ class ScanResult:
     overlap_warning: str | None = None
     detector_warning: str | None = None
     score: str = "detector"
+    search: str = "exact"
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-sample arrays), with the definitions and the headline's name.
@@ -177,11 +178,18 @@ def _bootstrap_ci(statistic, data: Sequence[np.ndarray], n_resamples: int, seed:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _nearest(reference: np.ndarray, query: np.ndarray, use_gpu: bool | str, names: tuple[str, str]):
-    index = CorrelationIndex(reference.shape[1], use_gpu=use_gpu)
-    index.add(reference, name=names[0])
-    corr, idx = index.search(query, k=1, name=names[1])
-    return corr[:, 0], idx[:, 0]
+def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = 95.0, use_gpu: bool | str = "auto",
+              search: str = "auto", normalised: bool = False) -> tuple[tuple[float, np.ndarray], str]:
+    """``calibrate_threshold`` with a ``search`` (as in :func:`scan_embeddings`): ``((threshold, corr), mode)``."""
+    if not 0.0 < float(percentile) <= 100.0:
+        raise DetectorError(f"percentile must be in (0, 100], got {percentile}")
+    train_emb, holdout_emb = np.asarray(train_emb), np.asarray(holdout_emb)
+    _check_embeddings(train_emb, holdout_emb, None)
+    backend = nn.resolve_backend(use_gpu)
+    mode = nn.choose_search(search, float(len(train_emb)) * len(holdout_emb), backend)
+    train_n = train_emb if normalised else nn.normalize_for_correlation(train_emb, "training embeddings")
+    corr = nn.nearest_one_way(nn.normalize_for_correlation(holdout_emb, "held-out embeddings"), train_n, backend, mode)[0]
+    return (float(np.percentile(corr, percentile)), corr), mode
 
 
 def _check_embeddings(train_emb, holdout_emb, synth_emb) -> None:
@@ -207,6 +215,8 @@ def scan_embeddings(
     threshold: float | None = None,
     views: Sequence[str] | None = None,
     calibration: tuple[float, np.ndarray] | None = None,
+    search: str = "auto",
+    calibration_search: str = "exact",
 ) -> ScanResult:
     """Memorization scan on precomputed embeddings.
 
@@ -220,20 +230,23 @@ def scan_embeddings(
         synth_items: optional items naming the synthetic samples.
         n_bootstrap: bootstrap resamples for the 95% intervals (0 to skip).
         seed: bootstrap seed.
-        use_gpu: passed to :class:`CorrelationIndex`.
+        use_gpu: ``"auto"``, True or False (:func:`~monai_memorization.detection.index.resolve_backend`).
         threshold: use this threshold instead of the calibrated one.
         views: names of the orientation views (:mod:`monai_memorization.detection.views`) when
             ``synth_emb`` and ``holdout_emb`` hold every image under each view, view-major
             (``[V * N, d]``); each synthetic image then counts with its best view.
         calibration: ``calibrate_threshold``'s ``(threshold, correlations)`` computed before (the
             in-training check calibrates once, then scans every few epochs).
+        search: ``"exact"`` (both directions from one fused pass), ``"approximate"`` (faiss IVF-Flat, reported in
+            ``ScanResult.search``) or ``"auto"`` (approximate above ``index.APPROX_AUTO_PAIRS`` pairs a pass, CPU).
+        calibration_search: how a given ``calibration`` was searched (``"exact"``/``"approximate"``), reported.
 
     Returns:
         :class:`ScanResult` (``out_dir`` and ``report_path`` unset).
 
     Raises:
         DataValidationError: an empty set, or items that do not match the embeddings.
-        DetectorError: embeddings of different sizes.
+        DetectorError: embeddings of different sizes, an unknown ``search``.
     """
     train_emb, synth_emb = np.asarray(train_emb), np.asarray(synth_emb)
     holdout_emb = None if holdout_emb is None else np.asarray(holdout_emb)
@@ -243,36 +256,50 @@ def scan_embeddings(
     for items, n, name in ((train_items, n_train, "training"), (synth_items, n_synth, "synthetic")):
         if items is not None and len(items) != n:
             raise DataValidationError(f"{name}: {len(items)} items but {n} embeddings")
+    backend = nn.resolve_backend(use_gpu)
+    nn.choose_search(search, 0.0, backend)  # an unknown search fails before any work
+    train_n = nn.normalize_for_correlation(train_emb, "training embeddings")  # once, for both passes
     if calibration is None and holdout_emb is None:
         calibration = (float("nan"), np.full(n_train, np.nan, dtype=np.float32))
-    calibrated, calib = calibration or calibrate_threshold(train_emb, holdout_emb, percentile, use_gpu=use_gpu)
-    near = nearest_both_ways(train_emb, synth_emb, n_views, use_gpu)
+    elif calibration is None:
+        calibration, calibration_search = calibrate(train_n, holdout_emb, percentile, use_gpu, search, normalised=True)
+    calibrated, calib = calibration
+    near = nearest_both_ways(train_n, synth_emb, n_views, use_gpu, search, normalised=True)
     fixed = threshold is not None or not np.isfinite(calibrated)
-    return scan_scores(near, calib, percentile, calibrated if threshold is None else threshold, train_items, synth_items,
-                       n_bootstrap, seed, 0 if holdout_emb is None else len(holdout_emb) // n_views, views, fixed)
+    result = scan_scores(near, calib, percentile, calibrated if threshold is None else threshold, train_items, synth_items,
+                         n_bootstrap, seed, 0 if holdout_emb is None else len(holdout_emb) // n_views, views, fixed)
+    passes = [n for n, m in (("calibration", calibration_search if np.isfinite(calibrated) else ""),
+                             ("scan", near["search"])) if m == "approximate"]
+    result.search = f"{nn.search_label('approximate')} for the {' and '.join(passes)}" if passes else "exact"
+    return result
 
 
-def nearest_both_ways(train_emb: np.ndarray, synth_emb: np.ndarray, n_views: int = 1, use_gpu: bool | str = "auto") -> dict:
+def nearest_both_ways(train_emb: np.ndarray, synth_emb: np.ndarray, n_views: int = 1, use_gpu: bool | str = "auto",
+                      search: str = "exact", normalised: bool = False) -> dict:
     """Each synthetic sample's nearest training sample and each training sample's nearest synthetic sample.
 
     Args:
         train_emb: ``[N_train, d]``.
         synth_emb: ``[V * N_synthetic, d]``, view-major when ``n_views > 1``.
         n_views: orientation views in ``synth_emb`` (each synthetic image counts with its best view).
-        use_gpu: passed to :class:`CorrelationIndex`.
+        use_gpu, search: as in :func:`scan_embeddings` (exact: one fused pass for both directions).
+        normalised: ``train_emb`` is already centred and normalised.
 
     Returns:
-        ``{"s_corr", "s_idx", "s_view"}`` (``[N_synthetic]``) and ``{"t_corr", "t_idx"}`` (``[N_train]``).
+        ``{"s_corr", "s_idx", "s_view"}`` (``[N_synthetic]``), ``{"t_corr", "t_idx"}`` (``[N_train]``), ``"search"``.
     """
-    n_synth = len(synth_emb) // n_views
-    s_corr, s_idx = _nearest(train_emb, synth_emb, use_gpu, ("training embeddings", "synthetic embeddings"))
+    n_synth, backend = len(synth_emb) // n_views, nn.resolve_backend(use_gpu)
+    mode = nn.choose_search(search, float(len(train_emb)) * len(synth_emb), backend)
+    train_n = train_emb if normalised else nn.normalize_for_correlation(train_emb, "training embeddings")
+    s_corr, s_idx, t_corr, t_idx = nn.nearest_pairs(train_n, nn.normalize_for_correlation(synth_emb, "synthetic embeddings"),
+                                                    backend, mode)
     s_view = np.zeros(n_synth, dtype=int)
     if n_views > 1:
         from monai_memorization.detection.views import reduce_views
 
         s_corr, s_idx, s_view = reduce_views(s_corr, s_idx, n_views)
-    t_corr, t_idx = _nearest(synth_emb, train_emb, use_gpu, ("synthetic embeddings", "training embeddings"))
-    return {"s_corr": s_corr, "s_idx": s_idx, "s_view": s_view, "t_corr": t_corr, "t_idx": t_idx % n_synth}
+    return {"s_corr": s_corr, "s_idx": s_idx, "s_view": s_view, "t_corr": t_corr, "t_idx": t_idx % n_synth,
+            "search": mode}
 
 
 def scan_scores(

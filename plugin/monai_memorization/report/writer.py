@@ -256,5 +256,7 @@ def summary_line(r: ScanResult) -> str:
         f"{pct(r.synthetic_copy_rate, r.synthetic_copy_rate_ci)}; memorized_fraction: {r.n_memorized}/{r.n_train} "
         f"training images = {pct(r.memorized_fraction, r.memorized_fraction_ci)}; training_copied_fraction: "
         f"{r.n_training_copied}/{r.n_train} = {pct(r.training_copied_fraction, r.training_copied_fraction_ci)}; "
-        f"threshold {r.threshold:.4f}; report: {r.report_path}"
+        f"threshold {r.threshold:.4f}; "
+        + (f"APPROXIMATE search: {r.search}; " if getattr(r, "search", "exact") != "exact" else "")
+        + f"report: {r.report_path}"
     )
