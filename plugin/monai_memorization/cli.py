@@ -191,8 +191,7 @@ class Commands:
         holdout_section: str = "holdout",
         allow_overlap: bool = False,
         orientation_invariant: bool = False,
-        score: str = "detector",
-        search: str = "auto",
+        score: str = "detector", search: str = "auto",
     ) -> str:
         """Scan synthetic images for copies of training images; write the memorization report.
 

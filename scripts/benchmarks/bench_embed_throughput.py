@@ -34,12 +34,12 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchlib import time_alternately, int_options, uptime  # noqa: E402  (scripts/benchmarks/benchlib.py, beside this script)
 import numpy as np
 import torch
 
@@ -93,12 +93,7 @@ def run(dims: int, n: int, size: int, repeats: int) -> list[str]:
         "embed_items": lambda: embed_items(encoder, items_mem, None, batch_size=BATCH, progress=False),
     }
     _bare(encoder, x[:BATCH])  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    for _ in range(repeats):
-        for k, f in sides.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
+    times = time_alternately(sides, repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     np.testing.assert_allclose(embed_tensor(encoder, x[:BATCH]), _bare(encoder, x[:BATCH])[0].numpy(), atol=1e-5)
     modality = "xr" if dims == 2 else "mr"
@@ -125,15 +120,13 @@ def run(dims: int, n: int, size: int, repeats: int) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n2d", type=int, default=512)
-    ap.add_argument("--n3d", type=int, default=48)
-    ap.add_argument("--repeats", type=int, default=5)
+    int_options(ap, n2d=512, n3d=48, repeats=5)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load_before = uptime()
     lines = run(2, args.n2d, 96, args.repeats) + run(3, args.n3d, 64, args.repeats)
-    load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load_after = uptime()
     cmd = f"OMP_NUM_THREADS={threads} python scripts/benchmarks/bench_embed_throughput.py {' '.join(sys.argv[1:])}".strip()
     head = ["# Embedding throughput against a bare forward (issue #16, item 3)", "", f"Command: `{cmd}`  ",
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, "

@@ -39,11 +39,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchlib import int_options, uptime  # noqa: E402  (scripts/benchmarks/benchlib.py, beside this script)
 import numpy as np
 
 D = 128
@@ -127,10 +127,7 @@ def _hnsw(x):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=1_000_000)
-    ap.add_argument("--synthetic", type=int, default=100_000)
-    ap.add_argument("--holdout", type=int, default=100_000)
-    ap.add_argument("--clusters", type=int, default=5000)
+    int_options(ap, train=1_000_000, synthetic=100_000, holdout=100_000, clusters=5000)
     ap.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--compare-hnsw", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
@@ -144,7 +141,7 @@ def main() -> None:
         normalize_for_correlation,
     )
 
-    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load_before = uptime()
     m, n_s, n_h = args.train, args.synthetic, args.holdout
     data = list(make_data(m, n_s, n_h, args.clusters))
     planted, sources = data[3], data[4]
@@ -179,7 +176,7 @@ def main() -> None:
                          syn_fixed=syn_fixed, cal_exact=cal_exact))
         print(rows[-1], flush=True)
     hnsw_rows = _hnsw_vs_ivf(args) if args.compare_hnsw else []
-    load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load_after = uptime()
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     cmd = f"OMP_NUM_THREADS={threads} python scripts/benchmarks/bench_scan_approx.py {' '.join(sys.argv[1:])}".strip()
     lines = [

@@ -41,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import time_alternately, int_options, uptime  # noqa: E402  (scripts/benchmarks/benchlib.py, beside this script)
 import numpy as np
 
 D = 128
@@ -51,8 +52,6 @@ def _emb(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, D), dtype=np.float32)
 
 
-def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def _floor(train_n, hold_n, synth_n):
@@ -92,12 +91,7 @@ def _blocks(repeats: int) -> list[str]:
     cands = {"faiss IndexFlatIP, one direction": lambda: exact_nearest(b, a)}
     for blk in [(256, 4096), (128, 8192), (256, 1024), (128, 2048), (512, 2048), (1024, 1024)]:
         cands[f"fused {blk[0]} x {blk[1]}, both directions"] = lambda blk=blk: fused_nearest(a, b, True, block=blk)
-    times: dict[str, list[float]] = {k: [] for k in cands}
-    for _ in range(repeats):
-        for k, f in cands.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
+    times = time_alternately(cands, repeats)
     base = statistics.median(times["faiss IndexFlatIP, one direction"])
     lines = ["| kernel (4,096 x 100,000, d=128) | median s | ratio to one faiss search | runs (s) |", "|---|---:|---:|---|"]
     for k, v in times.items():
@@ -124,10 +118,7 @@ def _memory_child() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=200_000)
-    ap.add_argument("--holdout", type=int, default=20_000)
-    ap.add_argument("--synthetic", type=int, default=20_000)
-    ap.add_argument("--repeats", type=int, default=3)
+    int_options(ap, train=200_000, holdout=20_000, synthetic=20_000, repeats=3)
     ap.add_argument("--with-old", action="store_true", help="also time the former two-index path")
     ap.add_argument("--blocks", action="store_true", help="time block shapes of the fused pass first")
     ap.add_argument("--memory", action="store_true", help="peak RSS of the 1M x 100k fused pass (subprocess)")
@@ -142,7 +133,7 @@ def main() -> None:
     from monai_memorization.detection.scan import scan_embeddings
 
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    load_before = _uptime()
+    load_before = uptime()
     block_lines = _blocks(args.repeats) if args.blocks else []
     train, hold, synth = _emb(args.train, 1), _emb(args.holdout, 3), _emb(args.synthetic, 2)
     train_n, hold_n, synth_n = (normalize_for_correlation(x) for x in (train, hold, synth))
@@ -157,7 +148,7 @@ def main() -> None:
             f()
             times[k].append(time.perf_counter() - t)
             print(k, r, f"{times[k][-1]:.2f}", flush=True)
-    load_after = _uptime()
+    load_after = uptime()
     mem = None
     if args.memory:
         p = subprocess.run([sys.executable, __file__, "--memory-child"], capture_output=True, text=True, check=True)

@@ -191,8 +191,12 @@ class MemorizationCheckHandler:
         if idist.get_rank() != 0 or self.reference is not None:
             return
         self._route_mlflow(engine)
+        self._recording_failure(self._prepare, engine)
+
+    def _recording_failure(self, step, engine: Engine) -> None:
+        """Run a step; a failure is kept (for the EXCEPTION_RAISED handler) and raised."""
         try:
-            self._prepare(engine)
+            step(engine)
         except Exception as e:
             self.failure = e
             raise
@@ -244,11 +248,7 @@ class MemorizationCheckHandler:
 
     def __call__(self, engine: Engine) -> None:
         """Run one check and write its values into ``engine.state.metrics`` (on every rank)."""
-        try:
-            self._check(engine)
-        except Exception as e:
-            self.failure = e
-            raise
+        self._recording_failure(self._check, engine)
 
     def _check(self, engine: Engine) -> None:
         values = torch.zeros(len(METRIC_NAMES), dtype=torch.float64)
