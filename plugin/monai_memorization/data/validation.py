@@ -17,18 +17,21 @@ rerun, and nothing is half-written by a run that would otherwise fail hours in.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from monai.transforms import MapTransform
 
 from monai_memorization.data.datalist import load_datalist, read_datalist, resolve_channel
 from monai_memorization.errors import DataValidationError
 
-__all__ = ["ImageInfo", "check_image", "validate_items", "validate_datalist"]
+__all__ = ["ImageInfo", "check_image", "check_present", "CheckImaged", "validate_items", "validate_datalist"]
 
 
 class ImageInfo(dict):
@@ -69,12 +72,7 @@ def check_image(
     from monai.transforms import LoadImage
 
     p = Path(path)
-    if not p.exists():
-        raise DataValidationError(f"{p}: file not found")
-    if p.is_file() and p.stat().st_size == 0:
-        raise DataValidationError(f"{p}: zero-byte file")
-    if p.is_dir() and not any(f.is_file() for f in p.iterdir()):
-        raise DataValidationError(f"{p}: empty folder (expected a DICOM series)")
+    check_present(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -89,6 +87,17 @@ def check_image(
     else:
         nch = int(arr.shape[cd])
         spatial = tuple(s for i, s in enumerate(arr.shape) if i != (cd % arr.ndim))
+    _check_content(p, arr, nch, spatial, spatial_dims, channels, channel)
+    try:  # spacing from the affine (every reader provides one)
+        sp = [float(s) for s in np.asarray(img.pixdim)[: len(spatial)]]
+    except Exception:
+        sp = None
+    return ImageInfo(shape=spatial, channels=nch, spacing=sp)
+
+
+def _check_content(p: Any, arr: np.ndarray, nch: int, spatial: tuple, spatial_dims: int | None, channels: int | None,
+                   channel: int | None, rgb_2d: bool = False) -> None:
+    """Dimensions, channels, finite values, not constant; the first problem raises one line naming ``p``."""
     # a trailing singleton axis (x, y, z, 1) is one channel, not a fourth dimension
     if spatial_dims is not None and len(spatial) != spatial_dims:
         raise DataValidationError(
@@ -97,6 +106,8 @@ def check_image(
     if channel is not None:
         if nch != 1 and not channel < nch:
             raise DataValidationError(f"{p}: has {nch} channels (shape {tuple(arr.shape)}), channel {channel} asked")
+    elif rgb_2d and nch in (3, 4) and len(spatial) == 2:
+        pass  # an RGB/RGBA picture of a grey image, converted to grey when loaded
     elif channels is not None and nch != channels:
         hint = f"; choose one with --channel (0-{nch - 1}) or channel=N" if channels == 1 else ""
         raise DataValidationError(f"{p}: has {nch} channels (shape {tuple(arr.shape)}), expected {channels}{hint}")
@@ -107,11 +118,49 @@ def check_image(
     lo, hi = arr.min(), arr.max()
     if lo == hi:
         raise DataValidationError(f"{p}: constant image (every value is {lo.item():g})")
-    try:  # spacing from the affine (every reader provides one)
-        sp = [float(s) for s in np.asarray(img.pixdim)[: len(spatial)]]
-    except Exception:
-        sp = None
-    return ImageInfo(shape=spatial, channels=nch, spacing=sp)
+
+
+def check_present(path: str | os.PathLike) -> None:
+    """What can be checked without reading an image: it exists and is not empty (the rest: :class:`CheckImaged`)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataValidationError(f"{p}: file not found")
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataValidationError(f"{p}: zero-byte file")
+    if p.is_dir() and not any(f.is_file() for f in p.iterdir()):
+        raise DataValidationError(f"{p}: empty folder (expected a DICOM series)")
+
+
+class CheckImaged(MapTransform):
+    """:func:`check_image`'s checks on an image already loaded channel-first, so that a scan reads each image once.
+
+    Put it right after ``LoadImaged(..., ensure_channel_first=True)``; the first problem raises one line naming
+    the file (dimensions, channels, NaN/Inf, a constant image). 2D RGB/RGBA images pass (they are converted to
+    grey), and the first one is said once in the log.
+
+    Args:
+        keys: image keys.
+        spatial_dims: required spatial dimensions (None: any).
+        channel: the channel that will be kept (images need it, or one channel); None: one channel (or RGB 2D).
+    """
+
+    _said_rgb = False
+
+    def __init__(self, keys, spatial_dims: int | None = None, channel: int | None = None) -> None:
+        super().__init__(keys)
+        self.spatial_dims, self.channel = spatial_dims, channel
+
+    def __call__(self, data):
+        for key in self.key_iterator(data):
+            img = data[key]
+            path = getattr(img, "meta", {}).get("filename_or_obj", key)
+            arr = np.asarray(img)
+            nch, spatial = int(arr.shape[0]), tuple(arr.shape[1:])
+            _check_content(path, arr, nch, spatial, self.spatial_dims, 1, self.channel, rgb_2d=True)
+            if nch in (3, 4) and self.channel is None and not CheckImaged._said_rgb:
+                CheckImaged._said_rgb = True
+                logging.getLogger(__name__).warning("RGB/RGBA image(s) converted to grey (luminance), first: %s", path)
+        return data
 
 
 def validate_items(

@@ -59,6 +59,8 @@ class ShapeRecordingDataset(Dataset):
             cause = e
             while cause.__cause__ is not None:  # MONAI wraps transform errors in RuntimeError
                 cause = cause.__cause__
+            if isinstance(cause, MemorizationError):  # a check in the chain (CheckImaged) already names the file
+                raise cause from None
             msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             raise DataValidationError(f"{item.get('image', item)}: cannot load image ({msg})") from None
         img = out["image"] if isinstance(out, dict) else out

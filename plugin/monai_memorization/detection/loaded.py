@@ -97,9 +97,22 @@ class Detector:
         ch = self.config.get("channel")
         return None if ch is None else int(ch)
 
-    def preprocessing(self, in_memory: bool = False) -> Any:
-        """Its input chain (:func:`preprocessing` with its modality, size, dimensions and channel)."""
-        return preprocessing(self.modality, self.spatial_size, in_memory, self.spatial_dims, self.channel)
+    def preprocessing(self, in_memory: bool = False, check: bool = False) -> Any:
+        """Its input chain (:func:`preprocessing` with its modality, size, dimensions and channel).
+
+        Args:
+            in_memory: the chain for a generator's samples in memory (no loading).
+            check: check each file's content as it is loaded (``CheckImaged``), so a scan reads each image once.
+        """
+        chain = preprocessing(self.modality, self.spatial_size, in_memory, self.spatial_dims, self.channel)
+        if check and not in_memory:
+            from monai import transforms as mt
+
+            from monai_memorization.data.validation import CheckImaged
+
+            first, *rest = chain.transforms
+            chain = mt.Compose([first, CheckImaged("image", self.spatial_dims, self.channel), *rest])
+        return chain
 
     @property
     def warning(self) -> str | None:
@@ -115,12 +128,15 @@ class Detector:
                     "misses shifted, noisy and round-trip copies, so a low copy rate is weak evidence; train it longer")
         return None
 
-    def embed(self, images: ImageSet | torch.Tensor, view: str | None = None) -> tuple[np.ndarray, list]:
+    def embed(
+        self, images: ImageSet | torch.Tensor, view: str | None = None, check: bool = False
+    ) -> tuple[np.ndarray, list]:
         """Embed an image set (files) or a tensor ``[n, 1, *spatial]`` in [0, 1] (in-memory samples).
 
         Args:
             images: the images.
             view: an orientation view (:mod:`monai_memorization.detection.views`) applied after preprocessing.
+            check: check each image's content as it is loaded (one read per image, see :meth:`preprocessing`).
 
         Returns:
             ``([n, d] embeddings, spatial shapes as loaded)``.
@@ -130,7 +146,7 @@ class Detector:
         from monai_memorization.detection.embed import embed_items, embed_tensor
 
         in_memory = isinstance(images, torch.Tensor)
-        chain = self.preprocessing(in_memory=in_memory)
+        chain = self.preprocessing(in_memory=in_memory, check=check)
         if view is not None:
             from monai_memorization.detection.views import ViewTransformd
 
@@ -142,9 +158,10 @@ class Detector:
         return embed_items(self.encoder, list(images.items), chain, batch_size=self.batch_size, progress=self.progress,
                            num_workers=self.num_workers, return_shapes=True, desc=desc)
 
-    def embed_views(self, images: ImageSet | torch.Tensor, views: Sequence[str] | None) -> tuple[np.ndarray, list]:
-        """Embed under the identity and then every other view, view-major (``[V * n, d]``)."""
-        emb, shapes = self.embed(images)
+    def embed_views(self, images: ImageSet | torch.Tensor, views: Sequence[str] | None,
+                    check: bool = False) -> tuple[np.ndarray, list]:
+        """Embed under the identity and then every other view, view-major (``[V * n, d]``); ``check`` as in :meth:`embed`."""
+        emb, shapes = self.embed(images, check=check)
         if views:
             emb = np.concatenate([emb] + [self.embed(images, view=v)[0] for v in views[1:]])
         return emb, shapes

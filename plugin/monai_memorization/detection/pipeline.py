@@ -71,6 +71,7 @@ class Reference:
         overlap_warning: the overlap found when it was allowed.
         hybrid: the pixel side with ``score="hybrid"`` (:mod:`monai_memorization.detection.hybrid`), else None.
         search: ``"auto"``/``"exact"``/``"approximate"`` for the scan; ``calibration_search`` what calibration used.
+        check: check each synthetic image's content as it is read to be embedded (as the others were).
     """
 
     detector: Detector
@@ -86,6 +87,7 @@ class Reference:
     hybrid: Any = None
     search: str = "auto"
     calibration_search: str = "exact"
+    check: bool = False
 
 
 def _check_dims(detector: str | os.PathLike | Detector, det: Detector, sets: Sequence[ImageSet]) -> None:
@@ -132,7 +134,8 @@ def prepare(
         threshold: use this threshold instead of calibrating one.
         percentile: threshold percentile.
         allow_overlap: go on (with ``overlap_warning``) when the sets overlap; otherwise an overlap raises.
-        validate: read every image once before embedding (dims, channels, finite values).
+        validate: check every image (present now; dims, channels, finite values, not constant as it is read to be
+            embedded, so each image is read once: a bad image of a later set is found after the earlier sets).
         orientation_invariant: embed held-out and synthetic images under every flip/transpose.
         use_gpu: faiss GPU index (``"auto"``: when available).
         sections: datalist lists of the training, held-out and synthetic sets.
@@ -169,31 +172,37 @@ def prepare(
     overlap = check_overlap(tr.items, ho.items if ho else None, sy.items if sy else None, allow_overlap=allow_overlap, log=logger)
     det = load(detector, fallback_modality=tr.modality, **load_options)
     sets = [s for s in (tr, ho, sy) if s is not None]
-    if validate:
-        sets = [s.validate(progress=det.progress, channel=det.channel) for s in sets]
-        _check_dims(detector, det, sets)
+    check = bool(validate)
+    if validate:  # what needs no read now; each image's content is checked as it is read to be embedded (once)
+        from monai_memorization.data.validation import check_present
+
         for s in sets:
-            rgb = [p for p, c in zip(s.paths, s.channels or ()) if c in (3, 4)]
-            if rgb:
-                logger.warning("%d %s image(s) are RGB/RGBA (first: %s): converted to grey (luminance)", len(rgb), s.name, rgb[0])
-        if sy is not None:
-            _check_shapes(sets[0], sets[-1], det.spatial_size)
+            for path in s.paths:
+                check_present(path)
+        if all(s.shapes is not None for s in sets):  # sets validated earlier: only the dims against this detector
+            _check_dims(detector, det, sets)
+            check = False
+        else:  # the data define the task: a detector of other dimensions is the mismatch (one image read twice)
+            from monai_memorization.data.validation import check_image
+
+            first = ImageSet(tr.name, tr.items[:1]).with_shapes([check_image(tr.paths[0], channels=None)["shape"]])
+            _check_dims(detector, det, [first])
     tr, ho, sy = sets[0], (sets[1] if ho is not None else None), (sets[-1] if sy is not None else None)
     from monai_memorization.detection.views import view_names
 
     views = tuple(view_names(det.spatial_size)) if orientation_invariant else None
-    train_emb, shapes = det.embed(tr)
+    train_emb, shapes = det.embed(tr, check=check)
     tr = tr.with_shapes(shapes)
     calibration, holdout_emb, calibration_search = None, None, "exact"
     if ho is not None:
         from monai_memorization.detection.scan import calibrate
 
-        holdout_emb, _ = det.embed_views(ho, views)
+        holdout_emb, _ = det.embed_views(ho, views, check=check)
         calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search)
     hybrid = prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu) if score == "hybrid" else None
     thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else calibration[0])
     ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(thr), percentile, views,
-                    overlap.message(allowed=True), hybrid, search, calibration_search)
+                    overlap.message(allowed=True), hybrid, search, calibration_search, check)
     return ref, sy
 
 
@@ -216,7 +225,7 @@ def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: 
         DataValidationError: synthetic images whose shape fits neither the training images nor the detector.
     """
     ref = reference
-    synth_emb, shapes = ref.detector.embed_views(synthetic, ref.views)
+    synth_emb, shapes = ref.detector.embed_views(synthetic, ref.views, check=ref.check and isinstance(synthetic, ImageSet))
     items = None
     if isinstance(synthetic, ImageSet):
         synthetic = synthetic.with_shapes(shapes)

@@ -98,11 +98,11 @@ def memory_detector(detector: Any, **options: Any) -> Any:
     det = load(detector, **options)
 
     class MemoryDetector(Detector):
-        def embed(self, images: Any, view: str | None = None) -> tuple[np.ndarray, list]:
+        def embed(self, images: Any, view: str | None = None, check: bool = False) -> tuple[np.ndarray, list]:
             items = getattr(images, "items", None)
             if items and isinstance(items[0].get("image"), MemoryImage):  # the in-memory chain, not the file chain
                 return super().embed(torch.stack([it["image"].tensor for it in items]), view)
-            return super().embed(images, view)
+            return super().embed(images, view, check)
 
     return MemoryDetector(**{f.name: getattr(det, f.name) for f in fields(det)})
 
