@@ -164,6 +164,10 @@ def run_scan(
         sections=(train_section, holdout_section, synthetic_section), modality=modality, device=device,
         batch_size=batch_size, num_workers=num_workers, progress=progress, score=score, search=search,
     )
+    import ignite.distributed as idist
+
+    if idist.get_rank() > 0:  # under torchrun every rank embedded its share of the images; rank 0 writes the report
+        return result
     det = ref.detector
     context = {
         "detector": det.config["path"], "detector_sha256": det.config["sha256"], "modality": det.modality,
@@ -201,7 +205,10 @@ def _check_args(percentile: Any, out_dir: Any, device: Any, **counts: tuple[Any,
         check_number(name, value, minimum)
     check_device(device)
     out_dir = check_out_dir(out_dir)
-    hold_output(out_dir)
+    import ignite.distributed as idist
+
+    if idist.get_rank() == 0:  # under torchrun rank 0 alone writes the report
+        hold_output(out_dir)
     return percentile, out_dir
 
 

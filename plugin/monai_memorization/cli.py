@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     import fire
     import fire.core
 
-    from monai_memorization.edge import EXIT_ERROR, bool_flags, debug, one_line
+    from monai_memorization.edge import EXIT_ERROR, bool_flags, debug, distributed_from_env, one_line
 
     show = fire.core._DisplayError
 
@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> None:
 
     fire.core._DisplayError = usage_error
     try:
-        fire.Fire(Commands(), command=bool_flags(list(sys.argv[1:] if argv is None else argv), Commands), name="monai-memorization")
+        with distributed_from_env():  # torchrun: the scan's embedding shared among the ranks
+            fire.Fire(Commands(), command=bool_flags(list(sys.argv[1:] if argv is None else argv), Commands), name="monai-memorization")
     except KeyboardInterrupt:
         print("monai-memorization: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -276,3 +276,23 @@ def bool_flags(args: list[str], commands: type) -> list[str]:
         elif not eq and i + 1 < len(out) and out[i + 1].lower() in _BOOL_WORDS:
             out[i + 1] = _BOOL_WORDS[out[i + 1].lower()]
     return out
+
+
+@contextlib.contextmanager
+def distributed_from_env():
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): one process group for the command (NCCL on GPUs, gloo on CPUs).
+
+    The scan then embeds each image on one rank only and rank 0 writes the report; elsewhere it does nothing.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import ignite.distributed as idist
+    import torch
+
+    idist.initialize("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield
+    finally:
+        idist.barrier()
+        idist.finalize()

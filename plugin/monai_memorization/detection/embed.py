@@ -178,3 +178,37 @@ def embed_items(
         encoder.train(was_training)
     emb = np.concatenate(chunks, axis=0)
     return (emb, shapes) if return_shapes else emb
+
+
+def gather_shards(local: np.ndarray, shapes: list, n_total: int, dim: int) -> tuple[np.ndarray, list]:
+    """Put back together rows embedded rank by rank: rank ``r`` of ``W`` embedded items ``r::W``.
+
+    Every rank calls it (``ignite.distributed.all_gather``, gloo or NCCL) and gets all ``n_total`` rows in the
+    items' order, with their spatial shapes.
+
+    Args:
+        local: ``[k, dim]`` this rank's embeddings (``k`` may be 0).
+        shapes: this rank's ``k`` spatial shapes.
+        n_total: the number of items over all ranks.
+        dim: the embedding size (needed by a rank that had no items).
+
+    Returns:
+        ``([n_total, dim] embeddings, n_total shapes)``.
+    """
+    import ignite.distributed as idist
+
+    world = idist.get_world_size()
+    per = -(-n_total // world)
+    rows = torch.zeros(per, dim, dtype=torch.float32, device=idist.device())
+    rows[: len(local)] = torch.as_tensor(local, dtype=torch.float32)
+    dims = torch.full((per, 4), -1, dtype=torch.int64, device=idist.device())
+    for i, s in enumerate(shapes):
+        dims[i, : len(s)] = torch.as_tensor(s)
+    all_rows, all_dims = idist.all_gather(rows).cpu().numpy(), idist.all_gather(dims).cpu().tolist()
+    emb = np.empty((n_total, dim), dtype=np.float32)
+    out_shapes: list = [None] * n_total
+    for r in range(world):
+        count = len(range(r, n_total, world))
+        emb[r::world] = all_rows[r * per : r * per + count]
+        out_shapes[r::world] = [tuple(v for v in row if v >= 0) for row in all_dims[r * per : r * per + count]]
+    return emb, out_shapes

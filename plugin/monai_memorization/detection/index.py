@@ -105,7 +105,11 @@ class CorrelationIndex:
         if want_gpu and not faiss_has_gpu():
             raise DetectorError("use_gpu=True but faiss has no GPU support or no GPU is visible")
         self.on_gpu = want_gpu
-        if want_gpu:
+        if want_gpu and faiss.get_num_gpus() > 1:  # sharded over every GPU (faiss IndexShards), results merged
+            options = faiss.GpuMultipleClonerOptions()
+            options.shard = True
+            index = faiss.index_cpu_to_all_gpus(index, co=options)
+        elif want_gpu:
             self._resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._resources, torch.cuda.current_device() if torch.cuda.is_available() else 0, index)
         self.index = index

@@ -155,7 +155,18 @@ class Detector:
             x = torch.stack([torch.as_tensor(chain({"image": img.detach().float().cpu()})["image"]) for img in images])
             return embed_tensor(self.encoder, x, batch_size=self.batch_size), [tuple(images.shape[2:])] * len(images)
         desc = f"embedding {images.name}" + (f" ({view})" if view else "")
-        return embed_items(self.encoder, list(images.items), chain, batch_size=self.batch_size, progress=self.progress,
+        import ignite.distributed as idist
+
+        world, items = idist.get_world_size(), list(images.items)
+        if world > 1:  # under torchrun: each rank embeds every world-th image, then all ranks get all rows
+            from monai_memorization.detection.embed import gather_shards
+
+            mine = items[idist.get_rank() :: world]
+            local, shapes = (embed_items(self.encoder, mine, chain, batch_size=self.batch_size, progress=self.progress,
+                                         num_workers=self.num_workers, return_shapes=True, desc=desc)
+                             if mine else (np.zeros((0, int(self.config["embed_dim"])), np.float32), []))
+            return gather_shards(local, shapes, len(items), int(self.config["embed_dim"]))
+        return embed_items(self.encoder, items, chain, batch_size=self.batch_size, progress=self.progress,
                            num_workers=self.num_workers, return_shapes=True, desc=desc)
 
     def embed_views(self, images: ImageSet | torch.Tensor, views: Sequence[str] | None,
