@@ -241,6 +241,16 @@ def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: 
         result = _scan_hybrid(ref, synthetic, synth_emb, items, n_bootstrap, seed, use_gpu)
     result.overlap_warning = ref.overlap_warning
     result.detector_warning = ref.detector.warning
+    if ref.holdout_emb is not None:  # a new image of a training patient, beyond copies of one image
+        from monai_memorization.detection.subjects import subject_level
+
+        n_syn, n_ho = len(result.pairs), len(ref.holdout.items)
+        level = subject_level(ref.train_emb, ref.train.subjects, ref.holdout_emb[:n_ho], synth_emb[:n_syn], ref.percentile)
+        if level is not None:
+            for pair, score, match in zip(result.pairs, level.pop("scores"), level.pop("is_match")):
+                pair["subject_correlation"], pair["is_subject_match"] = float(score), bool(match)
+            level.pop("subjects")
+            result.subject_level = level
     if items is not None and content_hashes:  # the content each decision was made on
         for i, pair in enumerate(result.pairs):
             pair["synthetic_sha256"] = synthetic.content_hash(i)

@@ -83,9 +83,9 @@ class ScanResult:
         calibration_corr: each training sample's correlation to its nearest held-out sample.
         synthetic_corr: each synthetic sample's correlation to its nearest training sample.
         train_corr: each training sample's correlation to its nearest synthetic sample.
-        out_dir, report_path: the written report (set by the report writer).
-        overlap_warning: the overlap between the sets when the scan ran anyway (``allow_overlap``).
-        detector_warning: set when the detector had fewer optimizer steps than it needs.
+        out_dir, report_path: the written report (set by the report writer); ``overlap_warning``: the sets' overlap
+            when the scan ran anyway (``allow_overlap``); ``detector_warning``: a detector trained too little.
+        subject_level: subject matches (:mod:`~monai_memorization.detection.subjects`), None with one image a subject.
         score: ``"detector"`` (correlations of detector embeddings) or ``"hybrid"`` (the larger of the detector's and
             the pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
         search: ``"exact"`` or the approximate index and the passes it served (``"ivf-flat (nprobe=..) for the scan"``).
@@ -116,6 +116,7 @@ class ScanResult:
     detector_warning: str | None = None
     score: str = "detector"
     search: str = "exact"
+    subject_level: dict | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-sample arrays), with the definitions and the headline's name.

@@ -258,5 +258,7 @@ def summary_line(r: ScanResult) -> str:
         f"{r.n_training_copied}/{r.n_train} = {pct(r.training_copied_fraction, r.training_copied_fraction_ci)}; "
         f"threshold {r.threshold:.4f}; "
         + (f"APPROXIMATE search: {r.search}; " if getattr(r, "search", "exact") != "exact" else "")
+        + (f"subject matches: {r.subject_level['n_subject_matches']}/{r.n_synthetic} synthetic images resemble one of "
+           f"{r.subject_level['n_subjects_matched']} training subjects as a whole; " if getattr(r, "subject_level", None) else "")
         + f"report: {r.report_path}"
     )
