@@ -119,6 +119,11 @@ def write_html_report(
                 {"quantity": "N_synthetic", "value": s.get("n_synthetic")},
                 {"quantity": "detector", "value": s.get("detector")},
                 {"quantity": "detector sha256", "value": s.get("detector_sha256")},
+                {"quantity": "nearest-neighbour search", "value": s.get("search", "exact")},
+                {"quantity": "subject matches (a synthetic image resembling one training patient as a whole)",
+                 "value": (f"{s['subject_level']['n_subject_matches']} of {s.get('n_synthetic')}, "
+                           f"{s['subject_level']['n_subjects_matched']} of {s['subject_level']['n_subjects']} subjects"
+                           if s.get("subject_level") else "n/a (one training image a subject)")},
             ],
             ["quantity", "value"],
         ),
