@@ -178,3 +178,19 @@ def test_ivf_nlist_rule():
     assert nn.ivf_nlist(1_000_000, 100_000) == nn.ivf_nlist(100_000, 1_000_000) == 1024
     assert nn.ivf_nlist(10_000_000, 10_000_000) == 16384 and nn.ivf_nlist(1_000_000, 1000) == 128
     assert nn.ivf_nlist(10) == 1 and nn.ivf_nlist(39 * 8) == 8
+
+
+def test_sharded_index_gives_the_single_index_results():
+    """The index split over devices (one shard per GPU; here CPU shards) finds the same neighbours."""
+    from monai_memorization.detection.index import CorrelationIndex
+
+    rng = np.random.default_rng(3)
+    train, query = rng.normal(size=(1001, 16)).astype(np.float32), rng.normal(size=(57, 16)).astype(np.float32)
+    results = []
+    for shards in (None, 3):
+        index = CorrelationIndex(16, use_gpu=False, shards=shards)
+        index.add(train)
+        results.append(index.search(query, k=2))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
+    assert (results[0][1] == results[1][1]).all()
+    assert type(CorrelationIndex(16, use_gpu=False, shards=3).index).__name__ == "IndexShards"

@@ -36,6 +36,7 @@ import faiss
 import numpy as np
 import torch
 
+from monai_memorization.detection.shards import sharded_flat_index
 from monai_memorization.errors import DetectorError
 
 __all__ = ["CorrelationIndex", "normalize_for_correlation", "faiss_has_gpu", "resolve_backend", "fused_nearest",
@@ -88,8 +89,8 @@ class CorrelationIndex:
 
     Args:
         dim: embedding dimension.
-        use_gpu: ``True``, ``False`` or ``"auto"`` (a GPU index when faiss has GPU support and a
-            GPU is present).
+        use_gpu: ``True``, ``False`` or ``"auto"`` (a GPU index when faiss GPU support and a GPU are there;
+            sharded over every GPU when there are several). ``shards``: that many CPU shards instead (tests).
 
     Example::
 
@@ -98,17 +99,17 @@ class CorrelationIndex:
         corr, idx = index.search(synthetic_embeddings, k=1)
     """
 
-    def __init__(self, dim: int, use_gpu: bool | str = "auto") -> None:
+    def __init__(self, dim: int, use_gpu: bool | str = "auto", shards: int | None = None) -> None:
         self.dim = int(dim)
         index = faiss.IndexFlatIP(self.dim)
         want_gpu = faiss_has_gpu() if use_gpu == "auto" else bool(use_gpu)
         if want_gpu and not faiss_has_gpu():
             raise DetectorError("use_gpu=True but faiss has no GPU support or no GPU is visible")
         self.on_gpu = want_gpu
-        if want_gpu and faiss.get_num_gpus() > 1:  # sharded over every GPU (faiss IndexShards), results merged
-            options = faiss.GpuMultipleClonerOptions()
-            options.shard = True
-            index = faiss.index_cpu_to_all_gpus(index, co=options)
+        n_gpus = faiss.get_num_gpus() if want_gpu else 0
+        if n_gpus > 1 or shards:  # one exact shard on every GPU (or ``shards`` CPU shards), results merged by faiss
+            gpus = range(n_gpus) if n_gpus > 1 else ()
+            index, self._shards = sharded_flat_index(self.dim, len(gpus) or int(shards), gpus)
         elif want_gpu:
             self._resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._resources, torch.cuda.current_device() if torch.cuda.is_available() else 0, index)
