@@ -247,6 +247,23 @@ def test_rerun_resumes_by_default_skips_corrupt_and_restarts_only_when_asked(tmp
     assert not resuming("false", tmp_path, "stage") and resume_choice(None) is None
 
 
+def test_rerun_after_a_kill_between_rotation_and_save(tmp_path):
+    """Ignite removes the oldest checkpoint before it writes the next: a kill between the two leaves a newest
+    checkpoint whose rotation names a file that is gone; the rerun continues and rotates without failing."""
+    data = [torch.ones(2, 3)] * 2
+    eng, _, _ = _tiny_stage(tmp_path, "auto")
+    eng.run(data, max_epochs=3)
+    state = torch.load(tmp_path / "stage_checkpoint_3.pt", weights_only=True)["checkpointer"]["_saved"]
+    assert [name for _, name in state] == [f"stage_checkpoint_{i}.pt" for i in (1, 2, 3)]
+    (tmp_path / "stage_checkpoint_1.pt").unlink()  # what the killed process did just before writing epoch 4
+    eng, ckpt, iters = _tiny_stage(tmp_path, "auto")
+    eng.run(data, max_epochs=5)
+    assert ckpt.resumed_from.name == "stage_checkpoint_3.pt" and iters == [7, 8, 9, 10]
+    assert sorted(p.name for p in tmp_path.glob("stage_checkpoint_*.pt")) == [
+        f"stage_checkpoint_{i}.pt" for i in (3, 4, 5)
+    ]
+
+
 def test_hold_folder_fails_fast_for_a_second_process(tmp_path):
     import subprocess
     import sys

@@ -170,6 +170,20 @@ def _remove_temporary_files(save_dir: Path) -> None:
             logger.info(f"removed {p.name}, left by an interrupted write")
 
 
+class _RerunSafeDiskSaver(DiskSaver):
+    """Ignite's atomic ``DiskSaver`` whose ``remove`` accepts a file that is already gone.
+
+    Ignite's ``Checkpoint`` removes the oldest checkpoint *before* writing the next one, so a process killed between
+    the two leaves only the newest, whose saved rotation still lists the removed file; the rerun must not fail on it.
+    """
+
+    def remove(self, filename: str) -> None:
+        try:
+            super().remove(filename)
+        except FileNotFoundError:
+            logger.info(f"{filename} was already removed (by an interrupted run)")
+
+
 class TrainingCheckpoint:
     """Periodic + final atomic checkpoints of a training engine, with optional resume.
 
@@ -220,7 +234,7 @@ class TrainingCheckpoint:
         self.resumed_from: Path | None = None
 
     def _saver(self) -> DiskSaver:
-        return DiskSaver(str(self.save_dir), atomic=True, create_dir=True, require_empty=False)
+        return _RerunSafeDiskSaver(str(self.save_dir), atomic=True, create_dir=True, require_empty=False)
 
     def attach(self, engine: Engine) -> None:
         """Register the loader (when resuming) and the savers on ``engine``.
