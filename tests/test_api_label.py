@@ -35,18 +35,28 @@ def test_nearest_training_sample_for_single_images(xr_datalist, tmp_path_factory
 
     hit = lookup(train[2]["image"], k=2)
     # private by default: the neighbour is named by its pseudonymous ID (position in the training list), no path
-    assert hit["nearest"][0] == {"train_id": "train-0002", "correlation": hit["correlation"]}
+    assert hit["nearest"][0]["train_id"] == "train-0002" and set(hit["nearest"][0]) <= {"train_id", "correlation", "space"}
     assert hit["image"] == Path(train[2]["image"]).name and str(Path(train[2]["image"]).parent) not in repr(hit)
-    assert hit["correlation"] == pytest.approx(1.0, abs=1e-5) and hit["is_copy"]
-    assert hit["nearest"][1]["correlation"] <= hit["correlation"] and len(hit["nearest"]) == 2
+    # the default (hybrid) score: an exact copy correlates 1.0 in both spaces and scores above the threshold
+    assert hit["detector_correlation"] == pytest.approx(1.0, abs=1e-5) == hit["pixel_correlation"]
+    assert hit["nearest"][0]["correlation"] == pytest.approx(1.0, abs=1e-5)
+    assert hit["correlation"] > lookup.threshold and hit["is_copy"]
+    assert hit["nearest"][1]["train_id"] != hit["nearest"][0]["train_id"] and len(hit["nearest"]) == 2
     miss = lookup(str(noise))
     assert not miss["is_copy"] and miss["correlation"] < lookup.threshold
-    # the threshold is the scan's threshold
+    # the threshold is the scan's threshold: the hybrid score's, from both spaces' held-out calibrations
+    from monai_memorization.detection.calibrate import HybridScore
     from monai_memorization.detection.embed import embed_items
+    from monai_memorization.detection.hybrid import PixelEncoder
 
+    ho_items = load_datalist(xr_datalist, "holdout")
     tr = embed_items(lookup.encoder, train, lookup.transform, progress=False)
-    ho = embed_items(lookup.encoder, load_datalist(xr_datalist, "holdout"), lookup.transform, progress=False)
-    assert lookup.threshold == pytest.approx(scan_embeddings(tr, ho, tr[:1], n_bootstrap=0).threshold, abs=1e-6)
+    ho = embed_items(lookup.encoder, ho_items, lookup.transform, progress=False)
+    tr_px = embed_items(PixelEncoder(2), train, lookup.transform, progress=False)
+    ho_px = embed_items(PixelEncoder(2), ho_items, lookup.transform, progress=False)
+    cal = {"detector": scan_embeddings(tr, ho, tr[:1], n_bootstrap=0).calibration_corr,
+           "pixel": scan_embeddings(tr_px, ho_px, tr_px[:1], n_bootstrap=0).calibration_corr}
+    assert lookup.threshold == pytest.approx(HybridScore(cal).threshold, abs=1e-5)
     assert list(lookup.scores([train[2]["image"], str(noise)])) == pytest.approx([hit["correlation"], miss["correlation"]], abs=1e-6)
 
 

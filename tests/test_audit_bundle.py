@@ -84,7 +84,8 @@ def test_audit_bundle_end_to_end_finds_planted_copies(zoo2d_audit):
     assert any("generator not converged" in line for line in a["headline"])
     assert not any(line.startswith("Verdict") for line in a["headline"])
     cfg = a["configs"][0]
-    assert cfg["n_train"] == 72 and cfg["n_synthetic"] == 8 and 0.0 < cfg["threshold"] < 1.0
+    assert cfg["n_train"] == 72 and cfg["n_synthetic"] == 8 and cfg["threshold"] > 0.0
+    assert json.loads((out / "report" / "report.json").read_text())["score"] == "hybrid"  # the 2D default
     assert not cfg["quality"]["converged"]
     for f in ("report.html", "audit.json", "report/report.html", "report/pairs.csv", "detector/copy_detector.pt", "mlflow.db"):
         assert (out / f).is_file(), f
@@ -119,7 +120,9 @@ def test_a_copying_generator_is_caught(zoo2d, zoo2d_audit, tmp_path):
     assert copies["n_copies"] >= 7 and copies["n_confirmed"] >= 7 and copies["quality"]["converged"]
     assert {c["train_id"] for c in copies["copies"] if c["confirmed"]} <= {train.ids[j] for j in picks}
     fresh = audit_bundle(bundle, out=tmp_path / "novel", sampler=novel, **common).configs[0]
-    assert fresh["n_confirmed"] == 0 and fresh["n_copies"] <= 2
+    # the verdict counts confirmed copies: none; the flags of this 10-epoch detector's hybrid score (3 of 8 held-out
+    # slices of the 2D default) stay well below the copying generator's
+    assert fresh["n_confirmed"] == 0 and fresh["n_copies"] <= copies["n_copies"] - 4
 
 
 def test_audit_bundle_errors_are_one_line(zoo2d, tmp_path, capsys):

@@ -42,9 +42,10 @@ def test_smoke_writes_both_split_tables(tmp_path):
     assert text.count("| method | steps | lr | train s | AUC in-dist |") == 2
     header = [ln for ln in text.splitlines() if ln.startswith("| method | exact |")]
     assert len(header) == 4  # per-kind TPR at 1% FPR and at the calibrated threshold, per split
-    for kind in ("elastic", "crop_resize", "jpeg", "window", "rotate_large", "elastic+jpeg", "shift+window", "autoencoder"):
+    for kind in ("elastic", "crop_resize", "jpeg", "window", "rotate_large", "elastic+jpeg", "shift+window",
+                 "bias_field", "gibbs", "sharpen", "dropout", "bias_field+gibbs", "autoencoder"):
         assert kind in header[0]
-    assert "| pixel correlation |" in text and "| detector 4 steps" in text
+    assert "| pixel correlation |" in text and "| detector 4 steps" in text and "| hybrid: detector 4 steps" in text
     assert "Pick by the tuning split" in text and "Status against the targets (test split" in text
 
 

@@ -99,7 +99,8 @@ def test_mlflow_run_content(trained):
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
     logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "mean_positive_similarity")}
     assert logged[EPOCHS] == pytest.approx(res["history"][-1]["mean_positive_similarity"], rel=1e-6)
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2 * EPOCHS  # 2 iterations per epoch
+    # per epoch only: a second write per optimizer step (an epoch is one step on a few dozen images) is not worth it
+    assert client.get_metric_history(run.info.run_id, "loss") == []
     hist_files = [f.path for f in client.list_artifacts(run.info.run_id, "similarity_histograms")]
     assert hist_files == ["similarity_histograms/similarity_epoch_0015.png", "similarity_histograms/similarity_epoch_0030.png"]
     # the weights (trained on patient images) and the data's path stay off MLflow without the opt-in

@@ -94,7 +94,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert "HEADLINE" in summary["definitions"]["synthetic_copy_rate"]
     assert "N_train" in summary["definitions"]["memorized_fraction"] and "N_train" in summary["definitions"]["training_copied_fraction"]
     rows = list(csv.DictReader(open(out / "pairs.csv")))
-    assert len(rows) == 7 and set(rows[0]) == {"synthetic_id", "synthetic_path", "train_id", "train_subject", "train_path", "correlation", "is_copy", "synthetic_sha256"}
+    assert len(rows) == 7 and set(rows[0]) == {"synthetic_id", "synthetic_path", "train_id", "train_subject", "train_path", "correlation", "is_copy", "synthetic_sha256", "detector_correlation", "pixel_correlation"}  # the 2D default: hybrid
     assert json.loads((out / "pairs.json").read_text())[0]["synthetic_id"] == rows[0]["synthetic_id"]
     assert len(list(csv.DictReader(open(out / "memorized.csv")))) == 16
 
@@ -221,7 +221,7 @@ def test_hybrid_score_finds_blurred_round_trips_under_one_budget(setup, tmp_path
     assert all(by_id[f"copy_{i}"]["is_copy"] for i in range(3))
     assert sum(by_id[f"novel_{i}"]["is_copy"] for i in range(4)) <= 1
     assert np.mean(res.calibration_corr > res.threshold) <= 0.1  # the 95th percentile of the combined calibration
-    with pytest.raises(DataValidationError, match="score must be one of detector, hybrid"):
+    with pytest.raises(DataValidationError, match="score must be one of auto, detector, hybrid"):
         prepare(setup["detector"], setup["datalist"], setup["datalist"], threshold=0.5, score="hybrid")
     with pytest.raises(DataValidationError, match="got 'pixels'"):
         prepare(setup["detector"], setup["datalist"], setup["datalist"], score="pixels")

@@ -57,6 +57,7 @@ def test_filter_leaves_out_exactly_the_flagged_files_and_manifest_verifies(scann
     m = json.loads((out / "manifest.json").read_text())
     summary = json.loads((root / "report" / "report.json").read_text())
     assert m["threshold"] == summary["threshold"] and m["detector_sha256"] == summary["detector_sha256"]
+    assert m["score"] == summary["score"] == "hybrid" and m["rule"].startswith("a sample is released when its hybrid")
     assert m["counts"] == {"synthetic": 6, "released": res.n_released, "excluded": res.n_excluded}
     assert verify_manifest(out, report=root / "report")["counts"] == m["counts"]
     # SHA256SUMS works with coreutils alone

@@ -70,6 +70,7 @@ def _montage(ref: Any, synthetic: ImageSet, result: ScanResult, top_k: int) -> l
             "synthetic": np.asarray(chain(dict(synthetic.items[i]))["image"]),
             "train": np.asarray(chain(dict(ref.train.items[p["train_index"]]))["image"]),
             "correlation": p["correlation"], "synthetic_id": p["synthetic_id"], "train_id": p["train_id"],
+            **{k: p[k] for k in ("detector_correlation", "pixel_correlation") if k in p},
         })
     return rows
 
@@ -102,7 +103,7 @@ def run_scan(
     use_gpu: bool | str = "auto",
     allow_overlap: bool = False,
     orientation_invariant: bool = False,
-    score: str = "detector",
+    score: str = "auto",
     search: str = "auto",
 ) -> ScanResult:
     """Scan synthetic images for copies of training images and write the memorization report.
@@ -138,9 +139,11 @@ def run_scan(
             then carries ``overlap_warning``. Without it an overlap is an error.
         orientation_invariant: embed synthetic and held-out images under every flip/transpose
             (:mod:`monai_memorization.detection.views`); costs one embedding pass per view.
-        score: ``"detector"`` (default) or ``"hybrid"``: the detector's and the pixel correlation under one
-            false-positive budget (:mod:`monai_memorization.detection.hybrid`); finds blurred autoencoder round trips
-            that a detector trained to ignore blur misses.
+        score: ``"auto"`` (default: the hybrid score, as validated by the benchmarks in 2D and 3D; the detector
+            alone when a fixed threshold is given),
+            ``"detector"`` or ``"hybrid"``: the detector's and the pixel correlation under one false-positive budget
+            (:mod:`monai_memorization.detection.hybrid`); finds blurred autoencoder round trips that a detector
+            trained to ignore blur misses.
         search: ``"auto"`` (default: exact, approximate above 1e11 correlations a pass on the CPU), ``"exact"`` or
             ``"approximate"`` (faiss IVF-Flat; the report then says so).
 

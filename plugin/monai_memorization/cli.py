@@ -191,7 +191,7 @@ class Commands:
         holdout_section: str = "holdout",
         allow_overlap: bool = False,
         orientation_invariant: bool = False,
-        score: str = "detector", search: str = "auto",
+        score: str = "auto", search: str = "auto",
     ) -> str:
         """Scan synthetic images for copies of training images; write the memorization report.
 
@@ -219,8 +219,9 @@ class Commands:
             orientation_invariant: also match synthetic images flipped or transposed relative to the
                 training images (8 views in 2D square images, 8 flips in 3D; the threshold is
                 calibrated the same way).
-            score: detector (default) or hybrid: the detector's and the pixel correlation under one
-                false-positive budget (finds blurred autoencoder round trips; see the README's figures).
+            score: auto (default: hybrid, as the benchmarks validated; detector with --threshold), detector or hybrid:
+                the detector's and the pixel correlation under one false-positive budget (finds blurred
+                autoencoder round trips; see the README's figures).
             search: auto (exact; approximate faiss IVF-Flat above 1e11 correlations a pass), exact or approximate
                 (the report says when the search was approximate).
 

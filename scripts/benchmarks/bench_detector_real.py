@@ -23,11 +23,12 @@ images (the detector's training set, written as 16-bit PNGs with a Decathlon dat
 (calibrates the threshold) and novel images (negatives), subject-disjoint, plus planted copies of
 every training image:
 
-* in-distribution kinds, inside the detector's training augmentations (``phantoms.transformed_copy``):
-  exact, flip, rotation 2-5 deg, shift 2-5 %, gamma, blur, noise;
-* held-out kinds the augmentations do NOT contain: elastic deformation (``Rand2DElastic``),
-  crop 80-90 % and resize back, JPEG at quality 20-40, intensity windowing, rotation 8-15 deg, and the
-  combinations elastic+JPEG and shift+windowing;
+* in-distribution kinds, inside the detector's 2D training augmentations: exact, flip, rotation 2-5 deg, shift
+  2-5 %, gamma, blur, noise (``phantoms.transformed_copy``), elastic deformation (``Rand2DElastic``), crop
+  80-90 % and resize back, intensity windowing, rotation 8-15 deg and shift+windowing;
+* held-out kinds that no training augmentation contains: JPEG at quality 20-40, an MR bias field
+  (``RandBiasField``), Gibbs ringing (``RandGibbsNoise``), unsharp masking (``GaussianSharpen``), patches painted
+  over with the image mean (``RandCoarseDropout``), and the combinations elastic+JPEG and bias field+Gibbs;
 * autoencoder round trips through a briefly trained MONAI ``AutoencoderKL``.
 
 The detector is trained as a user would (``train_detector(datalist, out, modality="xr",
@@ -35,8 +36,9 @@ spatial_size=[96, 96], log_to_mlflow=False)``, i.e. the package's default preset
 ``--preset`` override it), every image is embedded from its PNG by the scan's own path
 (``get_transforms`` + ``embed_items``) and the threshold comes from ``calibrate_threshold``. Scores:
 correlation to the nearest training image, in the detector's embedding and in pixels (baseline).
-Each ``--steps`` x ``--lr`` configuration runs on the tuning split; the best (mean of in-distribution
-AUC, TPR@1%FPR and held-out AUC, then fewest steps) runs on the test split.
+Each ``--augmentations`` x ``--lr`` x ``--steps`` configuration runs on the tuning split and is scored by the
+detector alone and by the package's hybrid score (detector + pixels); the best (mean of in-distribution AUC,
+TPR@1%FPR and held-out AUC, then fewest steps) runs on the test split.
 
 Usage::
 
@@ -50,6 +52,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -149,7 +152,7 @@ def build_split(vol, split, args) -> dict:
 
 
 def heldout_copy(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """A copy transformed in a way the detector's training augmentations do not contain."""
+    """A copy transformed by ``kind`` (``a+b``: both in turn); :data:`HELD_KINDS` are outside every training augmentation."""
     from io import BytesIO
 
     from monai import transforms as mt
@@ -179,6 +182,17 @@ def heldout_copy(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.nda
     elif kind == "window":
         lo, hi = rng.uniform(0.05, 0.2), rng.uniform(0.55, 0.8)
         return (np.clip(img, lo, hi) - lo) / (hi - lo)
+    elif kind == "bias_field":  # MR intensity inhomogeneity
+        t = mt.RandBiasField(degree=3, coeff_range=(0.4, 0.6), prob=1.0)
+        out = np.clip(t.set_random_state(int(rng.integers(2**31)))(x), 0, 1)
+    elif kind == "gibbs":  # k-space truncation ringing
+        out = mt.RandGibbsNoise(prob=1.0, alpha=(0.7, 0.85)).set_random_state(int(rng.integers(2**31)))(x)
+    elif kind == "sharpen":  # unsharp masking
+        out = np.clip(mt.GaussianSharpen(sigma1=2.0, sigma2=1.0, alpha=float(rng.uniform(8, 15)))(x), 0, 1)
+    elif kind == "dropout":  # a few patches painted over with the image mean (a local edit)
+        t = mt.RandCoarseDropout(holes=3, max_holes=5, spatial_size=img.shape[0] // 8,
+                                 max_spatial_size=img.shape[0] // 6, fill_value=float(img.mean()), prob=1.0)
+        out = t.set_random_state(int(rng.integers(2**31)))(x)
     elif kind == "rotate_large":
         ang = np.deg2rad(rng.uniform(8, 15) * rng.choice([-1, 1]))
         out = mt.Rotate(angle=ang, keep_size=True, padding_mode="border")(x)
@@ -189,15 +203,15 @@ def heldout_copy(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.nda
 
 def make_copies(train: np.ndarray, ae_copies: np.ndarray | None, seed: int) -> tuple[np.ndarray, list]:
     """One copy of every training image per kind (in-distribution, held-out, autoencoder)."""
-    from monai_memorization.data.phantoms import transformed_copy
+    from monai_memorization.data.phantoms import COPY_KINDS, transformed_copy
 
     rng = np.random.default_rng(seed)
     out, kinds = [], []
-    for kind in IN_KINDS:
-        out += [transformed_copy(t, kind, seed=1000 * seed + i) for i, t in enumerate(train)]
-        kinds += [kind] * len(train)
-    for kind in HELD_KINDS:
-        out += [heldout_copy(t, kind, rng) for t in train]
+    for kind in IN_KINDS + HELD_KINDS:
+        if kind in COPY_KINDS:  # the phantom benchmark's kinds, with the same seeds
+            out += [transformed_copy(t, kind, seed=1000 * seed + i) for i, t in enumerate(train)]
+        else:
+            out += [heldout_copy(t, kind, rng) for t in train]
         kinds += [kind] * len(train)
     if ae_copies is not None:
         out += list(ae_copies)
@@ -302,7 +316,7 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
             "pixel": figures(score, kinds, thr), "pixel_scores": score, "pixel_calibration": pix_cal}
 
 
-def run_detector(data: dict, steps, lr, args) -> dict:
+def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
     """Train the detector from the datalist as a user would, embed every PNG, score, calibrate."""
     from monai_memorization.detection.calibrate import HybridScore, calibrate_threshold
     from monai_memorization.detection.detector import load_detector
@@ -310,10 +324,11 @@ def run_detector(data: dict, steps, lr, args) -> dict:
     from monai_memorization.engines.contrastive import train_detector
 
     root = data["root"]
-    out = root / f"detector_{steps}_{lr}.pt"
+    out = root / f"detector_{steps}_{lr}_{abs(hash(aug))}.pt"
     t0 = time.perf_counter()
     res = train_detector(str(root / "datalist.json"), out, modality="xr", spatial_size=[args.size] * 2,
                          log_to_mlflow=False, steps=steps, lr=lr, preset=args.preset, progress=False,
+                         augmentations=None if aug == "default" else json.loads(aug),
                          histogram_dir=root / "hist", histogram_every=10**6)
     train_s = time.perf_counter() - t0
     enc, cfg = load_detector(out, device="cpu")
@@ -329,7 +344,8 @@ def run_detector(data: dict, steps, lr, args) -> dict:
     fig["hybrid"] = figures({k: hybrid.score({"detector": score[k], "pixels": px[k]}) for k in ("novel", "copies")},
                             data["kinds"], hybrid.threshold)
     h = res["history"][-1]
-    fig.update(steps=cfg["steps"], lr=cfg["lr"], epochs=cfg["epochs"], batch=cfg["batch_size"], network=cfg["network"],
+    fig["hybrid"].update(steps=cfg["steps"], lr=cfg["lr"], train_s=train_s, aug=aug, score="hybrid")
+    fig.update(aug=aug, score="detector", steps=cfg["steps"], lr=cfg["lr"], epochs=cfg["epochs"], batch=cfg["batch_size"], network=cfg["network"],
                train_s=train_s, embed_s=time.perf_counter() - t0, final_loss=h["epoch_loss"],
                pos_neg=(h["mean_positive_similarity"], h["mean_negative_similarity"]))
     return fig
@@ -352,6 +368,10 @@ def main(argv=None) -> str:
     ap.add_argument("--steps", nargs="+", type=int, default=[450, 900, 1800, 3600], help="step budgets to compare (tune split)")
     ap.add_argument("--lr", nargs="+", type=float, default=[1e-3], help="learning rates to compare (tune split)")
     ap.add_argument("--preset", default=None, help="detector preset (default: the package's)")
+    ap.add_argument("--augmentations", nargs="+", default=["default"], help="augmentation settings to compare "
+                    "(tune split): 'default' (the package's) or a JSON object of contrastive_augmentations arguments")
+    ap.add_argument("--score", default="detector", choices=["detector", "hybrid"],
+                    help="score reported first on the test split when there is no tune split")
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--n-train", type=int, default=30)
     ap.add_argument("--n-holdout", type=int, default=30)
@@ -361,34 +381,51 @@ def main(argv=None) -> str:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--write-datalist", default=None, metavar="DIR",
+                    help="only write the first split's training and held-out PNGs and DIR/datalist.json (to time the "
+                         "CLI on them), then exit")
     args = ap.parse_args(argv)
-    args.cmdline = " ".join(sys.argv[1:] if argv is None else argv)
+    args.cmdline = shlex.join(sys.argv[1:] if argv is None else argv)
     if args.smoke:
         args.size, args.n_train, args.n_holdout, args.slab, args.ae_epochs, args.steps, args.lr = 32, 8, 6, 4, 1, [4], [1e-3]
+        args.augmentations = args.augmentations[:1]
     torch.set_num_threads(max(1, args.threads))
     t_all = time.perf_counter()
     vol = mni_volume()
+    if args.write_datalist:
+        sets, root = build_split(vol, args.splits[0], args), Path(args.write_datalist)
+        items = {k: write_pngs(sets[k][0], root / k, sets[k][1]) for k in ("training", "holdout")}
+        (root / "datalist.json").write_text(json.dumps({"name": f"MNI152 {args.splits[0]}", "modality": "xr",
+                                                        "shape": [args.size] * 2, **items}, indent=1))
+        return str(root / "datalist.json")
     results, pick = {}, None
     with tempfile.TemporaryDirectory() as tmp:
         if "tune" in args.splits:
             data = prepare("tune", vol, args, Path(tmp))
             rows = []
-            for lr in args.lr:
-                for steps in args.steps:
-                    f = run_detector(data, steps, lr, args)
-                    print(f"[tune] steps {steps} lr {lr}: {json.dumps(f['groups'])} FPR {f['fpr_calibrated']:.3f} "
-                          f"train {f['train_s']:.0f} s", flush=True)
-                    rows.append((f"detector {steps} steps, lr {lr:g}", f))
+            for aug in args.augmentations:
+                for lr in args.lr:
+                    for steps in args.steps:
+                        f = run_detector(data, steps, lr, args, aug)
+                        print(f"[tune] aug {aug} steps {steps} lr {lr}: {json.dumps(f['groups'])} FPR "
+                              f"{f['fpr_calibrated']:.3f} hybrid {json.dumps(f['hybrid']['groups'])} train "
+                              f"{f['train_s']:.0f} s", flush=True)
+                        label = f"{steps} steps, lr {lr:g}" + ("" if aug == "default" else f", augmentations {aug}")
+                        rows += [(f"detector {label}", f), (f"hybrid: detector {label} + pixels", f["hybrid"])]
             best = max(rows, key=lambda r: rank(r[1]))[1]
-            pick = (best["steps"], best["lr"])
+            pick = (best["steps"], best["lr"], best["aug"], best["score"])
             results["tune"] = (data, rows + [("pixel correlation", data["pixel"])])
         if "test" in args.splits:
-            steps, lr = pick if pick is not None else (args.steps[0], args.lr[0])
+            steps, lr, aug, score = pick if pick is not None else (args.steps[0], args.lr[0], args.augmentations[0],
+                                                                   args.score)
             data = prepare("test", vol, args, Path(tmp))
-            f = run_detector(data, steps, lr, args)
-            print(f"[test] steps {steps} lr {lr}: {json.dumps(f['groups'])} FPR {f['fpr_calibrated']:.3f}", flush=True)
-            results["test"] = (data, [(f"detector {steps} steps, lr {lr:g}", f), ("pixel correlation", data["pixel"]),
-                                      (f"hybrid: detector {steps} steps + pixels", f["hybrid"])])
+            f = run_detector(data, steps, lr, args, aug)
+            print(f"[test] steps {steps} lr {lr} aug {aug}: {json.dumps(f['groups'])} FPR {f['fpr_calibrated']:.3f}",
+                  flush=True)
+            label = f"{steps} steps, lr {lr:g}" + ("" if aug == "default" else f", augmentations {aug}")
+            rows = [(f"detector {label}", f), (f"hybrid: detector {label} + pixels", f["hybrid"]),
+                    ("pixel correlation", data["pixel"])]
+            results["test"] = (data, rows if score == "detector" else [rows[1], rows[0], rows[2]])
     text = write_report(args.out, args, results, pick, time.perf_counter() - t_all)
     print(text)
     return text

@@ -40,12 +40,34 @@ from monai_memorization.detection.calibrate import HybridScore, calibrate_thresh
 from monai_memorization.detection.loaded import Detector
 from monai_memorization.detection.scan import nearest_both_ways
 
-__all__ = ["PIXEL_SIDE", "SCORES", "PixelEncoder", "HybridReference", "prepare_hybrid", "hybrid_near"]
+__all__ = ["PIXEL_SIDE", "SCORES", "DEFAULT_SCORE", "resolve_score", "PixelEncoder", "HybridReference",
+           "prepare_hybrid", "hybrid_near"]
 
 #: Largest side of the pixel vectors (2D: 64 x 64, 3D: 32^3 at most), so memory stays that of small images.
 PIXEL_SIDE = {2: 64, 3: 32}
-#: The scores a scan can use.
-SCORES = ("detector", "hybrid")
+#: The scores a scan can use (``"auto"``: :data:`DEFAULT_SCORE` of the data's dimensionality).
+SCORES = ("auto", "detector", "hybrid")
+#: The default score per spatial dimensionality, the one each benchmark validated: in 2D the tuning split of the
+#: real-image benchmark picked it over the detector alone (``bench_detector_real.md``); in 3D it found 31 of 32
+#: autoencoder round trips where the detector alone found 16 (``bench_detector_validation.md``, run E).
+DEFAULT_SCORE = {2: "hybrid", 3: "hybrid"}
+
+
+def resolve_score(score: str, spatial_dims: int, calibrated: bool) -> str:
+    """The score a scan uses.
+
+    Args:
+        score: ``"auto"``, ``"detector"`` or ``"hybrid"``.
+        spatial_dims: 2 or 3.
+        calibrated: the threshold is calibrated on held-out data (the hybrid score needs that).
+
+    Returns:
+        ``"detector"`` or ``"hybrid"``: ``"auto"`` is :data:`DEFAULT_SCORE`, or the detector alone without
+        a held-out calibration.
+    """
+    if score != "auto":
+        return score
+    return DEFAULT_SCORE.get(int(spatial_dims), "detector") if calibrated else "detector"
 
 
 class PixelEncoder(nn.Module):
@@ -96,7 +118,9 @@ def prepare_hybrid(det: Detector, train: Any, holdout: Any, det_calibration: np.
     Returns:
         the :class:`HybridReference`.
     """
-    pixels = dataclasses.replace(det, encoder=PixelEncoder(det.spatial_dims))
+    encoder = PixelEncoder(det.spatial_dims)
+    dim = int(np.prod([min(int(s), encoder.max_side) for s in det.spatial_size]))  # e.g. the rows gathered under torchrun
+    pixels = dataclasses.replace(det, encoder=encoder, config={**det.config, "embed_dim": dim})
     train_pix, _ = pixels.embed(train)
     holdout_pix, _ = pixels.embed_views(holdout, views)
     _, pix_calibration = calibrate_threshold(train_pix, holdout_pix, percentile, use_gpu=use_gpu)

@@ -120,7 +120,7 @@ def prepare(
     orientation_invariant: bool = False,
     use_gpu: bool | str = "auto",
     sections: Sequence[str] = ("training", "holdout", "training"),
-    score: str = "detector",
+    score: str = "auto",
     search: str = "auto",
     **load_options: Any,
 ) -> tuple[Reference, ImageSet | None]:
@@ -139,8 +139,10 @@ def prepare(
         orientation_invariant: embed held-out and synthetic images under every flip/transpose.
         use_gpu: faiss GPU index (``"auto"``: when available).
         sections: datalist lists of the training, held-out and synthetic sets.
-        score: ``"detector"`` or ``"hybrid"`` (the detector's and the pixel correlation under one false-positive
-            budget; needs held-out data, not a given threshold).
+        score: ``"auto"`` (the validated default of the data's dimensionality, the hybrid score in 2D and 3D;
+            the detector alone with a given threshold), ``"detector"`` or ``"hybrid"`` (the
+            detector's and the pixel correlation under one false-positive budget; needs held-out data, not a given
+            threshold). See :data:`~monai_memorization.detection.hybrid.DEFAULT_SCORE`.
         search: ``"auto"``, ``"exact"`` or ``"approximate"`` (faiss IVF-Flat for archives; see ``scan_embeddings``).
         load_options: :func:`load` arguments (``modality``, ``device``, ``batch_size``, ``num_workers``, ``progress``).
 
@@ -153,7 +155,7 @@ def prepare(
         DetectorError: an unusable detector or one that does not fit the data.
     """
     percentile = check_percentile(percentile)
-    from monai_memorization.detection.hybrid import SCORES, prepare_hybrid
+    from monai_memorization.detection.hybrid import SCORES, prepare_hybrid, resolve_score
 
     if score not in SCORES or (score == "hybrid" and (threshold is not None or holdout is None)):
         raise DataValidationError(f"score must be one of {', '.join(SCORES)} (hybrid: with held-out data and no fixed "
@@ -199,6 +201,7 @@ def prepare(
 
         holdout_emb, _ = det.embed_views(ho, views, check=check)
         calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search)
+    score = resolve_score(score, det.spatial_dims, calibrated=ho is not None and threshold is None)
     hybrid = prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu) if score == "hybrid" else None
     thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else calibration[0])
     ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(thr), percentile, views,
@@ -306,7 +309,10 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
 
     Returns:
         one dict per image: ``image``, ``nearest`` (``train_id``, ``train_subject``, ``train_path``,
-        ``correlation``), ``correlation``, ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``.
+        ``correlation``: the detector's, nearest first), ``correlation`` (the scan's score: the detector's
+        correlation, or with the hybrid score its value, with ``detector_correlation`` and ``pixel_correlation``; when
+        the pixel side decides, its nearest training sample comes first in ``nearest``, with ``space: "pixel"``),
+        ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``.
     """
     from monai_memorization.detection.index import CorrelationIndex
 
@@ -315,15 +321,31 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
     index = CorrelationIndex(reference.train_emb.shape[1])
     index.add(reference.train_emb, name="training embeddings")
     corr, idx = index.search(emb, k=k, name="query embeddings")
+    hyb = reference.hybrid
+    if hyb is not None:  # the same score as the scan: the larger standardised correlation of the two spaces
+        pix, _ = hyb.pixels.embed(query)
+        pindex = CorrelationIndex(hyb.train_pix.shape[1])
+        pindex.add(hyb.train_pix, name="training pixels")
+        pcorr, pidx = pindex.search(pix, k=1, name="query pixels")
+        z_det = (corr[:, 0] - hyb.score.mean["detector"]) / hyb.score.std["detector"]
+        z_pix = (pcorr[:, 0] - hyb.score.mean["pixel"]) / hyb.score.std["pixel"]
+
+    def row(t: dict, c: float, space: str | None = None) -> dict:
+        r = {"train_id": os.path.basename(str(t["image"])), "train_subject": str(t.get("subject", "")),
+             "train_path": str(t["image"]), "correlation": float(c)}
+        return r if space is None else {**r, "space": space}
+
     out = []
-    for path, c_row, i_row in zip(query.paths, corr, idx):
-        train = [reference.train.items[int(i)] for i in i_row]
-        out.append({
-            "image": path,
-            "nearest": [{"train_id": os.path.basename(str(t["image"])), "train_subject": str(t.get("subject", "")),
-                         "train_path": str(t["image"]), "correlation": float(c)} for t, c in zip(train, c_row)],
-            "correlation": float(c_row[0]), "is_copy": bool(c_row[0] > reference.threshold),
-            "threshold": reference.threshold, "percentile": reference.percentile,
-            "detector_sha256": reference.detector.config.get("sha256"),
-        })
+    for q, (path, c_row, i_row) in enumerate(zip(query.paths, corr, idx)):
+        near = [row(reference.train.items[int(i)], c) for i, c in zip(i_row, c_row)]
+        rec = {"image": path, "nearest": near, "correlation": float(c_row[0])}
+        if hyb is not None:
+            rec.update(correlation=float(max(z_det[q], z_pix[q])), detector_correlation=float(c_row[0]),
+                       pixel_correlation=float(pcorr[q, 0]))
+            if z_pix[q] > z_det[q]:
+                first = row(reference.train.items[int(pidx[q, 0])], pcorr[q, 0], "pixel")
+                rest = [n for n in near if n["train_path"] != first["train_path"]]
+                rec["nearest"] = [first, *rest][:max(1, k)]
+        out.append({**rec, "is_copy": bool(rec["correlation"] > reference.threshold), "threshold": reference.threshold,
+                    "percentile": reference.percentile, "detector_sha256": reference.detector.config.get("sha256")})
     return out

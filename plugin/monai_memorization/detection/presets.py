@@ -17,7 +17,9 @@ bundle (``bundles/copy_detector/configs/train.json``) and the audit all take the
 * ``"default"`` -- a small strided convolutional encoder (MONAI ``ResidualUnit`` stages), Adam at
   1e-3 with cosine decay, NT-Xent at temperature 0.07, sized by **optimizer steps**: 3600 in 2D, the
   budget picked on the tuning split of the real-image benchmark and reported on its test split
-  (``scripts/benchmarks/results/bench_detector_real.md``), and in 3D the configuration of the 3D phantom
+  (``scripts/benchmarks/results/bench_detector_real.md``), with the 2D augmentations of
+  :data:`~monai_memorization.detection.augment.DIMS_DEFAULTS` (zoom, elastic, window) that the same tuning
+  split picked, and in 3D the configuration of the 3D phantom
   benchmark (``bench_detector_validation.md``: two residual sub-units per stage, batch 32, 900 steps); the number of epochs follows from the data set size
   (:func:`epochs_for_steps`). It suits the few dozen to few thousand images of a site's audit on
   a CPU or one GPU.

@@ -194,7 +194,7 @@ def train_detector(
     experiment_name: str = "copy_detector",
     run_name: str | None = None,
     histogram_dir: str | os.PathLike | None = None,
-    histogram_every: int = 1,
+    histogram_every: int | None = None,
     progress: bool = True,
     validate: bool = True,
     channel: int | str | None = None,
@@ -235,7 +235,8 @@ def train_detector(
         experiment_name: MLflow experiment.
         run_name: MLflow run name.
         histogram_dir: folder for per-epoch similarity histograms (default: ``<out stem>_histograms``).
-        histogram_every: write a histogram every N epochs.
+        histogram_every: write a histogram every N epochs (default: about 50 in all, and the last epoch's; each costs
+            about as much as an optimizer step of a small data set).
         progress: show an ignite progress bar.
         validate: check every input image (readable, finite, one channel) before training.
         channel: for multi-channel images (a Decathlon 4-channel MR volume), the channel to train on: an
@@ -361,7 +362,8 @@ def train_detector(
         params["network_kwargs"] = json.dumps(kwargs, sort_keys=True)
         mlf = mlflow_handler(tracking_uri or default_tracking_uri(out.parent), experiment_name, run_name, params,
                              mlflow_artifacts, allow_remote_tracking, buffer_dir=out.parent)
-    sim = SimilarityHistogramHandler(hist_dir, mlflow_handler=mlf, every=histogram_every)
+    every = histogram_every if histogram_every is not None else max(1, int(epochs) // 50)
+    sim = SimilarityHistogramHandler(hist_dir, mlflow_handler=mlf, every=every)
     handlers.append(sim)
     handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))
     handlers.append(StatsHandler(tag_name="loss", output_transform=lambda o: float(o["loss"]), iteration_log=False))

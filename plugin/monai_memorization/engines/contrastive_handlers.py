@@ -258,7 +258,10 @@ def mlflow_handler(
     mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
     buffer_dir: str | os.PathLike | None = None,
 ) -> SafeMLFlowHandler:
-    """:class:`~monai_memorization.handlers.SafeMLFlowHandler` logging the loss per iteration and the epoch metrics.
+    """:class:`~monai_memorization.handlers.SafeMLFlowHandler` logging the epoch metrics (``epoch_loss`` among them).
+
+    Not the loss of every iteration: with a few dozen images an epoch is one optimizer step, and a second write per
+    step to the store costs more than the metric is worth.
 
     Args:
         tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
@@ -279,6 +282,7 @@ def mlflow_handler(
         experiment_param=params,
         output_transform=lambda out: {"loss": float(out["loss"])},
         tag_name="loss",
+        iteration_log=False,
         close_on_complete=True,
         mlflow_artifacts=mlflow_artifacts,
         allow_remote_tracking=allow_remote_tracking,

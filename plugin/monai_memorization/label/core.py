@@ -84,6 +84,8 @@ class NearestTrainingSample:
         neighbours = []
         for n in res["nearest"]:
             row = {"train_id": self.train_id(n["train_path"]), "correlation": n["correlation"]}
+            if "space" in n:  # the hybrid score's pixel side decided: its nearest training sample
+                row["space"] = n["space"]
             if self.show_paths:
                 row.update(train_name=n["train_id"], train_subject=n["train_subject"], train_path=n["train_path"])
             neighbours.append(row)

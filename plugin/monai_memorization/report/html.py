@@ -112,7 +112,8 @@ def write_html_report(
         f"{s.get('n_training_copied', 'n/a')} of {s.get('n_train', 'n/a')} = {_pct_ci(s, 'training_copied_fraction')}.</p>",
         _table(
             [
-                {"quantity": "threshold (Pearson correlation)", "value": s.get("threshold")},
+                {"quantity": "threshold (hybrid score, standard deviations)" if s.get("score") == "hybrid"
+                 else "threshold (Pearson correlation)", "value": s.get("threshold")},
                 {"quantity": "threshold percentile", "value": s.get("percentile")},
                 {"quantity": "N_train", "value": s.get("n_train")},
                 {"quantity": "N_holdout", "value": s.get("n_holdout")},

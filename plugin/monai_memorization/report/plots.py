@@ -43,6 +43,7 @@ def plot_correlation_histogram(
     path: str | os.PathLike,
     percentile: float = 95.0,
     title: str = "Nearest-neighbour correlation",
+    xlabel: str = "Pearson correlation of embeddings",
 ) -> Path:
     """Histogram of training-to-nearest-held-out and synthetic-to-nearest-training correlations.
 
@@ -62,7 +63,7 @@ def plot_correlation_histogram(
     ax.hist(calibration_corr, bins=bins, alpha=0.6, density=True, label="training -> nearest held-out")
     ax.hist(synthetic_corr, bins=bins, alpha=0.6, density=True, label="synthetic -> nearest training")
     ax.axvline(threshold, color="k", ls="--", lw=1.5, label=f"threshold {threshold:.4f} ({percentile:g}th pct.)")
-    ax.set_xlabel("Pearson correlation of embeddings")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
@@ -117,7 +118,10 @@ def plot_pair_montage(
     for ax, p in zip(axes[:, 0], pairs):
         _image_row(ax, [p["synthetic"], p["train"]], vmin=0.0, vmax=1.0)
         ids = f"synthetic {p.get('synthetic_id', '')} | training {p.get('train_id', '')}"
-        ax.set_title(f"{ids}\nr = {p['correlation']:.4f}", fontsize=8)
+        score = f"r = {p['correlation']:.4f}" if "pixel_correlation" not in p else (
+            f"hybrid score {p['correlation']:.2f} (detector r = {p['detector_correlation']:.4f}, "
+            f"pixels r = {p['pixel_correlation']:.4f})")
+        ax.set_title(f"{ids}\n{score}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=100)
 

@@ -138,8 +138,11 @@ def write_scan_report(
         (tmp / "pairs.json").write_text(json.dumps(pair_rows, indent=1))
         write_csv(tmp / "pairs.csv", pair_rows)
         write_csv(tmp / "memorized.csv", [{k: v for k, v in m.items() if k != "synthetic_index"} for m in result.memorized])
+        hybrid = getattr(result, "score", "detector") == "hybrid"
         plot_correlation_histogram(result.calibration_corr, result.synthetic_corr, result.threshold, tmp / "histogram.png",
-                                   result.percentile)
+                                   result.percentile, title="Nearest-neighbour hybrid score" if hybrid else
+                                   "Nearest-neighbour correlation", xlabel="hybrid score (standard deviations of the "
+                                   "held-out calibration)" if hybrid else "Pearson correlation of embeddings")
         plot_pair_montage(list(montage), tmp / "pairs.png")
         write_html_report(
             tmp / "report.html", summary, result.pairs, result.memorized,
