@@ -74,3 +74,6 @@ def test_scan_score_default_follows_the_benchmarks():
     assert resolve_score("auto", 2, calibrated=True) == DEFAULT_SCORE[2]
     assert resolve_score("auto", 3, calibrated=False) == "detector"  # a given threshold: no hybrid calibration
     assert resolve_score("detector", 3, calibrated=True) == "detector"
+    assert resolve_score("auto", 2, calibrated=True, n_train=20_000) == "hybrid"
+    assert resolve_score("auto", 2, calibrated=True, n_train=20_001) == "detector"  # archive scale: no pixel pass
+    assert resolve_score("hybrid", 2, calibrated=True, n_train=10**6) == "hybrid"

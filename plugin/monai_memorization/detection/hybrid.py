@@ -40,7 +40,7 @@ from monai_memorization.detection.calibrate import HybridScore, calibrate_thresh
 from monai_memorization.detection.loaded import Detector
 from monai_memorization.detection.scan import nearest_both_ways
 
-__all__ = ["PIXEL_SIDE", "SCORES", "DEFAULT_SCORE", "resolve_score", "PixelEncoder", "HybridReference",
+__all__ = ["PIXEL_SIDE", "SCORES", "DEFAULT_SCORE", "HYBRID_AUTO_MAX_TRAIN", "resolve_score", "PixelEncoder", "HybridReference",
            "prepare_hybrid", "hybrid_near"]
 
 #: Largest side of the pixel vectors (2D: 64 x 64, 3D: 32^3 at most), so memory stays that of small images.
@@ -53,21 +53,30 @@ SCORES = ("auto", "detector", "hybrid")
 DEFAULT_SCORE = {2: "hybrid", 3: "hybrid"}
 
 
-def resolve_score(score: str, spatial_dims: int, calibrated: bool) -> str:
+#: Above this many training images ``"auto"`` uses the detector alone: the hybrid score keeps every image's pixel
+#: vector (up to 4096 floats in 2D, 32768 in 3D) in memory and searches it exactly, which an archive-scale scan
+#: (``bench_scan_approx.md``: 1M x 100k) cannot afford. ``score="hybrid"`` still forces it.
+HYBRID_AUTO_MAX_TRAIN = 20_000
+
+
+def resolve_score(score: str, spatial_dims: int, calibrated: bool, n_train: int = 0) -> str:
     """The score a scan uses.
 
     Args:
         score: ``"auto"``, ``"detector"`` or ``"hybrid"``.
         spatial_dims: 2 or 3.
         calibrated: the threshold is calibrated on held-out data (the hybrid score needs that).
+        n_train: training images (``"auto"`` keeps the detector alone above :data:`HYBRID_AUTO_MAX_TRAIN`).
 
     Returns:
         ``"detector"`` or ``"hybrid"``: ``"auto"`` is :data:`DEFAULT_SCORE`, or the detector alone without
-        a held-out calibration.
+        a held-out calibration or at archive scale.
     """
     if score != "auto":
         return score
-    return DEFAULT_SCORE.get(int(spatial_dims), "detector") if calibrated else "detector"
+    if not calibrated or int(n_train) > HYBRID_AUTO_MAX_TRAIN:
+        return "detector"
+    return DEFAULT_SCORE.get(int(spatial_dims), "detector")
 
 
 class PixelEncoder(nn.Module):

@@ -155,7 +155,7 @@ def prepare(
         DetectorError: an unusable detector or one that does not fit the data.
     """
     percentile = check_percentile(percentile)
-    from monai_memorization.detection.hybrid import SCORES, prepare_hybrid, resolve_score
+    from monai_memorization.detection.hybrid import HYBRID_AUTO_MAX_TRAIN, SCORES, prepare_hybrid, resolve_score
 
     if score not in SCORES or (score == "hybrid" and (threshold is not None or holdout is None)):
         raise DataValidationError(f"score must be one of {', '.join(SCORES)} (hybrid: with held-out data and no fixed "
@@ -201,7 +201,10 @@ def prepare(
 
         holdout_emb, _ = det.embed_views(ho, views, check=check)
         calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search)
-    score = resolve_score(score, det.spatial_dims, calibrated=ho is not None and threshold is None)
+    auto, score = score == "auto", resolve_score(score, det.spatial_dims, ho is not None and threshold is None, len(tr.items))
+    if auto and score == "detector" and ho is not None and threshold is None:
+        logger.info(f"{len(tr.items)} training images: the detector score alone (the hybrid score's pixel pass is for "
+                    f"data sets of up to {HYBRID_AUTO_MAX_TRAIN:,}; --score hybrid forces it)")
     hybrid = prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu) if score == "hybrid" else None
     thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else calibration[0])
     ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(thr), percentile, views,
