@@ -238,7 +238,7 @@ def run_audit(
             verdict = "generator not converged: the copy rate says nothing about privacy"
         else:
             verdict = (f"{rec['n_confirmed']} of {rec['n_synthetic']} samples are confirmed copies of training images "
-                       f"({rec['n_copies']} flagged by the detector, each checked in pixel space)")
+                       f"({rec['n_copies']} flagged by the scan, each checked in pixel space)")
         batch = int(overrides.get("diffusion_batch_size") or bundle_value(bundle_configs, "diffusion_batch_size"))
         per_epoch = -(-len(train_items) // batch)  # the bundle's diffusion loader keeps the last partial batch
         curves[name] = [(e * per_epoch, rate) for e, rate in training_curve(uri, experiment, name)]

@@ -45,14 +45,14 @@ def make_headline(
         unconfirmed = r["n_copies"] - r["n_confirmed"]
         if r["quality"]["converged"] and unconfirmed > r["n_confirmed"]:
             lines.append(
-                f"{r['name']}: {unconfirmed} of {r['n_copies']} samples the detector flagged are no closer in pixels to their "
+                f"{r['name']}: {unconfirmed} of {r['n_copies']} samples the scan flagged are no closer in pixels to their "
                 "training image than new patients are; they are not counted as copies (see the pairs in the scan report)."
             )
     if ok:
         parts = [
             f"{r['name']} {100 * r['confirmed_copy_rate']:.0f}% of samples are copies (95% CI "
             f"{100 * r['confirmed_copy_rate_ci'][0]:.0f}-{100 * r['confirmed_copy_rate_ci'][1]:.0f}%; "
-            f"{100 * r['synthetic_copy_rate']:.0f}% flagged by the detector)" for r in records
+            f"{100 * r['synthetic_copy_rate']:.0f}% flagged by the scan)" for r in records
         ]
         lines.insert(0, "Verdict backed by evidence (generators converged, every planted kind found): " + "; ".join(parts) + ".")
     return lines, 0 if ok else EXIT_INCONCLUSIVE
