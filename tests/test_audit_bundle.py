@@ -80,7 +80,7 @@ def test_audit_bundle_end_to_end_finds_planted_copies(zoo2d_audit):
     a = json.loads((out / "audit.json").read_text())
     control = a["control"]
     assert control["planted"] == 8 and control["found"] >= 6
-    assert all(control["by_kind"][k]["found"] == 1 for k in ("exact", "flip", "rotate", "intensity"))
+    assert all(control["by_kind"][k]["found"] == 1 for k in ("exact", "flip", "rotate", "intensity")), control
     assert any("generator not converged" in line for line in a["headline"])
     assert not any(line.startswith("Verdict") for line in a["headline"])
     cfg = a["configs"][0]

@@ -94,7 +94,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert "HEADLINE" in summary["definitions"]["synthetic_copy_rate"]
     assert "N_train" in summary["definitions"]["memorized_fraction"] and "N_train" in summary["definitions"]["training_copied_fraction"]
     rows = list(csv.DictReader(open(out / "pairs.csv")))
-    assert len(rows) == 7 and set(rows[0]) == {"synthetic_id", "synthetic_path", "train_id", "train_subject", "train_path", "correlation", "is_copy", "synthetic_sha256", "detector_correlation", "pixel_correlation"}  # the 2D default: hybrid
+    assert len(rows) == 7 and set(rows[0]) == {"synthetic_id", "synthetic_path", "train_id", "train_subject", "train_path", "correlation", "is_copy", "synthetic_sha256", "detector_correlation", "pixel_correlation", "aligned_correlation"}  # the 2D default: hybrid
     assert json.loads((out / "pairs.json").read_text())[0]["synthetic_id"] == rows[0]["synthetic_id"]
     assert len(list(csv.DictReader(open(out / "memorized.csv")))) == 16
 
@@ -211,6 +211,9 @@ def test_hybrid_score_finds_blurred_round_trips_under_one_budget(setup, tmp_path
     for i, it in enumerate(data["training"][6:10]):
         img = np.asarray(Image.open(Path(setup["datalist"]).parent / it["image"]), dtype=np.float64)
         Image.fromarray(np.clip(gaussian_filter(img, 1.2), 0, 65535).astype(np.uint16)).save(syn / f"blurred_{i}.png")
+    for i, it in enumerate(data["training"][11:14]):  # shifted copies: found after alignment
+        img = np.asarray(Image.open(Path(setup["datalist"]).parent / it["image"]))
+        Image.fromarray(np.roll(img, (2, -2), axis=(0, 1))).save(syn / f"shifted_{i}.png")
     res = run_scan(setup["datalist"], setup["datalist"], str(syn), setup["detector"], tmp_path / "report",
                    log_to_mlflow=False, progress=False, n_bootstrap=0, score="hybrid")
     by_id = {p["synthetic_id"]: p for p in res.pairs}
@@ -218,6 +221,9 @@ def test_hybrid_score_finds_blurred_round_trips_under_one_budget(setup, tmp_path
     for i in range(4):
         p = by_id[f"blurred_{i}"]
         assert p["is_copy"] and p["pixel_correlation"] > 0.98 and p["correlation"] > res.threshold, p
+    for i in range(3):
+        p = by_id[f"shifted_{i}"]
+        assert p["is_copy"] and p["aligned_correlation"] > max(0.97, p["pixel_correlation"] + 0.02), p
     assert all(by_id[f"copy_{i}"]["is_copy"] for i in range(3))
     assert sum(by_id[f"novel_{i}"]["is_copy"] for i in range(4)) <= 1
     assert np.mean(res.calibration_corr > res.threshold) <= 0.1  # the 95th percentile of the combined calibration

@@ -70,7 +70,7 @@ def _montage(ref: Any, synthetic: ImageSet, result: ScanResult, top_k: int) -> l
             "synthetic": np.asarray(chain(dict(synthetic.items[i]))["image"]),
             "train": np.asarray(chain(dict(ref.train.items[p["train_index"]]))["image"]),
             "correlation": p["correlation"], "synthetic_id": p["synthetic_id"], "train_id": p["train_id"],
-            **{k: p[k] for k in ("detector_correlation", "pixel_correlation") if k in p},
+            **{k: p[k] for k in ("detector_correlation", "pixel_correlation", "aligned_correlation") if k in p},
         })
     return rows
 
@@ -141,7 +141,7 @@ def run_scan(
             (:mod:`monai_memorization.detection.views`); costs one embedding pass per view.
         score: ``"auto"`` (default: the hybrid score, as validated by the benchmarks in 2D and 3D; the detector
             alone when a fixed threshold is given),
-            ``"detector"`` or ``"hybrid"``: the detector's and the pixel correlation under one false-positive budget
+            ``"detector"`` or ``"hybrid"``: the detector's, the pixel and the aligned pixel correlation under one false-positive budget
             (:mod:`monai_memorization.detection.hybrid`); finds blurred autoencoder round trips that a detector
             trained to ignore blur misses.
         search: ``"auto"`` (default: exact, approximate above 1e11 correlations a pass on the CPU), ``"exact"`` or

@@ -220,8 +220,8 @@ class Commands:
                 training images (8 views in 2D square images, 8 flips in 3D; the threshold is
                 calibrated the same way).
             score: auto (default: hybrid, as the benchmarks validated; the detector above 20,000 training
-                images), detector or hybrid: the detector's and the pixel correlation under one false-positive
-                budget (finds blurred autoencoder round trips; see the README's figures).
+                images), detector or hybrid: the detector's, the pixel and the aligned pixel correlation under one false-positive
+                budget (finds blurred autoencoder round trips, shifted and zoomed copies; see the README's figures).
             search: auto (exact; approximate faiss IVF-Flat above 1e11 correlations a pass), exact or approximate
                 (the report says when the search was approximate).
 

@@ -240,8 +240,8 @@ def filter_release(
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "rule": ("a sample is released when its hybrid score (the larger of its detector and pixel correlations "
-                     "to the nearest training sample, each in standard deviations of its held-out calibration)"
+            "rule": ("a sample is released when its hybrid score (the largest of its detector, pixel and aligned "
+                     "pixel correlations to the nearest training sample, each in standard deviations of its held-out calibration)"
                      if summary.get("score") == "hybrid" else "a sample is released when the Pearson correlation "
                      "(detector embeddings) to its nearest training sample")
             + " is not above the threshold; samples above it are copies and are left out",

@@ -37,7 +37,7 @@ spatial_size=[96, 96], log_to_mlflow=False)``, i.e. the package's default preset
 (``get_transforms`` + ``embed_items``) and the threshold comes from ``calibrate_threshold``. Scores:
 correlation to the nearest training image, in the detector's embedding and in pixels (baseline).
 Each ``--augmentations`` x ``--lr`` x ``--steps`` configuration runs on the tuning split and is scored by the
-detector alone and by the package's hybrid score (detector + pixels); the best (mean of in-distribution AUC,
+detector alone and by the package's hybrid score (detector + pixels + aligned pixels); the best (mean of in-distribution AUC,
 TPR@1%FPR and held-out AUC, then fewest steps) runs on the test split.
 
 Usage::
@@ -245,13 +245,24 @@ def autoencoder_copies(train: np.ndarray, args) -> tuple[np.ndarray | None, dict
 
 
 # ------------------------------------------------------------------------------------------ scores
-def nn_corr(ref: np.ndarray, query: np.ndarray) -> np.ndarray:
+def nn_corr(ref: np.ndarray, query: np.ndarray, with_index: bool = False):
     """Pearson correlation of each query row to its nearest reference row (the package's exact index)."""
     from monai_memorization.detection.index import CorrelationIndex
 
     index = CorrelationIndex(ref.shape[1], use_gpu=False)
     index.add(np.ascontiguousarray(ref, dtype=np.float32))
-    return index.search(np.ascontiguousarray(query, dtype=np.float32), k=1)[0][:, 0]
+    corr, idx = index.search(np.ascontiguousarray(query, dtype=np.float32), k=1)
+    return (corr[:, 0], idx[:, 0]) if with_index else corr[:, 0]
+
+
+def pixel_images(flat: np.ndarray, size: int) -> np.ndarray:
+    """The hybrid score's pixel images (:class:`PixelEncoder`: average-pooled to at most 64 a side)."""
+    from monai_memorization.detection.hybrid import PixelEncoder
+
+    x = torch.as_tensor(flat.reshape(len(flat), 1, size, size), dtype=torch.float32)
+    out = PixelEncoder(2)(x)
+    side = int(round(out.shape[1] ** 0.5))
+    return out.reshape(len(flat), side, side).numpy()
 
 
 def figures(score: dict, kinds: np.ndarray, thr: float) -> dict:
@@ -301,6 +312,7 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     pix = {k: load_arrays(v, root, transform) for k, v in items.items()}
     score = {k: nn_corr(pix["training"], pix[k]) for k in ("holdout", "novel", "copies")}
     thr, pix_cal = calibrate_threshold(pix["training"], pix["holdout"], 95.0, use_gpu=False)
+    pooled = {k: pixel_images(v, args.size) for k, v in pix.items()}
     kinds = np.array(kinds)
     info = {
         "orientations": SPLITS[split], "n": {k: len(v) for k, v in items.items()},
@@ -313,11 +325,12 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     print(f"[{split}] data {info['n']} novel->train pixel corr median/p95 {info['novel_pixel_corr']} "
           f"({info['seconds']:.0f} s)", flush=True)
     return {"root": root, "items": items, "kinds": kinds, "transform": transform, "info": info,
-            "pixel": figures(score, kinds, thr), "pixel_scores": score, "pixel_calibration": pix_cal}
+            "pixel": figures(score, kinds, thr), "pixel_scores": score, "pixel_calibration": pix_cal, "pooled": pooled}
 
 
 def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
     """Train the detector from the datalist as a user would, embed every PNG, score, calibrate."""
+    from monai_memorization.detection.align import aligned_nearest
     from monai_memorization.detection.calibrate import HybridScore, calibrate_threshold
     from monai_memorization.detection.detector import load_detector
     from monai_memorization.detection.embed import embed_items
@@ -335,16 +348,25 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
     t0 = time.perf_counter()
     emb = {k: embed_items(enc, [{"image": str(root / it["image"])} for it in v], data["transform"], batch_size=32,
                           progress=False) for k, v in data["items"].items()}
-    score = {k: nn_corr(emb["training"], emb[k]) for k in ("novel", "copies")}
+    near = {k: nn_corr(emb["training"], emb[k], with_index=True) for k in ("novel", "copies")}
+    score = {k: v[0] for k, v in near.items()}
     thr, det_cal = calibrate_threshold(emb["training"], emb["holdout"], 95.0, use_gpu=False)
     fig = figures(score, data["kinds"], thr)
-    # the package's hybrid score: detector and pixel correlations, each standardised on the held-out calibration
-    hybrid = HybridScore({"detector": det_cal, "pixels": data["pixel_calibration"]})
-    px = data["pixel_scores"]
-    fig["hybrid"] = figures({k: hybrid.score({"detector": score[k], "pixels": px[k]}) for k in ("novel", "copies")},
-                            data["kinds"], hybrid.threshold)
+    # the package's hybrid score (detection/hybrid.py): the detector's, the pixel and the aligned pixel correlation,
+    # each standardised on its held-out calibration; the aligned search also tries the detector's nearest image
+    pooled, flat = data["pooled"], (lambda a: a.reshape(len(a), -1))
+    pix = {k: nn_corr(flat(pooled["training"]), flat(pooled[k])) for k in ("novel", "copies")}
+    _, pix_cal = calibrate_threshold(flat(pooled["training"]), flat(pooled["holdout"]), 95.0, use_gpu=False)
+    t1 = time.perf_counter()
+    ali = {k: aligned_nearest(pooled[k], pooled["training"], extra=near[k][1][:, None])[0] for k in ("novel", "copies")}
+    ali_cal = aligned_nearest(pooled["training"], pooled["holdout"],
+                              extra=nn_corr(emb["holdout"], emb["training"], with_index=True)[1][:, None])[0]
+    align_s = time.perf_counter() - t1
+    hybrid = HybridScore({"detector": det_cal, "pixel": pix_cal, "aligned": ali_cal})
+    fig["hybrid"] = figures({k: hybrid.score({"detector": score[k], "pixel": pix[k], "aligned": ali[k]})
+                             for k in ("novel", "copies")}, data["kinds"], hybrid.threshold)
     h = res["history"][-1]
-    fig["hybrid"].update(steps=cfg["steps"], lr=cfg["lr"], train_s=train_s, aug=aug, score="hybrid")
+    fig["hybrid"].update(steps=cfg["steps"], lr=cfg["lr"], train_s=train_s, aug=aug, score="hybrid", align_s=align_s)
     fig.update(aug=aug, score="detector", steps=cfg["steps"], lr=cfg["lr"], epochs=cfg["epochs"], batch=cfg["batch_size"], network=cfg["network"],
                train_s=train_s, embed_s=time.perf_counter() - t0, final_loss=h["epoch_loss"],
                pos_neg=(h["mean_positive_similarity"], h["mean_negative_similarity"]))
@@ -411,7 +433,7 @@ def main(argv=None) -> str:
                               f"{f['fpr_calibrated']:.3f} hybrid {json.dumps(f['hybrid']['groups'])} train "
                               f"{f['train_s']:.0f} s", flush=True)
                         label = f"{steps} steps, lr {lr:g}" + ("" if aug == "default" else f", augmentations {aug}")
-                        rows += [(f"detector {label}", f), (f"hybrid: detector {label} + pixels", f["hybrid"])]
+                        rows += [(f"detector {label}", f), (f"hybrid: detector {label} + pixels + aligned pixels", f["hybrid"])]
             best = max(rows, key=lambda r: rank(r[1]))[1]
             pick = (best["steps"], best["lr"], best["aug"], best["score"])
             results["tune"] = (data, rows + [("pixel correlation", data["pixel"])])
@@ -423,7 +445,7 @@ def main(argv=None) -> str:
             print(f"[test] steps {steps} lr {lr} aug {aug}: {json.dumps(f['groups'])} FPR {f['fpr_calibrated']:.3f}",
                   flush=True)
             label = f"{steps} steps, lr {lr:g}" + ("" if aug == "default" else f", augmentations {aug}")
-            rows = [(f"detector {label}", f), (f"hybrid: detector {label} + pixels", f["hybrid"]),
+            rows = [(f"detector {label}", f), (f"hybrid: detector {label} + pixels + aligned pixels", f["hybrid"]),
                     ("pixel correlation", data["pixel"])]
             results["test"] = (data, rows if score == "detector" else [rows[1], rows[0], rows[2]])
     text = write_report(args.out, args, results, pick, time.perf_counter() - t_all)

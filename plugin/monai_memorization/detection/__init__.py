@@ -17,6 +17,8 @@ Modules:
     calibrate  -- threshold from training-to-held-out correlations (:func:`calibrate_threshold`).
     scan       -- the memorization scan and its report (:func:`scan_embeddings`, :func:`run_scan`).
     augment    -- the augmentations that form positive pairs for contrastive training.
+    hybrid     -- the default score: detector, pixel and aligned pixel correlation under one false-positive budget.
+    align      -- aligned pixel correlation: a small registration search, then block-wise correlation.
 """
 
 from monai_memorization.detection.calibrate import calibrate_threshold

@@ -66,7 +66,7 @@ class HybridScore:
     the largest standardised value, and its threshold the ``percentile`` of the same maximum over the
     calibration values. So one false-positive budget covers the union: a sample is a copy when any
     of the scores is unusually high for a new patient. The detector catches transformed copies
-    that pixels miss; pixel correlation catches blurred round trips that a blur-invariant detector
+    that pixels miss; (aligned) pixel correlation catches blurred round trips that a blur-invariant detector
     can miss.
 
     Args:

@@ -8,21 +8,25 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The hybrid copy score: the detector's correlation and the pixel correlation under one false-positive budget.
+"""The hybrid copy score: the detector's, the pixel and the aligned pixel correlation under one false-positive budget.
 
 A detector trained to ignore blur and small transforms can miss what a memorizing generator most often
 returns in 3D: the training image after an autoencoder round trip, smooth but pixel-for-pixel close. Pixel
-correlation finds those and misses flips and shifts. With ``score="hybrid"`` the scan
+correlation finds those; aligned, it also finds shifted, zoomed, mirrored and locally warped copies that plain
+pixel correlation misses. With ``score="hybrid"`` the scan
 
 * embeds every image twice: with the detector, and as its preprocessed pixels (the detector's input,
   average-pooled to at most :data:`PIXEL_SIDE` voxels a side);
+* in the pixel space, takes the plain correlation to the nearest image, and the aligned pixel correlation to each
+  image's few nearest candidates (:mod:`~monai_memorization.detection.align`: a small registration search, then
+  block-wise correlation);
 * calibrates each space on the held-out set as usual (each training sample to its nearest held-out sample);
-* standardises each correlation by its calibration mean and standard deviation and takes the larger one
+* standardises each correlation by its calibration mean and standard deviation and takes the largest one
   (:class:`~monai_memorization.detection.calibrate.HybridScore`); the threshold is the ``percentile`` of
   the same maximum over the calibration samples, so the false-positive budget covers both spaces at once.
 
 Scores are in standard deviations above a new patient's typical closeness, not correlations; each pair also
-carries ``detector_correlation`` and ``pixel_correlation``. Measured figures:
+carries ``detector_correlation``, ``pixel_correlation`` and ``aligned_correlation``. Measured figures:
 ``scripts/benchmarks/results/bench_detector_validation.md`` (3D phantoms) and ``bench_detector_real.md`` (real MR).
 """
 
@@ -36,9 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from monai_memorization.detection.align import AlignSearch, aligned_nearest
 from monai_memorization.detection.calibrate import HybridScore, calibrate_threshold
+from monai_memorization.detection.index import CorrelationIndex
 from monai_memorization.detection.loaded import Detector
-from monai_memorization.detection.scan import nearest_both_ways
 
 __all__ = ["PIXEL_SIDE", "SCORES", "DEFAULT_SCORE", "HYBRID_AUTO_MAX_TRAIN", "resolve_score", "PixelEncoder", "HybridReference",
            "prepare_hybrid", "hybrid_near"]
@@ -105,15 +110,31 @@ class HybridReference:
         pixels: the :class:`Detector` that "embeds" into pixels (same preprocessing, :class:`PixelEncoder`).
         train_pix: ``[N_train, P]`` training pixel vectors.
         score: the calibrated :class:`HybridScore` (``threshold``, ``calibration``).
+        shape: the pixel images' spatial shape (``train_pix`` rows are these images, flattened).
+        search: the registration search of the aligned pixel correlation.
     """
 
     pixels: Detector
     train_pix: np.ndarray = dataclasses.field(repr=False)
     score: HybridScore = dataclasses.field(repr=False)
+    shape: tuple[int, ...] = ()
+    search: AlignSearch = dataclasses.field(default_factory=AlignSearch)
+
+    def images(self, pix: np.ndarray) -> np.ndarray:
+        """Pixel vectors ``[n, P]`` as images ``[n, *shape]``."""
+        return np.asarray(pix, dtype=np.float32).reshape((len(pix),) + tuple(self.shape))
+
+
+def _nearest_row(ref: np.ndarray, query: np.ndarray, use_gpu: bool | str) -> np.ndarray:
+    """Index of each query row's nearest reference row by correlation (the detector's candidate)."""
+    index = CorrelationIndex(ref.shape[1], use_gpu=use_gpu)
+    index.add(np.ascontiguousarray(ref, dtype=np.float32), name="embeddings")
+    return index.search(np.ascontiguousarray(query, dtype=np.float32), k=1, name="embeddings")[1][:, 0]
 
 
 def prepare_hybrid(det: Detector, train: Any, holdout: Any, det_calibration: np.ndarray, percentile: float,
-                   views: Sequence[str] | None = None, use_gpu: bool | str = "auto") -> HybridReference:
+                   views: Sequence[str] | None = None, use_gpu: bool | str = "auto", train_emb: np.ndarray | None = None,
+                   holdout_emb: np.ndarray | None = None, search: AlignSearch | None = None) -> HybridReference:
     """Embed the training and held-out sets as pixels and calibrate the hybrid score.
 
     Args:
@@ -123,52 +144,86 @@ def prepare_hybrid(det: Detector, train: Any, holdout: Any, det_calibration: np.
         percentile: threshold percentile.
         views: orientation views of the held-out set (as for the detector).
         use_gpu: faiss GPU index.
+        train_emb, holdout_emb: the detector embeddings (optional): each training image's nearest held-out image
+            by the detector is then also a candidate of the aligned search, as in the scan.
+        search: the registration search (default :class:`~monai_memorization.detection.align.AlignSearch`).
 
     Returns:
         the :class:`HybridReference`.
     """
     encoder = PixelEncoder(det.spatial_dims)
-    dim = int(np.prod([min(int(s), encoder.max_side) for s in det.spatial_size]))  # e.g. the rows gathered under torchrun
+    shape = tuple(min(int(s), encoder.max_side) for s in det.spatial_size)
+    dim = int(np.prod(shape))  # e.g. the rows gathered under torchrun
     pixels = dataclasses.replace(det, encoder=encoder, config={**det.config, "embed_dim": dim})
     train_pix, _ = pixels.embed(train)
     holdout_pix, _ = pixels.embed_views(holdout, views)
+    ref = HybridReference(pixels, train_pix, None, shape, search or AlignSearch())  # type: ignore[arg-type]
+    extra = None if train_emb is None or holdout_emb is None else _nearest_row(holdout_emb, train_emb, use_gpu)[:, None]
     _, pix_calibration = calibrate_threshold(train_pix, holdout_pix, percentile, use_gpu=use_gpu)
-    score = HybridScore({"detector": np.asarray(det_calibration), "pixel": pix_calibration}, percentile=percentile)
-    return HybridReference(pixels, train_pix, score)
+    ali_calibration, _ = aligned_nearest(ref.images(train_pix), ref.images(holdout_pix), ref.search, extra,
+                                         progress=det.progress)
+    ref.score = HybridScore({"detector": np.asarray(det_calibration), "pixel": pix_calibration,
+                             "aligned": ali_calibration}, percentile=percentile)
+    return ref
 
 
-def hybrid_near(det_near: dict, pix_near: dict, score: HybridScore) -> dict:
-    """Combine the nearest neighbours of both spaces: in each direction the larger standardised score wins.
+def hybrid_near(near: dict[str, dict], score: HybridScore) -> dict:
+    """Combine the nearest neighbours of every space: in each direction the largest standardised score wins.
 
     Args:
-        det_near, pix_near: :func:`~monai_memorization.detection.scan.nearest_both_ways` in each space.
-        score: the calibrated :class:`HybridScore`.
+        near: space name (``"detector"``, ``"pixel"``, ``"aligned"``) -> its
+            :func:`~monai_memorization.detection.scan.nearest_both_ways` keys.
+        score: the calibrated :class:`HybridScore` (the same names).
 
     Returns:
-        the same keys as ``det_near`` (scores in calibration standard deviations, indices of the winning space),
-        plus ``s_det``/``s_pix`` (each synthetic sample's nearest-training correlation in each space).
+        the same keys as ``near["detector"]`` (scores in calibration standard deviations, indices of the winning
+        space), plus ``s_det``/``s_pix``/``s_ali`` (each synthetic sample's nearest-training correlation in each
+        space).
     """
-    out = {"s_view": det_near["s_view"], "s_det": det_near["s_corr"], "s_pix": pix_near["s_corr"]}
+    det = near["detector"]
+    out = {"s_view": det["s_view"], "s_det": det["s_corr"], "s_pix": near["pixel"]["s_corr"],
+           "s_ali": near["aligned"]["s_corr"]}
     for side in ("s", "t"):
-        z_det = (det_near[f"{side}_corr"] - score.mean["detector"]) / score.std["detector"]
-        z_pix = (pix_near[f"{side}_corr"] - score.mean["pixel"]) / score.std["pixel"]
-        det_wins = z_det >= z_pix
-        out[f"{side}_corr"] = np.where(det_wins, z_det, z_pix)
-        out[f"{side}_idx"] = np.where(det_wins, det_near[f"{side}_idx"], pix_near[f"{side}_idx"])
+        z = np.stack([(near[n][f"{side}_corr"] - score.mean[n]) / score.std[n] for n in score.names])
+        win = z.argmax(axis=0)
+        out[f"{side}_corr"] = z.max(axis=0)
+        out[f"{side}_idx"] = np.stack([near[n][f"{side}_idx"] for n in score.names])[win, np.arange(z.shape[1])]
     return out
 
 
-def scan_pixels(ref: HybridReference, synthetic: Any, views: Sequence[str] | None, use_gpu: bool | str = "auto") -> dict:
-    """Nearest neighbours of the synthetic images in the pixel space (both directions).
+def scan_pixels(ref: HybridReference, synthetic: Any, views: Sequence[str] | None, use_gpu: bool | str = "auto",
+                det_near: dict | None = None) -> dict:
+    """Nearest neighbours of the synthetic images in the pixel space (both directions), by aligned correlation.
 
     Args:
         ref: the prepared :class:`HybridReference`.
         synthetic: the synthetic image set or tensor.
         views: orientation views (as for the detector).
         use_gpu: faiss GPU index.
+        det_near: the detector's :func:`~monai_memorization.detection.scan.nearest_both_ways` (its nearest images
+            are added to the candidates of the aligned search).
 
     Returns:
-        :func:`~monai_memorization.detection.scan.nearest_both_ways` output in pixel space.
+        ``{"pixel": ..., "aligned": ...}``: :func:`~monai_memorization.detection.scan.nearest_both_ways` keys in the
+        pixel space, by plain and by aligned correlation.
     """
+    from monai_memorization.detection.scan import nearest_both_ways
+    from monai_memorization.detection.views import reduce_views
+
     synth_pix, _ = ref.pixels.embed_views(synthetic, views)
-    return nearest_both_ways(ref.train_pix, synth_pix, len(views) if views else 1, use_gpu)
+    n_views = len(views) if views else 1
+    n_synth = len(synth_pix) // n_views
+    train_img, synth_img = ref.images(ref.train_pix), ref.images(synth_pix)
+    s_extra = t_extra = None
+    if det_near is not None:
+        s_extra = np.tile(np.asarray(det_near["s_idx"]), n_views)[:, None]
+        t_extra = np.asarray(det_near["t_idx"])[:, None]  # an image index: its identity-view row
+    progress = bool(ref.pixels.progress)
+    s_corr, s_idx = aligned_nearest(synth_img, train_img, ref.search, s_extra, progress=progress)
+    t_corr, t_idx = aligned_nearest(train_img, synth_img, ref.search, t_extra, progress=progress)
+    s_view = np.zeros(n_synth, dtype=int)
+    if n_views > 1:
+        s_corr, s_idx, s_view = reduce_views(s_corr, s_idx, n_views)
+    aligned = {"s_corr": s_corr, "s_idx": s_idx, "s_view": s_view, "t_corr": t_corr, "t_idx": t_idx % n_synth,
+               "search": "exact"}
+    return {"pixel": nearest_both_ways(ref.train_pix, synth_pix, n_views, use_gpu), "aligned": aligned}

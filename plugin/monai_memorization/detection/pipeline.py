@@ -141,7 +141,7 @@ def prepare(
         sections: datalist lists of the training, held-out and synthetic sets.
         score: ``"auto"`` (the validated default of the data's dimensionality, the hybrid score in 2D and 3D;
             the detector alone with a given threshold), ``"detector"`` or ``"hybrid"`` (the
-            detector's and the pixel correlation under one false-positive budget; needs held-out data, not a given
+            detector's, the pixel and the aligned pixel correlation under one false-positive budget; needs held-out data, not a given
             threshold). See :data:`~monai_memorization.detection.hybrid.DEFAULT_SCORE`.
         search: ``"auto"``, ``"exact"`` or ``"approximate"`` (faiss IVF-Flat for archives; see ``scan_embeddings``).
         load_options: :func:`load` arguments (``modality``, ``device``, ``batch_size``, ``num_workers``, ``progress``).
@@ -205,7 +205,8 @@ def prepare(
     if auto and score == "detector" and ho is not None and threshold is None:
         logger.info(f"{len(tr.items)} training images: the detector score alone (the hybrid score's pixel pass is for "
                     f"data sets of up to {HYBRID_AUTO_MAX_TRAIN:,}; --score hybrid forces it)")
-    hybrid = prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu) if score == "hybrid" else None
+    hybrid = (prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu, train_emb, holdout_emb)
+              if score == "hybrid" else None)
     thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else calibration[0])
     ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(thr), percentile, views,
                     overlap.message(allowed=True), hybrid, search, calibration_search, check)
@@ -270,12 +271,14 @@ def _scan_hybrid(ref: Reference, synthetic: Any, synth_emb: np.ndarray, items: l
     from monai_memorization.detection.scan import nearest_both_ways, scan_scores
 
     n_views = len(ref.views) if ref.views else 1
-    near = hybrid_near(nearest_both_ways(ref.train_emb, synth_emb, n_views, use_gpu),
-                       scan_pixels(ref.hybrid, synthetic, ref.views, use_gpu), ref.hybrid.score)
+    det_near = nearest_both_ways(ref.train_emb, synth_emb, n_views, use_gpu)
+    near = hybrid_near({"detector": det_near, **scan_pixels(ref.hybrid, synthetic, ref.views, use_gpu, det_near)},
+                       ref.hybrid.score)
     result = scan_scores(near, ref.hybrid.score.calibration, ref.percentile, ref.threshold, list(ref.train.items), items,
                          n_bootstrap, seed, len(ref.holdout.items), ref.views)
-    for pair, det_corr, pix_corr in zip(result.pairs, near["s_det"], near["s_pix"]):
+    for pair, det_corr, pix_corr, ali_corr in zip(result.pairs, near["s_det"], near["s_pix"], near["s_ali"]):
         pair["detector_correlation"], pair["pixel_correlation"] = float(det_corr), float(pix_corr)
+        pair["aligned_correlation"] = float(ali_corr)
     result.score = "hybrid"
     return result
 
@@ -313,8 +316,9 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
     Returns:
         one dict per image: ``image``, ``nearest`` (``train_id``, ``train_subject``, ``train_path``,
         ``correlation``: the detector's, nearest first), ``correlation`` (the scan's score: the detector's
-        correlation, or with the hybrid score its value, with ``detector_correlation`` and ``pixel_correlation``; when
-        the pixel side decides, its nearest training sample comes first in ``nearest``, with ``space: "pixel"``),
+        correlation, or with the hybrid score its value, with ``detector_correlation``, ``pixel_correlation`` and
+        ``aligned_correlation``; when a pixel space decides, its nearest training sample comes first in ``nearest``,
+        with ``space: "pixel"`` or ``"aligned"``),
         ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``.
     """
     from monai_memorization.detection.index import CorrelationIndex
@@ -325,13 +329,16 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
     index.add(reference.train_emb, name="training embeddings")
     corr, idx = index.search(emb, k=k, name="query embeddings")
     hyb = reference.hybrid
-    if hyb is not None:  # the same score as the scan: the larger standardised correlation of the two spaces
+    if hyb is not None:  # the same score as the scan: the largest standardised correlation of the three spaces
+        from monai_memorization.detection.align import aligned_nearest
+
         pix, _ = hyb.pixels.embed(query)
         pindex = CorrelationIndex(hyb.train_pix.shape[1])
         pindex.add(hyb.train_pix, name="training pixels")
-        pcorr, pidx = pindex.search(pix, k=1, name="query pixels")
-        z_det = (corr[:, 0] - hyb.score.mean["detector"]) / hyb.score.std["detector"]
-        z_pix = (pcorr[:, 0] - hyb.score.mean["pixel"]) / hyb.score.std["pixel"]
+        pc, pi = pindex.search(pix, k=1, name="query pixels")
+        ac, ai = aligned_nearest(hyb.images(pix), hyb.images(hyb.train_pix), hyb.search, idx[:, :1])
+        spaces = {"detector": (corr[:, 0], idx[:, 0]), "pixel": (pc[:, 0], pi[:, 0]), "aligned": (ac, ai)}
+        z = {n: (c - hyb.score.mean[n]) / hyb.score.std[n] for n, (c, _) in spaces.items()}
 
     def row(t: dict, c: float, space: str | None = None) -> dict:
         r = {"train_id": os.path.basename(str(t["image"])), "train_subject": str(t.get("subject", "")),
@@ -343,10 +350,11 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
         near = [row(reference.train.items[int(i)], c) for i, c in zip(i_row, c_row)]
         rec = {"image": path, "nearest": near, "correlation": float(c_row[0])}
         if hyb is not None:
-            rec.update(correlation=float(max(z_det[q], z_pix[q])), detector_correlation=float(c_row[0]),
-                       pixel_correlation=float(pcorr[q, 0]))
-            if z_pix[q] > z_det[q]:
-                first = row(reference.train.items[int(pidx[q, 0])], pcorr[q, 0], "pixel")
+            win = max(z, key=lambda n: z[n][q])
+            rec.update(correlation=float(z[win][q]), detector_correlation=float(c_row[0]),
+                       pixel_correlation=float(spaces["pixel"][0][q]), aligned_correlation=float(spaces["aligned"][0][q]))
+            if win != "detector":
+                first = row(reference.train.items[int(spaces[win][1][q])], spaces[win][0][q], win)
                 rest = [n for n in near if n["train_path"] != first["train_path"]]
                 rec["nearest"] = [first, *rest][:max(1, k)]
         out.append({**rec, "is_copy": bool(rec["correlation"] > reference.threshold), "threshold": reference.threshold,

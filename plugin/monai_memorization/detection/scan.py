@@ -86,8 +86,8 @@ class ScanResult:
         out_dir, report_path: the written report (set by the report writer); ``overlap_warning``: the sets' overlap
             when the scan ran anyway (``allow_overlap``); ``detector_warning``: a detector trained too little.
         subject_level: subject matches (:mod:`~monai_memorization.detection.subjects`), None with one image a subject.
-        score: ``"detector"`` (correlations of detector embeddings) or ``"hybrid"`` (the larger of the detector's and
-            the pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
+        score: ``"detector"`` (correlations of detector embeddings) or ``"hybrid"`` (the largest of the detector's,
+            the pixel and the aligned pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
         search: ``"exact"`` or the approximate index and the passes it served (``"ivf-flat (nprobe=..) for the scan"``).
     """
 
@@ -133,9 +133,9 @@ class ScanResult:
         d["definitions"] = dict(DEFINITIONS, threshold=f"{self.percentile:g}th " + DEFINITIONS["threshold"])
         if self.score == "hybrid":
             d["definitions"]["threshold"] = (
-                f"{self.percentile:g}th percentile, over the training samples, of the larger of their detector and pixel "
-                "correlations to the nearest held-out sample, each in standard deviations of its own held-out calibration")
-            d["definitions"]["correlation"] = "hybrid score (standard deviations); detector_correlation and pixel_correlation per pair"
+                f"{self.percentile:g}th percentile, over the training samples, of the largest of their detector, pixel and "
+                "aligned pixel correlations to the nearest held-out sample, each in standard deviations of its own held-out calibration")
+            d["definitions"]["correlation"] = "hybrid score (standard deviations); detector_, pixel_ and aligned_correlation per pair"
         return d
 
 

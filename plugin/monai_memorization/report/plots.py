@@ -120,7 +120,7 @@ def plot_pair_montage(
         ids = f"synthetic {p.get('synthetic_id', '')} | training {p.get('train_id', '')}"
         score = f"r = {p['correlation']:.4f}" if "pixel_correlation" not in p else (
             f"hybrid score {p['correlation']:.2f} (detector r = {p['detector_correlation']:.4f}, "
-            f"pixels r = {p['pixel_correlation']:.4f})")
+            f"pixels r = {p['pixel_correlation']:.4f}, aligned r = {p.get('aligned_correlation', float('nan')):.4f})")
         ax.set_title(f"{ids}\n{score}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=100)
