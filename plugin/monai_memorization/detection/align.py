@@ -92,39 +92,39 @@ def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
-def _ncc_maps(refs: torch.Tensor, tmpl: torch.Tensor) -> torch.Tensor:
-    """Normalised cross-correlation of a template slid over each reference (valid placements).
+def _ncc_maps(refs: torch.Tensor, tmpls: torch.Tensor) -> torch.Tensor:
+    """Normalised cross-correlation of templates of one size slid over each reference (valid placements).
 
     Args:
         refs: ``[n, 1, *S]``.
-        tmpl: ``[1, 1, *s]`` with ``s <= S``.
+        tmpls: ``[T, 1, *s]`` with ``s <= S``.
 
     Returns:
-        ``[n, *(S - s + 1)]`` Pearson correlations of the template and the overlapped reference region.
+        ``[n, T, *(S - s + 1)]`` Pearson correlations of each template and the overlapped reference region.
     """
-    nd, npx = tmpl.dim() - 2, tmpl[0, 0].numel()
-    t = tmpl - tmpl.mean()
-    tn = t.norm().clamp_min(1e-8)
-    ones = torch.ones_like(tmpl)
-    s1, s2 = _conv(nd)(refs, ones), _conv(nd)(refs * refs, ones)
+    nd, npx = tmpls.dim() - 2, tmpls[0, 0].numel()
+    t = tmpls - tmpls.mean(dim=tuple(range(2, 2 + nd)), keepdim=True)
+    tn = t.flatten(1).norm(dim=1).clamp_min(1e-8)
+    ones = torch.ones((1, 1) + tuple(tmpls.shape[2:]), dtype=tmpls.dtype)
+    s1, s2 = _conv(nd)(refs, ones), _conv(nd)(refs * refs, ones)  # box sums: shared by the templates
     std = (s2 - s1 * s1 / npx).clamp_min(1e-10).sqrt()
-    return (_conv(nd)(refs, t) / (std * tn))[:, 0]
+    return _conv(nd)(refs, t) / (std * tn.view(1, -1, *[1] * nd))
 
 
 def _variants(query: torch.Tensor, search: AlignSearch, side: int) -> list[torch.Tensor]:
-    """The templates of the global search: mirrored or not, each scale, border cut."""
+    """The templates of the global search, one ``[T, 1, *s]`` batch per scale: as is and mirrored, border cut."""
     nd = query.dim() - 2
     out = []
-    mirrors = [query.flip(2 + a) for a in range(nd)] if search.mirror else []
-    for q in [query] + mirrors:
-        for s in search.scales:
-            size = [max(2, int(round(n * s))) for n in q.shape[2:]]
-            qs = q if list(q.shape[2:]) == size else F.interpolate(q, size=size, mode="area")
-            cut = max(1, int(round(side * search.margin))) if s >= 1.0 else max(1, int(round(side * search.margin / 3)))
-            sl = (slice(None), slice(None)) + tuple(slice(cut, n - cut) for n in size)
-            if all(n - 2 * cut >= 4 for n in size):
-                out.append(qs[sl])
-    return out if nd in (2, 3) else []
+    for s in search.scales:
+        size = [max(2, int(round(n * s))) for n in query.shape[2:]]
+        qs = query if list(query.shape[2:]) == size else F.interpolate(query, size=size, mode="area")
+        cut = max(1, int(round(side * search.margin))) if s >= 1.0 else max(1, int(round(side * search.margin / 3)))
+        if any(n - 2 * cut < 4 for n in size):
+            continue
+        t = qs[(slice(None), slice(None)) + tuple(slice(cut, n - cut) for n in size)]
+        mirrors = [t.flip(2 + a) for a in range(nd)] if search.mirror else []
+        out.append(torch.cat([t] + mirrors))
+    return out
 
 
 def _block_score(tmpl: torch.Tensor, ref_pad: torch.Tensor, origin: Sequence[int], search: AlignSearch, side: int) -> float:
@@ -175,12 +175,13 @@ def aligned_correlation(query: np.ndarray | torch.Tensor, refs: np.ndarray | tor
     sigma = side * search.sigma
     q, r = _smooth(q, sigma), _smooth(r, sigma)
     best = [(-2.0, None, None)] * len(r)  # (global correlation, template, placement)
-    for tmpl in _variants(q, search, side):
-        maps = _ncc_maps(r, tmpl)
+    for tmpls in _variants(q, search, side):
+        maps = _ncc_maps(r, tmpls)  # [n, T, *placements]
         val, idx = maps.reshape(len(r), -1).max(1)
         for j in range(len(r)):
             if float(val[j]) > best[j][0]:
-                best[j] = (float(val[j]), tmpl[0, 0], np.unravel_index(int(idx[j]), maps.shape[1:]))
+                k, *pos = np.unravel_index(int(idx[j]), maps.shape[1:])
+                best[j] = (float(val[j]), tmpls[k, 0], tuple(pos))
     rad = max(1, int(round(side * search.radius)))
     nd = q.dim() - 2
     r_pad = F.pad(r, [rad] * (2 * nd), mode="replicate")[:, 0]
