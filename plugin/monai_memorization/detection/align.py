@@ -15,9 +15,10 @@ locally, and a detector trained to ignore such changes also ignores part of what
 neighbouring slice of the same patient. The aligned correlation registers a query image onto each of a few
 candidate reference images, coarse to fine, as image registration does:
 
-1. **global**: the query, mirrored or not and shrunk by each of :attr:`AlignSearch.scales` (a zoomed-in copy
-   shows a smaller field of view at a larger scale), is slid over the reference; the placement with the largest
-   normalised cross-correlation (Pearson correlation of the overlap) wins;
+1. **global**: the query, as is, rotated by :attr:`AlignSearch.angles` (2D) or mirrored, and shrunk by each of
+   :attr:`AlignSearch.scales` (a zoomed-in copy shows a smaller field of view at a larger scale), is slid over the
+   reference; the placement with the largest normalised cross-correlation (Pearson correlation of the overlap)
+   wins;
 2. **local**: that placement is cut into blocks of :attr:`AlignSearch.block` of the side; each block may move by up
    to :attr:`AlignSearch.radius` of the side (a coarse elastic deformation), and the score is the mean of the
    blocks' best correlations, weighted by each block's contrast (flat background blocks count little).
@@ -54,6 +55,7 @@ class AlignSearch:
         scales: sizes the query is shrunk to before the global search (1: no zoom).
         mirror: also try the query mirrored along each of its axes in turn (which array axis is left-right depends
             on the file format and its reader).
+        angles: in-plane rotations (degrees) also tried for 2D images.
         margin: border cut from the unscaled query, i.e. the largest global shift searched.
         block: side of the local blocks.
         radius: how far each block may move.
@@ -63,6 +65,7 @@ class AlignSearch:
 
     scales: tuple[float, ...] = (1.0, 0.9, 0.8)
     mirror: bool = True
+    angles: tuple[float, ...] = (-10.0, 10.0)
     margin: float = 1 / 12
     block: float = 1 / 8
     radius: float = 1 / 32
@@ -111,19 +114,31 @@ def _ncc_maps(refs: torch.Tensor, tmpls: torch.Tensor) -> torch.Tensor:
     return _conv(nd)(refs, t) / (std * tn.view(1, -1, *[1] * nd))
 
 
+def _rotate2d(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """``[B, 1, H, W]`` rotated in plane about its centre (border values continue outwards)."""
+    th = np.deg2rad(degrees)
+    m = torch.tensor([[np.cos(th), -np.sin(th), 0.0], [np.sin(th), np.cos(th), 0.0]], dtype=x.dtype)[None]
+    grid = F.affine_grid(m.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
 def _variants(query: torch.Tensor, search: AlignSearch, side: int) -> list[torch.Tensor]:
-    """The templates of the global search, one ``[T, 1, *s]`` batch per scale: as is and mirrored, border cut."""
+    """The templates of the global search, one ``[T, 1, *s]`` batch per scale: as is, rotated (2D) and mirrored,
+    border cut."""
     nd = query.dim() - 2
+    bases = [query] + ([_rotate2d(query, a) for a in search.angles] if nd == 2 else [])
     out = []
     for s in search.scales:
         size = [max(2, int(round(n * s))) for n in query.shape[2:]]
-        qs = query if list(query.shape[2:]) == size else F.interpolate(query, size=size, mode="area")
         cut = max(1, int(round(side * search.margin))) if s >= 1.0 else max(1, int(round(side * search.margin / 3)))
         if any(n - 2 * cut < 4 for n in size):
             continue
-        t = qs[(slice(None), slice(None)) + tuple(slice(cut, n - cut) for n in size)]
-        mirrors = [t.flip(2 + a) for a in range(nd)] if search.mirror else []
-        out.append(torch.cat([t] + mirrors))
+        batch = []
+        for b in bases:
+            bs = b if list(b.shape[2:]) == size else F.interpolate(b, size=size, mode="area")
+            t = bs[(slice(None), slice(None)) + tuple(slice(cut, n - cut) for n in size)]
+            batch += [t] + ([t.flip(2 + a) for a in range(nd)] if search.mirror else [])
+        out.append(torch.cat(batch))
     return out
 
 
