@@ -47,6 +47,9 @@ def test_smoke_writes_both_split_tables(tmp_path):
         assert kind in header[0]
     assert "| pixel correlation |" in text and "| detector 4 steps" in text and "| hybrid: detector 4 steps" in text
     assert "Pick by the tuning split" in text and "Status against the targets (test split" in text
+    # samples of a memorizing ldm_xr bundle, and the calibrated FPR over random held-out/novel partitions
+    assert text.count("**Copies a memorizing generator made (") == 2
+    assert text.count("random held-out/novel partitions (") == 2
 
 
 def test_validation_benchmark_tpr_at_fpr_reads_the_roc_curve():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_memorization.detection.calibrate import calibrate_threshold
+from monai_memorization.detection.calibrate import calibrate_threshold, calibration_note
 from monai_memorization.detection.detector import load_detector, save_detector
 from monai_memorization.detection.embed import embed_items, embed_tensor
 from monai_memorization.detection.index import CorrelationIndex, normalize_for_correlation
@@ -80,6 +80,17 @@ def test_calibrate_threshold_matches_numpy_percentile():
 
 def _subspace_embeddings(rng, n, basis):
     return rng.normal(size=(n, basis.shape[0])) @ basis
+
+
+def test_calibration_note_counts_subjects_not_images():
+    """The threshold's FPR precision is one binomial standard error over held-out *subjects*; an empty id is its own."""
+    note = calibration_note(["a", "a", "a", "b", "", ""], 95.0)
+    assert note["n_subjects"] == 4  # a, b and two images without a subject
+    assert note["fpr"] == pytest.approx(0.05) and note["fpr_se"] == pytest.approx(np.sqrt(0.05 * 0.95 / 4))
+    assert note["text"] == "nominal false-positive rate 5% +/- 10.9% (one standard error) from 4 held-out subjects"
+    many = calibration_note([f"s{i}" for i in range(475)], 95.0)  # enough subjects for +/- 1%
+    assert many["fpr_se"] == pytest.approx(0.01) and "+/- 1.0%" in many["text"]
+    assert calibration_note(["x"] * 10, 99.0)["text"].endswith("1% +/- 9.9% (one standard error) from 1 held-out subject")
 
 
 def test_scan_embeddings_finds_planted_copies_and_spares_distinct_subjects():

@@ -86,6 +86,8 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     summary = json.loads((out / "report.json").read_text())
     assert summary["threshold"] == pytest.approx(res.threshold) and summary["percentile"] == 95.0
     assert summary["headline"] == "synthetic_copy_rate"
+    # how far the threshold's false-positive rate can be trusted: 8 held-out subjects, sqrt(0.05 * 0.95 / 8) = 7.7%
+    assert summary["calibration_note"] == "nominal false-positive rate 5% +/- 7.7% (one standard error) from 8 held-out subjects"
     for name in ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction"):
         assert summary[name] == pytest.approx(getattr(res, name))
         assert 0.0 <= summary[f"{name}_ci"][0] <= summary[name] <= summary[f"{name}_ci"][1] <= 1.0, name
@@ -104,6 +106,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert {"pairs.csv", "pairs.json", "memorized.csv", "report.json"} <= set(links)
     assert all((out / name).is_file() for name in links)
     assert "copy_0" in html and "N_train" in html and "synthetic_copy_rate, the headline" in html
+    assert "+/- 7.7% (one standard error) from 8 held-out subjects" in html
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["mlflow_run_id"])
@@ -182,6 +185,7 @@ def test_cli_scan_and_one_line_errors(setup, tmp_path, capsys):
           "--detector", str(setup["detector"]), "--out", str(out), "--mlflow", "False"])
     printed = capsys.readouterr().out
     assert "synthetic_copy_rate: " in printed and "memorized_fraction: " in printed and str(out / "report.html") in printed
+    assert re.search(r"threshold -?[0-9.]+ \(nominal false-positive rate 5% \+/- 7\.7% \(one standard error\) from 8 held-out subjects\); ", printed)
     assert (out / "report.html").is_file()
     # a 3-epoch detector (6 optimizer steps): the verdict says its evidence is weak, on the console and the report
     assert printed.startswith("WARNING: the detector was trained for 6 optimizer steps (fewer than 900)")

@@ -61,7 +61,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_detector_real_report import HELD_KINDS, IN_KINDS, write_report  # the sibling file (run as a script)
+from bench_detector_real_ldm import corr_matrix, ldm_figures, ldm_ground_truth, ldm_montage, ldm_samples, partition_fpr
+from bench_detector_real_report import HELD_KINDS, IN_KINDS, write_report  # the sibling files (run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_detector_real.md"
 SPLITS = {"tune": ("axial",), "test": ("coronal", "sagittal")}
@@ -305,6 +306,10 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     root = tmp / split
     items = {k: write_pngs(v[0], root / k, v[1]) for k, v in sets.items()}
     items["copies"] = write_pngs(copies, root / "copies", kinds)
+    ldm_info = None
+    if args.ldm_epochs > 0:  # samples of a memorizing LDM (bench_detector_real_ldm.py)
+        items["ldm"], ldm_info = ldm_samples(sets["training"], sets["holdout"], root, args.ldm_epochs,
+                                             ae_epochs=min(300, args.ldm_epochs), n_samples=args.ldm_samples)
     datalist = {"name": f"MNI152 {split}", "modality": "xr", "shape": [args.size] * 2,
                 "training": items["training"], "holdout": items["holdout"]}
     (root / "datalist.json").write_text(json.dumps(datalist, indent=1))
@@ -324,13 +329,18 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     }
     print(f"[{split}] data {info['n']} novel->train pixel corr median/p95 {info['novel_pixel_corr']} "
           f"({info['seconds']:.0f} s)", flush=True)
-    return {"root": root, "items": items, "kinds": kinds, "transform": transform, "info": info,
-            "pixel": figures(score, kinds, thr), "pixel_scores": score, "pixel_calibration": pix_cal, "pooled": pooled}
+    data = {"root": root, "items": items, "kinds": kinds, "transform": transform, "info": info,
+            "pixel": figures(score, kinds, thr), "pixel_scores": score, "pixel_calibration": pix_cal, "pooled": pooled,
+            "train_subjects": list(sets["training"][1]), "ldm_info": ldm_info}
+    if ldm_info is not None:
+        ldm_ground_truth(data, pix, args.size)
+        data["ldm_montage"] = ldm_montage(data, pix, args.size, Path(args.out).with_name(f"{Path(args.out).stem}_ldm_{split}.png"))
+    return data
 
 
 def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
     """Train the detector from the datalist as a user would, embed every PNG, score, calibrate."""
-    from monai_memorization.detection.align import aligned_nearest
+    from monai_memorization.detection.align import AlignSearch, aligned_correlation, aligned_nearest
     from monai_memorization.detection.calibrate import HybridScore, calibrate_threshold
     from monai_memorization.detection.detector import load_detector
     from monai_memorization.detection.embed import embed_items
@@ -365,12 +375,41 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
     hybrid = HybridScore({"detector": det_cal, "pixel": pix_cal, "aligned": ali_cal})
     fig["hybrid"] = figures({k: hybrid.score({"detector": score[k], "pixel": pix[k], "aligned": ali[k]})
                              for k in ("novel", "copies")}, data["kinds"], hybrid.threshold)
+    if "ldm" in data["items"]:  # copies a memorizing generator made
+        extra_scores(data, fig, emb, near, pix, ali, hybrid, thr)
+    if args.partitions > 0:  # the calibrated FPR over random held-out/novel partitions
+        free = {"det": np.concatenate([emb["holdout"], emb["novel"]]),
+                "img": np.concatenate([pooled["holdout"], pooled["novel"]])}
+        det_m, pix_m = corr_matrix(emb["training"], free["det"]), corr_matrix(pooled["training"], free["img"])
+        ali_m = np.stack([aligned_correlation(t, free["img"], AlignSearch()) for t in pooled["training"]])
+        hold_det = nn_corr(emb["training"], emb["holdout"], with_index=True)
+        hold_ali = aligned_nearest(pooled["holdout"], pooled["training"], extra=hold_det[1][:, None])[0]
+        free_scores = {"detector": det_m.max(0), "pixel": pix_m.max(0), "aligned": np.concatenate([hold_ali, ali["novel"]])}
+        subjects = [it["subject"] for k in ("holdout", "novel") for it in data["items"][k]]
+        fig["hybrid"]["partitions"] = partition_fpr(det_m, pix_m, ali_m, free_scores, subjects, len(emb["holdout"]),
+                                                    n=args.partitions)
     h = res["history"][-1]
     fig["hybrid"].update(steps=cfg["steps"], lr=cfg["lr"], train_s=train_s, aug=aug, score="hybrid", align_s=align_s)
     fig.update(aug=aug, score="detector", steps=cfg["steps"], lr=cfg["lr"], epochs=cfg["epochs"], batch=cfg["batch_size"], network=cfg["network"],
                train_s=train_s, embed_s=time.perf_counter() - t0, final_loss=h["epoch_loss"],
                pos_neg=(h["mean_positive_similarity"], h["mean_negative_similarity"]))
     return fig
+
+
+def extra_scores(data: dict, fig: dict, emb: dict, near: dict, pix: dict, ali: dict, hybrid, thr: float) -> None:
+    """The LDM samples' figures under the hybrid score and the detector alone (``fig["hybrid"]["ldm"]`` etc.)."""
+    from monai_memorization.detection.align import aligned_nearest
+
+    pooled, flat = data["pooled"], (lambda a: a.reshape(len(a), -1))
+    d_ldm = nn_corr(emb["training"], emb["ldm"], with_index=True)
+    p_ldm = nn_corr(flat(pooled["training"]), flat(pooled["ldm"]), with_index=True)
+    a_ldm = aligned_nearest(pooled["ldm"], pooled["training"], extra=d_ldm[1][:, None])
+    spaces = {"detector": d_ldm, "pixel": p_ldm, "aligned": a_ldm}
+    z = np.stack([(spaces[n][0] - hybrid.mean[n]) / hybrid.std[n] for n in hybrid.names])
+    win = np.stack([spaces[n][1] for n in hybrid.names])[z.argmax(0), np.arange(z.shape[1])]
+    h_novel = hybrid.score({"detector": near["novel"][0], "pixel": pix["novel"], "aligned": ali["novel"]})
+    fig["hybrid"]["ldm"] = ldm_figures(data, {"ldm": z.max(0), "novel": h_novel}, hybrid.threshold, win)
+    fig["hybrid"]["ldm_detector"] = ldm_figures(data, {"ldm": d_ldm[0], "novel": near["novel"][0]}, thr, d_ldm[1])
 
 
 def rank(f: dict) -> tuple:
@@ -400,6 +439,11 @@ def main(argv=None) -> str:
     ap.add_argument("--slab", type=int, default=6, help="slices per training subject")
     ap.add_argument("--gap", type=int, default=4, help="slices left out between training and other slices")
     ap.add_argument("--ae-epochs", type=int, default=120, help="AutoencoderKL epochs (0: no round trips)")
+    ap.add_argument("--ldm-epochs", type=int, default=2400, help="diffusion epochs of the memorizing ldm_xr bundle "
+                    "whose samples are scored (0: none)")
+    ap.add_argument("--ldm-samples", type=int, default=32, help="samples drawn from it")
+    ap.add_argument("--partitions", type=int, default=200, help="random held-out/novel partitions for the spread of "
+                    "the calibrated FPR (0: none)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     ap.add_argument("--out", default=str(RESULTS))
@@ -411,6 +455,7 @@ def main(argv=None) -> str:
     if args.smoke:
         args.size, args.n_train, args.n_holdout, args.slab, args.ae_epochs, args.steps, args.lr = 32, 8, 6, 4, 1, [4], [1e-3]
         args.augmentations = args.augmentations[:1]
+        args.ldm_epochs, args.ldm_samples, args.partitions = min(args.ldm_epochs, 2), 4, min(args.partitions, 5)
     torch.set_num_threads(max(1, args.threads))
     t_all = time.perf_counter()
     vol = mni_volume()

@@ -75,6 +75,11 @@ def split_section(title: str, data: dict, rows: list) -> list:
     lines += ["", *table(rows), "", f"Per-kind TPR at the 1%-FPR cut-off ({title.split()[0]} split):", "",
               *kind_table(rows, "per_kind"), "", f"Per-kind TPR at the calibrated threshold ({title.split()[0]} split):",
               "", *kind_table(rows, "per_kind_calibrated"), ""]
+    from bench_detector_real_ldm import report_lines  # the sibling file (run as a script)
+
+    extra = [(n, f) for n, f in rows if "ldm" in f or "partitions" in f]
+    for name, f in extra:
+        lines += ([f"*{name}:*", ""] if len(extra) > 1 else []) + report_lines(title.split()[0], data, f)
     return lines
 
 

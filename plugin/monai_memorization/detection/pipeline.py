@@ -248,6 +248,10 @@ def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: 
         result = _scan_hybrid(ref, synthetic, synth_emb, items, n_bootstrap, seed, use_gpu)
     result.overlap_warning = ref.overlap_warning
     result.detector_warning = ref.detector.warning
+    if ref.holdout is not None and ref.calibration is not None:  # how far the threshold's FPR can be trusted
+        from monai_memorization.detection.calibrate import calibration_note
+
+        result.calibration_note = calibration_note(ref.holdout.subjects, ref.percentile)["text"]
     if ref.holdout_emb is not None:  # a new image of a training patient, beyond copies of one image
         from monai_memorization.detection.subjects import subject_level
 

@@ -14,8 +14,7 @@ Definitions (Dar et al.; the same names in the scan, the in-training handler, th
 
 * threshold -- the ``percentile`` (default 95) of each training sample's Pearson correlation to
   its nearest held-out sample, in the detector's embedding space;
-* a synthetic sample is a *copy* when the correlation to its nearest training sample exceeds the
-  threshold;
+* a synthetic sample is a *copy* when the correlation to its nearest training sample exceeds the threshold;
 * ``synthetic_copy_rate`` = copies / N_synthetic -- **the headline**: the share of the synthetic
   images that are copies, i.e. of what would be released;
 * ``memorized_fraction`` = training samples whose nearest synthetic sample correlates above the
@@ -25,9 +24,8 @@ Definitions (Dar et al.; the same names in the scan, the in-training handler, th
   the set sizes; with as many samples as training images (the study's design)
   ``synthetic_copy_rate`` equals the study's "copies / N_train".
 
-Confidence intervals are percentile bootstrap 95% intervals (``scipy.stats.bootstrap``) that
-resample the training samples (which also moves the threshold) and the synthetic samples
-independently.
+Confidence intervals are percentile bootstrap 95% intervals (``scipy.stats.bootstrap``) that resample the training
+samples (which also moves the threshold) and the synthetic samples independently.
 """
 
 from __future__ import annotations
@@ -84,7 +82,8 @@ class ScanResult:
         synthetic_corr: each synthetic sample's correlation to its nearest training sample.
         train_corr: each training sample's correlation to its nearest synthetic sample.
         out_dir, report_path: the written report (set by the report writer); ``overlap_warning``: the sets' overlap
-            when the scan ran anyway (``allow_overlap``); ``detector_warning``: a detector trained too little.
+            when the scan ran anyway (``allow_overlap``); ``detector_warning``: a detector trained too little;
+            ``calibration_note``: how precisely the held-out subjects pin down the threshold's false-positive rate.
         subject_level: subject matches (:mod:`~monai_memorization.detection.subjects`), None with one image a subject.
         score: ``"detector"`` (correlations of detector embeddings) or ``"hybrid"`` (the largest of the detector's,
             the pixel and the aligned pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
@@ -114,6 +113,7 @@ class ScanResult:
     report_path: str | None = None
     overlap_warning: str | None = None
     detector_warning: str | None = None
+    calibration_note: str | None = None
     score: str = "detector"
     search: str = "exact"
     subject_level: dict | None = None

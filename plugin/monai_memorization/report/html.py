@@ -115,6 +115,8 @@ def write_html_report(
                 {"quantity": "threshold (hybrid score, standard deviations)" if s.get("score") == "hybrid"
                  else "threshold (Pearson correlation)", "value": s.get("threshold")},
                 {"quantity": "threshold percentile", "value": s.get("percentile")},
+                {"quantity": "how precisely the held-out subjects pin down the threshold's false-positive rate",
+                 "value": s.get("calibration_note") or "n/a (threshold given)"},
                 {"quantity": "N_train", "value": s.get("n_train")},
                 {"quantity": "N_holdout", "value": s.get("n_holdout")},
                 {"quantity": "N_synthetic", "value": s.get("n_synthetic")},

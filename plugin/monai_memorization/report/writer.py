@@ -259,7 +259,8 @@ def summary_line(r: ScanResult) -> str:
         f"{pct(r.synthetic_copy_rate, r.synthetic_copy_rate_ci)}; memorized_fraction: {r.n_memorized}/{r.n_train} "
         f"training images = {pct(r.memorized_fraction, r.memorized_fraction_ci)}; training_copied_fraction: "
         f"{r.n_training_copied}/{r.n_train} = {pct(r.training_copied_fraction, r.training_copied_fraction_ci)}; "
-        f"threshold {r.threshold:.4f}; "
+        f"threshold {r.threshold:.4f}"
+        + (f" ({r.calibration_note})" if getattr(r, "calibration_note", None) else "") + "; "
         + (f"APPROXIMATE search: {r.search}; " if getattr(r, "search", "exact") != "exact" else "")
         + (f"subject matches: {r.subject_level['n_subject_matches']}/{r.n_synthetic} synthetic images resemble one of "
            f"{r.subject_level['n_subjects_matched']} training subjects as a whole; " if getattr(r, "subject_level", None) else "")
