@@ -123,15 +123,23 @@ def ldm_figures(data: dict, hyb: dict, thr: float, near_idx: np.ndarray) -> dict
 
 
 def ldm_ground_truth(data: dict, pix_full: dict, size: int) -> None:
-    """Mark the LDM samples that are copies of their source (see the module docstring); sets ``data`` keys."""
-    from monai_memorization.detection.quality import CONFIRM_MARGIN
+    """Mark the LDM samples that are copies of their source (see the module docstring); sets ``data`` keys.
+
+    The check is the audit's :func:`~monai_memorization.detection.quality.confirm_copies`, each sample paired with
+    its nearest source slice, against the highest held-out-to-training pixel correlation.
+    """
+    from monai_memorization.detection.quality import CONFIRM_MARGIN, confirm_copies
 
     info = data["ldm_info"]
     img = {k: v.reshape(len(v), size, size) for k, v in pix_full.items()}
     src = img["training"][info["source_index"]]
     holdout_max = float(corr_matrix(pix_full["holdout"], pix_full["training"]).max())
-    r_src = corr_matrix(pix_full["ldm"], src).max(1)
-    data["ldm_copy"] = r_src > holdout_max + CONFIRM_MARGIN
+    nearest = corr_matrix(pix_full["ldm"], src).argmax(1)
+    pairs = [{"is_copy": True, "train_index": int(j), "synthetic_id": str(i), "train_id": str(j)}
+             for i, j in enumerate(nearest)]
+    checked = confirm_copies(pairs, img["ldm"], src, holdout_max)
+    data["ldm_copy"] = np.array([c["confirmed"] for c in checked])
+    r_src = np.array([c["pixel_correlation"] for c in checked])
     s_ldm = _ssim_nearest(img["ldm"], src)
     s_novel = _ssim_nearest(img["novel"], img["training"])
     data["ldm_ssim"] = {"samples_median": float(np.median(s_ldm)), "novel_max": float(s_novel.max()),
