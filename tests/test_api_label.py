@@ -54,10 +54,17 @@ def test_nearest_training_sample_for_single_images(xr_datalist, tmp_path_factory
     ho = embed_items(lookup.encoder, ho_items, lookup.transform, progress=False)
     tr_px = embed_items(PixelEncoder(2), train, lookup.transform, progress=False)
     ho_px = embed_items(PixelEncoder(2), ho_items, lookup.transform, progress=False)
+    from monai_memorization.detection.align import AlignSearch, aligned_nearest
+    from monai_memorization.detection.index import normalize_for_correlation
+
+    # the aligned pixel correlation: each training image's best registration over its top pixel candidates and its
+    # nearest held-out image by the detector
+    det_nearest = np.argmax(normalize_for_correlation(tr, "t") @ normalize_for_correlation(ho, "h").T, axis=1)
+    ali, _ = aligned_nearest(tr_px.reshape(-1, 32, 32), ho_px.reshape(-1, 32, 32), AlignSearch(), det_nearest[:, None])
     cal = {"detector": scan_embeddings(tr, ho, tr[:1], n_bootstrap=0).calibration_corr,
-           "pixel": scan_embeddings(tr_px, ho_px, tr_px[:1], n_bootstrap=0).calibration_corr}
+           "pixel": scan_embeddings(tr_px, ho_px, tr_px[:1], n_bootstrap=0).calibration_corr, "aligned": ali}
     assert lookup.threshold == pytest.approx(HybridScore(cal).threshold, abs=1e-5)
-    assert list(lookup.scores([train[2]["image"], str(noise)])) == pytest.approx([hit["correlation"], miss["correlation"]], abs=1e-6)
+    assert list(lookup.scores([train[2]["image"], str(noise)])) == pytest.approx([hit["correlation"], miss["correlation"]], abs=1e-5)
 
 
 def test_show_paths_reveals_training_files_only_when_asked(xr_datalist, tmp_path_factory):

@@ -50,6 +50,30 @@ def test_smoke_writes_both_split_tables(tmp_path):
     # samples of a memorizing ldm_xr bundle, and the calibrated FPR over random held-out/novel partitions
     assert text.count("**Copies a memorizing generator made (") == 2
     assert text.count("random held-out/novel partitions (") == 2
+    assert text.count("The calibrated FPR against the number of held-out subjects (") == 2
+    assert "| held-out slabs | held-out slices (mean) | FPR mean |" in text
+
+
+def test_partition_sweep_draws_whole_slabs_and_its_fpr_falls_with_more_held_out_subjects():
+    """partition_sweep holds out exactly c whole slabs; with exchangeable slabs whose slices share a slab-level offset,
+    a threshold set on more held-out slabs passes fewer novel images."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import numpy as np
+        from bench_detector_real_ldm import partition_sweep
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    rng = np.random.default_rng(0)
+    n_slabs, per = 30, 4
+    subjects = [f"s{i:02d}" for i in range(n_slabs) for _ in range(per)]
+    level = np.repeat(rng.normal(0, 1, n_slabs), per) + rng.normal(0, 0.1, n_slabs * per)  # slab effects dominate
+    mats = [np.tile(0.5 + 0.05 * level, (5, 1)) + rng.normal(0, 0.001, (5, n_slabs * per)) for _ in range(3)]
+    free = {name: m.max(0) for name, m in zip(("detector", "pixel", "aligned"), mats)}
+    out = partition_sweep(*mats, free, subjects, counts=(2, 10, 26, 28), min_novel=3, n=40)
+    assert [r["slabs"] for r in out] == [2, 10, 26]
+    assert [r["held_slices"] for r in out] == [8.0, 40.0, 104.0]
+    assert all(0.0 <= f <= 1.0 for r in out for f in r["fpr"]) and len(out[0]["fpr"]) == 40
+    assert out[0]["mean"] > out[1]["mean"] > 0.0 and out[0]["mean"] > 0.15
 
 
 def test_validation_benchmark_tpr_at_fpr_reads_the_roc_curve():

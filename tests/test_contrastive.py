@@ -152,3 +152,35 @@ def test_short_training_warns_about_too_few_steps(tmp_path, caplog, monkeypatch)
     with caplog.at_level(logging.WARNING, logger="monai_memorization.engines.contrastive_handlers"):
         train_detector(x, tmp_path / "b.pt", **kw)
     assert not any("optimizer steps" in r.getMessage() for r in caplog.records)
+
+
+def test_training_transform_caches_preprocessing_and_views_match_tracked_ones(trained):
+    """The datalist's images are loaded once (CacheDataset caches up to the first random transform), the view is a
+    plain tensor equal, pixel for pixel, to the one MetaTensor tracking would give, and the tracking setting is kept."""
+    from monai.data import CacheDataset, get_track_meta, set_track_meta
+    from monai.transforms import Compose
+
+    from monai_memorization.data.datalist import load_datalist
+    from monai_memorization.detection.augment import UntrackedCompose, contrastive_augmentations
+    from monai_memorization.engines.contrastive import contrastive_transform
+
+    _, _, _, dl = trained
+    items = load_datalist(dl)[:3]
+    ds = CacheDataset(items, contrastive_transform("xr", 2, [32, 32]), progress=False)
+    cached = ds._cache[0]
+    assert isinstance(cached["image"], torch.Tensor) and tuple(cached["image"].shape) == (1, 32, 32)
+    assert get_track_meta() is True
+    view = ds[0]
+    assert type(view["image_2"]) is torch.Tensor and get_track_meta() is True
+
+    aug = contrastive_augmentations(2, keys="v", spatial_size=[32, 32], noise_prob=1.0, rotate_prob=1.0)
+    assert isinstance(aug, UntrackedCompose)
+    x = torch.rand(1, 32, 32)
+    aug.set_random_state(7)
+    fast = aug({"v": x.clone()})["v"]
+    tracked = Compose(aug.transforms)  # the same transforms in a plain Compose
+    tracked.set_random_state(7)
+    slow = tracked({"v": x.clone()})["v"]
+    assert type(slow) is not torch.Tensor  # a MetaTensor: tracking was on for the plain Compose
+    assert torch.equal(fast, slow.as_tensor()) and float((fast - x).abs().max()) > 0.01
+    set_track_meta(True)

@@ -44,7 +44,7 @@ def w(xr_datalist, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("one_line")
     det = tiny_detector(xr_datalist, tmp_path_factory.mktemp("detector"))
-    syn, _, _ = copy_and_novel_folder(xr_datalist, root / "synthetic")
+    syn, _, _ = copy_and_novel_folder(xr_datalist, root / "synthetic", novel_kind="noise")
     run_scan(xr_datalist, xr_datalist, syn, det, root / "report", log_to_mlflow=False, progress=False, n_bootstrap=0)
     filter_release(syn, root / "report", root / "release")
     data = json.loads(Path(xr_datalist).read_text())

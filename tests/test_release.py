@@ -26,12 +26,12 @@ from monai_memorization.release import ReleaseError, filter_release, verify_mani
 
 @pytest.fixture(scope="module")
 def scanned(xr_datalist, tmp_path_factory):
-    """A real scan report over 3 exact training copies and 3 novel subjects."""
+    """A real scan report over 3 exact training copies and 3 noise images (released whatever the detector)."""
     from monai_memorization.api import run_scan
 
     root = tmp_path_factory.mktemp("release")
     det = tiny_detector(xr_datalist, tmp_path_factory.mktemp("detector"))
-    syn, copies, novel = copy_and_novel_folder(xr_datalist, root / "synthetic")
+    syn, copies, novel = copy_and_novel_folder(xr_datalist, root / "synthetic", novel_kind="noise")
     run_scan(xr_datalist, xr_datalist, syn, det, root / "report", log_to_mlflow=False, progress=False, n_bootstrap=0)
     return root, syn, copies, novel
 

@@ -61,7 +61,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_detector_real_ldm import corr_matrix, ldm_figures, ldm_ground_truth, ldm_montage, ldm_samples, partition_fpr
+from bench_detector_real_ldm import (corr_matrix, ldm_figures, ldm_ground_truth, ldm_montage, ldm_samples, partition_fpr,
+                                     partition_sweep)
 from bench_detector_real_report import HELD_KINDS, IN_KINDS, write_report  # the sibling files (run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_detector_real.md"
@@ -388,6 +389,9 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
         subjects = [it["subject"] for k in ("holdout", "novel") for it in data["items"][k]]
         fig["hybrid"]["partitions"] = partition_fpr(det_m, pix_m, ali_m, free_scores, subjects, len(emb["holdout"]),
                                                     n=args.partitions)
+        fig["hybrid"]["partition_sweep"] = partition_sweep(det_m, pix_m, ali_m, free_scores, subjects,
+                                                           counts=(2, 3) if args.smoke else (3, 6, 12, 18, 24),
+                                                           min_novel=1 if args.smoke else 3, n=args.partitions)
     h = res["history"][-1]
     fig["hybrid"].update(steps=cfg["steps"], lr=cfg["lr"], train_s=train_s, aug=aug, score="hybrid", align_s=align_s)
     fig.update(aug=aug, score="detector", steps=cfg["steps"], lr=cfg["lr"], epochs=cfg["epochs"], batch=cfg["batch_size"], network=cfg["network"],

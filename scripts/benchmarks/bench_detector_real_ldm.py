@@ -148,7 +148,7 @@ def ldm_ground_truth(data: dict, pix_full: dict, size: int) -> None:
 
 
 def partition_fpr(det_m: np.ndarray, pix_m: np.ndarray, ali_m: np.ndarray, free_scores: dict, subjects: list,
-                  n_holdout: int, k: int = 10, n: int = 200, seed: int = 0) -> dict:
+                  n_holdout: int | None, k: int = 10, n: int = 200, seed: int = 0, n_slabs: int | None = None) -> dict:
     """The hybrid score's calibrated FPR over random exchangeable held-out/novel partitions of the free slabs.
 
     Args:
@@ -160,20 +160,21 @@ def partition_fpr(det_m: np.ndarray, pix_m: np.ndarray, ali_m: np.ndarray, free_
         k: pixel candidates of the aligned search (as :class:`AlignSearch`).
         n: partitions.
         seed: random seed.
+        n_slabs: draw exactly this many held-out slabs instead (``n_holdout`` is then ignored).
 
     Returns:
-        ``{"fpr": [n] FPRs, "mean", "median", "p5", "p95"}``.
+        ``{"fpr": [n] FPRs, "mean", "median", "p5", "p95", "n", "held_slices"}`` (mean held-out slices).
     """
     from monai_memorization.detection.calibrate import HybridScore
 
     subjects = np.asarray(subjects)
     slabs = list(dict.fromkeys(subjects.tolist()))
     rng = np.random.default_rng(seed)
-    fprs = []
+    fprs, sizes = [], []
     for _ in range(n):
         held: list = []
-        for s in rng.permutation(len(slabs)):
-            if len(held) >= n_holdout:
+        for j, s in enumerate(rng.permutation(len(slabs))):
+            if (j >= n_slabs) if n_slabs is not None else (len(held) >= n_holdout):
                 break
             held += np.where(subjects == slabs[s])[0].tolist()
         h = np.array(sorted(held))
@@ -184,9 +185,30 @@ def partition_fpr(det_m: np.ndarray, pix_m: np.ndarray, ali_m: np.ndarray, free_
             ali[i] = ali_m[i, sorted(cand)].max()
         score = HybridScore({"detector": det_m[:, h].max(1), "pixel": pix_m[:, h].max(1), "aligned": ali})
         fprs.append(float(np.mean(score.score({s: v[nov] for s, v in free_scores.items()}) > score.threshold)))
+        sizes.append(len(h))
     f = np.array(fprs)
     return {"fpr": f.tolist(), "mean": float(f.mean()), "median": float(np.median(f)),
-            "p5": float(np.percentile(f, 5)), "p95": float(np.percentile(f, 95)), "n": n}
+            "p5": float(np.percentile(f, 5)), "p95": float(np.percentile(f, 95)), "n": n,
+            "held_slices": float(np.mean(sizes))}
+
+
+def partition_sweep(det_m: np.ndarray, pix_m: np.ndarray, ali_m: np.ndarray, free_scores: dict, subjects: list,
+                    counts: tuple = (3, 6, 12, 18, 24), min_novel: int = 3, n: int = 200, seed: int = 0) -> list:
+    """:func:`partition_fpr` for several numbers of held-out slabs: how many held-out subjects the threshold needs.
+
+    Args:
+        det_m, pix_m, ali_m, free_scores, subjects: as for :func:`partition_fpr`.
+        counts: held-out slab counts to try; those leaving fewer than ``min_novel`` novel slabs are skipped.
+        min_novel: novel slabs each partition keeps at least.
+        n: partitions per count.
+        seed: random seed.
+
+    Returns:
+        ``[{"slabs": c, **partition_fpr(...)}]`` for each count kept.
+    """
+    n_free = len(set(subjects))
+    return [{"slabs": c, **partition_fpr(det_m, pix_m, ali_m, free_scores, subjects, None, n=n, seed=seed + c, n_slabs=c)}
+            for c in counts if c <= n_free - min_novel]
 
 
 def corr_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -231,6 +253,16 @@ def report_lines(split: str, data: dict, f: dict) -> list:
                   f"split's held-out set), the rest novel: FPR mean {100 * p['mean']:.1f}%, median "
                   f"{100 * p['median']:.1f}%, 5th-95th percentile {100 * p['p5']:.1f}-{100 * p['p95']:.1f}% "
                   f"(the fixed split above: {100 * f['fpr_calibrated']:.1f}%).", ""]
+    if f.get("partition_sweep"):
+        lines += [f"**The calibrated FPR against the number of held-out subjects ({split} split).** As above, with a "
+                  f"fixed number of whole slabs held out (the rest novel), {f['partition_sweep'][0]['n']} draws each; "
+                  "the nominal rate is 5%.", "",
+                  "| held-out slabs | held-out slices (mean) | FPR mean | median | 5th-95th percentile |",
+                  "|---:|---:|---:|---:|---|"]
+        for r in f["partition_sweep"]:
+            lines.append(f"| {r['slabs']} | {r['held_slices']:.0f} | {100 * r['mean']:.1f}% | {100 * r['median']:.1f}% | "
+                         f"{100 * r['p5']:.1f}-{100 * r['p95']:.1f}% |")
+        lines.append("")
     return lines
 
 

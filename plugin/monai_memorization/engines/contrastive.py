@@ -331,7 +331,10 @@ def train_detector(
     else:
         ds = Dataset(items, transform)
     bs = min(batch_size, len(items))
-    loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=num_workers)
+    # persistent workers: an epoch of a small data set is one step, and re-forking the workers every epoch
+    # costs more than the augmentations they run
+    loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=num_workers,
+                        persistent_workers=num_workers > 0)
 
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
