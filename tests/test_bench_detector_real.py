@@ -88,3 +88,25 @@ def test_validation_benchmark_tpr_at_fpr_reads_the_roc_curve():
     assert cut == 0.99 and tpr == 3 / 5
     tpr, cut = bench.tpr_at_fpr(pos, neg, fpr=0.0)
     assert cut == 0.996 and tpr == 2 / 5
+
+
+def test_validation_benchmark_real_3d_crops_are_distinct_left_hemisphere_mni_crops():
+    """bench_detector_validation --data mni: real 3D images, crops of the MNI template, split without repeats."""
+    import numpy as np
+
+    path = SCRIPT.with_name("bench_detector_validation.py")
+    spec = importlib.util.spec_from_file_location("bench_detector_validation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        train, hold, novel, copies, kinds, sources, n = bench.build_sets_mni(16, 10, 6, 2)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert train.shape == (10, 1, 16, 16, 16) and hold.shape == (6, 1, 16, 16, 16) and len(novel) == n - 16 > 0
+    allc = np.concatenate([train, hold, novel]).reshape(n, -1)
+    assert len({a.tobytes() for a in allc}) == n  # every crop once
+    assert float(allc.min()) >= 0.0 and float(allc.max()) <= 1.0 and float(allc.std()) > 0.1
+    assert len(copies) == 2 * len(set(kinds)) and set(sources) <= set(range(10))
+    exact = copies[[i for i, k in enumerate(kinds) if k == "exact"]]
+    assert all(any(np.array_equal(e, t) for t in train) for e in exact)

@@ -10,7 +10,8 @@
 # limitations under the License.
 """Validation benchmark: does the copy detector find planted copies among novel subjects?
 
-On embedded phantoms (``monai_memorization.data.phantoms``), in 2D (X-ray) and 3D (CT):
+On embedded phantoms (``monai_memorization.data.phantoms``), in 2D (X-ray) and 3D (CT), or, with ``--data mni``, on
+real 3D images: crops of the MNI152 T1 template that ships in the nilearn wheel (:func:`build_sets_mni`):
 
 * training subjects train the contrastive detector (and a small AutoencoderKL);
 * held-out subjects (as many as training subjects) calibrate the threshold (95th percentile);
@@ -34,6 +35,8 @@ Usage::
 
     python scripts/benchmarks/bench_detector_validation.py            # 2D 64x64 and 3D 32^3, CPU
     python scripts/benchmarks/bench_detector_validation.py --quick    # a smoke run
+    python scripts/benchmarks/bench_detector_validation.py --dims 3d --data mni --shape3d 20 --n-train 30 \
+        --n-holdout 15 --n-per-kind 12 --epochs3d 900                 # real 3D crops (results: run G)
 """
 
 from __future__ import annotations
@@ -79,6 +82,45 @@ def build_sets(modality, shape, n_train, n_holdout, n_novel, n_per_kind, seed=0)
             kinds.append(kind)
             sources.append(int(i))
     return train, hold, novel, np.stack(copies), kinds, sources
+
+
+def build_sets_mni(side: int, n_train: int, n_holdout: int, n_per_kind: int, seed: int = 0, stride: int | None = None,
+                   min_head: float = 0.4):
+    """Real 3D images: ``side``^3 crops (1 mm) of the MNI152 T1 template that ships in the nilearn wheel.
+
+    Crops lie on a grid with a gap of ``stride - side`` voxels between neighbours, in the left hemisphere only (the
+    template is symmetric, so a right-hand crop would be a mirrored copy of a left-hand one), and are kept when at
+    least ``min_head`` of their voxels are head. They are shuffled into ``n_train`` training crops, ``n_holdout``
+    held-out crops and the rest as novel crops; copies are made of raw training crops, as for the phantoms.
+
+    Returns:
+        as :func:`build_sets`, plus the number of crops found.
+    """
+    from bench_detector_real import mni_volume  # the sibling script (run as a script)
+
+    from monai_memorization.data.phantoms import COPY_KINDS, transformed_copy
+
+    vol = mni_volume()
+    stride = stride or side + 4
+    head = vol > 0.1 * vol.max()
+    half = vol.shape[0] // 2  # the midline
+    corners = [(x, y, z) for x in range(half - side, -1, -stride) for y in range(0, vol.shape[1] - side + 1, stride)
+               for z in range(0, vol.shape[2] - side + 1, stride)
+               if head[x : x + side, y : y + side, z : z + side].mean() >= min_head]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(corners))
+    if len(corners) < n_train + n_holdout + 2:
+        raise SystemExit(f"only {len(corners)} MNI crops of {side}^3: fewer than {n_train} + {n_holdout} + 2")
+    raw = [vol[x : x + side, y : y + side, z : z + side].copy() for x, y, z in (corners[i] for i in order)]
+    norm = np.stack([normalise("mr", r) for r in raw])
+    train, hold, novel = norm[:n_train], norm[n_train : n_train + n_holdout], norm[n_train + n_holdout :]
+    copies, kinds, sources = [], [], []
+    for kind in COPY_KINDS:
+        for j, i in enumerate(rng.choice(n_train, size=n_per_kind, replace=False)):
+            copies.append(normalise("mr", transformed_copy(raw[i], kind, seed=1000 * j + int(i))))
+            kinds.append(kind)
+            sources.append(int(i))
+    return train, hold, novel, np.stack(copies), kinds, sources, len(corners)
 
 
 def train_autoencoder(
@@ -203,9 +245,13 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
 
     spatial_dims = len(shape)
     t0 = time.perf_counter()
-    train, hold, novel, copies, kinds, sources = build_sets(
-        modality, shape, args.n_train, args.n_holdout or args.n_train, args.n_novel, args.n_per_kind
-    )
+    if getattr(args, "data", "phantoms") == "mni":
+        train, hold, novel, copies, kinds, sources, _ = build_sets_mni(shape[0], args.n_train, args.n_holdout,
+                                                                       args.n_per_kind)
+    else:
+        train, hold, novel, copies, kinds, sources = build_sets(
+            modality, shape, args.n_train, args.n_holdout or args.n_train, args.n_novel, args.n_per_kind
+        )
     timing = {"data": time.perf_counter() - t0}
     print(f"[{dim_name}] data: {timing['data']:.0f} s", flush=True)
 
@@ -214,7 +260,7 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
     epochs = args.epochs2d if spatial_dims == 2 else args.epochs3d
     ae = train_autoencoder(train, ae_cfg.get("epochs", 10), device, spatial_dims, ae_cfg.get("channels", (16, 32, 32)),
                            ae_cfg.get("batch_size", 16))
-    ae_idx = np.random.default_rng(7).choice(len(train), size=args.n_per_kind * 2, replace=False)
+    ae_idx = np.random.default_rng(7).choice(len(train), size=min(len(train), args.n_per_kind * 2), replace=False)
     ae_copies = reconstruct(ae, train[ae_idx], device)
     psnr = [10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12)) for a, b in zip(ae_copies, train[ae_idx])]
     ae_psnr, ae_psnr_min = float(np.mean(psnr)), float(np.min(psnr))
@@ -345,8 +391,9 @@ def write_markdown(results, args, total_s, path):
     ]
     for r in results:
         d = r["detector"]
+        data = "real MNI152 T1 crops" if getattr(args, "data", "phantoms") == "mni" else "phantoms"
         lines += [
-            f"## {r['dims']} ({r['modality'].upper()}, {'x'.join(map(str, r['shape']))})",
+            f"## {r['dims']} ({r['modality'].upper()}, {'x'.join(map(str, r['shape']))}, {data})",
             "",
             f"N_train {r['n_train']}, N_holdout {r['n_holdout']}, novel subjects {r['n_novel']}, planted copies "
             f"{r['n_copies']} ({', '.join(f'{k} {v}' for k, v in r['kinds'].items())}).  ",
@@ -415,6 +462,9 @@ def main():
     ap.add_argument("--augment", default="", help="contrastive_augmentations kwargs (JSON); default: the project's")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--data", default="phantoms", choices=["phantoms", "mni"],
+                    help="mni: real 3D images, crops of the MNI152 T1 template in the nilearn wheel (--dims 3d; "
+                         "--shape3d is the crop side in mm; --n-holdout crops held out, the rest novel)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
@@ -432,6 +482,8 @@ def main():
         for dim in args.dims:
             if dim == "2d":
                 r = evaluate("2D", "xr", (args.shape2d, args.shape2d), args, args.device, tmp)
+            elif args.data == "mni":
+                r = evaluate("3D", "mr", (args.shape3d,) * 3, args, args.device, tmp)
             else:
                 r = evaluate("3D", "ct", (args.shape3d,) * 3, args, args.device, tmp)
             results.append(r)
