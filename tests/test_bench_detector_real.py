@@ -51,7 +51,7 @@ def test_smoke_writes_both_split_tables(tmp_path):
     assert text.count("**Copies a memorizing generator made (") == 2
     assert text.count("random held-out/novel partitions (") == 2
     assert text.count("The calibrated FPR against the number of held-out subjects (") == 2
-    assert "| held-out slabs | held-out slices (mean) | FPR mean |" in text
+    assert "| held-out slabs | held-out slices (mean) | FPR mean |" in text and "| detector alone: FPR mean |" in text
 
 
 def test_partition_sweep_draws_whole_slabs_and_its_fpr_falls_with_more_held_out_subjects():
@@ -74,6 +74,10 @@ def test_partition_sweep_draws_whole_slabs_and_its_fpr_falls_with_more_held_out_
     assert [r["held_slices"] for r in out] == [8.0, 40.0, 104.0]
     assert all(0.0 <= f <= 1.0 for r in out for f in r["fpr"]) and len(out[0]["fpr"]) == 40
     assert out[0]["mean"] > out[1]["mean"] > 0.0 and out[0]["mean"] > 0.15
+    # the detector alone, on the same draws: here its space alone carries the slab effect, so the same rates
+    alone = partition_sweep(*mats, free, subjects, counts=(2, 10, 26, 28), min_novel=3, n=40, spaces=("detector",))
+    assert [r["held_slices"] for r in alone] == [8.0, 40.0, 104.0]
+    assert alone[0]["mean"] > alone[1]["mean"] > 0.0 and abs(alone[0]["mean"] - out[0]["mean"]) < 0.1
 
 
 def test_validation_benchmark_tpr_at_fpr_reads_the_roc_curve():

@@ -389,9 +389,11 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
         subjects = [it["subject"] for k in ("holdout", "novel") for it in data["items"][k]]
         fig["hybrid"]["partitions"] = partition_fpr(det_m, pix_m, ali_m, free_scores, subjects, len(emb["holdout"]),
                                                     n=args.partitions)
-        fig["hybrid"]["partition_sweep"] = partition_sweep(det_m, pix_m, ali_m, free_scores, subjects,
-                                                           counts=(2, 3) if args.smoke else (3, 6, 12, 18, 24),
-                                                           min_novel=1 if args.smoke else 3, n=args.partitions)
+        sweep = {"counts": (2, 3) if args.smoke else (3, 6, 12, 18, 24), "min_novel": 1 if args.smoke else 3,
+                 "n": args.partitions}
+        fig["hybrid"]["partition_sweep"] = partition_sweep(det_m, pix_m, ali_m, free_scores, subjects, **sweep)
+        fig["hybrid"]["partition_sweep_detector"] = partition_sweep(det_m, pix_m, ali_m, free_scores, subjects,
+                                                                    spaces=("detector",), **sweep)
     h = res["history"][-1]
     fig["hybrid"].update(steps=cfg["steps"], lr=cfg["lr"], train_s=train_s, aug=aug, score="hybrid", align_s=align_s)
     fig.update(aug=aug, score="detector", steps=cfg["steps"], lr=cfg["lr"], epochs=cfg["epochs"], batch=cfg["batch_size"], network=cfg["network"],
