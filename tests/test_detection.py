@@ -87,10 +87,13 @@ def test_calibration_note_counts_subjects_not_images():
     note = calibration_note(["a", "a", "a", "b", "", ""], 95.0)
     assert note["n_subjects"] == 4  # a, b and two images without a subject
     assert note["fpr"] == pytest.approx(0.05) and note["fpr_se"] == pytest.approx(np.sqrt(0.05 * 0.95 / 4))
-    assert note["text"] == "nominal false-positive rate 5% +/- 10.9% (one standard error) from 4 held-out subjects"
+    assert note["text"] == ("nominal false-positive rate 5% +/- 10.9% (one standard error) from 4 held-out subjects"
+                            ", fewer than the 18 at which the detector's rate held on real MR slices")
+    assert note["enough_subjects"] is False
     many = calibration_note([f"s{i}" for i in range(475)], 95.0)  # enough subjects for +/- 1%
-    assert many["fpr_se"] == pytest.approx(0.01) and "+/- 1.0%" in many["text"]
-    assert calibration_note(["x"] * 10, 99.0)["text"].endswith("1% +/- 9.9% (one standard error) from 1 held-out subject")
+    assert many["fpr_se"] == pytest.approx(0.01) and many["text"].endswith("+/- 1.0% (one standard error) from 475 held-out subjects")
+    assert many["enough_subjects"] is True and calibration_note([f"s{i}" for i in range(18)])["enough_subjects"] is True
+    assert calibration_note(["x"] * 10, 99.0)["text"].startswith("nominal false-positive rate 1% +/- 9.9% (one standard error) from 1 held-out subject, fewer")
 
 
 def test_scan_embeddings_finds_planted_copies_and_spares_distinct_subjects():
