@@ -66,7 +66,7 @@ def normalise(modality: str, raw: np.ndarray) -> np.ndarray:
 
 def build_sets(modality, shape, n_train, n_holdout, n_novel, n_per_kind, seed=0):
     """Training, held-out and novel subjects, and transformed copies of training subjects."""
-    from monai_memorization.data.phantoms import COPY_KINDS, make_phantom, transformed_copy
+    from monai_memorization.data.phantoms import make_phantom
 
     rng = np.random.default_rng(seed)
     raw_train = [make_phantom(modality, seed=seed, subject=s, shape=shape) for s in range(n_train)]
@@ -75,13 +75,25 @@ def build_sets(modality, shape, n_train, n_holdout, n_novel, n_per_kind, seed=0)
     novel = np.stack([
         normalise(modality, make_phantom(modality, seed=seed, subject=n_train + n_holdout + s, shape=shape)) for s in range(n_novel)
     ])
+    copies, kinds, sources = planted_copies(modality, raw_train, n_per_kind, rng)
+    return train, hold, novel, copies, kinds, sources
+
+
+def planted_copies(modality: str, raw_train: list, n_per_kind: int, rng: np.random.Generator):
+    """``n_per_kind`` copies of raw training images per kind of ``phantoms.COPY_KINDS``, normalised.
+
+    Returns:
+        ``(copies [K, 1, *S], kinds, source indices)``.
+    """
+    from monai_memorization.data.phantoms import COPY_KINDS, transformed_copy
+
     copies, kinds, sources = [], [], []
     for kind in COPY_KINDS:
-        for j, i in enumerate(rng.choice(n_train, size=n_per_kind, replace=False)):
+        for j, i in enumerate(rng.choice(len(raw_train), size=n_per_kind, replace=False)):
             copies.append(normalise(modality, transformed_copy(raw_train[i], kind, seed=1000 * j + int(i))))
             kinds.append(kind)
             sources.append(int(i))
-    return train, hold, novel, np.stack(copies), kinds, sources
+    return np.stack(copies), kinds, sources
 
 
 def build_sets_mni(side: int, n_train: int, n_holdout: int, n_per_kind: int, seed: int = 0, stride: int | None = None,
@@ -98,8 +110,6 @@ def build_sets_mni(side: int, n_train: int, n_holdout: int, n_per_kind: int, see
     """
     from bench_detector_real import mni_volume  # the sibling script (run as a script)
 
-    from monai_memorization.data.phantoms import COPY_KINDS, transformed_copy
-
     vol = mni_volume()
     stride = stride or side + 4
     head = vol > 0.1 * vol.max()
@@ -114,13 +124,8 @@ def build_sets_mni(side: int, n_train: int, n_holdout: int, n_per_kind: int, see
     raw = [vol[x : x + side, y : y + side, z : z + side].copy() for x, y, z in (corners[i] for i in order)]
     norm = np.stack([normalise("mr", r) for r in raw])
     train, hold, novel = norm[:n_train], norm[n_train : n_train + n_holdout], norm[n_train + n_holdout :]
-    copies, kinds, sources = [], [], []
-    for kind in COPY_KINDS:
-        for j, i in enumerate(rng.choice(n_train, size=n_per_kind, replace=False)):
-            copies.append(normalise("mr", transformed_copy(raw[i], kind, seed=1000 * j + int(i))))
-            kinds.append(kind)
-            sources.append(int(i))
-    return train, hold, novel, np.stack(copies), kinds, sources, len(corners)
+    copies, kinds, sources = planted_copies("mr", raw[:n_train], n_per_kind, rng)
+    return train, hold, novel, copies, kinds, sources, len(corners)
 
 
 def train_autoencoder(
