@@ -184,3 +184,33 @@ def test_training_transform_caches_preprocessing_and_views_match_tracked_ones(tr
     assert type(slow) is not torch.Tensor  # a MetaTensor: tracking was on for the plain Compose
     assert torch.equal(fast, slow.as_tensor()) and float((fast - x).abs().max()) > 0.01
     set_track_meta(True)
+
+
+def test_untracked_compose_from_two_threads_keeps_tracking_off_inside_and_restores_it():
+    """Overlapping calls (a ThreadDataLoader) share MONAI's one tracking switch: each runs untracked to its end,
+    and the setting is restored when the last one finishes, whichever finishes first."""
+    import threading
+    import time
+
+    from monai.data import get_track_meta
+
+    from monai_memorization.detection.augment import UntrackedCompose
+
+    barrier, seen = threading.Barrier(2), {}
+
+    def probe(d):
+        barrier.wait()  # both calls are inside
+        if d["name"] == "late":
+            time.sleep(0.2)  # finishes after the other call has returned
+        seen[d["name"]] = get_track_meta()
+        return d
+
+    aug = UntrackedCompose([probe])
+    assert get_track_meta() is True
+    threads = [threading.Thread(target=aug, args=({"name": n},)) for n in ("early", "late")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"early": False, "late": False}
+    assert get_track_meta() is True

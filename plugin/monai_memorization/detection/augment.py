@@ -22,6 +22,7 @@ bench_detector_real.md``). Each is a MONAI dictionary transform; set its probabi
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 from monai import transforms as mt
@@ -93,16 +94,32 @@ class UntrackedCompose(mt.Compose):
 
     The random view needs no affine or applied-operations record, and on a 96x96 slice that bookkeeping costs more
     than the augmentations' arithmetic (6.5 against 3.0 ms a view, with identical pixels). Random states, nesting and
-    results are those of a plain ``Compose``; the previous tracking setting is restored after each call.
+    results are those of a plain ``Compose``.
+
+    MONAI's tracking flag is one setting per process. Calls from several threads at once (a ``ThreadDataLoader``)
+    share one switch: the first call to start turns tracking off, and the last one to finish restores the setting
+    found by the first. So the setting is never left off. While any call runs, code in other threads also runs
+    untracked.
     """
 
+    _lock = threading.Lock()
+    _active = 0
+    _previous = True
+
     def __call__(self, input_, *args, **kwargs):
-        previous = get_track_meta()
-        set_track_meta(False)
+        cls = UntrackedCompose
+        with cls._lock:
+            if cls._active == 0:
+                cls._previous = get_track_meta()
+                set_track_meta(False)
+            cls._active += 1
         try:
             return super().__call__(input_, *args, **kwargs)
         finally:
-            set_track_meta(previous)
+            with cls._lock:
+                cls._active -= 1
+                if cls._active == 0:
+                    set_track_meta(cls._previous)
 
 
 def contrastive_augmentations(
