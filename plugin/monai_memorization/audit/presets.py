@@ -28,7 +28,7 @@ _MITIGATED = "mitigated: {n} images with augmentation, the same optimizer steps"
 #: default (2 CPU cores), ``gpu`` uses the bundles' full-size networks, ``smoke`` is for tests.
 AUDIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     m: {
-        "cpu": {"n": 32, "n_holdout": 16, "n_val": 2, "shape": shape, "quick": True, "num_samples": 32, "checks": 8,
+        "cpu": {"n": 32, "n_holdout": 24, "n_val": 2, "shape": shape, "quick": True, "num_samples": 32, "checks": 8,
                 "configs": [_cfg("prone", _PRONE.format(n=8), 8, False, ae, 2400),
                             _cfg("mitigated", _MITIGATED.format(n=32), 32, True, ae // 4, 600)]},
         "gpu": {"n": 256, "n_holdout": 64, "n_val": 8, "shape": gpu_shape, "quick": False, "num_samples": 256, "checks": 10,
