@@ -221,3 +221,35 @@ def test_embed_items_streams_in_order_and_rejects_nan():
     nan_tf = Compose([EnsureTyped(keys="image"), Lambdad("image", lambda x: x * float("nan"))])
     with pytest.raises(DetectorError, match="NaN or Inf"):
         embed_items(enc, items, nan_tf, progress=False)
+
+
+def test_no_copies_is_not_reported_as_certainty():
+    """No copy among 27 samples: the bootstrap alone gives 0-0%; the reported interval is at least the exact binomial
+    (Clopper-Pearson) one, 0-12.8%; and every copy: 87.2-100%. The audit's confirmed-copy interval is the exact one."""
+    from monai_memorization.audit.verdict import make_headline, rate_ci
+    from monai_memorization.detection.intervals import binomial_ci, widen_to_binomial
+
+    assert binomial_ci(0, 32) == (0.0, pytest.approx(1 - 0.025 ** (1 / 32)))  # 0.1089
+    lo, hi = binomial_ci(12, 32)
+    from scipy.stats import beta  # the Clopper-Pearson bounds are beta quantiles
+    assert (lo, hi) == (pytest.approx(beta.ppf(0.025, 12, 21)), pytest.approx(beta.ppf(0.975, 13, 20)))  # 0.211, 0.563
+    assert widen_to_binomial((0.0, 0.0), 0, 32) == binomial_ci(0, 32)
+    assert widen_to_binomial((0.05, 0.9), 12, 32) == (0.05, 0.9)
+    assert all(np.isnan(widen_to_binomial((float("nan"), float("nan")), 0, 32)))
+    with pytest.raises(ValueError):
+        binomial_ci(5, 4)
+
+    rng = np.random.default_rng(6)
+    q, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+    seen, unseen = q[:, :32].T, q[:, 32:].T
+    train, hold = _subspace_embeddings(rng, 40, seen), _subspace_embeddings(rng, 40, seen)
+    res = scan_embeddings(train, hold, _subspace_embeddings(rng, 27, unseen), n_bootstrap=200, use_gpu=False)
+    assert res.n_copies == 0 and res.synthetic_copy_rate_ci == (0.0, pytest.approx(1 - 0.025 ** (1 / 27)))
+    res = scan_embeddings(train, hold, train[:27] + 1e-4 * rng.normal(size=(27, 64)), n_bootstrap=200, use_gpu=False)
+    assert res.n_copies == 27 and res.synthetic_copy_rate_ci == (pytest.approx(0.025 ** (1 / 27)), 1.0)
+
+    assert rate_ci(0, 32, seed=0) == [0.0, pytest.approx(0.1089, abs=1e-4)]
+    record = {"name": "mitigated", "quality": {"converged": True}, "n_copies": 0, "n_confirmed": 0,
+              "confirmed_copy_rate": 0.0, "confirmed_copy_rate_ci": rate_ci(0, 32), "synthetic_copy_rate": 0.0}
+    lines, code = make_headline([record], {"by_kind": {}}, "cpu")
+    assert code == 0 and "mitigated 0% of samples are copies (95% CI 0-11%;" in lines[0]

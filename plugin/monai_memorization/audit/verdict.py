@@ -58,15 +58,23 @@ def make_headline(
     return lines, 0 if ok else EXIT_INCONCLUSIVE
 
 
-def rate_ci(k: int, n: int, seed: int) -> list[float]:
-    """Percentile bootstrap 95% interval of a fraction ``k / n`` (the samples resampled)."""
-    import numpy as np
+def rate_ci(k: int, n: int, seed: int | None = None) -> list[float]:
+    """95% interval of the confirmed-copy fraction ``k / n``: exact binomial (Clopper-Pearson).
 
-    if n == 0:
-        return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    draws = rng.binomial(n, k / n, size=2000) / n  # resampling n indicators = a binomial draw
-    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+    The pixel check is a fixed bar, so the count of confirmed samples is binomial. A bootstrap of it collapses to
+    "0-0%" when no sample is confirmed; the exact interval of 0 of 32 is 0-11%.
+
+    Args:
+        k: confirmed copies.
+        n: synthetic samples.
+        seed: unused (kept for callers that pass one).
+
+    Returns:
+        ``[low, high]``; NaNs when ``n`` is 0.
+    """
+    from monai_memorization.detection.intervals import binomial_ci
+
+    return list(binomial_ci(k, n))
 
 
 def finish_parent(uri: str, parent: str | None, records: list[dict], exit_code: int) -> None:

@@ -16,6 +16,7 @@ Modules:
     index      -- exact Pearson-correlation nearest neighbours with faiss (:class:`CorrelationIndex`).
     calibrate  -- threshold from training-to-held-out correlations (:func:`calibrate_threshold`).
     scan       -- the memorization scan and its report (:func:`scan_embeddings`, :func:`run_scan`).
+    intervals  -- 95% intervals of the fractions: bootstrap widened to the exact binomial one (:func:`binomial_ci`).
     augment    -- the augmentations that form positive pairs for contrastive training.
     hybrid     -- the default score: detector, pixel and aligned pixel correlation under one false-positive budget.
     align      -- aligned pixel correlation: a small registration search, then block-wise correlation.

@@ -25,7 +25,8 @@ Definitions (Dar et al.; the same names in the scan, the in-training handler, th
   ``synthetic_copy_rate`` equals the study's "copies / N_train".
 
 Confidence intervals are percentile bootstrap 95% intervals (``scipy.stats.bootstrap``) that resample the training
-samples (which also moves the threshold) and the synthetic samples independently.
+samples (which also moves the threshold) and the synthetic samples independently, widened to contain the exact
+binomial interval of the count (:mod:`~monai_memorization.detection.intervals`: no copies of 32 is 0-11%, not 0-0%).
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from monai_memorization.detection import index as nn
+from monai_memorization.detection.intervals import bootstrap_ci, widen_to_binomial
 from monai_memorization.errors import DataValidationError, DetectorError
 
 __all__ = ["ScanResult", "scan_embeddings", "nearest_both_ways", "calibrate", "scan_scores", "DEFINITIONS", "HEADLINE", "FRACTIONS"]
@@ -166,17 +167,6 @@ def _train_fields(items: Sequence[dict] | None, j: int) -> dict[str, str]:
         "train_subject": str(item.get("subject", tid)) if item else tid,
         "train_path": str(item.get("image", "")) if item else "",
     }
-
-
-def _bootstrap_ci(statistic, data: Sequence[np.ndarray], n_resamples: int, seed: int) -> tuple[float, float]:
-    if n_resamples <= 0 or any(len(d) < 2 for d in data):
-        return (float("nan"), float("nan"))
-    res = stats.bootstrap(
-        tuple(data), statistic, n_resamples=n_resamples, batch=max(1, int(2e7 // max(len(d) for d in data))),
-        vectorized=True, paired=False, confidence_level=0.95, method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = 95.0, use_gpu: bool | str = "auto",
@@ -361,9 +351,10 @@ def scan_scores(
         return np.take_along_axis(flags, idx, axis=-1).mean(axis=-1)
 
     train_ids, synth_ids = np.arange(n_train), np.arange(n_synth)
-    rate_ci = _bootstrap_ci(rate_stat, (train_ids, synth_ids), n_bootstrap, seed)
-    mem_ci = _bootstrap_ci(mem_stat, (train_ids,), n_bootstrap, seed + 1)
-    copied_ci = _bootstrap_ci(copied_stat, (train_ids, synth_ids), n_bootstrap, seed)
+    n_copies, n_mem, n_copied = int(is_copy.sum()), int(is_mem.sum()), int(copied.sum())
+    rate_ci = widen_to_binomial(bootstrap_ci(rate_stat, (train_ids, synth_ids), n_bootstrap, seed), n_copies, n_synth)
+    mem_ci = widen_to_binomial(bootstrap_ci(mem_stat, (train_ids,), n_bootstrap, seed + 1), n_mem, n_train)
+    copied_ci = widen_to_binomial(bootstrap_ci(copied_stat, (train_ids, synth_ids), n_bootstrap, seed), n_copied, n_train)
 
     pairs = []
     for i in range(n_synth):
@@ -388,7 +379,6 @@ def scan_scores(
             "holdout_correlation": float(calib[j]),
             "is_memorized": bool(is_mem[j]),
         })
-    n_copies, n_mem, n_copied = int(is_copy.sum()), int(is_mem.sum()), int(copied.sum())
     return ScanResult(
         threshold=thr, percentile=float(percentile),
         synthetic_copy_rate=n_copies / n_synth, synthetic_copy_rate_ci=rate_ci,
