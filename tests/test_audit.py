@@ -106,3 +106,35 @@ def test_quality_tells_a_learned_generator_from_noise():
     pairs[5] = {"is_copy": True, "train_index": 0, "synthetic_id": "s5", "train_id": "t0"}  # a wrong match
     checked = confirm_copies(pairs, copies, train, good.pixel_nn_holdout_max)
     assert [c["confirmed"] for c in checked] == [True] * 5 + [False]
+
+
+def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
+    """Every sample is checked in pixels: an unflagged near-exact copy is confirmed (flagged False) and named; an
+    unflagged novel (noise) image is not; the headline counts the missed copy and says so."""
+    from monai_memorization.audit.verdict import confirmed_text, make_headline, rate_ci
+    from monai_memorization.data.phantoms import make_phantom
+    from monai_memorization.detection.quality import confirm_copies, pixel_nearest
+
+    train = np.stack([make_phantom("xr", seed=0, subject=i, shape=(32, 32)) for i in range(8)])
+    holdout = np.stack([make_phantom("xr", seed=0, subject=50 + i, shape=(32, 32)) for i in range(6)])
+    novel = np.random.default_rng(1).random((32, 32)).astype(np.float32)  # no training image's neighbour
+    synth = np.stack([train[1], train[3] + 0.002, novel]).astype(np.float32)
+    bar = float(pixel_nearest(holdout, train)[0].max())
+    assert bar < 0.99 and float(pixel_nearest(novel[None], train)[0][0]) < bar  # the novel image is below the bar
+    pairs = [{"is_copy": True, "train_index": 1, "synthetic_id": "s0", "train_id": "t1"},
+             {"is_copy": False, "train_index": 0, "synthetic_id": "s1", "train_id": "t0"},  # the scan missed it
+             {"is_copy": False, "train_index": 2, "synthetic_id": "s2", "train_id": "t2"}]
+    checked = confirm_copies(pairs, synth, train, bar, train_ids=[f"t{i}" for i in range(8)])
+    assert [(c["synthetic_id"], c["train_id"], c["confirmed"], c["flagged"]) for c in checked] == [
+        ("s0", "t1", True, True), ("s1", "t3", True, False)]
+    assert checked[1]["pixel_correlation"] > 0.999
+
+    rec = {"name": "mitigated", "quality": {"converged": True}, "n_copies": 1, "n_confirmed": 2, "n_missed_by_scan": 1,
+           "n_synthetic": 3, "confirmed_copy_rate": 2 / 3, "confirmed_copy_rate_ci": rate_ci(2, 3),
+           "synthetic_copy_rate": 1 / 3}
+    assert confirmed_text(rec) == ("2 of 3 samples are confirmed copies of training images (1 flagged by the scan and "
+                                   "checked in pixel space; 1 more found by the pixel check of every sample)")
+    lines, code = make_headline([rec], {"by_kind": {}}, "cpu")
+    assert code == 0 and "mitigated 67% of samples are copies" in lines[0]
+    assert any(line.startswith("mitigated: 1 sample the scan did not flag is closer in pixels") for line in lines)
+    assert not any("no closer in pixels" in line for line in lines)  # the flagged one was confirmed

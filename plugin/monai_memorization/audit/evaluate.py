@@ -63,7 +63,8 @@ def evaluate_samples(
 
     Returns:
         ``(record, synthetic arrays)``: the record holds the counts, rates with 95% CIs, ``quality``, the
-        confirmed copies and the scan report's path.
+        confirmed copies (``n_confirmed``: flagged or not; ``n_missed_by_scan``: not flagged) and the scan report's
+        path.
     """
     from monai_memorization.api import run_scan
     from monai_memorization.data.imageset import ImageSet
@@ -77,11 +78,12 @@ def evaluate_samples(
                  modality=modality, run_name=f"scan_{name}", progress=progress, seed=seed, **(scan_options or {}))
     confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max)
     n_conf = sum(x["confirmed"] for x in confirmed)
+    n_missed = sum(x["confirmed"] and not x["flagged"] for x in confirmed)
     record = {
         "n_train": r.n_train, "n_synthetic": r.n_synthetic, "n_copies": r.n_copies, "n_memorized": r.n_memorized,
         "synthetic_copy_rate": r.synthetic_copy_rate, "synthetic_copy_rate_ci": list(r.synthetic_copy_rate_ci),
         "memorized_fraction": r.memorized_fraction, "memorized_fraction_ci": list(r.memorized_fraction_ci),
-        "threshold": r.threshold, "quality": quality.to_dict(), "n_confirmed": n_conf,
+        "threshold": r.threshold, "quality": quality.to_dict(), "n_confirmed": n_conf, "n_missed_by_scan": n_missed,
         "confirmed_copy_rate": n_conf / max(1, r.n_synthetic), "confirmed_copy_rate_ci": rate_ci(n_conf, r.n_synthetic, seed),
         "copies": confirmed, "report_link": os.path.relpath(r.report_path, out_dir),
     }

@@ -25,7 +25,7 @@ from monai_memorization.audit.steps import (
     adopt_child_runs, bundle_value, check_audit_args, fresh, load_arrays, prepare_out, run_bundle, run_positive_control, say,
     start_parent_run, sub_datalist, training_curve, bundle_dir,
 )
-from monai_memorization.audit.verdict import finish_parent, make_headline
+from monai_memorization.audit.verdict import confirmed_text, finish_parent, make_headline
 from monai_memorization.errors import DataValidationError
 
 __all__ = ["run_audit", "AuditResult"]
@@ -237,8 +237,7 @@ def run_audit(
         elif not rec["quality"]["converged"]:
             verdict = "generator not converged: the copy rate says nothing about privacy"
         else:
-            verdict = (f"{rec['n_confirmed']} of {rec['n_synthetic']} samples are confirmed copies of training images "
-                       f"({rec['n_copies']} flagged by the scan, each checked in pixel space)")
+            verdict = confirmed_text(rec)
         batch = int(overrides.get("diffusion_batch_size") or bundle_value(bundle_configs, "diffusion_batch_size"))
         per_epoch = -(-len(train_items) // batch)  # the bundle's diffusion loader keeps the last partial batch
         curves[name] = [(e * per_epoch, rate) for e, rate in training_curve(uri, experiment, name)]

@@ -42,11 +42,18 @@ def make_headline(
         ok = False
         lines.append(f"The detector missed planted copies of kind {', '.join(missed)}: copies of that kind can go unseen.")
     for r in records:
-        unconfirmed = r["n_copies"] - r["n_confirmed"]
+        missed = int(r.get("n_missed_by_scan", 0))
+        unconfirmed = r["n_copies"] - (r["n_confirmed"] - missed)
         if r["quality"]["converged"] and unconfirmed > r["n_confirmed"]:
             lines.append(
                 f"{r['name']}: {unconfirmed} of {r['n_copies']} samples the scan flagged are no closer in pixels to their "
                 "training image than new patients are; they are not counted as copies (see the pairs in the scan report)."
+            )
+        if missed:
+            lines.append(
+                f"{r['name']}: {missed} sample{'s' if missed != 1 else ''} the scan did not flag {'are' if missed != 1 else 'is'} "
+                "closer in pixels to a training image than any new patient is; counted as copies (the scan misses "
+                "copies like these: look at them in the audit's record)."
             )
     if ok:
         parts = [
@@ -56,6 +63,14 @@ def make_headline(
         ]
         lines.insert(0, "Verdict backed by evidence (generators converged, every planted kind found): " + "; ".join(parts) + ".")
     return lines, 0 if ok else EXIT_INCONCLUSIVE
+
+
+def confirmed_text(rec: dict) -> str:
+    """One configuration's count of confirmed copies, in words (the audit's and the model-zoo audit's)."""
+    missed = int(rec.get("n_missed_by_scan", 0))
+    text = (f"{rec['n_confirmed']} of {rec['n_synthetic']} samples are confirmed copies of training images "
+            f"({rec['n_copies']} flagged by the scan and checked in pixel space")
+    return text + (f"; {missed} more found by the pixel check of every sample)" if missed else ")")
 
 
 def rate_ci(k: int, n: int, seed: int | None = None) -> list[float]:

@@ -191,9 +191,14 @@ CONFIRM_MARGIN = 1e-5
 
 
 def confirm_copies(
-    pairs: Sequence[dict], synthetic: np.ndarray, train: np.ndarray, holdout_max: float
+    pairs: Sequence[dict], synthetic: np.ndarray, train: np.ndarray, holdout_max: float,
+    train_ids: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Check each flagged copy in pixel space, independently of the detector.
+    """Check every synthetic sample in pixel space, independently of the detector.
+
+    A flagged sample is confirmed when its pixel correlation to the training image the scan matched it with is above
+    ``holdout_max`` (closer than any new patient is to any training image). A sample the scan did not flag is
+    checked against its nearest training image in pixels: above the same bar, it is a copy the scan missed.
 
     Args:
         pairs: the scan's pairs (``is_copy``, ``train_index``), one per synthetic sample, in the
@@ -201,16 +206,27 @@ def confirm_copies(
         synthetic: ``[S, *spatial]`` synthetic images.
         train: ``[N, *spatial]`` training images in the scan's order.
         holdout_max: the highest pixel correlation of any held-out image to any training image.
+        train_ids: the training images' ids, to name the match of a missed copy (default: the pairs' ids, else the
+            index).
 
     Returns:
-        one dict per flagged copy: ``synthetic_id``, ``train_id``, ``pixel_correlation`` (to the
-        matched training image) and ``confirmed`` (above ``holdout_max``).
+        one dict per flagged sample and per missed copy: ``synthetic_id``, ``train_id``, ``pixel_correlation`` (to the
+        matched training image), ``confirmed`` (above ``holdout_max``) and ``flagged`` (by the scan).
     """
+    bar = holdout_max + CONFIRM_MARGIN
+    ids = {int(p["train_index"]): p.get("train_id") for p in pairs}
     out = []
+    unflagged = [i for i, p in enumerate(pairs) if not p.get("is_copy")]
+    near = pixel_nearest(synthetic[unflagged], train) if unflagged else (np.zeros(0), np.zeros(0, int))
+    missed = {i: (float(c), int(j)) for i, c, j in zip(unflagged, *near) if c > bar}
     for i, p in enumerate(pairs):
-        if not p.get("is_copy"):
-            continue
-        r = float((_rows(synthetic[i : i + 1]) @ _rows(train[int(p["train_index"])][None]).T)[0, 0])
-        out.append({"synthetic_id": p["synthetic_id"], "train_id": p["train_id"], "pixel_correlation": r,
-                    "confirmed": bool(r > holdout_max + CONFIRM_MARGIN)})
+        if p.get("is_copy"):
+            r = float((_rows(synthetic[i : i + 1]) @ _rows(train[int(p["train_index"])][None]).T)[0, 0])
+            out.append({"synthetic_id": p["synthetic_id"], "train_id": p["train_id"], "pixel_correlation": r,
+                        "confirmed": bool(r > bar), "flagged": True})
+        elif i in missed:
+            r, j = missed[i]
+            tid = train_ids[j] if train_ids is not None else (ids.get(j) or str(j))
+            out.append({"synthetic_id": p["synthetic_id"], "train_id": tid, "pixel_correlation": r, "confirmed": True,
+                        "flagged": False})
     return out

@@ -53,9 +53,10 @@ def _config_rows(configs: list[Mapping[str, Any]]) -> str:
          f"{_pct(c['synthetic_copy_rate'])}{_ci(c.get('synthetic_copy_rate_ci'))}"),
         ("training images memorized", lambda c: f"{c['n_memorized']}/{c['n_train']} = {_pct(c['memorized_fraction'])}"
          f"{_ci(c.get('memorized_fraction_ci'))}"),
-        ("confirmed copies (flagged and closer in pixels than any new patient)",
+        ("confirmed copies (closer in pixels than any new patient: flagged, or found by the pixel check of every sample)",
          lambda c: f"<span class=big>{c['n_confirmed']}/{c['n_synthetic']} = {_pct(c['confirmed_copy_rate'])}</span>"
-         f"{_ci(c.get('confirmed_copy_rate_ci'))}"),
+         f"{_ci(c.get('confirmed_copy_rate_ci'))}"
+         + (f"<br>{c['n_missed_by_scan']} not flagged by the scan" if c.get("n_missed_by_scan") else "")),
         ("threshold (detector correlation)", lambda c: _num(c["threshold"], "{:.4f}")),
         ("verdict", lambda c: html.escape(c["verdict"])),
         ("scan report", lambda c: f'<a href="{html.escape(c["report_link"])}">{html.escape(c["report_link"])}</a>'),

@@ -38,7 +38,7 @@ import torch
 
 from monai_memorization.audit.run import AuditResult
 from monai_memorization.audit.steps import prepare_out, say
-from monai_memorization.audit.verdict import make_headline, rate_ci
+from monai_memorization.audit.verdict import confirmed_text, make_headline, rate_ci
 
 __all__ = ["audit_bundle", "bundle_command"]
 
@@ -193,18 +193,18 @@ def audit_bundle(
         say(f"[5/5] positive control: {positive_control} planted copies of training images")
         control = _control(ref, train_arr, int(positive_control), seed)
     seconds["control"] = time.time() - t
-    verdict = ("generator not converged: the copy rate says nothing about privacy" if not quality.converged else
-               f"{n_conf} of {result.n_synthetic} samples are confirmed copies of training images ({result.n_copies} flagged "
-               "by the detector, each checked in pixel space)")
     record = {
         "name": b.root.name, "label": f"trained bundle {b.root}", "n_train": result.n_train, "n_synthetic": result.n_synthetic,
         "n_copies": result.n_copies, "n_memorized": result.n_memorized, "synthetic_copy_rate": result.synthetic_copy_rate,
         "synthetic_copy_rate_ci": list(result.synthetic_copy_rate_ci), "memorized_fraction": result.memorized_fraction,
         "memorized_fraction_ci": list(result.memorized_fraction_ci), "threshold": result.threshold,
         "quality": quality.to_dict(), "n_confirmed": n_conf, "confirmed_copy_rate": n_conf / max(1, result.n_synthetic),
-        "confirmed_copy_rate_ci": rate_ci(n_conf, result.n_synthetic, seed), "copies": confirmed, "verdict": verdict,
+        "n_missed_by_scan": sum(c["confirmed"] and not c["flagged"] for c in confirmed),
+        "confirmed_copy_rate_ci": rate_ci(n_conf, result.n_synthetic, seed), "copies": confirmed,
         "report_link": os.path.relpath(report["report_path"], out_dir),
     }
+    record["verdict"] = ("generator not converged: the copy rate says nothing about privacy" if not quality.converged
+                         else confirmed_text(record))
     headline, exit_code = make_headline([record], control, "bundle", int(steps) if steps is not None else None)
     h_nn, _ = pixel_nearest(held_arr, train_arr)
     margin = {"holdout_median": float(np.median(h_nn)), "holdout_max": float(h_nn.max()), "convergence_margin": CONVERGENCE_MARGIN}
