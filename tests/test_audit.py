@@ -136,5 +136,6 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
                                    "checked in pixel space; 1 more found by the pixel check of every sample)")
     lines, code = make_headline([rec], {"by_kind": {}}, "cpu")
     assert code == 0 and "mitigated 67% of samples are copies" in lines[0]
-    assert any(line.startswith("mitigated: 1 sample the scan did not flag is closer in pixels") for line in lines)
+    assert any(line.startswith("mitigated: 1 sample the scan did not flag is closer in pixels") and "counted as a copy:"
+               in line for line in lines)
     assert not any("no closer in pixels" in line for line in lines)  # the flagged one was confirmed

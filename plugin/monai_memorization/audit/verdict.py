@@ -52,8 +52,8 @@ def make_headline(
         if missed:
             lines.append(
                 f"{r['name']}: {missed} sample{'s' if missed != 1 else ''} the scan did not flag {'are' if missed != 1 else 'is'} "
-                "closer in pixels to a training image than any new patient is; counted as copies (the scan misses "
-                "copies like these: look at them in the audit's record)."
+                f"closer in pixels to a training image than any new patient is, and counted as {'copies' if missed != 1 else 'a copy'}: "
+                "the scan misses copies like these (listed with flagged: false under copies in audit.json)."
             )
     if ok:
         parts = [

@@ -93,7 +93,9 @@ def write_audit_report(path: str | os.PathLike, audit: Mapping[str, Any], images
         "threshold (95th percentile of the training images' correlation to their nearest held-out image). A verdict is given "
         "only when the generator has learned its data: the samples' median nearest-training pixel correlation comes within "
         f"{a['margin']['convergence_margin']} of the held-out images'. A flagged copy is <i>confirmed</i> when its pixel "
-        "correlation to its training image is higher than that of any held-out image to any training image.</p>",
+        "correlation to its training image is higher than that of any held-out image to any training image. Every other "
+        "sample is checked against its nearest training image in pixels: above the same bar, it is a copy the scan "
+        "missed, and it is counted.</p>",
         "<h2>Configurations side by side</h2>",
         _config_rows(list(a["configs"])),
         "<h2>Margin between a new patient and a copy (pixel space)</h2>",
