@@ -114,3 +114,17 @@ def test_validation_benchmark_real_3d_crops_are_distinct_left_hemisphere_mni_cro
     assert len(copies) == 2 * len(set(kinds)) and set(sources) <= set(range(10))
     exact = copies[[i for i, k in enumerate(kinds) if k == "exact"]]
     assert all(any(np.array_equal(e, t) for t in train) for e in exact)
+
+
+def test_pixel_side_cutoff_is_the_second_highest_novel_score_and_exact_copies_pass_it():
+    """The cut-off diagnostic (bench_detector_real_cutoff.py) on the test split at 32x32: at most 1% of the novel
+    images lie above the cut-off, the novel images are listed highest first, and exact copies all pass."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from bench_detector_real_cutoff import pixel_side
+
+    r = pixel_side("test", size=32, top=4)
+    scores = [max(t["z_pixel"], t["z_aligned"]) for t in r["top"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 4
+    assert r["n_novel"] > 100 and r["cut"] == pytest.approx(scores[1])  # 1% of >100 novel images: one above the cut
+    assert r["per_kind"]["exact"] == 1.0 and 0.0 <= min(r["per_kind"].values()) and 0.0 < r["in_dist_tpr"] <= 1.0
+    assert all(t["nearest"].startswith(("coronal", "sagittal")) for t in r["top"])
