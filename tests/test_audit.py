@@ -105,7 +105,11 @@ def test_quality_tells_a_learned_generator_from_noise():
     pairs = [{"is_copy": True, "train_index": i, "synthetic_id": f"s{i}", "train_id": f"t{i}"} for i in range(6)]
     pairs[5] = {"is_copy": True, "train_index": 0, "synthetic_id": "s5", "train_id": "t0"}  # a wrong match
     checked = confirm_copies(pairs, copies, train, good.pixel_nn_holdout_max)
-    assert [c["confirmed"] for c in checked] == [True] * 5 + [False]
+    assert [c["confirmed"] for c in checked] == [True] * 6  # the wrong match falls back to the nearest in pixels
+    assert [c["train_id"] for c in checked] == ["t0", "t1", "t2", "t3", "t4", "train_00005"]
+    flagged_noise = confirm_copies(pairs, np.concatenate([copies[:5], noise[:1]]), train, good.pixel_nn_holdout_max)
+    assert [c["confirmed"] for c in flagged_noise] == [True] * 5 + [False]  # a flagged non-copy is set aside
+    assert flagged_noise[5]["train_id"] == "t0" and flagged_noise[5]["flagged"]
 
 
 def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
@@ -139,3 +143,10 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
     assert any(line.startswith("mitigated: 1 sample the scan did not flag is closer in pixels") and "counted as a copy:"
                in line for line in lines)
     assert not any("no closer in pixels" in line for line in lines)  # the flagged one was confirmed
+    # 4 flagged, 1 of them confirmed, 3 missed copies: the 3 flags set aside are still reported
+    lines, _ = make_headline([{**rec, "n_copies": 4, "n_confirmed": 4, "n_missed_by_scan": 3, "n_synthetic": 8}],
+                             {"by_kind": {}}, "cpu")
+    assert any(line.startswith("mitigated: 3 of 4 samples the scan flagged are no closer") for line in lines)
+    # not converged: no missed-copy line beside "the copy rate says nothing about privacy"
+    lines, code = make_headline([{**rec, "quality": {"converged": False}}], {"by_kind": {}}, "cpu")
+    assert code == 3 and not any("did not flag" in line for line in lines)

@@ -188,7 +188,8 @@ def test_training_transform_caches_preprocessing_and_views_match_tracked_ones(tr
 
 def test_untracked_compose_from_two_threads_keeps_tracking_off_inside_and_restores_it():
     """Overlapping calls (a ThreadDataLoader) share MONAI's one tracking switch: each runs untracked to its end,
-    and the setting is restored when the last one finishes, whichever finishes first."""
+    and the setting is restored when the last one finishes. The first call to start finishes first, the order in
+    which a per-call save-and-restore would leave tracking off for good."""
     import threading
     import time
 
@@ -196,9 +197,10 @@ def test_untracked_compose_from_two_threads_keeps_tracking_off_inside_and_restor
 
     from monai_memorization.detection.augment import UntrackedCompose
 
-    barrier, seen = threading.Barrier(2), {}
+    barrier, inside, seen = threading.Barrier(2, timeout=10), threading.Event(), {}
 
     def probe(d):
+        inside.set()
         barrier.wait()  # both calls are inside
         if d["name"] == "late":
             time.sleep(0.2)  # finishes after the other call has returned
@@ -207,10 +209,12 @@ def test_untracked_compose_from_two_threads_keeps_tracking_off_inside_and_restor
 
     aug = UntrackedCompose([probe])
     assert get_track_meta() is True
-    threads = [threading.Thread(target=aug, args=({"name": n},)) for n in ("early", "late")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    early = threading.Thread(target=aug, args=({"name": "early"},))
+    late = threading.Thread(target=aug, args=({"name": "late"},))
+    early.start()
+    assert inside.wait(10)  # the early call is inside before the late one starts
+    late.start()
+    for t in (early, late):
+        t.join(20)
     assert seen == {"early": False, "late": False}
     assert get_track_meta() is True

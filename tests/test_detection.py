@@ -253,3 +253,16 @@ def test_no_copies_is_not_reported_as_certainty():
               "confirmed_copy_rate": 0.0, "confirmed_copy_rate_ci": rate_ci(0, 32), "synthetic_copy_rate": 0.0}
     lines, code = make_headline([record], {"by_kind": {}}, "cpu")
     assert code == 0 and "mitigated 0% of samples are copies (95% CI 0-11%;" in lines[0]
+
+
+def test_difference_of_two_rates_has_newcombes_interval_and_does_not_collapse():
+    """Newcombe (1998), method 10, his worked example: 56/70 - 48/80 = 0.2, 95% CI 0.0524 to 0.3339. And 4 of 4
+    against 0 of 4 is an interval, not the point a bootstrap of the counts gives."""
+    from monai_memorization.detection.intervals import difference_ci
+    from monai_memorization.study.summary import diff_ci
+
+    d, lo, hi = difference_ci(56, 70, 48, 80)
+    assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)
+    d, lo, hi = diff_ci(4, 4, 0, 4)
+    assert d == 1.0 and 0.2 < lo < 0.5 and hi == 1.0
+    assert all(np.isnan(difference_ci(1, 0, 1, 4)))

@@ -91,6 +91,11 @@ def test_smoke_study_end_to_end_then_resume(tmp_path, capfd):
     result.write_text(json.dumps(rec))
     with pytest.raises(DataValidationError, match="was made with other settings"):
         run_study(SMOKE, out, progress=False)
+    rec["spec"]["length"] = s["configs"][0]["spec"]["length"]
+    del rec["n_missed_by_scan"]  # a result from before every sample was checked in pixels counts copies differently
+    result.write_text(json.dumps(rec))
+    with pytest.raises(DataValidationError, match="was made before every sample was checked in pixels"):
+        run_study(SMOKE, out, progress=False)
 
 
 def test_study_datalist_rejects_too_few(tmp_path, xr_datalist):

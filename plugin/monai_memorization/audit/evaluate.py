@@ -76,7 +76,8 @@ def evaluate_samples(
     quality = generator_quality(train_arr, holdout_arr, synth_arr, features, feature_network)
     r = run_scan(list(train_items), list(holdout_items), synth, detector, out_dir / f"report_{name}", percentile=percentile,
                  modality=modality, run_name=f"scan_{name}", progress=progress, seed=seed, **(scan_options or {}))
-    confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max)
+    confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max,
+                               train_ids=[m["train_id"] for m in r.memorized])
     n_conf = sum(x["confirmed"] for x in confirmed)
     n_missed = sum(x["confirmed"] and not x["flagged"] for x in confirmed)
     record = {

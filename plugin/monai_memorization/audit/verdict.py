@@ -43,13 +43,14 @@ def make_headline(
         lines.append(f"The detector missed planted copies of kind {', '.join(missed)}: copies of that kind can go unseen.")
     for r in records:
         missed = int(r.get("n_missed_by_scan", 0))
-        unconfirmed = r["n_copies"] - (r["n_confirmed"] - missed)
-        if r["quality"]["converged"] and unconfirmed > r["n_confirmed"]:
+        flagged_confirmed = r["n_confirmed"] - missed
+        unconfirmed = r["n_copies"] - flagged_confirmed
+        if r["quality"]["converged"] and unconfirmed > flagged_confirmed:
             lines.append(
                 f"{r['name']}: {unconfirmed} of {r['n_copies']} samples the scan flagged are no closer in pixels to their "
                 "training image than new patients are; they are not counted as copies (see the pairs in the scan report)."
             )
-        if missed:
+        if missed and r["quality"]["converged"]:
             lines.append(
                 f"{r['name']}: {missed} sample{'s' if missed != 1 else ''} the scan did not flag {'are' if missed != 1 else 'is'} "
                 f"closer in pixels to a training image than any new patient is, and counted as {'copies' if missed != 1 else 'a copy'}: "
@@ -104,6 +105,7 @@ def finish_parent(uri: str, parent: str | None, records: list[dict], exit_code: 
             n = r["name"]
             for k in ("synthetic_copy_rate", "confirmed_copy_rate", "memorized_fraction", "n_confirmed"):
                 client.log_metric(parent, f"{n}_{k}", float(r[k]))
+            client.log_metric(parent, f"{n}_n_missed_by_scan", float(r.get("n_missed_by_scan", 0)))
             for k in ("pixel_nn_synthetic", "pixel_nn_holdout", "fid_synthetic", "ms_ssim_synthetic"):
                 if r["quality"].get(k) is not None:
                     client.log_metric(parent, f"{n}_{k}", float(r["quality"][k]))

@@ -22,6 +22,7 @@ bench_detector_real.md``). Each is a MONAI dictionary transform; set its probabi
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Sequence
 
@@ -120,6 +121,18 @@ class UntrackedCompose(mt.Compose):
                 cls._active -= 1
                 if cls._active == 0:
                     set_track_meta(cls._previous)
+
+
+def _untracked_after_fork() -> None:
+    # a child forked while another thread was inside a call runs none of those calls: restore the setting there
+    if UntrackedCompose._active:
+        UntrackedCompose._active = 0
+        set_track_meta(UntrackedCompose._previous)
+    UntrackedCompose._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_untracked_after_fork)
 
 
 def contrastive_augmentations(

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["binomial_ci", "bootstrap_ci", "widen_to_binomial"]
+__all__ = ["binomial_ci", "bootstrap_ci", "difference_ci", "widen_to_binomial"]
 
 
 def binomial_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -85,3 +85,28 @@ def widen_to_binomial(ci: tuple[float, float], k: int, n: int) -> tuple[float, f
         return (lo, hi)
     b_lo, b_hi = binomial_ci(k, n)
     return (min(lo, b_lo), max(hi, b_hi))
+
+
+def difference_ci(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """The difference of two fractions ``k1/n1 - k2/n2`` with Newcombe's hybrid score interval (his method 10).
+
+    It combines the two Wilson score intervals (``scipy.stats.binomtest``) and, unlike a bootstrap of the counts,
+    does not collapse to a point at 0 of n or n of n (4 of 4 against 0 of 4: 0.31 to 1, not 1 to 1).
+
+    Args:
+        k1, n1: the first count and its trials.
+        k2, n2: the second.
+        confidence: confidence level.
+
+    Returns:
+        ``(difference, low, high)``; NaNs when a count has no trials.
+    """
+    if int(n1) <= 0 or int(n2) <= 0:
+        return (float("nan"), float("nan"), float("nan"))
+    p1, p2 = int(k1) / int(n1), int(k2) / int(n2)
+    w1 = stats.binomtest(int(k1), int(n1)).proportion_ci(confidence_level=confidence, method="wilson")
+    w2 = stats.binomtest(int(k2), int(n2)).proportion_ci(confidence_level=confidence, method="wilson")
+    d = p1 - p2
+    low = d - float(np.sqrt((p1 - w1.low) ** 2 + (w2.high - p2) ** 2))
+    high = d + float(np.sqrt((w1.high - p1) ** 2 + (p2 - w2.low) ** 2))
+    return (d, max(-1.0, low), min(1.0, high))

@@ -24,9 +24,10 @@ generator has learned its data, in pixel space and independently of the copy det
 * **diversity** -- the mean MS-SSIM (``MultiScaleSSIMMetric``) over pairs of synthetic samples,
   against the same figure for pairs of training images (higher means less diverse).
 
-:func:`confirm_copies` checks the detector's flagged copies in pixel space: a flagged copy is
-*confirmed* when its pixel correlation to the training image it was matched to is higher than that
-of any held-out image to any training image -- closer than any new patient ever came.
+:func:`confirm_copies` checks every sample in pixel space: a sample is a *confirmed* copy when its pixel
+correlation to a training image (the one the scan matched it to, else its nearest in pixels) is higher than that
+of any held-out image to any training image -- closer than any new patient ever came. A confirmed sample the
+scan did not flag is a copy the scan missed.
 """
 
 from __future__ import annotations
@@ -196,9 +197,11 @@ def confirm_copies(
 ) -> list[dict]:
     """Check every synthetic sample in pixel space, independently of the detector.
 
-    A flagged sample is confirmed when its pixel correlation to the training image the scan matched it with is above
-    ``holdout_max`` (closer than any new patient is to any training image). A sample the scan did not flag is
-    checked against its nearest training image in pixels: above the same bar, it is a copy the scan missed.
+    A sample is a confirmed copy when its pixel correlation to a training image is above ``holdout_max`` (closer than
+    any new patient is to any training image). A flagged sample is checked against the training image the scan
+    matched it with, then, if that fails, against its nearest training image in pixels (the scan may have matched the
+    wrong one); a sample the scan did not flag is checked against its nearest training image: above the bar, it is a
+    copy the scan missed.
 
     Args:
         pairs: the scan's pairs (``is_copy``, ``train_index``), one per synthetic sample, in the
@@ -206,27 +209,31 @@ def confirm_copies(
         synthetic: ``[S, *spatial]`` synthetic images.
         train: ``[N, *spatial]`` training images in the scan's order.
         holdout_max: the highest pixel correlation of any held-out image to any training image.
-        train_ids: the training images' ids, to name the match of a missed copy (default: the pairs' ids, else the
-            index).
+        train_ids: the training images' ids in that order (the scan's ``memorized`` entries carry them), to name a match
+            the scan did not make (default: the pairs' ids, else ``train_<index>`` as the scan names them).
 
     Returns:
         one dict per flagged sample and per missed copy: ``synthetic_id``, ``train_id``, ``pixel_correlation`` (to the
         matched training image), ``confirmed`` (above ``holdout_max``) and ``flagged`` (by the scan).
     """
+    synthetic, train = np.asarray(synthetic), np.asarray(train)
     bar = holdout_max + CONFIRM_MARGIN
-    ids = {int(p["train_index"]): p.get("train_id") for p in pairs}
+    known = {int(p["train_index"]): p.get("train_id") for p in pairs}
+
+    def name(j: int) -> str:
+        return str(train_ids[j]) if train_ids is not None else str(known.get(j) or f"train_{j:05d}")
+
+    near_r, near_j = pixel_nearest(synthetic, train) if len(pairs) else (np.zeros(0), np.zeros(0, int))
     out = []
-    unflagged = [i for i, p in enumerate(pairs) if not p.get("is_copy")]
-    near = pixel_nearest(synthetic[unflagged], train) if unflagged else (np.zeros(0), np.zeros(0, int))
-    missed = {i: (float(c), int(j)) for i, c, j in zip(unflagged, *near) if c > bar}
     for i, p in enumerate(pairs):
-        if p.get("is_copy"):
+        flagged = bool(p.get("is_copy"))
+        r, tid = float("nan"), ""
+        if flagged:
             r = float((_rows(synthetic[i : i + 1]) @ _rows(train[int(p["train_index"])][None]).T)[0, 0])
-            out.append({"synthetic_id": p["synthetic_id"], "train_id": p["train_id"], "pixel_correlation": r,
-                        "confirmed": bool(r > bar), "flagged": True})
-        elif i in missed:
-            r, j = missed[i]
-            tid = train_ids[j] if train_ids is not None else (ids.get(j) or str(j))
-            out.append({"synthetic_id": p["synthetic_id"], "train_id": tid, "pixel_correlation": r, "confirmed": True,
-                        "flagged": False})
+            tid = str(p["train_id"])
+        if not r > bar and near_r[i] > bar:  # not confirmed against the scan's match: the nearest image in pixels
+            r, tid = float(near_r[i]), name(int(near_j[i]))
+        if flagged or r > bar:
+            out.append({"synthetic_id": p["synthetic_id"], "train_id": tid, "pixel_correlation": r,
+                        "confirmed": bool(r > bar), "flagged": flagged})
     return out

@@ -61,7 +61,8 @@ DEFINITIONS = {
     "training_copied_fraction": "number of distinct training samples that are the nearest match of at least one "
     "copy / N_train (at most memorized_fraction)",
     "confidence_interval": "percentile bootstrap 95% interval; training samples (and with them the threshold) "
-    "and synthetic samples resampled independently",
+    "and synthetic samples resampled independently; widened to contain the exact binomial (Clopper-Pearson) "
+    "interval of the count",
 }
 
 

@@ -10,7 +10,7 @@
 # limitations under the License.
 """The study's figures (matplotlib, Agg): copy rate along training, against data size, quality against copies, factors.
 
-Every rate is drawn with its 95% bootstrap interval as an error bar.
+Every rate is drawn with its 95% interval as an error bar (the confirmed-copy rate's: exact binomial).
 """
 
 from __future__ import annotations

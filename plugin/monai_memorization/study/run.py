@@ -188,6 +188,9 @@ def run_study(
             rec = json.loads(result.read_text())
             if rec.get("spec") != spec:
                 raise DataValidationError(f"{result}: was made with other settings than {c['name']} now has; use a new --out")
+            if "n_missed_by_scan" not in rec:
+                raise DataValidationError(f"{result}: was made before every sample was checked in pixels, so its copy "
+                                          "count is not comparable with new ones; use a new --out")
             say(f"[{i}/{len(configs)}] {c['name']}: done earlier ({rec['confirmed_copy_rate']:.0%} confirmed copies), kept")
             records.append(rec)
             continue

@@ -11,10 +11,11 @@
 """The study's results: a table (CSV and Markdown), the directions it tests with 95% CIs, and figures.
 
 Directions are the study's claims (Dar et al.): each compares two configurations that differ in one factor.
-A direction is *reproduced* when the 95% bootstrap interval of the difference lies on the claimed side of
+A direction is *reproduced* when the 95% interval of the difference lies on the claimed side of
 0, *refuted* when it lies on the other side, and *inconclusive* otherwise. Copy rates are the confirmed
-copy rate (flagged by the detector and closer in pixels than any new patient); quality is the FID of the
-samples' features against the training images' (lower is better), its interval from resampling samples.
+copy rate (closer in pixels to a training image than any new patient, flagged by the detector or not), their
+difference's interval Newcombe's (it does not collapse at 0 of n); quality is the FID of the samples' features
+against the training images' (lower is better), its interval from a bootstrap of the samples.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ import numpy as np
 
 __all__ = ["summarise", "directions", "diff_ci"]
 
-_B = 2000
 
 
 def diff_ci(k1: int, n1: int, k2: int, n2: int, seed: int = 0) -> tuple[float, float, float]:
-    """Difference of two fractions ``k1/n1 - k2/n2`` with its percentile-bootstrap 95% interval."""
-    rng = np.random.default_rng(seed)
-    d = rng.binomial(n1, k1 / n1, _B) / n1 - rng.binomial(n2, k2 / n2, _B) / n2
-    return k1 / n1 - k2 / n2, float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+    """Difference of two fractions ``k1/n1 - k2/n2`` with its 95% interval (Newcombe's hybrid score interval:
+    :func:`~monai_memorization.detection.intervals.difference_ci`; ``seed`` is unused)."""
+    from monai_memorization.detection.intervals import difference_ci
+
+    return difference_ci(k1, n1, k2, n2)
 
 
 def _fid_diff_ci(a: Path, b: Path, train_features: np.ndarray, seed: int = 0, n_boot: int = 200) -> tuple[float, float, float]:

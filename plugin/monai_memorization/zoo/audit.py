@@ -173,7 +173,8 @@ def audit_bundle(
     result = scan(ref, synthetic, seed=seed)
     train_arr, held_arr, synth_arr = _to(train.images, shape), _to(held.images, shape), _to(synthetic, shape)
     quality = generator_quality(train_arr, held_arr, synth_arr, diversity=False)
-    confirmed = confirm_copies(result.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max)
+    confirmed = confirm_copies(result.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max,
+                               train_ids=[m["train_id"] for m in result.memorized])
     n_conf = sum(c["confirmed"] for c in confirmed)
     report = write_scan_report(result, out_dir / "report", {
         "detector": str(detector), "detector_sha256": det.config.get("sha256"), "modality": mod, "spatial_size": list(shape),
