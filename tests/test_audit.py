@@ -150,3 +150,24 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
     # not converged: no missed-copy line beside "the copy rate says nothing about privacy"
     lines, code = make_headline([{**rec, "quality": {"converged": False}}], {"by_kind": {}}, "cpu")
     assert code == 3 and not any("did not flag" in line for line in lines)
+
+
+def test_a_rate_within_chance_says_so():
+    """With 24 held-out images a new image that copies nothing passes the pixel bar with probability 1/25: 1 copy of
+    32 (95% CI 0-16%) is within chance and the headline says so; 13 of 32 (24-59%) is not."""
+    from monai_memorization.audit.verdict import chance_line, make_headline, rate_ci
+
+    def rec(name, k):
+        return {"name": name, "quality": {"converged": True}, "n_copies": k, "n_confirmed": k, "n_synthetic": 32,
+                "n_holdout": 24, "confirmed_copy_rate": k / 32, "confirmed_copy_rate_ci": rate_ci(k, 32),
+                "synthetic_copy_rate": k / 32}
+
+    lines, code = make_headline([rec("prone", 13), rec("mitigated", 1)], {"by_kind": {}}, "cpu")
+    assert code == 0 and lines[0].startswith("Verdict backed by evidence")
+    assert lines[1:] == ["mitigated: 3% is within chance: a new image that copies nothing is closer in pixels to some "
+                         "training image than all 24 held-out images are with probability about 4% (1 in 25), inside "
+                         "this rate's 95% interval."]
+    assert chance_line(rec("prone", 13)) == "" and chance_line({**rec("mitigated", 1), "n_holdout": 0}) == ""
+    # no verdict (smoke), no chance line either
+    lines, code = make_headline([rec("mitigated", 1)], {"by_kind": {}}, "smoke")
+    assert code == 3 and not any("within chance" in line for line in lines)

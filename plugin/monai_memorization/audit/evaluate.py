@@ -85,6 +85,7 @@ def evaluate_samples(
         "synthetic_copy_rate": r.synthetic_copy_rate, "synthetic_copy_rate_ci": list(r.synthetic_copy_rate_ci),
         "memorized_fraction": r.memorized_fraction, "memorized_fraction_ci": list(r.memorized_fraction_ci),
         "threshold": r.threshold, "quality": quality.to_dict(), "n_confirmed": n_conf, "n_missed_by_scan": n_missed,
+        "n_holdout": len(holdout_items),
         "confirmed_copy_rate": n_conf / max(1, r.n_synthetic), "confirmed_copy_rate_ci": rate_ci(n_conf, r.n_synthetic, seed),
         "copies": confirmed, "report_link": os.path.relpath(r.report_path, out_dir),
     }

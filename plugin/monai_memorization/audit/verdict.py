@@ -63,7 +63,30 @@ def make_headline(
             f"{100 * r['synthetic_copy_rate']:.0f}% flagged by the scan)" for r in records
         ]
         lines.insert(0, "Verdict backed by evidence (generators converged, every planted kind found): " + "; ".join(parts) + ".")
+        lines += [line for line in (chance_line(r) for r in records) if line]
     return lines, 0 if ok else EXIT_INCONCLUSIVE
+
+
+def chance_line(rec: dict) -> str:
+    """A line when a configuration's confirmed-copy rate is within what chance gives, else "".
+
+    The pixel bar is the highest pixel correlation of any of the ``m`` held-out images to any training image. A new
+    image that copies nothing, exchangeable with the held-out ones, lies above it with probability ``1 / (m + 1)``
+    (about 4% with 24 held-out images). A rate whose 95% interval reaches that level is not evidence of copying.
+
+    Args:
+        rec: the configuration's record (``n_holdout``, ``confirmed_copy_rate``, ``confirmed_copy_rate_ci``).
+
+    Returns:
+        the line, or ``""`` (no held-out count, or a rate above chance).
+    """
+    m = int(rec.get("n_holdout") or 0)
+    ci = rec.get("confirmed_copy_rate_ci") or [float("nan")]
+    if m <= 0 or not ci[0] <= 1.0 / (m + 1):
+        return ""
+    return (f"{rec['name']}: {100 * rec['confirmed_copy_rate']:.0f}% is within chance: a new image that copies nothing "
+            f"is closer in pixels to some training image than all {m} held-out images are with probability about "
+            f"{100 / (m + 1):.0f}% (1 in {m + 1}), inside this rate's 95% interval.")
 
 
 def confirmed_text(rec: dict) -> str:

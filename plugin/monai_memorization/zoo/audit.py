@@ -200,7 +200,7 @@ def audit_bundle(
         "synthetic_copy_rate_ci": list(result.synthetic_copy_rate_ci), "memorized_fraction": result.memorized_fraction,
         "memorized_fraction_ci": list(result.memorized_fraction_ci), "threshold": result.threshold,
         "quality": quality.to_dict(), "n_confirmed": n_conf, "confirmed_copy_rate": n_conf / max(1, result.n_synthetic),
-        "n_missed_by_scan": sum(c["confirmed"] and not c["flagged"] for c in confirmed),
+        "n_missed_by_scan": sum(c["confirmed"] and not c["flagged"] for c in confirmed), "n_holdout": len(held_arr),
         "confirmed_copy_rate_ci": rate_ci(n_conf, result.n_synthetic, seed), "copies": confirmed,
         "report_link": os.path.relpath(report["report_path"], out_dir),
     }
