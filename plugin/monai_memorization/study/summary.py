@@ -30,7 +30,6 @@ import numpy as np
 __all__ = ["summarise", "directions", "diff_ci"]
 
 
-
 def diff_ci(k1: int, n1: int, k2: int, n2: int, seed: int = 0) -> tuple[float, float, float]:
     """Difference of two fractions ``k1/n1 - k2/n2`` with its 95% interval (Newcombe's hybrid score interval:
     :func:`~monai_memorization.detection.intervals.difference_ci`; ``seed`` is unused)."""
