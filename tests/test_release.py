@@ -58,7 +58,9 @@ def test_filter_leaves_out_exactly_the_flagged_files_and_manifest_verifies(scann
     summary = json.loads((root / "report" / "report.json").read_text())
     assert m["threshold"] == summary["threshold"] and m["detector_sha256"] == summary["detector_sha256"]
     assert m["score"] == summary["score"] == "hybrid" and m["rule"].startswith("a sample is released when its hybrid")
-    assert m["counts"] == {"synthetic": 6, "released": res.n_released, "excluded": res.n_excluded}
+    assert m["counts"] == {"synthetic": 6, "released": res.n_released, "excluded": res.n_excluded,
+                           "excluded_above_pixel_bar_only": 0}
+    assert m["pixel_bar"] == summary["pixel_bar"] and "above pixel_bar" in m["rule"]
     assert verify_manifest(out, report=root / "report")["counts"] == m["counts"]
     # SHA256SUMS works with coreutils alone
     if shutil.which("sha256sum"):
@@ -225,3 +227,97 @@ def test_filter_refuses_a_sample_changed_since_the_scan(scanned, tmp_path):
     with pytest.raises(ReleaseError, match="changed since the scan"):
         filter_release(changed, report, tmp_path / "release")
     assert not (tmp_path / "release").exists()
+
+
+def test_scan_marks_samples_above_the_pixel_bar(scanned, xr_datalist):
+    """The hybrid scan's pixel bar is the closest any held-out image comes to a training image, in the scan's pixels."""
+    import numpy as np
+
+    from monai_memorization.audit.steps import load_arrays
+    from monai_memorization.data.datalist import load_datalist, read_datalist
+    from monai_memorization.detection.quality import pixel_nearest
+
+    root, syn, copies, novel = scanned
+    summary = json.loads((root / "report" / "report.json").read_text())
+    pairs = {Path(p["synthetic_path"]).name: p for p in json.loads((root / "report" / "pairs.json").read_text())}
+    meta = read_datalist(xr_datalist)
+    arrays = {k: load_arrays(load_datalist(xr_datalist, k), meta["modality"], list(meta["shape"])) for k in ("training", "holdout")}
+    held_nn, _ = pixel_nearest(arrays["holdout"], arrays["training"])
+    assert summary["pixel_bar"] == pytest.approx(float(held_nn.max()), abs=1e-4) and summary["pixel_bar"] < 0.999
+    assert "pixel_bar" in summary["definitions"] and summary["n_pixel_only"] == 0
+    for name in copies:  # exact copies: pixel correlation 1, above the bar
+        assert pairs[name]["pixel_correlation"] == pytest.approx(1.0, abs=1e-4) and pairs[name]["above_pixel_bar"] is True
+    for name in novel:  # noise is nowhere near
+        assert pairs[name]["above_pixel_bar"] is False and pairs[name]["pixel_correlation"] < summary["pixel_bar"]
+    assert all(p["above_pixel_bar"] == (p["pixel_correlation"] > summary["pixel_bar"] + 1e-5) for p in pairs.values())
+    assert np.isfinite(summary["pixel_bar"])
+
+
+def test_filter_withholds_a_sample_above_the_pixel_bar_that_the_score_missed(scanned, tmp_path, capsys):
+    """A copy the score did not flag (is_copy false) but closer in pixels than any held-out image is not released."""
+    from monai_memorization.cli import main
+    from monai_memorization.release_manifest import PIXEL_REASON
+
+    root, syn, copies, novel = scanned
+    report = tmp_path / "report"
+    shutil.copytree(root / "report", report)
+    pairs = json.loads((report / "pairs.json").read_text())
+    missed = next(p for p in pairs if Path(p["synthetic_path"]).name == copies[0])
+    missed["is_copy"] = False  # as if the score had missed it; it stays above the pixel bar
+    (report / "pairs.json").write_text(json.dumps(pairs))
+
+    res = filter_release(syn, report, tmp_path / "rel")
+    assert copies[0] in res.excluded and res.pixel_only == [copies[0]]
+    assert not (tmp_path / "rel" / copies[0]).exists() and sorted(res.released) == sorted(novel)
+    m = verify_manifest(tmp_path / "rel", report=report)
+    assert m["counts"]["excluded_above_pixel_bar_only"] == 1
+    row = next(r for r in m["excluded"] if r["file"] == copies[0])
+    assert row["reason"] == PIXEL_REASON and row["pixel_correlation"] == pytest.approx(1.0, abs=1e-4)
+
+    def release_it(m):  # a manifest that releases it does not verify against the report
+        m["excluded"] = [r for r in m["excluded"] if r["file"] != copies[0]]
+        m["released"].append({"file": copies[0], "correlation": 0.0, "files": []})
+        m["counts"].update(released=len(m["released"]), excluded=len(m["excluded"]))
+
+    main(["filter", "--synthetic", str(syn), "--report", str(report), "--out", str(tmp_path / "rel2")])
+    assert "1 of them not flagged but closer in pixels than any held-out image" in capsys.readouterr().out
+    _tamper(tmp_path / "rel2", release_it)
+    with pytest.raises(ReleaseError, match="released although the scan report leaves it out .closer in pixels"):
+        verify_manifest(tmp_path / "rel2", report=report)
+
+
+def test_a_scan_whose_score_misses_copies_still_marks_and_withholds_them(xr_datalist, tmp_path, monkeypatch):
+    """End to end, with the hybrid threshold pushed out of reach: no sample is flagged, yet the exact copies lie above
+    the pixel bar; the report names them, shows them for inspection and the release gate leaves them out."""
+    from monai_memorization.api import run_scan
+    from monai_memorization.detection.calibrate import HybridScore
+    from monai_memorization.report.writer import summary_line
+
+    init = HybridScore.__init__
+
+    def unreachable(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.threshold = 1e6
+
+    monkeypatch.setattr(HybridScore, "__init__", unreachable)
+    det = tiny_detector(xr_datalist, tmp_path / "detector")
+    syn, copies, novel = copy_and_novel_folder(xr_datalist, tmp_path / "synthetic", novel_kind="noise")
+    r = run_scan(xr_datalist, xr_datalist, syn, det, tmp_path / "report", log_to_mlflow=False, progress=False, n_bootstrap=0)
+    assert r.n_copies == 0 and r.n_pixel_only == len(copies) == 3
+    rows = {Path(p["synthetic_path"]).name: p for p in r.pairs}
+    assert all(rows[c]["above_pixel_bar"] and rows[c]["pixel_train_id"] == rows[c]["train_id"] for c in copies)
+    assert not any("pixel_train_id" in rows[n] for n in novel)
+    assert "3 more sample(s) not flagged are closer in pixels" in summary_line(r)
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert summary["n_pixel_only"] == 3
+    with open(tmp_path / "report" / "pairs.csv") as f:  # every row under one header, the column empty where absent
+        import csv
+
+        table = list(csv.DictReader(f))
+    assert sorted(t["synthetic_id"] for t in table if t["pixel_train_id"]) == sorted(Path(c).stem for c in copies)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "closer in pixels to a training image than any held-out image" in html and "3 (pixel bar r = " in html
+
+    res = filter_release(syn, tmp_path / "report", tmp_path / "rel")
+    assert sorted(res.pixel_only) == sorted(res.excluded) == sorted(copies) and sorted(res.released) == sorted(novel)
+    verify_manifest(tmp_path / "rel", report=tmp_path / "report")

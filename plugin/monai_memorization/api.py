@@ -60,16 +60,20 @@ class CheckResult(ScanResult):
 
 
 def _montage(ref: Any, synthetic: ImageSet, result: ScanResult, top_k: int) -> list[dict]:
-    """The ``top_k`` flagged pairs, both images preprocessed as the detector saw them."""
+    """The ``top_k`` flagged pairs, then those above the pixel bar only, both images preprocessed as the detector saw them."""
     chain = ref.detector.preprocessing()
     flagged = sorted((i for i, p in enumerate(result.pairs) if p["is_copy"]), key=lambda i: -result.pairs[i]["correlation"])
+    pixel_only = sorted((i for i, p in enumerate(result.pairs) if "pixel_train_index" in p),
+                        key=lambda i: -result.pairs[i]["pixel_correlation"])
     rows = []
-    for i in flagged[: max(0, top_k)]:
+    for i in (flagged + pixel_only)[: max(0, top_k)]:
         p = result.pairs[i]
+        j, tid = p.get("pixel_train_index", p["train_index"]), p.get("pixel_train_id", p["train_id"])
         rows.append({
             "synthetic": np.asarray(chain(dict(synthetic.items[i]))["image"]),
-            "train": np.asarray(chain(dict(ref.train.items[p["train_index"]]))["image"]),
-            "correlation": p["correlation"], "synthetic_id": p["synthetic_id"], "train_id": p["train_id"],
+            "train": np.asarray(chain(dict(ref.train.items[j]))["image"]),
+            "correlation": p["correlation"], "synthetic_id": p["synthetic_id"], "train_id": tid,
+            "pixel_only": "pixel_train_index" in p,
             **{k: p[k] for k in ("detector_correlation", "pixel_correlation", "aligned_correlation") if k in p},
         })
     return rows

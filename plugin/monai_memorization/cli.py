@@ -244,7 +244,8 @@ class Commands:
     def filter(self, synthetic: str, report: str, out: str, progress: bool = True) -> str:
         """Release gate: copy only the synthetic samples the scan did not flag, with a verifiable manifest.
 
-        Writes OUT/manifest.json (sha256 per released file, threshold, detector checkpoint hash,
+        With the hybrid score it also leaves out samples closer in pixels to a training image than any held-out
+        image came. Writes OUT/manifest.json (sha256 per released file, threshold, detector checkpoint hash,
         counts, excluded files) and OUT/SHA256SUMS. A reviewer checks a release with
         ``python -m monai_memorization.release verify OUT --report REPORT`` (or ``sha256sum -c SHA256SUMS``).
 
@@ -263,7 +264,9 @@ class Commands:
         return (
             "".join(f"WARNING: {w}; " for w in r.warnings)
             + f"{r.out_dir}: released {r.n_released} of {r.n_released + r.n_excluded} samples, left out {r.n_excluded} "
-            f"copies (threshold {r.threshold:.4f}); manifest: {r.manifest_path}"
+            f"copies (threshold {r.threshold:.4f}"
+            + (f"; {len(r.pixel_only)} of them not flagged but closer in pixels than any held-out image" if r.pixel_only else "")
+            + f"); manifest: {r.manifest_path}"
         )
 
     def check(

@@ -13,7 +13,11 @@
 :func:`filter_release` reads a scan report (the folder written by ``monai-memorization scan`` /
 :func:`monai_memorization.detection.scan.run_scan`, or its ``report.json``), matches every image in
 the synthetic folder to its row in the report's ``pairs.json``, and copies the samples whose
-``is_copy`` is false into the output folder together with
+``is_copy`` is false into the output folder. With the hybrid score a sample the score did not flag is
+left out all the same when it is closer in pixels to a training sample than any held-out image came
+(``above_pixel_bar``; :func:`~monai_memorization.release_manifest.left_out`): a new image of a new patient
+lies above that bar with probability about 1/(m+1) for m held-out images, the price of not releasing a copy
+the score missed. The release holds
 
 * ``manifest.json`` -- what was released and why: the sha256 and size of every released file,
   the threshold and percentile, the detector checkpoint and its sha256, the sha256 of the report
@@ -47,8 +51,10 @@ from monai_memorization.release_manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     MANIFEST_VERSION,
+    PIXEL_REASON,
     SUMS_NAME,
     ReleaseError,
+    left_out,
     load_report,
     verify_manifest,
 )
@@ -76,6 +82,7 @@ class ReleaseResult:
         manifest_path: its ``manifest.json``.
         released: names (relative to ``out_dir``) of the released samples.
         excluded: names (relative to the synthetic folder) of the samples left out as copies.
+        pixel_only: those of ``excluded`` the score did not flag, left out for lying above the scan's pixel bar.
         threshold: the correlation threshold the report used.
         warnings: what the scan report said its evidence lacks (an under-trained detector, overlapping
             sets); also in the manifest as ``scan_warnings`` and on the CLI line.
@@ -86,6 +93,7 @@ class ReleaseResult:
     manifest_path: str
     released: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    pixel_only: list[str] = field(default_factory=list)
     threshold: float = float("nan")
     warnings: list[str] = field(default_factory=list)
     detector_sha256: str | None = None
@@ -215,9 +223,10 @@ def filter_release(
             iterator = tqdm(entries, desc="release", unit="file", leave=False)
         for entry in iterator:
             row = matched[entry]
-            corr = row.get("correlation")
-            if row["is_copy"]:
-                excluded_rows.append({"file": entry.name, "correlation": corr, "reason": "copy of a training sample"})
+            corr, reason = row.get("correlation"), left_out(row)
+            if reason:
+                excluded_rows.append({"file": entry.name, "correlation": corr, "reason": reason,
+                                      **({"pixel_correlation": row["pixel_correlation"]} if "pixel_correlation" in row else {})})
                 continue
             dest = tmp / entry.name
             if entry.is_dir():
@@ -236,6 +245,7 @@ def filter_release(
                 sums.append(f"{digest}  {rel}")
             released_rows.append({"file": entry.name, "correlation": corr, "files": files})
         detector_sha = summary.get("detector_sha256")
+        pixel_only = [r["file"] for r in excluded_rows if r["reason"] == PIXEL_REASON]
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
@@ -244,7 +254,10 @@ def filter_release(
                      "pixel correlations to the nearest training sample, each in standard deviations of its held-out calibration)"
                      if summary.get("score") == "hybrid" else "a sample is released when the Pearson correlation "
                      "(detector embeddings) to its nearest training sample")
-            + " is not above the threshold; samples above it are copies and are left out",
+            + " is not above the threshold; samples above it are copies and are left out"
+            + ("; so is a sample whose pixel correlation to its nearest training sample is above pixel_bar, the closest "
+               "any held-out sample came to a training sample" if summary.get("pixel_bar") is not None else ""),
+            "pixel_bar": summary.get("pixel_bar"),
             "score": summary.get("score", "detector"),
             "source": str(synthetic_dir.resolve()),
             "report": str(folder.resolve()),
@@ -255,7 +268,8 @@ def filter_release(
             "detector_sha256": detector_sha,
             # what the scan said its own evidence lacks (an under-trained detector, overlapping sets)
             "scan_warnings": warnings,
-            "counts": {"synthetic": len(entries), "released": len(released_rows), "excluded": len(excluded_rows)},
+            "counts": {"synthetic": len(entries), "released": len(released_rows), "excluded": len(excluded_rows),
+                       "excluded_above_pixel_bar_only": len(pixel_only)},
             "released": released_rows,
             "excluded": excluded_rows,
         }
@@ -270,6 +284,7 @@ def filter_release(
         manifest_path=str((out_dir / MANIFEST_NAME).resolve()),
         released=[r["file"] for r in released_rows],
         excluded=[r["file"] for r in excluded_rows],
+        pixel_only=pixel_only,
         threshold=float(summary["threshold"]),
         detector_sha256=detector_sha,
         warnings=warnings,

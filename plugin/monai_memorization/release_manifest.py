@@ -13,7 +13,7 @@
 :func:`verify_manifest` re-checks a release folder made by
 :func:`monai_memorization.release.filter_release`: every listed file exists with the listed hash,
 no unlisted file is present, no excluded file slipped in, the counts add up, and (given the
-report) every released file was scanned and not flagged, under the same threshold and detector.
+report) every released file was scanned and not left out (:func:`left_out`), under the same threshold and detector.
 A reviewer runs it as ``python -m monai_memorization.release verify OUT [--report REPORT]``.
 """
 
@@ -27,7 +27,8 @@ from typing import Any
 from monai_memorization.errors import MemorizationError
 from monai_memorization.io import file_sha256
 
-__all__ = ["MANIFEST_NAME", "SUMS_NAME", "MANIFEST_FORMAT", "MANIFEST_VERSION", "ReleaseError", "load_report", "verify_manifest"]
+__all__ = ["MANIFEST_NAME", "SUMS_NAME", "MANIFEST_FORMAT", "MANIFEST_VERSION", "ReleaseError", "PIXEL_REASON", "load_report",
+           "left_out", "verify_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
@@ -37,6 +38,28 @@ MANIFEST_VERSION = 1
 
 class ReleaseError(MemorizationError):
     """The release cannot be made or does not verify (the message is the one line a user sees)."""
+
+
+#: why a sample above the scan's pixel bar is left out although its score did not flag it
+PIXEL_REASON = "closer in pixels to a training sample than any held-out image came (not flagged by the score)"
+
+
+def left_out(row: dict) -> str | None:
+    """Why the release gate leaves a scan report row's sample out, or None to release it.
+
+    A sample is left out when the scan flags it (``is_copy``), or when it lies above the scan's pixel bar
+    (``above_pixel_bar``, hybrid score): its pixel correlation to a training sample is higher than any held-out
+    image's, so it is closer than any new patient came, whatever the score says.
+
+    Args:
+        row: a row of the report's ``pairs.json``.
+
+    Returns:
+        the reason, or None.
+    """
+    if row["is_copy"]:
+        return "copy of a training sample"
+    return PIXEL_REASON if row.get("above_pixel_bar") is True else None
 
 
 def load_report(report: str | os.PathLike) -> tuple[dict, list[dict], Path]:
@@ -73,6 +96,8 @@ def load_report(report: str | os.PathLike) -> tuple[dict, list[dict], Path]:
         for key in ("synthetic_path", "synthetic_id", "synthetic_sha256"):
             if row.get(key) is not None and not isinstance(row[key], str):
                 raise ReleaseError(f"{pairs_path}: row {i}'s '{key}' is {row[key]!r}, not a string")
+        if row.get("above_pixel_bar") is not None and not isinstance(row["above_pixel_bar"], bool):
+            raise ReleaseError(f"{pairs_path}: row {i}'s 'above_pixel_bar' is {row['above_pixel_bar']!r}, not true or false")
         corr = row.get("correlation")
         if corr is not None and (isinstance(corr, bool) or not isinstance(corr, (int, float))):
             raise ReleaseError(f"{pairs_path}: row {i}'s 'correlation' is {corr!r}, not a number")
@@ -114,7 +139,7 @@ def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None
     sha256 and size; ``SHA256SUMS`` agrees with the manifest; no file is present that the manifest
     does not list; no excluded sample is present; the counts add up. With ``report``: the report
     files have the hashes recorded in the manifest, every released sample is a row of the report
-    with ``is_copy`` false, every excluded one is flagged, and threshold and detector agree.
+    that :func:`left_out` releases, every excluded one is left out by it, and threshold and detector agree.
 
     Args:
         out_dir: the release folder.
@@ -179,7 +204,7 @@ def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None
 
 
 def _check_against_report(manifest: dict, out_dir: Path, report: str | os.PathLike) -> None:
-    """The manifest's decisions are the scan report's: same report files, detector and threshold, same flags."""
+    """The manifest's decisions are the scan report's: same report files, detector and threshold, same decisions."""
     summary, pairs, folder = load_report(report)
     recorded = manifest.get("report_sha256") or {}
     if not isinstance(recorded, dict) or not all(isinstance(k, str) and k in ("report.json", "pairs.json") for k in recorded):
@@ -191,18 +216,18 @@ def _check_against_report(manifest: dict, out_dir: Path, report: str | os.PathLi
         raise ReleaseError(f"{folder}: detector sha256 differs from the manifest's")
     if summary.get("threshold") != manifest.get("threshold"):
         raise ReleaseError(f"{folder}: threshold {summary.get('threshold')} differs from the manifest's {manifest.get('threshold')}")
-    flags: dict[str, bool] = {}
+    reason: dict[str, str | None] = {}
     scanned_sha: dict[str, str] = {}
     for row in pairs:
         name = Path(row.get("synthetic_path") or row.get("synthetic_id")).name
-        flags[name] = row["is_copy"]
+        reason[name] = left_out(row)
         if row.get("synthetic_sha256"):
             scanned_sha[name] = row["synthetic_sha256"]
     for r in manifest.get("released", []):
-        if r["file"] not in flags:
+        if r["file"] not in reason:
             raise ReleaseError(f"{out_dir / r['file']}: released but not in the scan report {folder}")
-        if flags[r["file"]]:
-            raise ReleaseError(f"{out_dir / r['file']}: released although the scan report flags it as a copy")
+        if reason[r["file"]]:
+            raise ReleaseError(f"{out_dir / r['file']}: released although the scan report leaves it out ({reason[r['file']]})")
         files = r.get("files", [])
         # content, not names: a released file must be the very bytes that were scanned
         if r["file"] in scanned_sha and len(files) == 1 and files[0].get("sha256") != scanned_sha[r["file"]]:
@@ -211,5 +236,5 @@ def _check_against_report(manifest: dict, out_dir: Path, report: str | os.PathLi
                 "under this name"
             )
     for r in manifest.get("excluded", []):
-        if not flags.get(r["file"], False):
-            raise ReleaseError(f"{r['file']}: excluded although the scan report does not flag it")
+        if not reason.get(r["file"]):
+            raise ReleaseError(f"{r['file']}: excluded although the scan report neither flags it nor puts it above the pixel bar")

@@ -26,7 +26,10 @@ pixel correlation misses. With ``score="hybrid"`` the scan
   the same maximum over the calibration samples, so the false-positive budget covers both spaces at once.
 
 Scores are in standard deviations above a new patient's typical closeness, not correlations; each pair also
-carries ``detector_correlation``, ``pixel_correlation`` and ``aligned_correlation``. Measured figures:
+carries ``detector_correlation``, ``pixel_correlation`` and ``aligned_correlation``. A sample whose plain pixel
+correlation is above :attr:`HybridReference.pixel_bar` (the closest any held-out image came to any training image) is
+marked ``above_pixel_bar``: closer than any new patient came. The score may still not flag it (the threshold is a
+percentile of the largest of three standardised scores); the release gate withholds it all the same. Measured figures:
 ``scripts/benchmarks/results/bench_detector_validation.md`` (3D phantoms) and ``bench_detector_real.md`` (real MR).
 """
 
@@ -112,6 +115,8 @@ class HybridReference:
         score: the calibrated :class:`HybridScore` (``threshold``, ``calibration``).
         shape: the pixel images' spatial shape (``train_pix`` rows are these images, flattened).
         search: the registration search of the aligned pixel correlation.
+        pixel_bar: the highest pixel correlation of any held-out image to any training image (closer than that, a
+            sample is closer than any new patient came; the release gate withholds it even when the score does not flag it).
     """
 
     pixels: Detector
@@ -119,6 +124,7 @@ class HybridReference:
     score: HybridScore = dataclasses.field(repr=False)
     shape: tuple[int, ...] = ()
     search: AlignSearch = dataclasses.field(default_factory=AlignSearch)
+    pixel_bar: float = float("nan")
 
     def images(self, pix: np.ndarray) -> np.ndarray:
         """Pixel vectors ``[n, P]`` as images ``[n, *shape]``."""
@@ -164,6 +170,7 @@ def prepare_hybrid(det: Detector, train: Any, holdout: Any, det_calibration: np.
                                          progress=det.progress)
     ref.score = HybridScore({"detector": np.asarray(det_calibration), "pixel": pix_calibration,
                              "aligned": ali_calibration}, percentile=percentile)
+    ref.pixel_bar = float(np.max(pix_calibration)) if len(pix_calibration) else float("nan")
     return ref
 
 
@@ -178,11 +185,11 @@ def hybrid_near(near: dict[str, dict], score: HybridScore) -> dict:
     Returns:
         the same keys as ``near["detector"]`` (scores in calibration standard deviations, indices of the winning
         space), plus ``s_det``/``s_pix``/``s_ali`` (each synthetic sample's nearest-training correlation in each
-        space).
+        space) and ``s_pix_idx`` (its nearest training sample in pixels).
     """
     det = near["detector"]
     out = {"s_view": det["s_view"], "s_det": det["s_corr"], "s_pix": near["pixel"]["s_corr"],
-           "s_ali": near["aligned"]["s_corr"]}
+           "s_pix_idx": near["pixel"]["s_idx"], "s_ali": near["aligned"]["s_corr"]}
     for side in ("s", "t"):
         z = np.stack([(near[n][f"{side}_corr"] - score.mean[n]) / score.std[n] for n in score.names])
         win = z.argmax(axis=0)

@@ -280,10 +280,20 @@ def _scan_hybrid(ref: Reference, synthetic: Any, synth_emb: np.ndarray, items: l
                        ref.hybrid.score)
     result = scan_scores(near, ref.hybrid.score.calibration, ref.percentile, ref.threshold, list(ref.train.items), items,
                          n_bootstrap, seed, len(ref.holdout.items), ref.views)
-    for pair, det_corr, pix_corr, ali_corr in zip(result.pairs, near["s_det"], near["s_pix"], near["s_ali"]):
+    from monai_memorization.detection.quality import CONFIRM_MARGIN
+    from monai_memorization.detection.scan import _train_fields
+
+    bar = ref.hybrid.pixel_bar
+    for pair, det_corr, pix_corr, pix_idx, ali_corr in zip(result.pairs, near["s_det"], near["s_pix"], near["s_pix_idx"],
+                                                           near["s_ali"]):
         pair["detector_correlation"], pair["pixel_correlation"] = float(det_corr), float(pix_corr)
         pair["aligned_correlation"] = float(ali_corr)
-    result.score = "hybrid"
+        pair["above_pixel_bar"] = bool(pix_corr > bar + CONFIRM_MARGIN)  # closer than any held-out image came
+        if pair["above_pixel_bar"] and not pair["is_copy"]:  # the training sample it is that close to, to inspect
+            pair["pixel_train_index"] = int(pix_idx)
+            pair["pixel_train_id"] = _train_fields(list(ref.train.items), int(pix_idx))["train_id"]
+    result.score, result.pixel_bar = "hybrid", float(bar)
+    result.n_pixel_only = sum(p["above_pixel_bar"] and not p["is_copy"] for p in result.pairs)
     return result
 
 

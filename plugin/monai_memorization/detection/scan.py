@@ -90,6 +90,8 @@ class ScanResult:
         score: ``"detector"`` (correlations of detector embeddings) or ``"hybrid"`` (the largest of the detector's,
             the pixel and the aligned pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
         search: ``"exact"`` or the approximate index and the passes it served (``"ivf-flat (nprobe=..) for the scan"``).
+        pixel_bar, n_pixel_only: with the hybrid score, the highest held-out-to-training pixel correlation, and how many
+            samples the score did not flag lie above it (pairs: ``above_pixel_bar``; the release gate withholds them).
     """
 
     threshold: float
@@ -119,6 +121,8 @@ class ScanResult:
     score: str = "detector"
     search: str = "exact"
     subject_level: dict | None = None
+    pixel_bar: float | None = None
+    n_pixel_only: int = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-sample arrays), with the definitions and the headline's name.
@@ -138,6 +142,9 @@ class ScanResult:
                 f"{self.percentile:g}th percentile, over the training samples, of the largest of their detector, pixel and "
                 "aligned pixel correlations to the nearest held-out sample, each in standard deviations of its own held-out calibration")
             d["definitions"]["correlation"] = "hybrid score (standard deviations); detector_, pixel_ and aligned_correlation per pair"
+            d["definitions"]["pixel_bar"] = ("highest pixel correlation of a held-out sample to a training sample; a sample above "
+                                             "it (above_pixel_bar) is closer than any new patient came, flagged or not")
+        d["pixel_bar"] = _json_float(self.pixel_bar)
         return d
 
 

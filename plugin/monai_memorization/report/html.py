@@ -117,6 +117,10 @@ def write_html_report(
                 {"quantity": "threshold percentile", "value": s.get("percentile")},
                 {"quantity": "how precisely the held-out subjects pin down the threshold's false-positive rate",
                  "value": s.get("calibration_note") or "n/a (threshold given)"},
+                {"quantity": "samples not flagged, yet closer in pixels to a training image than any held-out image "
+                             "(withheld from a release)",
+                 "value": (f"{s.get('n_pixel_only', 0)} (pixel bar r = {s['pixel_bar']:.4f})" if s.get("pixel_bar") is not None
+                           else "n/a (detector score: no pixel check)")},
                 {"quantity": "N_train", "value": s.get("n_train")},
                 {"quantity": "N_holdout", "value": s.get("n_holdout")},
                 {"quantity": "N_synthetic", "value": s.get("n_synthetic")},

@@ -103,7 +103,8 @@ def plot_pair_montage(
 
     Args:
         pairs: dicts with ``synthetic`` and ``train`` (arrays, 2D or 3D), ``correlation`` and
-            optionally ``synthetic_id``/``train_id``. An empty list writes a "no flagged pairs" figure.
+            optionally ``synthetic_id``/``train_id`` and ``pixel_only`` (not flagged, above the pixel bar). An empty
+            list writes a "no flagged pairs" figure.
         path: PNG to write.
         title: figure title.
 
@@ -121,6 +122,8 @@ def plot_pair_montage(
         score = f"r = {p['correlation']:.4f}" if "pixel_correlation" not in p else (
             f"hybrid score {p['correlation']:.2f} (detector r = {p['detector_correlation']:.4f}, "
             f"pixels r = {p['pixel_correlation']:.4f}, aligned r = {p.get('aligned_correlation', float('nan')):.4f})")
+        if p.get("pixel_only"):
+            score += "\nnot flagged by the score; closer in pixels than any held-out image (withheld from a release)"
         ax.set_title(f"{ids}\n{score}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=100)

@@ -61,10 +61,11 @@ IMAGE_FILES = ("pairs.png", "report.html")
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
-    """Write ``rows`` (dicts with the same keys) as a CSV file with a header; an empty file for no rows."""
+    """Write ``rows`` as a CSV file with a header (every key of any row, in order of appearance; a row without a key
+    leaves its cell empty); an empty file for no rows."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         if rows:
-            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
             w.writeheader()
             w.writerows(rows)
 
@@ -134,7 +135,7 @@ def write_scan_report(
     summary.update(out_dir=str(out_dir.resolve()), report_path=str((out_dir / "report.html").resolve()), **context)
     try:
         (tmp / "report.json").write_text(json.dumps(summary, indent=2))
-        pair_rows = [{k: v for k, v in p.items() if k != "train_index"} for p in result.pairs]
+        pair_rows = [{k: v for k, v in p.items() if k not in ("train_index", "pixel_train_index")} for p in result.pairs]
         (tmp / "pairs.json").write_text(json.dumps(pair_rows, indent=1))
         write_csv(tmp / "pairs.csv", pair_rows)
         write_csv(tmp / "memorized.csv", [{k: v for k, v in m.items() if k != "synthetic_index"} for m in result.memorized])
@@ -167,6 +168,8 @@ def scan_metrics(result: ScanResult) -> dict[str, float]:
             metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = ci
     for name in ("n_copies", "n_memorized", "n_training_copied", "n_train", "n_holdout", "n_synthetic"):
         metrics[name] = getattr(result, name)
+    if getattr(result, "pixel_bar", None) is not None:  # the hybrid score's pixel bar and the samples above it only
+        metrics["pixel_bar"], metrics["n_pixel_only"] = result.pixel_bar, result.n_pixel_only
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -262,6 +265,8 @@ def summary_line(r: ScanResult) -> str:
         f"threshold {r.threshold:.4f}"
         + (f" ({r.calibration_note})" if getattr(r, "calibration_note", None) else "") + "; "
         + (f"APPROXIMATE search: {r.search}; " if getattr(r, "search", "exact") != "exact" else "")
+        + (f"{r.n_pixel_only} more sample(s) not flagged are closer in pixels to a training image than any held-out image "
+           f"(pixel bar r = {r.pixel_bar:.4f}; a release withholds them); " if getattr(r, "n_pixel_only", 0) else "")
         + (f"subject matches: {r.subject_level['n_subject_matches']}/{r.n_synthetic} synthetic images resemble one of "
            f"{r.subject_level['n_subjects_matched']} training subjects as a whole; " if getattr(r, "subject_level", None) else "")
         + f"report: {r.report_path}"
