@@ -52,6 +52,24 @@ def test_smoke_writes_both_split_tables(tmp_path):
     assert text.count("random held-out/novel partitions (") == 2
     assert text.count("The calibrated FPR against the number of held-out subjects (") == 2
     assert "| held-out slabs | held-out slices (mean) | FPR mean |" in text and "| detector alone: FPR mean |" in text
+    assert text.count("Release gate (hybrid: detector 4 steps") == 2 and "copies only the bar withholds:" in text
+
+
+def test_release_figures_count_what_only_the_pixel_bar_withholds():
+    """A copy below the hybrid threshold but above the pixel bar is withheld by the gate alone; a novel image likewise."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import numpy as np
+        from bench_detector_real import release_figures
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    kinds = np.array(["exact", "elastic", "elastic", "jpeg"])
+    h = {"novel": np.array([0.5, 2.5, 0.1, 0.2]), "copies": np.array([3.0, 1.0, 0.5, 0.4])}  # threshold 2.0
+    pix = {"novel": np.array([0.99, 0.5, 0.5, 0.5]), "copies": np.array([1.0, 0.97, 0.90, 0.96])}  # bar 0.95
+    r = release_figures(h, pix, kinds, 2.0, 0.95)
+    assert r["fpr_score"] == 0.25 and r["fpr_gate"] == 0.5 and r["added_novel"] == 1
+    assert r["added_copies"] == {"elastic": 1, "jpeg": 1}
+    assert r["tpr_gate"] == {"in-distribution": 2 / 3, "held-out kinds": 1.0}
 
 
 def test_partition_sweep_draws_whole_slabs_and_its_fpr_falls_with_more_held_out_subjects():

@@ -374,8 +374,9 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
                               extra=nn_corr(emb["holdout"], emb["training"], with_index=True)[1][:, None])[0]
     align_s = time.perf_counter() - t1
     hybrid = HybridScore({"detector": det_cal, "pixel": pix_cal, "aligned": ali_cal})
-    fig["hybrid"] = figures({k: hybrid.score({"detector": score[k], "pixel": pix[k], "aligned": ali[k]})
-                             for k in ("novel", "copies")}, data["kinds"], hybrid.threshold)
+    h_score = {k: hybrid.score({"detector": score[k], "pixel": pix[k], "aligned": ali[k]}) for k in ("novel", "copies")}
+    fig["hybrid"] = figures(h_score, data["kinds"], hybrid.threshold)
+    fig["hybrid"]["release"] = release_figures(h_score, pix, data["kinds"], hybrid.threshold, float(pix_cal.max()))
     if "ldm" in data["items"]:  # copies a memorizing generator made
         extra_scores(data, fig, emb, near, pix, ali, hybrid, thr)
     if args.partitions > 0:  # the calibrated FPR over random held-out/novel partitions
@@ -400,6 +401,25 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
                train_s=train_s, embed_s=time.perf_counter() - t0, final_loss=h["epoch_loss"],
                pos_neg=(h["mean_positive_similarity"], h["mean_negative_similarity"]))
     return fig
+
+
+def release_figures(h_score: dict, pix: dict, kinds: np.ndarray, thr: float, bar: float) -> dict:
+    """What the release gate withholds beyond the hybrid's flags: samples above the pixel bar (the highest
+    held-out-to-training pixel correlation, ``pixel_bar`` in the scan) that the calibrated threshold did not flag.
+
+    Returns:
+        ``{"pixel_bar", "fpr_score", "fpr_gate", "added_novel", "added_copies": {kind: n}, "tpr_gate": {group: TPR}}``.
+    """
+    above = {k: pix[k] > bar + 1e-5 for k in ("novel", "copies")}  # as the scan's above_pixel_bar
+    flag = {k: h_score[k] > thr for k in ("novel", "copies")}
+    added = above["copies"] & ~flag["copies"]
+    gate = flag["copies"] | above["copies"]
+    groups = {"in-distribution": np.isin(kinds, IN_KINDS), "held-out kinds": np.isin(kinds, HELD_KINDS),
+              "autoencoder": kinds == "autoencoder"}
+    return {"pixel_bar": bar, "fpr_score": float(flag["novel"].mean()),
+            "fpr_gate": float((flag["novel"] | above["novel"]).mean()), "added_novel": int((above["novel"] & ~flag["novel"]).sum()),
+            "added_copies": {k: int(added[kinds == k].sum()) for k in dict.fromkeys(kinds) if added[kinds == k].any()},
+            "tpr_gate": {g: float(gate[m].mean()) for g, m in groups.items() if m.any()}}
 
 
 def extra_scores(data: dict, fig: dict, emb: dict, near: dict, pix: dict, ali: dict, hybrid, thr: float) -> None:
@@ -482,7 +502,7 @@ def main(argv=None) -> str:
                         f = run_detector(data, steps, lr, args, aug)
                         print(f"[tune] aug {aug} steps {steps} lr {lr}: {json.dumps(f['groups'])} FPR "
                               f"{f['fpr_calibrated']:.3f} hybrid {json.dumps(f['hybrid']['groups'])} train "
-                              f"{f['train_s']:.0f} s", flush=True)
+                              f"{f['train_s']:.0f} s; release gate {json.dumps(f['hybrid']['release'])}", flush=True)
                         label = f"{steps} steps, lr {lr:g}" + ("" if aug == "default" else f", augmentations {aug}")
                         rows += [(f"detector {label}", f), (f"hybrid: detector {label} + pixels + aligned pixels", f["hybrid"])]
             best = max(rows, key=lambda r: rank(r[1]))[1]
@@ -493,8 +513,8 @@ def main(argv=None) -> str:
                                                                    args.score)
             data = prepare("test", vol, args, Path(tmp))
             f = run_detector(data, steps, lr, args, aug)
-            print(f"[test] steps {steps} lr {lr} aug {aug}: {json.dumps(f['groups'])} FPR {f['fpr_calibrated']:.3f}",
-                  flush=True)
+            print(f"[test] steps {steps} lr {lr} aug {aug}: {json.dumps(f['groups'])} FPR {f['fpr_calibrated']:.3f}; "
+                  f"release gate {json.dumps(f['hybrid']['release'])}", flush=True)
             label = f"{steps} steps, lr {lr:g}" + ("" if aug == "default" else f", augmentations {aug}")
             rows = [(f"detector {label}", f), (f"hybrid: detector {label} + pixels + aligned pixels", f["hybrid"]),
                     ("pixel correlation", data["pixel"])]

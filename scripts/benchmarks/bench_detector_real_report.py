@@ -75,6 +75,14 @@ def split_section(title: str, data: dict, rows: list) -> list:
     lines += ["", *table(rows), "", f"Per-kind TPR at the 1%-FPR cut-off ({title.split()[0]} split):", "",
               *kind_table(rows, "per_kind"), "", f"Per-kind TPR at the calibrated threshold ({title.split()[0]} split):",
               "", *kind_table(rows, "per_kind_calibrated"), ""]
+    for name, f in rows:  # the release gate: the hybrid's flags plus the samples above the pixel bar
+        if "release" in f:
+            r = f["release"]
+            lines += [f"Release gate ({name}): pixel bar {r['pixel_bar']:.4f}; novel images withheld "
+                      f"{100 * r['fpr_gate']:.1f}% (the score alone {100 * r['fpr_score']:.1f}%, {r['added_novel']} more "
+                      f"by the bar); copies withheld: " + ", ".join(f"{g} {v:.3f}" for g, v in r["tpr_gate"].items())
+                      + "; copies only the bar withholds: "
+                      + (", ".join(f"{k} {n}" for k, n in r["added_copies"].items()) or "none") + ".", ""]
     from bench_detector_real_ldm import report_lines  # the sibling file (run as a script)
 
     extra = [(n, f) for n, f in rows if "ldm" in f or "partitions" in f]
