@@ -144,7 +144,9 @@ def write_scan_report(
                                    result.percentile, title="Nearest-neighbour hybrid score" if hybrid else
                                    "Nearest-neighbour correlation", xlabel="hybrid score (standard deviations of the "
                                    "held-out calibration)" if hybrid else "Pearson correlation of embeddings")
-        plot_pair_montage(list(montage), tmp / "pairs.png")
+        plot_pair_montage(list(montage), tmp / "pairs.png", **(
+            {"title": "Flagged pairs, then samples closer in pixels than any held-out image (synthetic | nearest training)"}
+            if any(m.get("pixel_only") for m in montage) else {}))
         write_html_report(
             tmp / "report.html", summary, result.pairs, result.memorized,
             images={"Correlation histogram": tmp / "histogram.png", f"Top {len(montage)} flagged pairs": tmp / "pairs.png"},
