@@ -43,11 +43,14 @@ def trained(tmp_path_factory):
 
 
 def _pair_stats(encoder, x1, x2):
-    """Mean positive-pair and negative-pair correlation, and how often a view's nearest neighbour is its own sample."""
+    """Mean positive-pair and negative-pair correlation, and the retrieval AUC: how often a view correlates more with
+    its own sample's other view than with another sample's (averaged over views; 0.5 is chance). Top-1 accuracy moves
+    in steps of 1/24 here and tied the untrained encoder's on one machine; the AUC is not so coarse."""
     a, b = embed_tensor(encoder, x1), embed_tensor(encoder, x2)
     c = np.corrcoef(np.concatenate([a, b]))[: len(a), len(a) :]
     off = ~np.eye(len(c), dtype=bool)
-    return float(np.diag(c).mean()), float(c[off].mean()), float((c.argmax(1) == np.arange(len(c))).mean())
+    auc = np.mean([(c[i, off[i]] < c[i, i]).mean() for i in range(len(c))])
+    return float(np.diag(c).mean()), float(c[off].mean()), float(auc)
 
 
 def test_training_lowers_loss_and_separates_pairs(trained):
@@ -78,11 +81,11 @@ def test_training_lowers_loss_and_separates_pairs(trained):
     x1 = torch.stack([v["image"] for v in views])
     x2 = torch.stack([v["image_2"] for v in views])
     untrained = build_encoder(cfg["network"], **cfg["network_kwargs"]).eval()
-    pos, neg, acc = _pair_stats(enc, x1, x2)
-    pos0, neg0, acc0 = _pair_stats(untrained, x1, x2)
+    pos, neg, auc = _pair_stats(enc, x1, x2)
+    pos0, neg0, auc0 = _pair_stats(untrained, x1, x2)
     assert pos - neg > 0.1, (pos, neg)
     assert pos - neg > 3 * (pos0 - neg0), (pos, neg, pos0, neg0)
-    assert acc > acc0, (acc, acc0)
+    assert auc > auc0 + 0.05, (auc, auc0)  # measured here: 0.888 against 0.746
 
 
 def test_mlflow_run_content(trained):
