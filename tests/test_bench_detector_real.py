@@ -147,7 +147,6 @@ def test_pixel_side_cutoff_is_the_second_highest_novel_score_and_exact_copies_pa
     assert r["per_kind"]["exact"] == 1.0 and 0.0 <= min(r["per_kind"].values()) and 0.0 < r["in_dist_tpr"] <= 1.0
     assert all(t["nearest"].startswith(("coronal", "sagittal")) for t in r["top"])
     # the release gate's pixel bar: the highest held-out-to-training pixel correlation; exact copies lie above it,
-    # held-out kinds are counted too, and few novel images (a share of whole images) pass it
+    # held-out kinds are counted too, and few novel images pass it
     assert 0.5 < r["pixel_bar"] < 1.0 and r["above_bar"]["exact"] == 1.0 and "jpeg" in r["above_bar"]
-    n_above = r["novel_above_bar"] * r["n_novel"]
-    assert n_above == pytest.approx(round(n_above)) and r["novel_above_bar"] < 0.1
+    assert r["novel_above_bar"] < 0.1

@@ -277,7 +277,19 @@ def test_filter_withholds_a_sample_above_the_pixel_bar_that_the_score_missed(sca
     def release_it(m):  # a manifest that releases it does not verify against the report
         m["excluded"] = [r for r in m["excluded"] if r["file"] != copies[0]]
         m["released"].append({"file": copies[0], "correlation": 0.0, "files": []})
-        m["counts"].update(released=len(m["released"]), excluded=len(m["excluded"]))
+        m["counts"].update(released=len(m["released"]), excluded=len(m["excluded"]), excluded_above_pixel_bar_only=0)
+
+    _tamper(tmp_path / "rel", lambda m: m["counts"].update(excluded_above_pixel_bar_only=0))
+    with pytest.raises(ReleaseError, match="excluded_above_pixel_bar_only 0 does not match"):
+        verify_manifest(tmp_path / "rel")
+
+    def relabel(m):  # the counts agree, but the reason is not the report's
+        next(r for r in m["excluded"] if r["file"] == copies[0])["reason"] = "copy of a training sample"
+        m["counts"]["excluded_above_pixel_bar_only"] = 0
+
+    _tamper(tmp_path / "rel", relabel)
+    with pytest.raises(ReleaseError, match="but the scan report says"):
+        verify_manifest(tmp_path / "rel", report=report)
 
     main(["filter", "--synthetic", str(syn), "--report", str(report), "--out", str(tmp_path / "rel2")])
     assert "1 of them not flagged but closer in pixels than any held-out image" in capsys.readouterr().out

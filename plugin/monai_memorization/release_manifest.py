@@ -168,6 +168,10 @@ def verify_manifest(out_dir: str | os.PathLike, report: str | os.PathLike | None
         "synthetic"
     ) != len(released) + len(excluded):
         raise ReleaseError(f"{mpath}: counts {counts} do not match {len(released)} released and {len(excluded)} excluded entries")
+    if "excluded_above_pixel_bar_only" in counts and counts["excluded_above_pixel_bar_only"] != sum(
+            r.get("reason") == PIXEL_REASON for r in excluded):
+        raise ReleaseError(f"{mpath}: excluded_above_pixel_bar_only {counts['excluded_above_pixel_bar_only']} does not match "
+                           "the excluded entries' reasons")
     listed: dict[str, dict] = {}
     for r in released:
         for f in r.get("files", []):
@@ -236,5 +240,7 @@ def _check_against_report(manifest: dict, out_dir: Path, report: str | os.PathLi
                 "under this name"
             )
     for r in manifest.get("excluded", []):
+        if reason.get(r["file"]) and r.get("reason") != reason[r["file"]]:
+            raise ReleaseError(f"{r['file']}: excluded as {r.get('reason')!r} but the scan report says {reason[r['file']]!r}")
         if not reason.get(r["file"]):
             raise ReleaseError(f"{r['file']}: excluded although the scan report neither flags it nor puts it above the pixel bar")

@@ -283,7 +283,7 @@ def _scan_hybrid(ref: Reference, synthetic: Any, synth_emb: np.ndarray, items: l
     from monai_memorization.detection.quality import CONFIRM_MARGIN
     from monai_memorization.detection.scan import _train_fields
 
-    bar = ref.hybrid.pixel_bar
+    bar, train_items = ref.hybrid.pixel_bar, list(ref.train.items)
     for pair, det_corr, pix_corr, pix_idx, ali_corr in zip(result.pairs, near["s_det"], near["s_pix"], near["s_pix_idx"],
                                                            near["s_ali"]):
         pair["detector_correlation"], pair["pixel_correlation"] = float(det_corr), float(pix_corr)
@@ -291,7 +291,7 @@ def _scan_hybrid(ref: Reference, synthetic: Any, synth_emb: np.ndarray, items: l
         pair["above_pixel_bar"] = bool(pix_corr > bar + CONFIRM_MARGIN)  # closer than any held-out image came
         if pair["above_pixel_bar"] and not pair["is_copy"]:  # the training sample it is that close to, to inspect
             pair["pixel_train_index"] = int(pix_idx)
-            pair["pixel_train_id"] = _train_fields(list(ref.train.items), int(pix_idx))["train_id"]
+            pair["pixel_train_id"] = _train_fields(train_items, int(pix_idx))["train_id"]
     result.score, result.pixel_bar = "hybrid", float(bar)
     result.n_pixel_only = sum(p["above_pixel_bar"] and not p["is_copy"] for p in result.pairs)
     return result
