@@ -64,6 +64,11 @@ def test_nearest_training_sample_for_single_images(xr_datalist, tmp_path_factory
     cal = {"detector": scan_embeddings(tr, ho, tr[:1], n_bootstrap=0).calibration_corr,
            "pixel": scan_embeddings(tr_px, ho_px, tr_px[:1], n_bootstrap=0).calibration_corr, "aligned": ali}
     assert lookup.threshold == pytest.approx(HybridScore(cal).threshold, abs=1e-5)
+    # the scan's pixel bar: the closest any held-out image comes to a training image in plain pixels; the exact copy
+    # lies above it (a release withholds it whatever the score), the noise far below
+    ho_nn = (normalize_for_correlation(ho_px, "h") @ normalize_for_correlation(tr_px, "t").T).max()
+    assert hit["pixel_bar"] == miss["pixel_bar"] == pytest.approx(float(ho_nn), abs=1e-4) and hit["pixel_bar"] < 0.99
+    assert hit["above_pixel_bar"] is True and miss["above_pixel_bar"] is False
     assert list(lookup.scores([train[2]["image"], str(noise)])) == pytest.approx([hit["correlation"], miss["correlation"]], abs=1e-5)
 
 

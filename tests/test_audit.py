@@ -132,6 +132,14 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
     assert [(c["synthetic_id"], c["train_id"], c["confirmed"], c["flagged"]) for c in checked] == [
         ("s0", "t1", True, True), ("s1", "t3", True, False)]
     assert checked[1]["pixel_correlation"] > 0.999
+    assert [c["above_pixel_bar"] for c in checked] == [False, False]  # the pairs carry no scan pixel bar
+    from monai_memorization.audit.verdict import missed_counts
+
+    assert missed_counts(checked) == {"n_missed_by_scan": 1, "n_missed_by_release": 1}
+    pairs[1]["above_pixel_bar"] = True  # the hybrid scan marked it: the release gate withholds it
+    gated = confirm_copies(pairs, synth, train, bar, train_ids=[f"t{i}" for i in range(8)])
+    assert gated[1]["above_pixel_bar"] is True
+    assert missed_counts(gated) == {"n_missed_by_scan": 1, "n_missed_by_release": 0}
 
     rec = {"name": "mitigated", "quality": {"converged": True}, "n_copies": 1, "n_confirmed": 2, "n_missed_by_scan": 1,
            "n_synthetic": 3, "confirmed_copy_rate": 2 / 3, "confirmed_copy_rate_ci": rate_ci(2, 3),
@@ -143,6 +151,11 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
     assert any(line.startswith("mitigated: 1 sample the scan did not flag is closer in pixels") and "counted as a copy:"
                in line for line in lines)
     assert not any("no closer in pixels" in line for line in lines)  # the flagged one was confirmed
+    assert any(line.endswith("The release gate withholds 0 of 1 (above the scan's own pixel bar) and would ship 1.")
+               for line in lines)  # a record without the count: nothing known to be withheld
+    lines, _ = make_headline([{**rec, "n_missed_by_release": 0}], {"by_kind": {}}, "cpu")
+    assert any(line.endswith("The release gate withholds 1 of 1 (above the scan's own pixel bar) and would ship 0.")
+               for line in lines)
     # 4 flagged, 1 of them confirmed, 3 missed copies: the 3 flags set aside are still reported
     lines, _ = make_headline([{**rec, "n_copies": 4, "n_confirmed": 4, "n_missed_by_scan": 3, "n_synthetic": 8}],
                              {"by_kind": {}}, "cpu")

@@ -110,6 +110,38 @@ def test_mlflow_run_content(trained):
     assert client.list_artifacts(run.info.run_id, "detector") == [] and "train_source" not in run.data.params
 
 
+def test_long_runs_log_about_400_epochs(tmp_path):
+    """3600 one-step epochs: the log and MLflow get every 9th epoch's metrics and the last, not 3600 writes each."""
+    from types import SimpleNamespace
+
+    import mlflow
+    from ignite.engine import Engine, Events
+
+    from monai_memorization.engines.contrastive import LOG_POINTS, epoch_filter
+    from monai_memorization.engines.contrastive_handlers import mlflow_handler
+
+    def kept(epochs, keep):
+        engine = SimpleNamespace(state=SimpleNamespace(max_epochs=epochs))
+        return [e for e in range(1, epochs + 1) if keep(engine, e)]
+
+    assert LOG_POINTS == 400 and epoch_filter(400) is True  # short runs: every epoch, as before
+    every9 = kept(3600, epoch_filter(3600))
+    assert every9[:2] == [9, 18] and every9[-1] == 3600 and len(every9) == 400
+    every3 = kept(1001, epoch_filter(1001))
+    assert every3[:2] == [3, 6] and every3[-2:] == [999, 1001] and len(every3) == 334  # the last epoch always
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    handler = mlflow_handler(uri, "thinned", "r", {}, buffer_dir=tmp_path, epoch_log=epoch_filter(10, 4))
+    engine = Engine(lambda e, b: {"loss": 1.0})
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(epoch_loss=float(e.state.epoch)))
+    handler.attach(engine)
+    engine.run([0], max_epochs=10)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("thinned").experiment_id])[0]
+    assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch_loss")} == {
+        3: 3.0, 6: 6.0, 9: 9.0, 10: 10.0}
+
+
 def test_pearson_pair_similarities():
     z1 = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
     pos, neg = pearson_pair_similarities(z1, z1 * 2 + 1)

@@ -329,6 +329,14 @@ def test_a_scan_whose_score_misses_copies_still_marks_and_withholds_them(xr_data
     assert sorted(t["synthetic_id"] for t in table if t["pixel_train_id"]) == sorted(Path(c).stem for c in copies)
     html = (tmp_path / "report" / "report.html").read_text()
     assert "closer in pixels to a training image than any held-out image" in html and "3 (pixel bar r = " in html
+    assert "(3; a release withholds them)" in html  # listed in their own table, whatever their score
+
+    from dataclasses import fields
+
+    from monai_memorization.api import CheckResult
+
+    checked = CheckResult(**{f.name: getattr(r, f.name) for f in fields(r)})  # what check() returns
+    assert checked.copies == [] and sorted(Path(p["synthetic_path"]).name for p in checked.pixel_only) == sorted(copies)
 
     res = filter_release(syn, tmp_path / "report", tmp_path / "rel")
     assert sorted(res.pixel_only) == sorted(res.excluded) == sorted(copies) and sorted(res.released) == sorted(novel)

@@ -69,6 +69,18 @@ def test_html_report_is_self_contained_and_links_exist(tmp_path):
     assert "p&lt;7&gt;" in html and "p<7>" not in html  # escaped
     assert html.count('class="copy"') == 3  # the 5 highest rows shown, 3 of them copies
     assert "copies / N_synthetic" in html
+    assert "above_pixel_bar" not in html and "pixel-only" not in html  # a detector-score report has no pixel check
+
+    # the hybrid score: a sample the score did not flag but above the pixel bar is listed, whatever its score
+    for i, p in enumerate(pairs):
+        p.update(pixel_correlation=0.5 + i / 100, above_pixel_bar=i > 4)
+    pairs[0].update(pixel_correlation=0.99, above_pixel_bar=True, pixel_train_id="t-near")  # the lowest score
+    html = write_html_report(tmp_path / "hybrid.html", {**summary, "pixel_bar": 0.95, "n_pixel_only": 1}, pairs,
+                             max_rows=5).read_text()
+    assert "1 (pixel bar r = 0.9500)" in html and "<th>above_pixel_bar</th>" in html
+    section = html[html.index("id='pixel-only'"):]
+    assert "(1; a release withholds them)" in section and section.count("<tr") == 2  # header and the one row
+    assert "<td>s0</td><td>t-near</td><td>0.9900</td>" in section
 
 
 def test_preview_of_2d_shows_second_axis_as_rows():

@@ -58,6 +58,16 @@ class CheckResult(ScanResult):
         """The rows of :attr:`pairs` flagged as copies, highest correlation first."""
         return sorted((p for p in self.pairs if p["is_copy"]), key=lambda p: -p["correlation"])
 
+    @property
+    def pixel_only(self) -> list[dict]:
+        """The rows the score did not flag but that lie above the pixel bar (hybrid score only), closest first.
+
+        They are closer in plain pixels to a training image than any held-out image came; a release withholds them
+        along with :attr:`copies`. Each names that training image (``pixel_train_id``).
+        """
+        return sorted((p for p in self.pairs if p.get("above_pixel_bar") and not p["is_copy"]),
+                      key=lambda p: -p["pixel_correlation"])
+
 
 def _montage(ref: Any, synthetic: ImageSet, result: ScanResult, top_k: int) -> list[dict]:
     """The ``top_k`` flagged pairs, then those above the pixel bar only, both images preprocessed as the detector saw them."""

@@ -51,10 +51,13 @@ def make_headline(
                 "training image than new patients are; they are not counted as copies (see the pairs in the scan report)."
             )
         if missed and r["quality"]["converged"]:
+            released = int(r.get("n_missed_by_release", missed))
+            gate = (f" The release gate withholds {missed - released} of {missed} (above the scan's own pixel bar) and "
+                    f"would ship {released}.")
             lines.append(
                 f"{r['name']}: {missed} sample{'s' if missed != 1 else ''} the scan did not flag {'are' if missed != 1 else 'is'} "
                 f"closer in pixels to a training image than any new patient is, and counted as {'copies' if missed != 1 else 'a copy'}: "
-                "the scan misses copies like these (listed with flagged: false under copies in audit.json)."
+                "the score misses copies like these (listed with flagged: false under copies in audit.json)." + gate
             )
     if ok:
         parts = [
@@ -87,6 +90,22 @@ def chance_line(rec: dict) -> str:
     return (f"{rec['name']}: {100 * rec['confirmed_copy_rate']:.0f}% is within chance: a new image that copies nothing "
             f"is closer in pixels to some training image than all {m} held-out images are with probability about "
             f"{100 / (m + 1):.0f}% (1 in {m + 1}), inside this rate's 95% interval.")
+
+
+def missed_counts(confirmed: list[dict]) -> dict[str, int]:
+    """How many confirmed copies the scan's score did not flag, and how many of those a release would still ship.
+
+    Args:
+        confirmed: :func:`~monai_memorization.detection.quality.confirm_copies` rows (``confirmed``, ``flagged``,
+            ``above_pixel_bar``).
+
+    Returns:
+        ``n_missed_by_scan`` (confirmed, not flagged) and ``n_missed_by_release`` (of those, not above the scan's own
+        pixel bar either: the release gate would ship them).
+    """
+    missed = [c for c in confirmed if c["confirmed"] and not c["flagged"]]
+    return {"n_missed_by_scan": len(missed),
+            "n_missed_by_release": sum(not c.get("above_pixel_bar", False) for c in missed)}
 
 
 def confirmed_text(rec: dict) -> str:

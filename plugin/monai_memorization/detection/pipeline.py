@@ -333,9 +333,12 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
         correlation, or with the hybrid score its value, with ``detector_correlation``, ``pixel_correlation`` and
         ``aligned_correlation``; when a pixel space decides, its nearest training sample comes first in ``nearest``,
         with ``space: "pixel"`` or ``"aligned"``),
-        ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``.
+        ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``; with the hybrid score also ``pixel_bar`` and
+        ``above_pixel_bar`` (closer in plain pixels than any held-out image came: a release withholds it, flagged or
+        not).
     """
     from monai_memorization.detection.index import CorrelationIndex
+    from monai_memorization.detection.quality import CONFIRM_MARGIN
 
     query = ImageSet("query", tuple({"image": str(p)} for p in images))
     emb, _ = reference.detector.embed(query)
@@ -366,7 +369,9 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
         if hyb is not None:
             win = max(z, key=lambda n: z[n][q])
             rec.update(correlation=float(z[win][q]), detector_correlation=float(c_row[0]),
-                       pixel_correlation=float(spaces["pixel"][0][q]), aligned_correlation=float(spaces["aligned"][0][q]))
+                       pixel_correlation=float(spaces["pixel"][0][q]), aligned_correlation=float(spaces["aligned"][0][q]),
+                       pixel_bar=float(hyb.pixel_bar),
+                       above_pixel_bar=bool(spaces["pixel"][0][q] > hyb.pixel_bar + CONFIRM_MARGIN))
             if win != "detector":
                 first = row(reference.train.items[int(spaces[win][1][q])], spaces[win][0][q], win)
                 rest = [n for n in near if n["train_path"] != first["train_path"]]

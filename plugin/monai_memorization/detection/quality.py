@@ -214,7 +214,8 @@ def confirm_copies(
 
     Returns:
         one dict per flagged sample and per missed copy: ``synthetic_id``, ``train_id``, ``pixel_correlation`` (to the
-        matched training image), ``confirmed`` (above ``holdout_max``) and ``flagged`` (by the scan).
+        matched training image), ``confirmed`` (above ``holdout_max``), ``flagged`` (by the scan) and
+        ``above_pixel_bar`` (the scan's own pixel bar, which a release also withholds; False without one).
     """
     synthetic, train = np.asarray(synthetic), np.asarray(train)
     bar = holdout_max + CONFIRM_MARGIN
@@ -235,5 +236,6 @@ def confirm_copies(
             r, tid = float(near_r[i]), name(int(near_j[i]))
         if flagged or r > bar:
             out.append({"synthetic_id": p["synthetic_id"], "train_id": tid, "pixel_correlation": r,
-                        "confirmed": bool(r > bar), "flagged": flagged})
+                        "confirmed": bool(r > bar), "flagged": flagged,
+                        "above_pixel_bar": bool(p.get("above_pixel_bar", False))})
     return out

@@ -87,6 +87,27 @@ def pearson_pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch
     return sim[eye], sim[~eye]
 
 
+#: about how many epochs' metrics go to the log and to MLflow (every epoch up to this many, then evenly spaced, and
+#: always the last): a small data set's epoch is one step, and 3600 writes cost about half a minute on two cores
+LOG_POINTS = 400
+
+
+def epoch_filter(epochs: int, points: int = LOG_POINTS):
+    """An ignite event filter for about ``points`` of ``epochs`` epochs: every ``ceil(epochs / points)``-th and the last.
+
+    Args:
+        epochs: the run's epochs.
+        points: about how many to keep.
+
+    Returns:
+        ``(engine, epoch) -> bool``, or True (every epoch) when ``epochs <= points``.
+    """
+    every = -(-int(epochs) // max(1, int(points)))
+    if every <= 1:
+        return True
+    return lambda engine, epoch: epoch % every == 0 or epoch == engine.state.max_epochs
+
+
 class ContrastiveTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose iteration embeds a sample and its augmented view.
 
@@ -299,7 +320,7 @@ def train_detector(
     if len(items) < 2:
         raise DataValidationError(f"{source}: contrastive training needs at least 2 images, got {len(items)}")
 
-    from monai_memorization.detection.presets import detector_preset, steps_for_epochs
+    from monai_memorization.detection.presets import detector_preset, steps_for_epochs, steps_per_epoch
 
     settings = detector_preset(
         preset, spatial_dims, n_images=len(items), steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -364,12 +385,14 @@ def train_detector(
         params = {k: v for k, v in config.items() if k != "network_kwargs"}
         params["network_kwargs"] = json.dumps(kwargs, sort_keys=True)
         mlf = mlflow_handler(tracking_uri or default_tracking_uri(out.parent), experiment_name, run_name, params,
-                             mlflow_artifacts, allow_remote_tracking, buffer_dir=out.parent)
+                             mlflow_artifacts, allow_remote_tracking, buffer_dir=out.parent,
+                             epoch_log=epoch_filter(epochs, LOG_POINTS))
     every = histogram_every if histogram_every is not None else max(1, int(epochs) // 50)
     sim = SimilarityHistogramHandler(hist_dir, mlflow_handler=mlf, every=every)
     handlers.append(sim)
     handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))
-    handlers.append(StatsHandler(tag_name="loss", output_transform=lambda o: float(o["loss"]), iteration_log=False))
+    handlers.append(StatsHandler(tag_name="loss", output_transform=lambda o: float(o["loss"]), iteration_log=False,
+                                 epoch_log=epoch_filter(epochs, LOG_POINTS)))
     handlers.append(BatchNormRecalibrationHandler(DataLoader(ds, batch_size=bs, shuffle=False, num_workers=num_workers), net))
     # before the MLflow handler: its COMPLETED handler closes the run
     handlers.append(SaveDetectorHandler(out, net, config, mlflow_handler=mlf))
@@ -392,6 +415,9 @@ def train_detector(
     if progress:
         from ignite.handlers import ProgressBar
 
-        ProgressBar(persist=False).attach(trainer, output_transform=lambda o: {"loss": float(o["loss"])})
+        bar = {"output_transform": lambda o: {"loss": float(o["loss"])}}
+        if steps_per_epoch(len(items), bs) == 1:  # one bar over the epochs, not one bar of one step each epoch
+            bar.update(event_name=Events.EPOCH_COMPLETED, closing_event_name=Events.COMPLETED)
+        ProgressBar(persist=False).attach(trainer, **bar)
     trainer.run()
     return {"path": str(out), "config": config, "history": sim.history, "mlflow_run_id": run_ids[0] if run_ids else None}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,7 @@ def mlflow_handler(
     params: dict | None = None,
     mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
     buffer_dir: str | os.PathLike | None = None,
+    epoch_log: bool | Callable = True,
 ) -> SafeMLFlowHandler:
     """:class:`~monai_memorization.handlers.SafeMLFlowHandler` logging the epoch metrics (``epoch_loss`` among them).
 
@@ -271,6 +273,8 @@ def mlflow_handler(
         mlflow_artifacts: opt-in for private content (:func:`~monai_memorization.tracking.private_artifacts_allowed`).
         allow_remote_tracking: opt-in for sending more than aggregates to a remote store.
         buffer_dir: where ``mlflow_buffer.jsonl`` goes when the store fails (default: the store's folder).
+        epoch_log: log every epoch's metrics (True), or an ignite event filter ``(engine, epoch) -> bool`` choosing
+            the epochs.
 
     Returns:
         the handler (attach it to the trainer).
@@ -283,6 +287,7 @@ def mlflow_handler(
         output_transform=lambda out: {"loss": float(out["loss"])},
         tag_name="loss",
         iteration_log=False,
+        epoch_log=epoch_log,
         close_on_complete=True,
         mlflow_artifacts=mlflow_artifacts,
         allow_remote_tracking=allow_remote_tracking,

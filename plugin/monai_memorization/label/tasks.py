@@ -72,8 +72,9 @@ class MemorizationScoring(ScoringMethod):
 
     The info keys (flat, so a client can sort by them): ``memorization`` (the correlation; higher: closer to a
     training image), ``memorization_is_copy``, ``memorization_nearest`` (pseudonymous training ID
-    ``train-NNNN``), ``memorization_threshold``, ``memorization_ts`` and, with ``show_paths`` only,
-    ``memorization_nearest_path``.
+    ``train-NNNN``), ``memorization_threshold``, ``memorization_ts``, with the hybrid score ``memorization_above_pixel_bar``
+    (closer in plain pixels than any held-out image: a release withholds it even unflagged) and, with ``show_paths``
+    only, ``memorization_nearest_path``.
 
     Args:
         lookup: a :class:`NearestTrainingSample`.
@@ -93,10 +94,16 @@ class MemorizationScoring(ScoringMethod):
             info = {"memorization": res["correlation"], "memorization_is_copy": res["is_copy"],
                     "memorization_nearest": near["train_id"], "memorization_threshold": res["threshold"],
                     "memorization_ts": now}
+            if "above_pixel_bar" in res:  # hybrid score: closer in pixels than any new patient (a release withholds it)
+                info["memorization_above_pixel_bar"] = res["above_pixel_bar"]
             if self.lookup.show_paths:
                 info["memorization_nearest_path"] = near["train_path"]
             datastore.update_image_info(image_id, info)
-            results[image_id] = {"correlation": res["correlation"], "is_copy": res["is_copy"], "nearest": near["train_id"]}
+            results[image_id] = {"correlation": res["correlation"], "is_copy": res["is_copy"], "nearest": near["train_id"],
+                                 **({"above_pixel_bar": res["above_pixel_bar"]} if "above_pixel_bar" in res else {})}
         n_copies = sum(r["is_copy"] for r in results.values())
-        logger.info("memorization scoring: %d of %d images above the threshold %.4f", n_copies, len(results), self.lookup.threshold)
-        return {"scored": len(results), "copies": n_copies, "threshold": self.lookup.threshold, "images": results}
+        n_pixel_only = sum(r.get("above_pixel_bar", False) and not r["is_copy"] for r in results.values())
+        logger.info("memorization scoring: %d of %d images above the threshold %.4f, %d more above the pixel bar only",
+                    n_copies, len(results), self.lookup.threshold, n_pixel_only)
+        return {"scored": len(results), "copies": n_copies, "above_pixel_bar_only": n_pixel_only,
+                "threshold": self.lookup.threshold, "images": results}

@@ -56,7 +56,10 @@ def _config_rows(configs: list[Mapping[str, Any]]) -> str:
         ("confirmed copies (closer in pixels than any new patient: flagged, or found by the pixel check of every sample)",
          lambda c: f"<span class=big>{c['n_confirmed']}/{c['n_synthetic']} = {_pct(c['confirmed_copy_rate'])}</span>"
          f"{_ci(c.get('confirmed_copy_rate_ci'))}"
-         + (f"<br>{c['n_missed_by_scan']} not flagged by the scan" if c.get("n_missed_by_scan") else "")),
+         + (f"<br>{c['n_missed_by_scan']} not flagged by the scan" if c.get("n_missed_by_scan") else "")
+         + (f" ({c['n_missed_by_scan'] - c['n_missed_by_release']} withheld from a release by the pixel bar)"
+            if c.get("n_missed_by_scan") and c.get("n_missed_by_release", c["n_missed_by_scan"]) < c["n_missed_by_scan"]
+            else "")),
         ("threshold (detector correlation)", lambda c: _num(c["threshold"], "{:.4f}")),
         ("verdict", lambda c: html.escape(c["verdict"])),
         ("scan report", lambda c: f'<a href="{html.escape(c["report_link"])}">{html.escape(c["report_link"])}</a>'),

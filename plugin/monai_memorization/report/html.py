@@ -143,7 +143,16 @@ def write_html_report(
         parts.append(f"<h2>{html.escape(caption)}</h2>{_img(png, caption)}")
     top = sorted(pairs, key=lambda r: -float(r.get("correlation", 0.0)))[:max_rows]
     parts.append(f"<h2>Synthetic samples, highest correlation first (top {len(top)} of {len(pairs)})</h2>")
-    parts.append(_table(top, ["synthetic_id", "train_id", "train_subject", "correlation", "is_copy"], highlight="is_copy"))
+    hybrid = any("above_pixel_bar" in r for r in pairs)
+    cols = ["synthetic_id", "train_id", "train_subject", "correlation", "is_copy"]
+    parts.append(_table(top, cols + (["pixel_correlation", "above_pixel_bar"] if hybrid else []), highlight="is_copy"))
+    pixel_only = sorted((r for r in pairs if r.get("above_pixel_bar") and not r.get("is_copy")),
+                        key=lambda r: -float(r.get("pixel_correlation", 0.0)))[:max_rows]
+    if pixel_only:  # not flagged, but a release withholds them: listed whatever their score
+        parts.append(f"<h2 id='pixel-only'>Not flagged, but closer in pixels to a training image than any held-out image "
+                     f"({len(pixel_only)}; a release withholds them)</h2>")
+        parts.append(_table(pixel_only, ["synthetic_id", "pixel_train_id", "pixel_correlation", "correlation"],
+                            highlight="above_pixel_bar"))
     if memorized:
         topm = sorted(memorized, key=lambda r: -float(r.get("correlation", 0.0)))[:max_rows]
         parts.append(f"<h2>Training samples, highest correlation first (top {len(topm)} of {len(memorized)})</h2>")

@@ -38,7 +38,7 @@ import torch
 
 from monai_memorization.audit.run import AuditResult
 from monai_memorization.audit.steps import prepare_out, say
-from monai_memorization.audit.verdict import confirmed_text, make_headline, rate_ci
+from monai_memorization.audit.verdict import confirmed_text, make_headline, missed_counts, rate_ci
 
 __all__ = ["audit_bundle", "bundle_command"]
 
@@ -200,7 +200,8 @@ def audit_bundle(
         "synthetic_copy_rate_ci": list(result.synthetic_copy_rate_ci), "memorized_fraction": result.memorized_fraction,
         "memorized_fraction_ci": list(result.memorized_fraction_ci), "threshold": result.threshold,
         "quality": quality.to_dict(), "n_confirmed": n_conf, "confirmed_copy_rate": n_conf / max(1, result.n_synthetic),
-        "n_missed_by_scan": sum(c["confirmed"] and not c["flagged"] for c in confirmed), "n_holdout": len(held_arr),
+        **missed_counts(confirmed), "n_pixel_only": result.n_pixel_only, "pixel_bar": result.pixel_bar,
+        "n_holdout": len(held_arr),
         "confirmed_copy_rate_ci": rate_ci(n_conf, result.n_synthetic, seed), "copies": confirmed,
         "report_link": os.path.relpath(report["report_path"], out_dir),
     }
