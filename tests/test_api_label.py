@@ -69,6 +69,9 @@ def test_nearest_training_sample_for_single_images(xr_datalist, tmp_path_factory
     ho_nn = (normalize_for_correlation(ho_px, "h") @ normalize_for_correlation(tr_px, "t").T).max()
     assert hit["pixel_bar"] == miss["pixel_bar"] == pytest.approx(float(ho_nn), abs=1e-4) and hit["pixel_bar"] < 0.99
     assert hit["above_pixel_bar"] is True and miss["above_pixel_bar"] is False
+    # the training sample behind the bar, pseudonymous like the neighbours; none for the noise image
+    assert hit["pixel_nearest"] == {"train_id": "train-0002", "correlation": pytest.approx(1.0, abs=1e-5), "space": "pixel"}
+    assert "pixel_nearest" not in miss
     assert list(lookup.scores([train[2]["image"], str(noise)])) == pytest.approx([hit["correlation"], miss["correlation"]], abs=1e-5)
 
 

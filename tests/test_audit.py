@@ -151,10 +151,12 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
     assert any(line.startswith("mitigated: 1 sample the scan did not flag is closer in pixels") and "counted as a copy:"
                in line for line in lines)
     assert not any("no closer in pixels" in line for line in lines)  # the flagged one was confirmed
-    assert any(line.endswith("The release gate withholds 0 of 1 (above the scan's own pixel bar) and would ship 1.")
-               for line in lines)  # a record without the count: nothing known to be withheld
-    lines, _ = make_headline([{**rec, "n_missed_by_release": 0}], {"by_kind": {}}, "cpu")
+    assert not any("release gate" in line for line in lines)  # no pixel bar recorded (a detector-only scan)
+    lines, _ = make_headline([{**rec, "pixel_bar": 0.95, "n_missed_by_release": 0}], {"by_kind": {}}, "cpu")
     assert any(line.endswith("The release gate withholds 1 of 1 (above the scan's own pixel bar) and would ship 0.")
+               for line in lines)
+    lines, _ = make_headline([{**rec, "pixel_bar": 0.95, "n_missed_by_release": 1}], {"by_kind": {}}, "cpu")
+    assert any(line.endswith("The release gate withholds 0 of 1 (above the scan's own pixel bar) and would ship 1.")
                for line in lines)
     # 4 flagged, 1 of them confirmed, 3 missed copies: the 3 flags set aside are still reported
     lines, _ = make_headline([{**rec, "n_copies": 4, "n_confirmed": 4, "n_missed_by_scan": 3, "n_synthetic": 8}],

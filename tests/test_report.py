@@ -81,6 +81,10 @@ def test_html_report_is_self_contained_and_links_exist(tmp_path):
     section = html[html.index("id='pixel-only'"):]
     assert "(1; a release withholds them)" in section and section.count("<tr") == 2  # header and the one row
     assert "<td>s0</td><td>t-near</td><td>0.9900</td>" in section
+    for p in pairs:  # more than max_rows: the heading counts them all
+        p.update(is_copy=False, above_pixel_bar=True)
+    html = write_html_report(tmp_path / "many.html", summary, pairs, max_rows=5).read_text()
+    assert "(top 5 of 8; a release withholds them)" in html
 
 
 def test_preview_of_2d_shows_second_axis_as_rows():

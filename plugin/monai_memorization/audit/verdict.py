@@ -51,9 +51,11 @@ def make_headline(
                 "training image than new patients are; they are not counted as copies (see the pairs in the scan report)."
             )
         if missed and r["quality"]["converged"]:
-            released = int(r.get("n_missed_by_release", missed))
-            gate = (f" The release gate withholds {missed - released} of {missed} (above the scan's own pixel bar) and "
-                    f"would ship {released}.")
+            gate = ""
+            if r.get("pixel_bar") is not None and "n_missed_by_release" in r:  # the scan had a pixel bar (hybrid score)
+                released = int(r["n_missed_by_release"])
+                gate = (f" The release gate withholds {missed - released} of {missed} (above the scan's own pixel bar) "
+                        f"and would ship {released}.")
             lines.append(
                 f"{r['name']}: {missed} sample{'s' if missed != 1 else ''} the scan did not flag {'are' if missed != 1 else 'is'} "
                 f"closer in pixels to a training image than any new patient is, and counted as {'copies' if missed != 1 else 'a copy'}: "

@@ -335,7 +335,8 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
         with ``space: "pixel"`` or ``"aligned"``),
         ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``; with the hybrid score also ``pixel_bar`` and
         ``above_pixel_bar`` (closer in plain pixels than any held-out image came: a release withholds it, flagged or
-        not).
+        not), and above the bar ``pixel_nearest`` (that training sample, ``space: "pixel"``). Unlike the scan, this
+        look-up searches the images as they are, not their orientation views.
     """
     from monai_memorization.detection.index import CorrelationIndex
     from monai_memorization.detection.quality import CONFIRM_MARGIN
@@ -372,6 +373,8 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
                        pixel_correlation=float(spaces["pixel"][0][q]), aligned_correlation=float(spaces["aligned"][0][q]),
                        pixel_bar=float(hyb.pixel_bar),
                        above_pixel_bar=bool(spaces["pixel"][0][q] > hyb.pixel_bar + CONFIRM_MARGIN))
+            if rec["above_pixel_bar"]:  # the training sample it is that close to
+                rec["pixel_nearest"] = row(reference.train.items[int(spaces["pixel"][1][q])], spaces["pixel"][0][q], "pixel")
             if win != "detector":
                 first = row(reference.train.items[int(spaces[win][1][q])], spaces[win][0][q], win)
                 rest = [n for n in near if n["train_path"] != first["train_path"]]

@@ -56,6 +56,8 @@ __all__ = [
     "pearson_pair_similarities",
     "contrastive_transform",
     "train_detector",
+    "epoch_filter",
+    "LOG_POINTS",
     # the training handlers live in .contrastive_handlers; re-exported for the bundle configs
     "SimilarityHistogramHandler",
     "SaveDetectorHandler",

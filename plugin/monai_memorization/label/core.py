@@ -81,15 +81,17 @@ class NearestTrainingSample:
         out = dict(res)
         if not self.show_paths:
             out["image"] = os.path.basename(str(res["image"]))
-        neighbours = []
-        for n in res["nearest"]:
+        def public(n: dict) -> dict:
             row = {"train_id": self.train_id(n["train_path"]), "correlation": n["correlation"]}
             if "space" in n:  # the hybrid score's pixel side decided: its nearest training sample
                 row["space"] = n["space"]
             if self.show_paths:
                 row.update(train_name=n["train_id"], train_subject=n["train_subject"], train_path=n["train_path"])
-            neighbours.append(row)
-        out["nearest"] = neighbours
+            return row
+
+        out["nearest"] = [public(n) for n in res["nearest"]]
+        if "pixel_nearest" in res:  # above the pixel bar: the training sample it is that close to
+            out["pixel_nearest"] = public(res["pixel_nearest"])
         return out
 
     def __call__(self, images: str | os.PathLike | Sequence[str | os.PathLike], k: int = 1) -> dict | list[dict]:

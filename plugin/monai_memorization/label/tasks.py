@@ -73,8 +73,9 @@ class MemorizationScoring(ScoringMethod):
     The info keys (flat, so a client can sort by them): ``memorization`` (the correlation; higher: closer to a
     training image), ``memorization_is_copy``, ``memorization_nearest`` (pseudonymous training ID
     ``train-NNNN``), ``memorization_threshold``, ``memorization_ts``, with the hybrid score ``memorization_above_pixel_bar``
-    (closer in plain pixels than any held-out image: a release withholds it even unflagged) and, with ``show_paths``
-    only, ``memorization_nearest_path``.
+    (closer in plain pixels than any held-out image: a release withholds it even unflagged) and, above that bar,
+    ``memorization_pixel_nearest`` (the pseudonymous training ID it is that close to), and, with ``show_paths`` only,
+    ``memorization_nearest_path``.
 
     Args:
         lookup: a :class:`NearestTrainingSample`.
@@ -96,6 +97,8 @@ class MemorizationScoring(ScoringMethod):
                     "memorization_ts": now}
             if "above_pixel_bar" in res:  # hybrid score: closer in pixels than any new patient (a release withholds it)
                 info["memorization_above_pixel_bar"] = res["above_pixel_bar"]
+            if "pixel_nearest" in res:  # and the training sample it is that close to
+                info["memorization_pixel_nearest"] = res["pixel_nearest"]["train_id"]
             if self.lookup.show_paths:
                 info["memorization_nearest_path"] = near["train_path"]
             datastore.update_image_info(image_id, info)
@@ -103,7 +106,8 @@ class MemorizationScoring(ScoringMethod):
                                  **({"above_pixel_bar": res["above_pixel_bar"]} if "above_pixel_bar" in res else {})}
         n_copies = sum(r["is_copy"] for r in results.values())
         n_pixel_only = sum(r.get("above_pixel_bar", False) and not r["is_copy"] for r in results.values())
-        logger.info("memorization scoring: %d of %d images above the threshold %.4f, %d more above the pixel bar only",
-                    n_copies, len(results), self.lookup.threshold, n_pixel_only)
-        return {"scored": len(results), "copies": n_copies, "above_pixel_bar_only": n_pixel_only,
+        logger.info("memorization scoring: %d of %d images above the threshold %.4f%s", n_copies, len(results),
+                    self.lookup.threshold, f", {n_pixel_only} more above the pixel bar only"
+                    if any("above_pixel_bar" in r for r in results.values()) else "")
+        return {"scored": len(results), "copies": n_copies, "n_pixel_only": n_pixel_only,
                 "threshold": self.lookup.threshold, "images": results}

@@ -147,11 +147,12 @@ def write_html_report(
     cols = ["synthetic_id", "train_id", "train_subject", "correlation", "is_copy"]
     parts.append(_table(top, cols + (["pixel_correlation", "above_pixel_bar"] if hybrid else []), highlight="is_copy"))
     pixel_only = sorted((r for r in pairs if r.get("above_pixel_bar") and not r.get("is_copy")),
-                        key=lambda r: -float(r.get("pixel_correlation", 0.0)))[:max_rows]
+                        key=lambda r: -float(r.get("pixel_correlation", 0.0)))
     if pixel_only:  # not flagged, but a release withholds them: listed whatever their score
+        shown = f"top {max_rows} of {len(pixel_only)}" if len(pixel_only) > max_rows else str(len(pixel_only))
         parts.append(f"<h2 id='pixel-only'>Not flagged, but closer in pixels to a training image than any held-out image "
-                     f"({len(pixel_only)}; a release withholds them)</h2>")
-        parts.append(_table(pixel_only, ["synthetic_id", "pixel_train_id", "pixel_correlation", "correlation"],
+                     f"({shown}; a release withholds them)</h2>")
+        parts.append(_table(pixel_only[:max_rows], ["synthetic_id", "pixel_train_id", "pixel_correlation", "correlation"],
                             highlight="above_pixel_bar"))
     if memorized:
         topm = sorted(memorized, key=lambda r: -float(r.get("correlation", 0.0)))[:max_rows]
