@@ -97,7 +97,8 @@ def trial(root: Path, datalist: str, rng: random.Random, window: tuple[float, fl
         timeout: seconds allowed for each process.
 
     Returns:
-        a dict: ``target`` (seconds after start of the kill), ``killed_at`` (stage, epoch) of the newest checkpoint
+        a dict: ``target`` (seconds after start of the kill), ``ran_s`` (how long the first process ran: the kill time,
+        or its whole run when it ended first), ``killed_at`` (stage, epoch) of the newest checkpoint
         when killed (None if the run ended first), ``resumed`` (stage, epoch) the rerun continued from,
         ``lost_epochs``, ``rerun_rc``, ``tmp_left``, ``runs`` ({stage: [statuses]}), ``ok``.
     """
@@ -118,6 +119,7 @@ def trial(root: Path, datalist: str, rng: random.Random, window: tuple[float, fl
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        ran = time.time() - t0
     rerun = subprocess.run(command(root, datalist), cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=timeout)
     out = rerun.stdout + rerun.stderr
@@ -131,7 +133,7 @@ def trial(root: Path, datalist: str, rng: random.Random, window: tuple[float, fl
     ok = (rerun.returncode == 0 and (models / "model.pt").is_file() and not tmp_left and lost <= 0
           and all(st.count("FINISHED") == 1 and set(st) <= {"FINISHED", "KILLED"} for st in runs.values())
           and set(runs) == set(STAGES))
-    return {"target": target, "killed_at": killed_at, "resumed": resumed, "lost_epochs": lost,
+    return {"target": target, "ran_s": ran, "killed_at": killed_at, "resumed": resumed, "lost_epochs": lost,
             "rerun_rc": rerun.returncode, "tmp_left": tmp_left, "runs": runs, "ok": ok}
 
 
