@@ -42,29 +42,23 @@ from monai.utils import set_determinism
 from monai_memorization.detection.augment import contrastive_augmentations, pair_views
 from monai_memorization.detection.index import normalize_for_correlation
 from monai_memorization.engines.contrastive_handlers import (
+    LOG_POINTS,
     BatchNormRecalibrationHandler,
     SaveDetectorHandler,
     SimilarityHistogramHandler,
     StepBudgetHandler,
+    attach_progress_bar,
     default_tracking_uri,
+    epoch_filter,
     mlflow_handler,
 )
 from monai_memorization.errors import DataValidationError, MemorizationError
 
 __all__ = [
-    "ContrastiveTrainer",
-    "pearson_pair_similarities",
-    "contrastive_transform",
-    "train_detector",
-    "epoch_filter",
-    "LOG_POINTS",
+    "ContrastiveTrainer", "pearson_pair_similarities", "contrastive_transform", "train_detector",
     # the training handlers live in .contrastive_handlers; re-exported for the bundle configs
-    "SimilarityHistogramHandler",
-    "SaveDetectorHandler",
-    "BatchNormRecalibrationHandler",
-    "StepBudgetHandler",
-    "mlflow_handler",
-    "default_tracking_uri",
+    "SimilarityHistogramHandler", "SaveDetectorHandler", "BatchNormRecalibrationHandler", "StepBudgetHandler",
+    "mlflow_handler", "default_tracking_uri", "epoch_filter", "LOG_POINTS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,27 +81,6 @@ def pearson_pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch
     sim = torch.from_numpy(a @ b.T)
     eye = torch.eye(sim.shape[0], dtype=torch.bool)
     return sim[eye], sim[~eye]
-
-
-#: about how many epochs' metrics go to the log and to MLflow (every epoch up to this many, then evenly spaced, and
-#: always the last): a small data set's epoch is one step, and 3600 writes cost about half a minute on two cores
-LOG_POINTS = 400
-
-
-def epoch_filter(epochs: int, points: int = LOG_POINTS):
-    """An ignite event filter for about ``points`` of ``epochs`` epochs: every ``ceil(epochs / points)``-th and the last.
-
-    Args:
-        epochs: the run's epochs.
-        points: about how many to keep.
-
-    Returns:
-        ``(engine, epoch) -> bool``, or True (every epoch) when ``epochs <= points``.
-    """
-    every = -(-int(epochs) // max(1, int(points)))
-    if every <= 1:
-        return True
-    return lambda engine, epoch: epoch % every == 0 or epoch == engine.state.max_epochs
 
 
 class ContrastiveTrainer(SupervisedTrainer):
@@ -415,11 +388,6 @@ def train_detector(
     if mlf is not None:
         trainer.add_event_handler(Events.STARTED, lambda e: run_ids.append(mlf.cur_run.info.run_id) if mlf.cur_run else None)
     if progress:
-        from ignite.handlers import ProgressBar
-
-        bar = {"output_transform": lambda o: {"loss": float(o["loss"])}}
-        if steps_per_epoch(len(items), bs) == 1:  # one bar over the epochs, not one bar of one step each epoch
-            bar.update(event_name=Events.EPOCH_COMPLETED, closing_event_name=Events.COMPLETED)
-        ProgressBar(persist=False).attach(trainer, **bar)
+        attach_progress_bar(trainer, over_epochs=steps_per_epoch(len(items), bs) == 1)
     trainer.run()
     return {"path": str(out), "config": config, "history": sim.history, "mlflow_run_id": run_ids[0] if run_ids else None}

@@ -42,11 +42,14 @@ from monai_memorization.handlers.safe_mlflow import SafeMLFlowHandler
 from monai_memorization.tracking import default_tracking_uri, tracking_policy
 
 __all__ = [
+    "LOG_POINTS",
     "BatchNormRecalibrationHandler",
     "SaveDetectorHandler",
     "SimilarityHistogramHandler",
     "StepBudgetHandler",
+    "attach_progress_bar",
     "default_tracking_uri",
+    "epoch_filter",
     "mlflow_handler",
     "plot_similarity_histogram",
 ]
@@ -249,6 +252,43 @@ class SaveDetectorHandler:
         logger.info("saved copy detector to %s", self.path)
         _log_artifact(self.mlflow_handler, self.path, "detector", private=True)
 
+
+
+#: about how many epochs' metrics go to the log and to MLflow (every epoch up to this many, then evenly spaced, and
+#: always the last): a small data set's epoch is one step, and 3600 writes cost about half a minute on two cores
+LOG_POINTS = 400
+
+
+def epoch_filter(epochs: int, points: int = LOG_POINTS):
+    """An ignite event filter for about ``points`` of ``epochs`` epochs: every ``ceil(epochs / points)``-th and the last.
+
+    Args:
+        epochs: the run's epochs.
+        points: about how many to keep.
+
+    Returns:
+        ``(engine, epoch) -> bool``, or True (every epoch) when ``epochs <= points``.
+    """
+    every = -(-int(epochs) // max(1, int(points)))
+    if every <= 1:
+        return True
+    return lambda engine, epoch: epoch % every == 0 or epoch == engine.state.max_epochs
+
+
+def attach_progress_bar(engine: Engine, over_epochs: bool = False) -> None:
+    """An ignite progress bar showing the loss: over each epoch's steps, or one bar over all epochs.
+
+    Args:
+        engine: the trainer.
+        over_epochs: one bar over the epochs (for epochs of one step each, which would otherwise draw a new one-step
+            bar every epoch).
+    """
+    from ignite.handlers import ProgressBar
+
+    bar: dict = {"output_transform": lambda o: {"loss": float(o["loss"])}}
+    if over_epochs:
+        bar.update(event_name=Events.EPOCH_COMPLETED, closing_event_name=Events.COMPLETED)
+    ProgressBar(persist=False).attach(engine, **bar)
 
 
 def mlflow_handler(
