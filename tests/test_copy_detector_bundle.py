@@ -70,6 +70,33 @@ def test_quick_train_then_scan(tmp_path, capfd):
     assert det["spatial_dims"] == 3 and det["embed_dim"] == 32 and det["spatial_size"] == [32, 32, 32]
     assert det["modality"] == "ct" and det["epochs_trained"] == 2
     assert list((tmp_path / "models").glob("checkpoint_final_iteration=*.pt"))
+    # like train_detector, the bundle recomputes the BatchNorm statistics on the un-augmented training images
+    # before saving: doing it once more changes nothing
+    from monai.bundle import ConfigParser
+    from torch.optim.swa_utils import update_bn
+
+    parser = ConfigParser()
+    parser.read_config(cfg)
+    parser.update({"bundle_root": str(tmp_path), "use_mlflow": False})
+    ds = parser.get_parsed_content("train#dataset")
+    saved = {k: v.clone() for k, v in enc.state_dict().items() if "running_" in k}
+    assert saved
+    update_bn((b["image"] for b in torch.utils.data.DataLoader(ds, batch_size=6, shuffle=False)), enc)
+    for k, v in enc.state_dict().items():
+        if "running_" in k:
+            assert torch.allclose(v, saved[k], rtol=1e-4, atol=1e-6), k
+    enc.eval()
+    # the bundle trains the very detector the CLI trains on the same images with the same settings and seed
+    from monai_memorization.engines.contrastive import train_detector
+
+    train_detector(str(tmp_path / "data" / "dataset.json"), tmp_path / "cli.pt", epochs=2, batch_size=6,
+                   spatial_size=[32, 32, 32], log_to_mlflow=False, progress=False)
+    cli_enc, cli_det = load_detector(tmp_path / "cli.pt")
+    assert cli_det["modality"] == "ct" and cli_det["network_kwargs"] == det["network_kwargs"]
+    bundle_state = load_detector(tmp_path / "models" / "copy_detector.pt")[0].state_dict()
+    cli_state = cli_enc.state_dict()
+    assert list(bundle_state) == list(cli_state)
+    assert all(torch.equal(bundle_state[k], cli_state[k]) for k in bundle_state)
     # MONAI's ckpt_export with its defaults: network_def, <bundle_root>/models/model.pt -> models/model.ts
     from monai.bundle import ckpt_export
 
