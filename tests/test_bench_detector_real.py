@@ -150,3 +150,38 @@ def test_pixel_side_cutoff_is_the_second_highest_novel_score_and_exact_copies_pa
     # held-out kinds are counted too, and few novel images pass it
     assert 0.5 < r["pixel_bar"] < 1.0 and r["above_bar"]["exact"] == 1.0 and "jpeg" in r["above_bar"]
     assert r["novel_above_bar"] < 0.1
+
+
+def test_br35h_groups_duplicates_in_any_orientation_and_splits_keep_groups_apart():
+    """The multi-patient set (--data br35h): a re-saved, mirrored or turned file joins its original's subject group,
+    a different image does not; the tuning and test splits, and their training/held-out/novel sets, share no group."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from bench_detector_real_br35h import br35h_split, subject_groups
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    rng = np.random.default_rng(0)
+    base = rng.random((3, 32, 32))
+    thumbs = np.stack([base[0], base[0][:, ::-1] + rng.normal(0, 0.05, (32, 32)), np.rot90(base[0]), base[1],
+                       np.rot90(base[1][:, ::-1], 1), base[2], 0.5 * base[2] + 0.5 * base[1]])
+    g = subject_groups(thumbs)
+    assert g[0] == g[1] == g[2] and g[3] == g[4] and len({g[0], g[3], g[5]}) == 3
+    assert g[6] not in (g[0], g[3], g[5])  # a blend of two images correlates about 0.7 with each: its own group
+    strict = subject_groups(thumbs, bar=0.99)  # the noisy mirror (correlation about 0.97) splits off; exact turns stay
+    assert strict[0] == strict[2] and strict[3] == strict[4] and strict[1] != strict[0] and len(set(strict)) == 5
+    n = 40
+    ids = [f"br35h_g{i:04d}" for i in range(n)]
+    data = (np.arange(n, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32), ids, {})
+    args = SimpleNamespace(n_train=5, n_holdout=4)
+    seen = []
+    for split in ("tune", "test"):
+        sets = br35h_split(data, split, args)
+        assert [len(sets[k][1]) for k in ("training", "holdout", "novel")] == [5, 4, 11]
+        for k in ("training", "holdout", "novel"):
+            assert [int(im[0, 0]) for im in sets[k][0]] == [int(s[-4:]) for s in sets[k][1]]  # images match their ids
+            seen += sets[k][1]
+    assert sorted(seen) == ids  # every group once: no group in two sets or two splits

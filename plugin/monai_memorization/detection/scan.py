@@ -12,8 +12,8 @@
 
 Definitions (Dar et al.; the same names in the scan, the in-training handler, the report and MLflow):
 
-* threshold -- the ``percentile`` (default 95) of each training sample's Pearson correlation to
-  its nearest held-out sample, in the detector's embedding space;
+* threshold -- the ``percentile`` (default 95, by the (n + 1) rule of ``calibration_quantile``) of each training
+  sample's Pearson correlation to its nearest held-out sample, in the detector's embedding space;
 * a synthetic sample is a *copy* when the correlation to its nearest training sample exceeds the threshold;
 * ``synthetic_copy_rate`` = copies / N_synthetic -- **the headline**: the share of the synthetic
   images that are copies, i.e. of what would be released;
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from monai_memorization.detection import index as nn
+from monai_memorization.detection.calibrate import calibration_quantile
 from monai_memorization.detection.intervals import bootstrap_ci, widen_to_binomial
 from monai_memorization.errors import DataValidationError, DetectorError
 
@@ -51,8 +52,8 @@ HEADLINE = "synthetic_copy_rate"
 FRACTIONS = ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction")
 
 DEFINITIONS = {
-    "threshold": "percentile of each training sample's Pearson correlation (detector embeddings) to its nearest "
-    "held-out sample",
+    "threshold": "percentile, by the (n + 1) rule, of each training sample's Pearson correlation (detector embeddings) "
+    "to its nearest held-out sample",
     "copy": "a synthetic sample whose nearest training sample correlates above the threshold",
     "memorized": "a training sample whose nearest synthetic sample correlates above the threshold",
     "synthetic_copy_rate": "HEADLINE: number of synthetic copies / N_synthetic (the share of the synthetic images "
@@ -188,7 +189,7 @@ def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float 
     mode = nn.choose_search(search, float(len(train_emb)) * len(holdout_emb), backend)
     train_n = train_emb if normalised else nn.normalize_for_correlation(train_emb, "training embeddings")
     corr = nn.nearest_one_way(nn.normalize_for_correlation(holdout_emb, "held-out embeddings"), train_n, backend, mode)[0]
-    return (float(np.percentile(corr, percentile)), corr), mode
+    return (float(calibration_quantile(corr, percentile)), corr), mode
 
 
 def _check_embeddings(train_emb, holdout_emb, synth_emb) -> None:
@@ -343,7 +344,7 @@ def scan_scores(
     def _thr(idx):
         if fixed:
             return np.full(idx.shape[:-1] + (1,), thr)
-        return np.percentile(calib[idx], percentile, axis=-1, keepdims=True)
+        return calibration_quantile(calib[idx], percentile, axis=-1, keepdims=True)
 
     def rate_stat(idx, s, axis=-1):
         return (s_corr[s] > _thr(idx)).mean(axis=-1)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from monai_memorization.detection.calibrate import calibration_quantile
 from monai_memorization.detection.index import normalize_for_correlation
 
 __all__ = ["subject_scores", "subject_level"]
@@ -74,7 +75,7 @@ def subject_level(train_emb: np.ndarray, train_subjects: Sequence[str], holdout_
         return None
     train_n = normalize_for_correlation(train_emb, "training embeddings")
     hold_scores, _ = subject_scores(train_n, subjects, normalize_for_correlation(holdout_emb, "held-out embeddings"))
-    threshold = float(np.percentile(hold_scores, percentile))
+    threshold = float(calibration_quantile(hold_scores, percentile))
     scores, nearest = subject_scores(train_n, subjects, normalize_for_correlation(synth_emb, "synthetic embeddings"))
     match = scores > threshold
     matched = names[subjects[nearest]]

@@ -93,7 +93,7 @@ def write_audit_report(path: str | os.PathLike, audit: Mapping[str, Any], images
         f"<h1>Memorization audit: {html.escape(a['modality'])}, preset {html.escape(a['preset'])}</h1>",
         f"<div class='{cls}'>{headline}</div>",
         "<p class=note>A synthetic sample is a copy when its copy-detector correlation to its nearest training image exceeds the "
-        "threshold (95th percentile of the training images' correlation to their nearest held-out image). A verdict is given "
+        "threshold (95th percentile, by the (n + 1) rule, of the training images' correlation to their nearest held-out image). A verdict is given "
         "only when the generator has learned its data: the samples' median nearest-training pixel correlation comes within "
         f"{a['margin']['convergence_margin']} of the held-out images'. A flagged copy is <i>confirmed</i> when its pixel "
         "correlation to its training image is higher than that of any held-out image to any training image. Every other "
