@@ -131,8 +131,8 @@ class HybridScore:
     Each correlation is standardised by its own calibration values (each training sample's
     correlation to its nearest held-out sample: mean and standard deviation); the hybrid score is
     the largest standardised value, and its threshold the ``percentile`` of the same maximum over the
-    calibration values (by the (n + 1) rule of :func:`calibration_quantile`). So one false-positive budget covers the union: a sample is a copy when any
-    of the scores is unusually high for a new patient. The detector catches transformed copies
+    calibration values (by the (n + 1) rule of :func:`calibration_quantile`). So one false-positive budget
+    covers the union: a sample is a copy when any of the scores is unusually high for a new patient. The detector catches transformed copies
     that pixels miss; (aligned) pixel correlation catches blurred round trips that a blur-invariant detector
     can miss.
 
