@@ -33,9 +33,15 @@ def test_smoke_writes_both_split_tables(tmp_path):
     """--smoke runs both splits end to end (tiny sizes) and writes the tables and per-kind TPRs."""
     out = tmp_path / "bench.md"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True, text=True,
-                          timeout=170, env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--dump-scores", str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=170, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    import numpy as np
+
+    dump = np.load(tmp_path / "d" / "mni_test_4_0.001.npz")  # every image's score, for bench_detector_real_review.py
+    assert len(dump["novel_hybrid"]) == len(dump["novel_subjects"]) == len(dump["novel_detector_idx"])
+    assert len(dump["copies_hybrid"]) == len(dump["kinds"]) and float(dump["hybrid_threshold"]) > 0
+    assert (tmp_path / "d" / "mni_tune_4_0.001.npz").exists()
     text = out.read_text()
     assert "## tune split (axial)" in text and "## test split (coronal + sagittal)" in text
     assert "Novel-to-nearest-training pixel Pearson correlation" in text
@@ -185,3 +191,37 @@ def test_br35h_groups_duplicates_in_any_orientation_and_splits_keep_groups_apart
             assert [int(im[0, 0]) for im in sets[k][0]] == [int(s[-4:]) for s in sets[k][1]]  # images match their ids
             seen += sets[k][1]
     assert sorted(seen) == ids  # every group once: no group in two sets or two splits
+
+
+def test_review_rescore_drops_only_the_reviewed_novel_images_and_the_cutoff_moves_down(tmp_path):
+    """bench_detector_real_review.py: a reviewed same-patient image leaves the negatives (only it), and the 1%-FPR
+    cut-off falls to the next novel image; the review sheet lists the union of every method's top novel images."""
+    import numpy as np
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from bench_detector_real_review import load_dumps, rescore, top_novel
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    kinds = np.array(["exact", "elastic", "jpeg", "autoencoder"])
+    novel = np.linspace(0.0, 1.0, 120)  # 120 novel images: the cut-off passes one (the second highest)
+    novel[-1], novel[-2] = 5.0, 4.0  # two look like copies under the hybrid score
+    d = {"kinds": kinds, "novel_subjects": np.array([f"br35h_g{i:04d}" for i in range(120)]),
+         "copies_hybrid": np.array([6.0, 3.0, 3.0, 4.5]), "novel_hybrid": novel, "hybrid_threshold": 0.95,
+         "copies_detector": np.array([1.0, 0.9, 0.8, 0.7]), "novel_detector": novel[::-1] / 10,
+         "detector_threshold": 0.09, "copies_pixel": np.array([1.0, 0.2, 0.9, 0.95]), "novel_pixel": novel / 10,
+         "cal_pixel": np.linspace(0.0, 0.1, 30)}
+    np.savez(tmp_path / "br35h_test_3600_0.001.npz", **d)
+    d = load_dumps(tmp_path)["test"]
+    allneg = rescore(d, set())
+    assert allneg["hybrid"]["n_novel"] == 120
+    assert allneg["hybrid"]["groups"]["in-distribution"]["tpr1"] == 0.5  # cut-off 4.0: exact passes, elastic not
+    fewer = rescore(d, {"br35h_g0119", "br35h_g0000"})  # the top hybrid image, and one far below every cut-off
+    assert fewer["hybrid"]["n_novel"] == 118
+    assert fewer["hybrid"]["groups"]["in-distribution"]["tpr1"] == 1.0  # cut-off now 1.0 (g0117): elastic passes
+    assert fewer["hybrid"]["groups"]["autoencoder"]["tpr1"] == 1.0
+    # the detector's top novel image was g0000 (its scores run backwards): removing it moves its cut-off too
+    assert allneg["detector"]["groups"]["in-distribution"]["tpr1"] == 1.0
+    assert fewer["detector"]["fpr_calibrated"] == pytest.approx(np.mean(np.delete(novel[::-1] / 10, [0, 119]) > 0.09))
+    top = top_novel(d, 2)
+    assert top[:2] == [119, 118] and 0 in top and 1 in top and len(top) == 4  # hybrid/pixel tops and detector tops

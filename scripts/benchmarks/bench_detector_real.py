@@ -45,6 +45,8 @@ Usage::
     python scripts/benchmarks/bench_detector_real.py                       # tune 450-3600 steps, test the pick
     python scripts/benchmarks/bench_detector_real.py --steps 900 --lr 1e-3 --splits test
     python scripts/benchmarks/bench_detector_real.py --smoke --out /tmp/smoke.md   # seconds
+    python scripts/benchmarks/bench_detector_real.py --data br35h --splits test --steps 3600 --score hybrid \
+        --dump-scores /tmp/dump   # many patients; then bench_detector_real_review.py --dumps /tmp/dump
 """
 
 from __future__ import annotations
@@ -338,7 +340,7 @@ def prepare(split: str, vol, args, tmp: Path) -> dict:
           f"({info['seconds']:.0f} s)", flush=True)
     data = {"root": root, "items": items, "kinds": kinds, "transform": transform, "info": info,
             "pixel": figures(score, kinds, thr), "pixel_scores": score, "pixel_calibration": pix_cal, "pooled": pooled,
-            "train_subjects": list(sets["training"][1]), "ldm_info": ldm_info}
+            "train_subjects": list(sets["training"][1]), "ldm_info": ldm_info, "split": split}
     if ldm_info is not None:
         ldm_ground_truth(data, pix, args.size)
         data["ldm_montage"] = ldm_montage(data, pix, args.size, Path(args.out).with_name(f"{Path(args.out).stem}_ldm_{split}.png"))
@@ -375,7 +377,8 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
     pix = {k: nn_corr(flat(pooled["training"]), flat(pooled[k])) for k in ("novel", "copies")}
     _, pix_cal = calibrate_threshold(flat(pooled["training"]), flat(pooled["holdout"]), 95.0, use_gpu=False)
     t1 = time.perf_counter()
-    ali = {k: aligned_nearest(pooled[k], pooled["training"], extra=near[k][1][:, None])[0] for k in ("novel", "copies")}
+    ali_n = {k: aligned_nearest(pooled[k], pooled["training"], extra=near[k][1][:, None]) for k in ("novel", "copies")}
+    ali = {k: v[0] for k, v in ali_n.items()}
     ali_cal = aligned_nearest(pooled["training"], pooled["holdout"],
                               extra=nn_corr(emb["holdout"], emb["training"], with_index=True)[1][:, None])[0]
     align_s = time.perf_counter() - t1
@@ -383,6 +386,15 @@ def run_detector(data: dict, steps, lr, args, aug: str = "default") -> dict:
     h_score = {k: hybrid.score({"detector": score[k], "pixel": pix[k], "aligned": ali[k]}) for k in ("novel", "copies")}
     fig["hybrid"] = figures(h_score, data["kinds"], hybrid.threshold)
     fig["hybrid"]["release"] = release_figures(h_score, pix, data["kinds"], hybrid.threshold, float(pix_cal.max()))
+    if args.dump_scores:  # every score, to review the top novel images and re-score without retraining
+        Path(args.dump_scores).mkdir(parents=True, exist_ok=True)
+        np.savez(Path(args.dump_scores) / f"{args.data}_{data['split']}_{steps}_{lr:g}.npz", kinds=data["kinds"],
+                 novel_subjects=np.array([it["subject"] for it in data["items"]["novel"]]),
+                 train_subjects=np.array(data["train_subjects"]), hybrid_threshold=hybrid.threshold,
+                 detector_threshold=thr, cal_detector=det_cal, cal_pixel=pix_cal, cal_aligned=ali_cal,
+                 **{f"{k}_{n}": v for k in ("novel", "copies") for n, v in (
+                     ("detector", score[k]), ("detector_idx", near[k][1]), ("pixel", pix[k]), ("aligned", ali[k]),
+                     ("aligned_idx", ali_n[k][1]), ("hybrid", h_score[k]))})
     if "ldm" in data["items"]:  # copies a memorizing generator made
         extra_scores(data, fig, emb, near, pix, ali, hybrid, thr)
     if args.partitions > 0:  # the calibrated FPR over random held-out/novel partitions
@@ -488,6 +500,8 @@ def main(argv=None) -> str:
     ap.add_argument("--partitions", type=int, default=200, help="random held-out/novel partitions for the spread of "
                     "the calibrated FPR (0: none)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dump-scores", default=None, metavar="DIR", help="also save every image's scores to "
+                    "DIR/<data>_<split>_<steps>_<lr>.npz (not committed: it names the novel images)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--write-datalist", default=None, metavar="DIR",

@@ -26,6 +26,7 @@ correlates above 0.99 (the same slice re-saved, mirrored or rotated). The files 
 are grouped: two files are one *subject* when their thumbnails correlate above :data:`SAME_SUBJECT` in any of the
 8 flips/rotations. One image per group is kept (the largest file), and groups never straddle training, held-out
 and novel sets. Different slices of one patient can still fall into different groups; that is a limit of the data.
+``bench_detector_real_review.py`` reviews the novel images that set the 1%-FPR cut-off for exactly that.
 """
 
 from __future__ import annotations
