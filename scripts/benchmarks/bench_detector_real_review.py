@@ -69,9 +69,11 @@ def top_novel(d: dict, top: int) -> list[int]:
 
 def rescore(d: dict, exclude: set[str]) -> dict:
     """Each method's figures (``figures``) with the novel images in ``exclude`` (group ids) left out."""
+    from monai_memorization.detection.calibrate import calibration_quantile
+
     keep = ~np.isin(d["novel_subjects"], sorted(exclude))
     thr = {"detector": float(d["detector_threshold"]), "hybrid": float(d["hybrid_threshold"]),
-           "pixel": float(np.quantile(d["cal_pixel"], 0.95, method="weibull"))}
+           "pixel": float(calibration_quantile(d["cal_pixel"], 95.0))}  # as calibrate_threshold
     return {m: figures({"novel": d[f"novel_{m}"][keep], "copies": d[f"copies_{m}"]}, d["kinds"], thr[m]) | {
         "n_novel": int(keep.sum())} for m in METHODS}
 
