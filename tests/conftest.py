@@ -28,24 +28,24 @@ def _tiny(modality, tmp_path_factory):
     from monai_memorization.data.phantoms import write_dataset
 
     out = tmp_path_factory.mktemp(f"{modality}_phantoms") / "data"
-    return str(write_dataset(modality, out, n=8, seed=0, shape=TINY_SHAPES[modality], n_val=2, n_holdout=4, progress=False))
+    return str(write_dataset(modality, out, n=8, seed=0, shape=TINY_SHAPES[modality], n_val=2, n_holdout=20, progress=False))
 
 
 @pytest.fixture(scope="session")
 def ct_datalist(tmp_path_factory):
-    """Datalist of a tiny CT phantom set (16^3; 8 training, 2 validation, 4 holdout)."""
+    """Datalist of a tiny CT phantom set (16^3; 8 training, 2 validation, 20 holdout)."""
     return _tiny("ct", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def mr_datalist(tmp_path_factory):
-    """Datalist of a tiny MR phantom set (8x32x32; 8 training, 2 validation, 4 holdout)."""
+    """Datalist of a tiny MR phantom set (8x32x32; 8 training, 2 validation, 20 holdout)."""
     return _tiny("mr", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def xr_datalist(tmp_path_factory):
-    """Datalist of a tiny X-ray phantom set (32x32; 8 training, 2 validation, 4 holdout)."""
+    """Datalist of a tiny X-ray phantom set (32x32; 8 training, 2 validation, 20 holdout)."""
     return _tiny("xr", tmp_path_factory)
 
 
@@ -84,8 +84,9 @@ def zoo2d_audit(zoo2d, tmp_path_factory):
     """The docs page's ``audit --bundle`` command, run once on ``zoo2d``: ``(exit code, audit folder, stdout)``."""
     import contextlib
     import io
+    import json
 
-    from fixtures.zoo import docs_argv, docs_commands
+    from fixtures.zoo import docs_argv, docs_commands, make_brats
 
     from monai_memorization.cli import main
 
@@ -93,6 +94,11 @@ def zoo2d_audit(zoo2d, tmp_path_factory):
     audit = tmp_path_factory.mktemp("zoo2d_audit") / "audit"
     argv = docs_argv(docs_commands()[0], BUNDLE=str(bundle), DATA=str(data), AUDIT=str(audit))
     assert argv[:3] == ["monai-memorization", "audit", "--bundle"]
+    # the tiny stand-in data set holds 3 validation volumes (real BraTS ~77): held-out patients given with --holdout
+    held = make_brats(tmp_path_factory.mktemp("zoo2d_holdout"), n=20, seed=1, first=101) / "Task01_BrainTumour"
+    holdout = held / "holdout.json"
+    holdout.write_text(json.dumps({"holdout": [{"image": str(p)} for p in sorted((held / "imagesTr").glob("*.nii.gz"))]}))
+    argv += ["--holdout", str(holdout)]
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
         main(argv[1:])

@@ -53,7 +53,7 @@ def test_api_returns_the_same_fractions_as_the_cli(xr_datalist, setup, tmp_path,
     # the exact copies are found, and the result points at a written report
     assert {Path(p["synthetic_path"]).name for p in res.copies} >= set(copies)
     assert Path(res.report_path).is_file() and res.report_path.endswith("report.html")
-    assert res.n_train == 8 and res.n_synthetic == 6 and res.n_holdout == 4 and not res.detector_trained
+    assert res.n_train == 8 and res.n_synthetic == 6 and res.n_holdout == 20 and not res.detector_trained
 
     # `check` on the command line, holdout taken from the datalist's holdout list
     main(["check", xr_datalist, str(syn), "--detector", det, "--out", str(tmp_path / "cli_check"), "--mlflow", "False"])

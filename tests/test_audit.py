@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,19 @@ def test_a_rate_within_chance_says_so():
     # no verdict (smoke), no chance line either
     lines, code = make_headline([rec("mitigated", 1)], {"by_kind": {}}, "smoke")
     assert code == 3 and not any("within chance" in line for line in lines)
+
+
+def test_too_few_held_out_subjects_are_refused_before_anything_trains(tmp_path, xr_datalist):
+    """Your own datalist with 8 held-out patients: a 95th-percentile threshold needs 19, so the audit stops in one line
+    before the detector trains (the folder holds no detector), unless --allow_few_holdout is given."""
+    from monai_memorization.audit import run_audit
+    from monai_memorization.errors import DataValidationError
+
+    data = json.loads(Path(xr_datalist).read_text())
+    root = Path(xr_datalist).parent
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps({**data, "training": [{**it, "image": str(root / it["image"])} for it in data["training"]],
+                               "holdout": [{**it, "image": str(root / it["image"])} for it in data["holdout"][:8]]}))
+    with pytest.raises(DataValidationError, match="^8 held-out subjects cannot calibrate a 95th-percentile threshold") as e:
+        run_audit("xr", out=tmp_path / "audit", datalist=few, preset="cpu", progress=False)
+    assert "--allow_few_holdout" in str(e.value) and not (tmp_path / "audit" / "detector").exists()

@@ -65,7 +65,7 @@ def test_ct_window_maps_hounsfield_units(tmp_path):
 def test_datalist_paths_resolve_against_data_root(ct_datalist, tmp_path):
     root = Path(ct_datalist).parent
     items = load_datalist(ct_datalist, "holdout")
-    assert len(items) == 4 and all(Path(it["image"]).is_file() for it in items)
+    assert len(items) == 20 and all(Path(it["image"]).is_file() for it in items)
     assert all(Path(it["image"]).is_absolute() for it in items)
     moved = tmp_path / "lists" / "dl.json"
     moved.parent.mkdir()
@@ -229,7 +229,7 @@ def test_not_json_and_missing_keys(tmp_path, good):
 
 def test_valid_datalist_passes(ct_datalist):
     lists = validate_datalist(ct_datalist, "training,validation,holdout", spatial_dims=3, progress=False)
-    assert {k: len(v) for k, v in lists.items()} == {"training": 8, "validation": 2, "holdout": 4}
+    assert {k: len(v) for k, v in lists.items()} == {"training": 8, "validation": 2, "holdout": 20}
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, good):

@@ -154,10 +154,12 @@ def test_2d_mr_slices_several_per_subject(tmp_path, capsys):
     synth.mkdir()
     shutil.copy(lists["training"][0]["image"], synth / "copy.nii.gz")
     code, _, err = _run(["scan", str(split), str(split), str(synth), str(det), "--out", str(tmp_path / "r"),
-                         "--mlflow", "false"], capsys)
+                         "--mlflow", "false", "--allow_few_holdout"], capsys)  # 2 held-out subjects: a smoke check
     assert code in (0, 3), err
     pairs = json.loads((tmp_path / "r" / "pairs.json").read_text())
-    assert pairs[0]["is_copy"] and pairs[0]["correlation"] > 0.999
+    # 6 held-out slices cannot carry a 95th-percentile threshold; the copy is closer in pixels than any of them came,
+    # so the release gate withholds it whatever the score says
+    assert pairs[0]["detector_correlation"] > 0.999 and pairs[0]["above_pixel_bar"]
 
     code, _, err = _run(["train-detector", str(split), "--out", str(det), "--modality", "xr", "--spatial_dims", "3"],
                         capsys)

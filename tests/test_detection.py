@@ -78,20 +78,80 @@ def test_calibration_quantile_lets_the_nominal_rate_through_with_few_calibration
     assert calibration_quantile([3.0, 1.0, 2.0], 100.0) == 3.0 and calibration_quantile([0.5], 95.0) == 0.5
 
 
-def test_calibrate_threshold_matches_numpy_percentile():
+def test_calibrate_threshold_scores_held_out_images_against_the_training_set():
     rng = np.random.default_rng(2)
     train, hold = rng.normal(size=(120, 12)), rng.normal(size=(40, 12))
     thr, corr = calibrate_threshold(train, hold, percentile=90.0, use_gpu=False)
-    want = _brute_corr(train, hold).max(axis=1)
+    want = _brute_corr(hold, train).max(axis=1)  # each held-out image's nearest training image, as a synthetic one's
     np.testing.assert_allclose(corr, want, atol=1e-5)
-    # the (n + 1) rule: the 90th percentile of 120 values sits at rank 0.9 * 121 = 108.9 (1-based) of the sorted values
+    # the (n + 1) rule: the 90th percentile of 40 values sits at rank 0.9 * 41 = 36.9 (1-based) of the sorted values
     x = np.sort(want)
-    assert thr == pytest.approx(x[107] + 0.9 * (x[108] - x[107]), abs=1e-5)
-    assert thr != pytest.approx(np.percentile(want, 90.0), abs=1e-7)  # numpy's default rule: rank 108.1
-    with pytest.raises(DetectorError, match="held-out set is empty"):
+    assert thr == pytest.approx(x[35] + 0.9 * (x[36] - x[35]), abs=1e-5)
+    assert thr != pytest.approx(np.percentile(want, 90.0), abs=1e-7)  # numpy's default rule: rank 36.1
+    # the published rule (Dar et al.): each training image's nearest held-out image
+    pub, pub_corr = calibrate_threshold(train, hold, percentile=90.0, use_gpu=False, rule="published")
+    np.testing.assert_allclose(pub_corr, _brute_corr(train, hold).max(axis=1), atol=1e-5)
+    assert pub == pytest.approx(float(np.percentile(pub_corr, 90.0, method="weibull")), abs=1e-6)
+    with pytest.raises(DataValidationError, match="held-out set is empty"):
         calibrate_threshold(train, hold[:0])
-    with pytest.raises(DetectorError, match="percentile"):
+    with pytest.raises(DataValidationError, match="percentile"):
         calibrate_threshold(train, hold, percentile=0)
+    with pytest.raises(DataValidationError, match="calibration must be one of holdout, published"):
+        calibrate_threshold(train, hold, rule="paper")
+
+
+def test_many_training_images_and_few_held_out_ones_flag_only_the_nominal_share_of_new_images():
+    """The issue's case: 2,000 training and 40 held-out images. A new image's score is a maximum over the 2,000
+    training images; the published rule calibrates on maxima over the 40 held-out images, which sit far lower, and
+    flags nearly every new image. Scoring the held-out images as the new ones are lets 5% through, at any size."""
+    rng = np.random.default_rng(7)
+    d, n_train, n_hold, n_new, draws = 16, 2000, 40, 50, 40
+    train = rng.normal(size=(n_train, d))
+    rates = {"holdout": [], "published": []}
+    for _ in range(draws):  # fresh held-out and new images from the training images' own distribution
+        hold, new = rng.normal(size=(n_hold, d)), rng.normal(size=(n_new, d))
+        for rule in rates:
+            res = scan_embeddings(train, hold, new, percentile=95.0, n_bootstrap=0, use_gpu=False, calibration_rule=rule)
+            rates[rule].append(res.synthetic_copy_rate)
+    assert 0.03 <= np.mean(rates["holdout"]) <= 0.07, np.mean(rates["holdout"])
+    assert np.mean(rates["published"]) > 0.8  # what main did: 7 of 8 new images called copies
+    # exact copies are still found: a copy correlates 1.0 with its training image
+    res = scan_embeddings(train, rng.normal(size=(n_hold, d)), train[[3, 500, 1999]], n_bootstrap=0, use_gpu=False)
+    assert [p["is_copy"] for p in res.pairs] == [True] * 3 and res.calibration_rule == "holdout"
+    assert res.summary()["definitions"]["threshold"].startswith("95th percentile, by the (n + 1) rule, of each held-out")
+
+
+def test_hybrid_standardises_every_image_with_itself_among_the_statistics():
+    """A new image standardised by the held-out statistics alone keeps its extreme value, while a held-out image's own
+    is damped by statistics that include it: new images then pass more often than nominal (7.8% at 19 values). With
+    itself among its statistics a new image passes at most the nominal rate, and at most 1/(m + 1) below the floor."""
+    from monai_memorization.detection.calibrate import HybridScore
+
+    rng = np.random.default_rng(11)
+    for m, bound in ((19, 0.05), (6, 1 / 7)):
+        passed = []
+        for _ in range(3000):
+            cal, new = rng.normal(size=(3, m)), rng.normal(size=(3, 1))
+            h = HybridScore({"a": cal[0], "b": cal[1], "c": cal[2]}, 95.0)
+            passed.append(h.score({"a": new[0], "b": new[1], "c": new[2]})[0] > h.threshold)
+        assert 0.6 * bound <= np.mean(passed) <= bound + 0.005, (m, np.mean(passed))
+    # the query counts itself: the same value as a calibration image's when it equals one of them, not higher
+    q = h.standardise("a", cal[0, :1])[0]
+    with_itself = (cal[0, 0] - np.r_[cal[0], cal[0, 0]].mean()) / np.r_[cal[0], cal[0, 0]].std()
+    assert q == pytest.approx(with_itself)
+
+
+def test_too_few_held_out_subjects_are_refused_unless_allowed():
+    from monai_memorization.detection.calibrate import check_calibration_size, min_calibration_subjects
+
+    assert [min_calibration_subjects(p) for p in (95, 90, 99, 80, 100)] == [19, 9, 99, 4, 1]
+    check_calibration_size([f"s{i}" for i in range(19)], 95.0)  # enough
+    with pytest.raises(DataValidationError, match=r"^18 held-out subjects cannot calibrate a 95th-percentile threshold: "
+                                                  r"below 19 .* 1/19 = 5.3%, not 5%"):
+        check_calibration_size([f"s{i}" for i in range(18)] + ["s0"] * 5, 95.0)  # 23 images of 18 subjects
+    with pytest.raises(DataValidationError, match="1 held-out subject cannot .* 1/2 = 50.0%.*--allow_few_holdout"):
+        check_calibration_size(["only"], 95.0)
+    check_calibration_size(["only"], 95.0, allow_few_holdout=True)
 
 
 def _subspace_embeddings(rng, n, basis):
@@ -102,14 +162,22 @@ def test_calibration_note_counts_subjects_not_images():
     """The threshold's FPR precision is one binomial standard error over held-out *subjects*; an empty id is its own."""
     note = calibration_note(["a", "a", "a", "b", "", ""], 95.0)
     assert note["n_subjects"] == 4  # a, b and two images without a subject
-    assert note["fpr"] == pytest.approx(0.05) and note["fpr_se"] == pytest.approx(np.sqrt(0.05 * 0.95 / 4))
-    assert note["text"] == ("nominal false-positive rate 5% +/- 10.9% (one standard error) from 4 held-out subjects"
-                            ", fewer than the 18 at which the detector's rate held on real MR slices")
+    # below the 19 subjects a 95th percentile needs, the threshold is the largest score: a new image passes with 1/5
+    assert note["fpr"] == pytest.approx(0.2) and note["fpr_se"] == pytest.approx(np.sqrt(0.2 * 0.8 / 4))
+    assert note["text"] == ("false-positive rate 20% +/- 20.0% (one standard error), not the nominal 5%: 4 held-out "
+                            "subjects, fewer than the 19 a 95th-percentile threshold needs, so it is their largest score")
     assert note["enough_subjects"] is False
     many = calibration_note([f"s{i}" for i in range(475)], 95.0)  # enough subjects for +/- 1%
-    assert many["fpr_se"] == pytest.approx(0.01) and many["text"].endswith("+/- 1.0% (one standard error) from 475 held-out subjects")
-    assert many["enough_subjects"] is True and calibration_note([f"s{i}" for i in range(18)])["enough_subjects"] is True
-    assert calibration_note(["x"] * 10, 99.0)["text"].startswith("nominal false-positive rate 1% +/- 9.9% (one standard error) from 1 held-out subject, fewer")
+    assert many["fpr_se"] == pytest.approx(0.01) and many["text"] == ("false-positive rate 5% +/- 1.0% (one standard error) "
+                                                                      "from 475 held-out subjects")
+    assert calibration_note([f"s{i}" for i in range(19)])["enough_subjects"] is True
+    assert calibration_note([f"s{i}" for i in range(18)])["enough_subjects"] is False
+    assert calibration_note(["x"] * 10, 99.0)["text"].startswith("false-positive rate 50% +/- 50.0% (one standard error), "
+                                                                 "not the nominal 1%: 1 held-out subject, fewer than the 99")
+    pub = calibration_note([f"s{i}" for i in range(40)], 95.0, rule="published", n_train=2000)
+    assert pub["text"] == ("published calibration (Dar et al.: each training image to its nearest of 40 held-out subjects): "
+                           "its false-positive rate on new images is not controlled and grows with the ratio of training "
+                           "to held-out images (2000 to 40)")
 
 
 def test_scan_embeddings_finds_planted_copies_and_spares_distinct_subjects():

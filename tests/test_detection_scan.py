@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
     from monai_memorization.data.phantoms import make_phantom, spacing_for, write_dataset, write_image
 
     root = tmp_path_factory.mktemp("scan")
-    dl = write_dataset("xr", root / "data", n=16, seed=5, shape=SHAPE, n_val=1, n_holdout=8, progress=False)
+    dl = write_dataset("xr", root / "data", n=16, seed=5, shape=SHAPE, n_val=1, n_holdout=20, progress=False)
     msg = Commands().train_detector(
         str(dl), out=str(root / "det.pt"), epochs=3, batch_size=8, network="conv", embed_dim=32, mlflow=False, device="cpu"
     )
@@ -67,7 +67,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     res = run_scan(setup["datalist"], setup["datalist"], str(setup["synthetic"]), setup["detector"], out,
                    tracking_uri=uri, progress=False, n_bootstrap=200)
     by_id = {p["synthetic_id"]: p for p in res.pairs}
-    assert res.n_train == 16 and res.n_holdout == 8 and res.n_synthetic == 7
+    assert res.n_train == 16 and res.n_holdout == 20 and res.n_synthetic == 7
     for i, subject in enumerate(setup["copied"]):
         p = by_id[f"copy_{i}"]
         assert p["is_copy"] and p["train_subject"] == subject and p["correlation"] > 0.9999
@@ -86,9 +86,9 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     summary = json.loads((out / "report.json").read_text())
     assert summary["threshold"] == pytest.approx(res.threshold) and summary["percentile"] == 95.0
     assert summary["headline"] == "synthetic_copy_rate"
-    # how far the threshold's false-positive rate can be trusted: 8 held-out subjects, sqrt(0.05 * 0.95 / 8) = 7.7%
-    assert summary["calibration_note"] == ("nominal false-positive rate 5% +/- 7.7% (one standard error) from 8 held-out "
-                                           "subjects, fewer than the 18 at which the detector's rate held on real MR slices")
+    # how far the threshold's false-positive rate can be trusted: 20 held-out subjects, sqrt(0.05 * 0.95 / 20) = 4.9%
+    assert summary["calibration_note"] == "false-positive rate 5% +/- 4.9% (one standard error) from 20 held-out subjects"
+    assert summary["calibration_rule"] == "holdout" and len(res.calibration_corr) == 20  # one score per held-out image
     for name in ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction"):
         assert summary[name] == pytest.approx(getattr(res, name))
         assert 0.0 <= summary[f"{name}_ci"][0] <= summary[name] <= summary[f"{name}_ci"][1] <= 1.0, name
@@ -109,7 +109,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert {"pairs.csv", "pairs.json", "memorized.csv", "report.json"} <= set(links)
     assert all((out / name).is_file() for name in links)
     assert "copy_0" in html and "N_train" in html and "synthetic_copy_rate, the headline" in html
-    assert "+/- 7.7% (one standard error) from 8 held-out subjects" in html
+    assert "+/- 4.9% (one standard error) from 20 held-out subjects" in html
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["mlflow_run_id"])
@@ -188,8 +188,8 @@ def test_cli_scan_and_one_line_errors(setup, tmp_path, capsys):
           "--detector", str(setup["detector"]), "--out", str(out), "--mlflow", "False"])
     printed = capsys.readouterr().out
     assert "synthetic_copy_rate: " in printed and "memorized_fraction: " in printed and str(out / "report.html") in printed
-    assert re.search(r"threshold -?[0-9.]+ \(nominal false-positive rate 5% \+/- 7\.7% \(one standard error\) from 8 held-out "
-                     r"subjects, fewer than the 18 at which the detector's rate held on real MR slices\); ", printed)
+    assert re.search(r"threshold -?[0-9.]+ \(false-positive rate 5% \+/- 4\.9% \(one standard error\) from 20 held-out "
+                     r"subjects\); ", printed)
     assert (out / "report.html").is_file()
     # a 3-epoch detector (6 optimizer steps): the verdict says its evidence is weak, on the console and the report
     assert printed.startswith("WARNING: the detector was trained for 6 optimizer steps (fewer than 900)")
@@ -203,6 +203,23 @@ def test_cli_scan_and_one_line_errors(setup, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a readable detector checkpoint" in err and setup["datalist"] in err
     assert not (tmp_path / "x").exists()
+
+    # 8 held-out images cannot carry a 95th-percentile threshold: refused in one line before anything is embedded,
+    # unless asked for; then the report states the rate it does carry (1/9)
+    few = tmp_path / "few_holdout"
+    few.mkdir()
+    for item in json.loads(Path(setup["datalist"]).read_text())["holdout"][:8]:
+        shutil.copy(Path(setup["datalist"]).parent / item["image"], few)
+    argv = ["scan", "--train", setup["datalist"], "--holdout", str(few), "--synthetic", str(setup["synthetic"]),
+            "--detector", str(setup["detector"]), "--out", str(tmp_path / "few"), "--mlflow", "False"]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err.count("\n") == 0 and not (tmp_path / "few").exists()
+    assert "8 held-out subjects cannot calibrate a 95th-percentile threshold" in err and "--allow_few_holdout" in err
+    main(argv + ["--allow_few_holdout"])
+    assert ("false-positive rate 11% +/- 11.1% (one standard error), not the nominal 5%: 8 held-out subjects, fewer "
+            "than the 19") in capsys.readouterr().out
 
 
 def test_hybrid_score_finds_blurred_round_trips_under_one_budget(setup, tmp_path):

@@ -178,7 +178,7 @@ def test_allow_overlap_runs_and_the_report_warns(xr_datalist, data, tmp_path, ca
     det = tiny_detector(xr_datalist, tmp_path / "det")
     res = monai_memorization.check(
         xr_datalist, data["synthetic"], holdout=xr_datalist, holdout_section="training", detector=det,
-        out=tmp_path / "api", n_bootstrap=0, progress=False, allow_overlap=True,
+        out=tmp_path / "api", n_bootstrap=0, progress=False, allow_overlap=True, allow_few_holdout=True,
     )
     assert res.overlap_warning and "is the same file as" in res.overlap_warning
     summary = json.loads((tmp_path / "api" / "report.json").read_text())
@@ -188,7 +188,8 @@ def test_allow_overlap_runs_and_the_report_warns(xr_datalist, data, tmp_path, ca
 
     capsys.readouterr()
     main(["scan", "--train", xr_datalist, "--holdout", xr_datalist, "--holdout_section", "training", "--synthetic",
-          data["synthetic"], "--detector", det, "--out", str(tmp_path / "cli"), "--mlflow", "False", "--allow_overlap"])
+          data["synthetic"], "--detector", det, "--out", str(tmp_path / "cli"), "--mlflow", "False", "--allow_overlap",
+          "--allow_few_holdout"])
     summary_line = [line for line in capsys.readouterr().out.splitlines() if "report:" in line][-1]
     assert summary_line.startswith("WARNING: held-out image ") and "synthetic_copy_rate: " in summary_line
     assert json.loads((tmp_path / "cli" / "report.json").read_text())["overlap_warning"]

@@ -76,6 +76,7 @@ def test_overlay_zero_glue_logs_to_the_bundles_mlflow_run(bundle, zoo2d, zoo2d_a
 
     argv = docs_argv(docs_commands()[1], BUNDLE=str(bundle), DATA=str(zoo2d[1]), AUDIT=str(zoo2d_audit[1]),
                      OVERLAY=str(OVERLAY))
+    argv += ["--memorization_check#allow_few_holdout", "true"]  # the tiny stand-in data: 3 validation volumes
     before = _sha(bundle / "models" / "model.pt")
     with caplog.at_level(logging.INFO, logger="monai_memorization.handlers.memorization_check"):
         _run(bundle, argv)
@@ -102,7 +103,8 @@ def test_overlay_without_tracking_logs_to_a_default_local_store(bundle, zoo2d, z
     with caplog.at_level(logging.INFO, logger="monai_memorization.handlers.memorization_check"), bundle_env(bundle):
         run(config_file=FILES, dataset_dir=str(zoo2d[1]), **{"memorization_check#detector": detector,
                                                              "train#trainer#max_epochs": 1,
-                                                             "memorization_check#num_samples": 4})
+                                                             "memorization_check#num_samples": 4,
+                                                             "memorization_check#allow_few_holdout": True})
     store = bundle / "eval" / "mlflow.db"
     assert f"metrics go to MLflow, experiment 'memorization_check' at sqlite:///{store}" in caplog.text
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")

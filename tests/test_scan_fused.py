@@ -126,8 +126,11 @@ def test_scan_embeddings_equals_the_two_index_scan_with_views():
     synth = np.concatenate([train[[3, 40, 77]] + 0.01 * rng.normal(size=(3, 32)), _clustered(rng, 30, centres)])
     views = ("identity", "flip0")
     synth_v = np.concatenate([synth, synth[:, ::-1]])  # view-major
-    res = scan_embeddings(train, hold, synth_v, n_bootstrap=0, use_gpu=False, views=views, search="exact")
-    thr, calib = calibrate_threshold(train, hold, 95.0, use_gpu=False)
+    hold_v = np.concatenate([hold, hold[:, ::-1]])  # the held-out images under the same views, view-major
+    res = scan_embeddings(train, hold_v, synth_v, n_bootstrap=0, use_gpu=False, views=views, search="exact")
+    h_corr = _two_indexes(hold_v, train)[0]  # each held-out row's nearest training row; an image scores its best view
+    calib = h_corr.reshape(2, -1).max(axis=0)
+    thr = float(np.percentile(calib, 95.0, method="weibull"))
     s_corr, s_idx, t_corr, t_idx = _two_indexes(synth_v, train)
     best = s_corr.reshape(2, -1).argmax(axis=0)
     cols = np.arange(len(synth))

@@ -66,18 +66,20 @@ def test_transposed_rgb_copies_are_found_with_orientation_invariance(xr_datalist
         _rgb_png(make_phantom("xr", seed=99, subject=i, shape=(32, 32)).T, syn / f"novel_{i}.png")
 
     with caplog.at_level(logging.WARNING, logger="monai_memorization.detection.pipeline"):
-        plain = run_scan(xr_datalist, xr_datalist, syn, det, tmp_path / "plain", log_to_mlflow=False, progress=False, n_bootstrap=0)
+        plain = run_scan(xr_datalist, xr_datalist, syn, det, tmp_path / "plain", log_to_mlflow=False, progress=False,
+                         n_bootstrap=0, score="detector")
     assert any("RGB" in r.message and "converted to grey" in r.message for r in caplog.records)
     inv = run_scan(xr_datalist, xr_datalist, syn, det, tmp_path / "inv", log_to_mlflow=False, progress=False,
-                   n_bootstrap=0, orientation_invariant=True)
+                   n_bootstrap=0, orientation_invariant=True, score="detector")
     by_id = {p["synthetic_id"]: p for p in inv.pairs}
     plain_by_id = {p["synthetic_id"]: p for p in plain.pairs}
     for sid, subject in sources.items():
         p = by_id[sid]
         assert p["is_copy"] and p["train_subject"] == subject and p["view"].startswith("transpose")
         assert p["correlation"] > 0.99 and p["correlation"] >= plain_by_id[sid]["correlation"]
-    # the threshold is calibrated with the held-out images under the same views
-    assert inv.threshold >= plain.threshold
+    # the threshold is calibrated with the held-out images under the same views: each scores its best view, as a sample
+    assert inv.threshold >= plain.threshold and len(inv.calibration_corr) == len(plain.calibration_corr) == 20
+    assert np.all(inv.calibration_corr >= plain.calibration_corr - 1e-6)
     saved = json.loads((tmp_path / "inv" / "pairs.json").read_text())
     assert {r["view"] for r in saved if r["synthetic_id"].startswith("copy")} <= set(view_names([32, 32]))
 

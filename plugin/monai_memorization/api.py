@@ -119,6 +119,8 @@ def run_scan(
     orientation_invariant: bool = False,
     score: str = "auto",
     search: str = "auto",
+    calibration: str = "holdout",
+    allow_few_holdout: bool = False,
 ) -> ScanResult:
     """Scan synthetic images for copies of training images and write the memorization report.
 
@@ -160,6 +162,11 @@ def run_scan(
             trained to ignore blur misses.
         search: ``"auto"`` (default: exact, approximate above 1e11 correlations a pass on the CPU), ``"exact"`` or
             ``"approximate"`` (faiss IVF-Flat; the report then says so).
+        calibration: ``"holdout"`` (default: each held-out image scored against the training set as a synthetic image
+            is; a new image passes the threshold with probability ``1 - percentile/100`` at any set size) or
+            ``"published"`` (the paper's rule, to reproduce it; not controlled when N_train exceeds N_holdout).
+        allow_few_holdout: scan with fewer held-out subjects than the percentile needs (19 at the 95th); the
+            report's calibration note then states the real false-positive rate. Otherwise that is an error.
 
     Returns:
         :class:`ScanResult` with ``out_dir`` and ``report_path`` set.
@@ -180,6 +187,7 @@ def run_scan(
         allow_overlap=allow_overlap, validate=validate, orientation_invariant=orientation_invariant, use_gpu=use_gpu,
         sections=(train_section, holdout_section, synthetic_section), modality=modality, device=device,
         batch_size=batch_size, num_workers=num_workers, progress=progress, score=score, search=search,
+        calibration=calibration, allow_few_holdout=allow_few_holdout,
     )
     import ignite.distributed as idist
 
@@ -194,7 +202,7 @@ def run_scan(
     summary = write_scan_report(result, out_dir, context, _montage(ref, synth, result, top_k))
     if log_to_mlflow:
         params = {"percentile": percentile, "detector_sha256": det.config["sha256"], "modality": det.modality,
-                  "n_bootstrap": n_bootstrap}
+                  "n_bootstrap": n_bootstrap, "calibration": calibration}
         log_scan_to_mlflow(result, summary, tracking_uri, experiment_name, run_name, params, log_images_to_mlflow,
                            mlflow_artifacts, allow_remote_tracking)
     return result
@@ -267,6 +275,8 @@ def check(
     progress: bool = True,
     holdout_section: str = "holdout",
     allow_overlap: bool = False,
+    calibration: str = "holdout",
+    allow_few_holdout: bool = False,
 ) -> CheckResult:
     """Check synthetic images for copies of training images and write the memorization report.
 
@@ -298,6 +308,9 @@ def check(
         holdout_section: datalist list holding the held-out images.
         allow_overlap: scan even when the sets overlap (by real path, content or subject); the report's headline
             then warns. Without it an overlap is an error, raised before any detector is trained or loaded.
+        calibration: ``"holdout"`` (default) or ``"published"`` (the paper's rule), as in :func:`run_scan`.
+        allow_few_holdout: scan with fewer held-out subjects than the percentile needs, as in :func:`run_scan`;
+            otherwise that is an error, raised before any detector is trained or loaded.
 
     Returns:
         :class:`CheckResult`.
@@ -319,6 +332,9 @@ def check(
 
         check_overlap(train_set.items, holdout_set.items, synthetic_set.items)
     if detector is None:
+        from monai_memorization.detection.calibrate import check_calibration_size
+
+        check_calibration_size(holdout_set.subjects, percentile, allow_few_holdout)  # nor with too few held-out subjects
         detector = _train_quick_detector(
             train, train_set, out_dir.parent / f"{out_dir.name}_detector" / "copy_detector.pt", modality, detector_epochs,
             detector_options, mlflow, tracking_uri, device, seed, progress,
@@ -330,6 +346,7 @@ def check(
         log_to_mlflow=mlflow, tracking_uri=tracking_uri, log_images_to_mlflow=log_images_to_mlflow, batch_size=batch_size,
         mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
         device=device, top_k=top_k, n_bootstrap=n_bootstrap, seed=seed, progress=progress, allow_overlap=allow_overlap,
+        calibration=calibration, allow_few_holdout=allow_few_holdout,
     )
     values = {f.name: getattr(r, f.name) for f in fields(ScanResult)}
     return CheckResult(**values, detector=str(Path(detector).resolve()), detector_trained=trained)

@@ -45,7 +45,8 @@ class Commands:
             seed: dataset seed; the same seed gives byte-identical files.
             shape: spatial shape, e.g. "[32,32,32]" (default: 64^3 CT, 32x128x128 MR, 256^2 X-ray).
             n_val: validation subjects (default n // 8, at least 1).
-            n_holdout: held-out subjects for calibrating the detector (default n // 2, at least 2).
+            n_holdout: held-out subjects for calibrating the detector (default n // 2, at least 24: a 95th-percentile
+                threshold needs 19).
 
         Returns:
             Path of the written dataset.json.
@@ -191,7 +192,7 @@ class Commands:
         holdout_section: str = "holdout",
         allow_overlap: bool = False,
         orientation_invariant: bool = False,
-        score: str = "auto", search: str = "auto",
+        score: str = "auto", search: str = "auto", calibration: str = "holdout", allow_few_holdout: bool = False,
     ) -> str:
         """Scan synthetic images for copies of training images; write the memorization report.
 
@@ -201,7 +202,8 @@ class Commands:
             synthetic: the synthetic images: a folder (NIfTI/PNG/DICOM) or a datalist .json.
             detector: checkpoint from train-detector.
             out: report folder (report.html, report.json, pairs.csv/json, memorized.csv, PNGs).
-            percentile: threshold percentile of training-to-nearest-held-out correlations.
+            percentile: threshold percentile of the held-out images' scores against the training set (a new image
+                that copies nothing passes it with probability 1 - percentile/100).
             modality: ct, mr or xr (default: the detector's).
             batch_size: images per embedding batch.
             device: cuda or cpu.
@@ -224,6 +226,11 @@ class Commands:
                 budget (finds blurred autoencoder round trips, shifted and zoomed copies; see the README's figures).
             search: auto (exact; approximate faiss IVF-Flat above 1e11 correlations a pass), exact or approximate
                 (the report says when the search was approximate).
+            calibration: holdout (default: each held-out image scored against the training set as a synthetic image
+                is, valid at any set size) or published (the paper's rule, to reproduce it: it flags most new images
+                when the training set is much larger than the held-out set).
+            allow_few_holdout: scan with fewer held-out subjects than the percentile needs (19 at the 95th); the
+                report then states the real false-positive rate.
 
         Returns:
             A one-line summary with the three fractions (synthetic_copy_rate, the headline, first) and the report path.
@@ -236,6 +243,7 @@ class Commands:
             mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
             batch_size=batch_size, device=device, top_k=top_k, holdout_section=holdout_section,
             allow_overlap=allow_overlap, orientation_invariant=orientation_invariant, score=score, search=search,
+            calibration=calibration, allow_few_holdout=allow_few_holdout,
         )
         from monai_memorization.report.writer import summary_line
 
@@ -283,6 +291,7 @@ class Commands:
         tracking_uri: str | None = None,
         allow_overlap: bool = False,
         mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
+        calibration: str = "holdout", allow_few_holdout: bool = False,
     ) -> str:
         """Scan with sensible defaults (the Python API ``monai_memorization.check``).
 
@@ -301,6 +310,8 @@ class Commands:
                 content or subjects (otherwise an error); the report's headline then warns.
             mlflow_artifacts: also send paths, subject IDs, the per-pair tables and the quick detector's weights to MLflow (default: aggregates only).
             allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
+            calibration: holdout (default) or published (the paper's rule), as for scan.
+            allow_few_holdout: scan with fewer held-out subjects than the percentile needs, as for scan.
 
         Returns:
             A one-line summary with the three fractions (synthetic_copy_rate, the headline, first) and the report path.
@@ -310,7 +321,8 @@ class Commands:
         r = check(
             train, synthetic, holdout=holdout, detector=detector, out=out, modality=modality, percentile=percentile,
             detector_epochs=detector_epochs, mlflow=mlflow, tracking_uri=tracking_uri, allow_overlap=allow_overlap,
-            mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
+            mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking, calibration=calibration,
+            allow_few_holdout=allow_few_holdout,
         )
         from monai_memorization.report.writer import summary_line
 
@@ -327,7 +339,8 @@ class Commands:
         positive_control: int = 8,
         seed: int = 0,
         tracking_uri: str | None = None,
-        mlflow_artifacts: bool = False, allow_remote_tracking: bool = False, bundle: str | None = None, **options,
+        mlflow_artifacts: bool = False, allow_remote_tracking: bool = False, allow_few_holdout: bool = False,
+        bundle: str | None = None, **options,
     ) -> None:
         """End-to-end audit: a memorization-prone and a mitigated LDM, side by side, each scanned for copies.
 
@@ -347,15 +360,19 @@ class Commands:
             tracking_uri: MLflow store (default: sqlite:///<out>/mlflow.db).
             mlflow_artifacts: also send paths, subject IDs, the detector weights, the executed configs and sample montages to MLflow (default: aggregates only).
             allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
+            allow_few_holdout: calibrate on fewer held-out subjects than the percentile needs (19 at the 95th); the
+                reports then state the real false-positive rate (always allowed in a smoke run, which gives no verdict).
             bundle: audit this trained generator bundle as it is instead (options: monai_memorization.zoo.audit).
         """
         if bundle is not None or options:  # an existing trained generator, without retraining it
             from monai_memorization.zoo.audit import bundle_command
-            sys.exit(bundle_command(bundle, out, num_samples, detector_epochs, positive_control, seed, tracking_uri, **options))
+            sys.exit(bundle_command(bundle, out, num_samples, detector_epochs, positive_control, seed, tracking_uri,
+                                    allow_few_holdout=allow_few_holdout, **options))
         from monai_memorization.audit import run_audit
         r = run_audit(modality=modality, out=out, datalist=datalist, preset=preset, num_samples=num_samples,
                       detector_epochs=detector_epochs, positive_control=positive_control, seed=seed, tracking_uri=tracking_uri,
-                      mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking)
+                      mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
+                      allow_few_holdout=allow_few_holdout)
         print(r.summary(), flush=True)
         if r.exit_code:
             sys.exit(r.exit_code)

@@ -72,7 +72,7 @@ def pixel_side(split: str, size: int = 96, n_train: int = 30, n_holdout: int = 3
     pix = {k: nn_corr(flat(img["train"]), flat(img[k]), with_index=True) for k in ("novel", "copies")}
     ali = {k: aligned_nearest(img[k], img["train"])[0] for k in ("novel", "copies")}
     _, pix_cal = calibrate_threshold(flat(img["train"]), flat(img["hold"]), 95.0, use_gpu=False)
-    score = HybridScore({"pixel": pix_cal, "aligned": aligned_nearest(img["train"], img["hold"])[0]})
+    score = HybridScore({"pixel": pix_cal, "aligned": aligned_nearest(img["hold"], img["train"])[0]})
     z = {k: {"pixel": (pix[k][0] - score.mean["pixel"]) / score.std["pixel"],
              "aligned": (ali[k] - score.mean["aligned"]) / score.std["aligned"]} for k in ("novel", "copies")}
     s_novel = np.maximum(z["novel"]["pixel"], z["novel"]["aligned"])

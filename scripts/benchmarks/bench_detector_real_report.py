@@ -122,9 +122,9 @@ def write_report(path, args, results: dict, pick, total_s: float) -> str:
              f"in-distribution ({', '.join(IN_KINDS)}), held-out kinds ({', '.join(HELD_KINDS)}) and AutoencoderKL "
              "round trips. Negatives: the novel images. Score: correlation to the nearest training image (detector "
              "embedding, or pixels). TPR@1%: at the score cut-off passing at most 1% of the novel images (with fewer "
-             "than 100 novel images that is: none of them). Calibrated threshold: 95th percentile of "
-             "training-to-nearest-held-out correlation by the (n+1) rule (`calibrate_threshold`, "
-             "`calibration_quantile`); its FPR is measured on the novel images.",
+             "than 100 novel images that is: none of them). Calibrated threshold: 95th percentile by the (n+1) rule of "
+             "each held-out image's score against the training set, computed as a copy's (`calibrate_threshold`, "
+             "`calibration_quantile`, the package's default rule); its FPR is measured on the novel images.",
              f"Targets (issue #11): {TARGETS}.", ""]
     if "tune" in results:
         d, rows = results["tune"]

@@ -334,8 +334,8 @@ def evaluate(dim_name, modality, shape, args, device, tmp):
 
     t_al = time.perf_counter()
     p_tr, p_ho, p_cp, p_nv = pix_images(train), pix_images(hold), pix_images(copies), pix_images(novel)
-    det_tr_ho = nn_corr(embed(enc, hold), embed(enc, train))[1]
-    ali_calib = aligned_nearest(p_tr, p_ho, extra=det_tr_ho[:, None])[0]
+    det_ho_tr = nn_corr(embed(enc, train), embed(enc, hold))[1]  # the held-out images, scored as the copies
+    ali_calib = aligned_nearest(p_ho, p_tr, extra=det_ho_tr[:, None])[0]
     ali_pos = aligned_nearest(p_cp, p_tr, extra=det_pos_idx[:, None])[0]
     ali_neg = aligned_nearest(p_nv, p_tr, extra=det_neg_idx[:, None])[0]
     timing["aligned"] = time.perf_counter() - t_al

@@ -34,7 +34,7 @@ AUDIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "gpu": {"n": 256, "n_holdout": 64, "n_val": 8, "shape": gpu_shape, "quick": False, "num_samples": 256, "checks": 10,
                 "configs": [_cfg("prone", _PRONE.format(n=32), 32, False, 400, 8000),
                             _cfg("mitigated", _MITIGATED.format(n=256), 256, True, 50, 1000)]},
-        "smoke": {"n": 8, "n_holdout": 4, "n_val": 1, "shape": [32] * len(shape), "quick": True, "num_samples": 4,
+        "smoke": {"n": 8, "n_holdout": 20, "n_val": 1, "shape": [32] * len(shape), "quick": True, "num_samples": 4,
                   "checks": 1, "detector_epochs": 5,
                   "configs": [_cfg("prone", "smoke test: tiny training, no verdict", 4, False, 1, 2)]},
     }

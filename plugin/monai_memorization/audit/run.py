@@ -87,6 +87,7 @@ def run_audit(
     positive_control: int = 8,
     progress: bool = True,
     mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
+    allow_few_holdout: bool = False,
 ) -> AuditResult:
     """Run the audit; see the docstring of :mod:`monai_memorization.audit` for the steps.
 
@@ -109,6 +110,9 @@ def run_audit(
         mlflow_artifacts: also send paths, the detector weights, the executed configs, sample montages and the
             scans' per-pair tables to MLflow (default: aggregate metrics and parameters only).
         allow_remote_tracking: allow more than aggregates to go to a remote tracking store.
+        allow_few_holdout: calibrate on fewer held-out subjects than ``percentile`` needs (19 at the 95th); the scans
+            then state the real false-positive rate. Otherwise that is an error, before anything is trained. A
+            ``smoke`` run, which gives no verdict, always allows it.
 
     Returns:
         :class:`AuditResult`.
@@ -172,6 +176,10 @@ def run_audit(
         for s in sets:
             s.check_dims(spatial_dims)
     train_all, holdout_items = list(sets[0].items), list(sets[1].items)
+    from monai_memorization.detection.calibrate import check_calibration_size
+
+    few = bool(allow_few_holdout) or preset == "smoke"
+    check_calibration_size(sets[1].subjects, percentile, few)  # before the detector and the generators train
     seconds["data"] = time.time() - t
 
     # 2. detector ------------------------------------------------------------------------------
@@ -211,7 +219,7 @@ def run_audit(
             "memorization_check#detector": str(detector), "memorization_check#holdout": sub,
             "memorization_check#interval": interval, "memorization_check#num_samples": 8,
             "memorization_check#num_inference_steps": "@num_inference_steps", "memorization_check#percentile": percentile,
-            **privacy,
+            "memorization_check#allow_few_holdout": few, **privacy,
         }
         overrides.update(bundle_overrides or {})
         files = bundle_configs + [bundle_dir("copy_detector") / "configs" / "memorization_check.json"]
@@ -229,7 +237,7 @@ def run_audit(
         rec, synth_arr = evaluate_samples(
             name, samples, train_items, holdout_items, holdout_arr, detector, out_dir, modality, spatial_size, features,
             percentile=percentile, seed=seed, progress=progress,
-            scan_options={"tracking_uri": uri, "experiment_name": experiment, **privacy})
+            scan_options={"tracking_uri": uri, "experiment_name": experiment, "allow_few_holdout": few, **privacy})
         montage[f"samples: {name}"] = synth_arr[:8]
         adopt_child_runs(uri, experiment, parent, t0, {"audit_config": name})
         if preset == "smoke":
@@ -249,7 +257,8 @@ def run_audit(
     control = None
     if positive_control > 0:
         t = stage(f"positive control: {positive_control} planted copies of training images")
-        control = run_positive_control(modality, datalist, detector, out_dir, int(positive_control), percentile, seed, progress)
+        control = run_positive_control(modality, datalist, detector, out_dir, int(positive_control), percentile, seed, progress,
+                                       allow_few_holdout=few)
         seconds["control"] = time.time() - t
 
     t = stage("report")

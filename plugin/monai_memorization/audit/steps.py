@@ -177,7 +177,8 @@ def training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, fl
 
 
 def run_positive_control(
-    modality: str, datalist: str, detector: Path, out_dir: Path, k: int, percentile: float, seed: int, progress: bool
+    modality: str, datalist: str, detector: Path, out_dir: Path, k: int, percentile: float, seed: int, progress: bool,
+    allow_few_holdout: bool = False,
 ) -> dict:
     """Plant ``k`` exact/transformed copies of training images and scan them; returns what was found."""
     import shutil
@@ -210,7 +211,7 @@ def run_positive_control(
         planted[name.split(".")[0]] = kind
     r = run_scan(
         datalist, datalist, folder, detector, out_dir / "control_report", percentile=percentile, modality=modality,
-        log_to_mlflow=False, progress=progress, n_bootstrap=0, seed=seed,
+        log_to_mlflow=False, progress=progress, n_bootstrap=0, seed=seed, allow_few_holdout=allow_few_holdout,
     )
     by_kind: dict[str, dict[str, int]] = {}
     for p in r.pairs:

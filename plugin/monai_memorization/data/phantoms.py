@@ -210,7 +210,7 @@ def _splits(n: int, n_val: int | None, n_holdout: int | None) -> dict[str, int]:
     if n < 1:
         raise ValueError(f"need at least one training subject, got n={n}")
     n_val = max(1, n // 8) if n_val is None else int(n_val)
-    n_holdout = max(2, n // 2) if n_holdout is None else int(n_holdout)
+    n_holdout = max(24, n // 2) if n_holdout is None else int(n_holdout)
     return {"training": int(n), "validation": n_val, "holdout": n_holdout}
 
 
@@ -259,7 +259,7 @@ def write_dataset(
         shape: spatial shape (default :data:`DEFAULT_SHAPES`).
         n_val: validation subjects (default ``max(1, n // 8)``).
         n_holdout: held-out subjects the generator never sees, used to calibrate the copy
-            detector (default ``max(2, n // 2)``).
+            detector (default ``max(24, n // 2)``: a 95th-percentile threshold needs at least 19).
         progress: show a progress bar.
         reuse: keep a phantom set already in ``out_dir`` when it was made with the same parameters,
             and replace one made with others (see :func:`ensure_phantoms`).

@@ -8,42 +8,52 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Threshold calibration on data the generator never saw."""
+"""Threshold calibration on data the generator never saw: the null a new patient's image follows.
+
+A synthetic image's score is its correlation to its nearest *training* image: a maximum over the ``N`` training
+images. The threshold must be the same quantity for images that are, by construction, not copies, so the default
+rule (``"holdout"``) scores each *held-out* image against the training set exactly as a synthetic image is scored
+(same index, same orientation views; with the hybrid score the same spaces and standardisation) and takes the
+``percentile`` of those ``m`` scores by the (n + 1) rule. A new image that copies nothing is then exchangeable with
+the held-out images, and passes the threshold with probability ``1 - percentile/100`` whatever ``N`` and ``m`` are.
+
+The published rule (``"published"``, Dar et al.) takes each *training* image's correlation to its nearest held-out
+image: a maximum over the ``m`` held-out images. It matches a synthetic image's score only when ``N`` is about ``m``;
+with 2,000 training and 40 held-out images it flagged 7 of 8 new images. It is kept, named, to reproduce the paper.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from monai_memorization.detection.index import CorrelationIndex
-from monai_memorization.errors import DetectorError
+from monai_memorization.detection import index as nn
+from monai_memorization.errors import DataValidationError, DetectorError
 
-__all__ = ["calibrate_threshold", "calibration_quantile", "calibration_note", "HybridScore", "MIN_CALIBRATION_SUBJECTS",
+__all__ = ["calibrate", "calibrate_threshold", "calibration_quantile", "calibration_note", "check_calibration_size",
+           "min_calibration_subjects", "nearest_training", "HybridScore", "CALIBRATIONS", "DEFAULT_CALIBRATION",
            "QUANTILE_METHOD"]
 
 #: numpy's sample-quantile rule for every calibrated threshold: the (n + 1) plotting position (Hyndman and Fan's
 #: type 6). A new sample exchangeable with the ``n`` calibration values exceeds their ``p``-th percentile with
-#: probability ``1 - p/100`` (5% at the 95th). numpy's default ("linear") lets about ``(0.05 n + 0.95) / (n + 1)``
-#: through, 7.9% at n = 30: measured on brain MR slices of many patients (Br35H, 30 training images, 200 random
-#: held-out/novel draws) the hybrid score's calibrated FPR averaged 9.0% and 9.2% with it and 4.9% and 5.0% with this
-#: rule (``scripts/benchmarks/results/bench_detector_real_br35h.md``). With thousands of values the two agree.
+#: probability ``1 - p/100`` (5% at the 95th); numpy's default ("linear") lets about ``(0.05 n + 0.95) / (n + 1)``
+#: through, 7.9% at n = 30. With thousands of values the two agree.
 QUANTILE_METHOD = "weibull"
 
-#: held-out subjects from which the detector's calibrated false-positive rate held on real MR slices: over random
-#: draws of held-out slabs of one head, 17.4% of new slices were flagged with 6 held-out subjects, 7.7% with 12, 5.2%
-#: with 18 and 3.7% with 24 (``scripts/benchmarks/results/bench_detector_real.md``, round 6, numpy's default
-#: percentile). On brain MR slices of many patients with the (n + 1) rule, the hybrid score's rate averaged 19.6-25.0%
-#: with 6 held-out patients, 11.5-11.8% with 12, 7.2-7.5% with 18, 5.4-6.8% with 24 and 4.9-5.0% with 30
-#: (``bench_detector_real_br35h.md``); the note says when a held-out set has fewer
-MIN_CALIBRATION_SUBJECTS = 18
+#: the calibration rules: ``"holdout"`` (each held-out image scored against the training set as a synthetic image is:
+#: the default) and ``"published"`` (each training image's correlation to its nearest held-out image, Dar et al.;
+#: to reproduce the paper only: its false-positive rate grows with N_train / N_holdout)
+CALIBRATIONS = ("holdout", "published")
+DEFAULT_CALIBRATION = "holdout"
 
 
 def calibration_quantile(values, percentile: float, axis=None, keepdims: bool = False):
     """The calibrated threshold: the ``percentile`` of ``values`` by the (n + 1) rule (:data:`QUANTILE_METHOD`).
 
     Args:
-        values: calibration values (e.g. each training sample's correlation to its nearest held-out sample).
+        values: calibration values (each held-out image's score against the training set).
         percentile: in (0, 100].
         axis: as ``numpy.percentile`` (e.g. ``-1`` for bootstrap resamples in rows).
         keepdims: as ``numpy.percentile``.
@@ -54,92 +64,199 @@ def calibration_quantile(values, percentile: float, axis=None, keepdims: bool = 
     return np.percentile(values, percentile, axis=axis, keepdims=keepdims, method=QUANTILE_METHOD)
 
 
-def calibrate_threshold(
-    train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = 95.0, use_gpu: bool | str = "auto"
-) -> tuple[float, np.ndarray]:
-    """Copy threshold from each training sample's correlation to its nearest held-out sample.
+def min_calibration_subjects(percentile: float = 95.0) -> int:
+    """The fewest held-out subjects from which the (n + 1) rule can set a threshold below their largest score.
 
-    A held-out sample is, by construction, not a copy of any training sample; the correlation
-    of a training sample to its nearest held-out sample is therefore what "similar but novel"
-    looks like on this site's data. The threshold is the ``percentile`` of those values by the (n + 1)
-    rule (:func:`calibration_quantile`), so about ``100 - percentile`` % of novel samples are expected
-    above it, however few the values.
+    The ``p``-th percentile by the (n + 1) rule sits at rank ``p/100 (n + 1)``; below ``n + 1 = 100 / (100 - p)``
+    that rank is past the largest value, the threshold is the maximum, and a new image passes it with probability
+    ``1 / (n + 1)``, more than the nominal ``1 - p/100``. So ``ceil(100 / (100 - p)) - 1``: 19 at the 95th
+    percentile, 9 at the 90th, 99 at the 99th. Counted in subjects: images of one patient are not independent draws.
+    At ``p = 100`` the threshold is the maximum by request: 1.
+
+    Args:
+        percentile: the calibration percentile in (0, 100].
+
+    Returns:
+        the number of held-out subjects.
+    """
+    p = float(percentile)
+    return 1 if p >= 100.0 else max(1, math.ceil(100.0 / (100.0 - p) - 1e-9) - 1)
+
+
+def _n_subjects(subjects: Sequence[str]) -> int:
+    """Distinct subjects; an image without a subject id counts as a subject of its own."""
+    return len({s if s else f"\0{i}" for i, s in enumerate(str(v or "") for v in subjects)})
+
+
+def check_calibration_size(subjects: Sequence[str], percentile: float = 95.0, allow_few_holdout: bool = False) -> None:
+    """Refuse a held-out set too small to calibrate a ``percentile`` threshold (:func:`min_calibration_subjects`).
+
+    Args:
+        subjects: each held-out image's subject id (an empty id is a subject of its own).
+        percentile: the calibration percentile.
+        allow_few_holdout: go on all the same (the calibration note then states the real rate, ``1 / (m + 1)``).
+
+    Raises:
+        DataValidationError: fewer held-out subjects than the floor, without ``allow_few_holdout``.
+    """
+    m, floor = _n_subjects(subjects), min_calibration_subjects(percentile)
+    if m < floor and not allow_few_holdout:
+        raise DataValidationError(
+            f"{m} held-out subject{'s' if m != 1 else ''} cannot calibrate a {float(percentile):g}th-percentile threshold: "
+            f"below {floor} the threshold is their largest score, and a new patient's image passes it with probability "
+            f"1/{m + 1} = {100 / (m + 1):.1f}%, not {100 - float(percentile):g}%; add held-out subjects (patients the "
+            f"generator never saw) or pass --allow_few_holdout to scan anyway (the report then states that rate)")
+
+
+def nearest_training(train_n: np.ndarray, query_n: np.ndarray, n_views: int = 1, backend: str = "cpu",
+                     search: str = "exact") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query image's score: its correlation to its nearest training row, the best of its orientation views.
+
+    The one definition of a query's score in an embedding space, for synthetic and held-out images alike.
+
+    Args:
+        train_n: ``[N, d]`` training rows, normalised for correlation.
+        query_n: ``[V * Q, d]`` query rows, normalised, view-major when ``n_views > 1``.
+        n_views: orientation views ``V`` in ``query_n``.
+        backend, search: as :func:`~monai_memorization.detection.index.nearest_one_way`.
+
+    Returns:
+        ``(corr [Q], nearest training row [Q], winning view [Q])``.
+    """
+    corr, idx = nn.nearest_one_way(train_n, query_n, backend, search)
+    if n_views > 1:
+        from monai_memorization.detection.views import reduce_views
+
+        return reduce_views(corr, idx, n_views)
+    return corr, idx, np.zeros(len(corr), dtype=int)
+
+
+def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = 95.0, use_gpu: bool | str = "auto",
+              search: str = "auto", normalised: bool = False, rule: str = DEFAULT_CALIBRATION,
+              n_views: int = 1) -> tuple[tuple[float, np.ndarray], str]:
+    """The calibrated threshold and its calibration values.
+
+    Args:
+        train_emb: ``[N_train, d]`` training embeddings (already normalised with ``normalised``).
+        holdout_emb: ``[V * N_holdout, d]`` held-out embeddings, view-major with ``n_views`` views.
+        percentile: percentile in (0, 100] of the calibration values, by the (n + 1) rule.
+        use_gpu: ``"auto"``, True or False (:func:`~monai_memorization.detection.index.resolve_backend`).
+        search: ``"auto"``, ``"exact"`` or ``"approximate"`` (:func:`~monai_memorization.detection.index.choose_search`).
+        normalised: ``train_emb`` is already centred and normalised.
+        rule: ``"holdout"`` (each held-out image's score against the training set, as a synthetic image's: ``[N_holdout]``
+            values) or ``"published"`` (each training image's correlation to its nearest held-out row: ``[N_train]``).
+        n_views: orientation views in ``holdout_emb``.
+
+    Returns:
+        ``((threshold, values), search mode)``.
+
+    Raises:
+        DataValidationError: an empty set, an unknown rule or a percentile outside (0, 100].
+        DetectorError: embeddings of different sizes.
+    """
+    if not 0.0 < float(percentile) <= 100.0:
+        raise DataValidationError(f"percentile must be in (0, 100], got {percentile}")
+    if rule not in CALIBRATIONS:
+        raise DataValidationError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {rule!r}")
+    train_emb, holdout_emb = np.asarray(train_emb), np.asarray(holdout_emb)
+    for name, arr in (("training", train_emb), ("held-out", holdout_emb)):
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise DataValidationError(f"{name} set is empty (embeddings of shape {arr.shape}): cannot calibrate the threshold")
+    if train_emb.shape[1] != holdout_emb.shape[1]:
+        raise DetectorError(f"embedding sizes differ: training {train_emb.shape[1]}, held-out {holdout_emb.shape[1]}")
+    backend = nn.resolve_backend(use_gpu)
+    mode = nn.choose_search(search, float(len(train_emb)) * len(holdout_emb), backend)
+    train_n = train_emb if normalised else nn.normalize_for_correlation(train_emb, "training embeddings")
+    hold_n = nn.normalize_for_correlation(holdout_emb, "held-out embeddings")
+    if rule == "holdout":
+        values = nearest_training(train_n, hold_n, n_views, backend, mode)[0]
+    else:
+        values = nn.nearest_one_way(hold_n, train_n, backend, mode)[0]
+    return (float(calibration_quantile(values, percentile)), values), mode
+
+
+def calibrate_threshold(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = 95.0,
+                        use_gpu: bool | str = "auto", rule: str = DEFAULT_CALIBRATION) -> tuple[float, np.ndarray]:
+    """The copy threshold from exact nearest-neighbour correlations (:func:`calibrate` without views or search).
 
     Args:
         train_emb: ``[N_train, d]`` training embeddings.
         holdout_emb: ``[N_holdout, d]`` held-out embeddings (same distribution, never trained on).
-        percentile: percentile in (0, 100] of the nearest-held-out correlations.
-        use_gpu: passed to :class:`CorrelationIndex`.
+        percentile: percentile in (0, 100] of the calibration values.
+        use_gpu: faiss GPU index.
+        rule: ``"holdout"`` (default) or ``"published"`` (see :data:`CALIBRATIONS`).
 
     Returns:
-        ``(threshold, corr)`` with ``corr`` ``[N_train]`` the nearest held-out correlation of each
-        training sample.
+        ``(threshold, values)``: ``values`` each held-out image's nearest-training correlation (``[N_holdout]``), or
+        with ``"published"`` each training image's nearest-held-out correlation (``[N_train]``).
     """
-    if not 0.0 < float(percentile) <= 100.0:
-        raise DetectorError(f"percentile must be in (0, 100], got {percentile}")
-    train_emb, holdout_emb = np.asarray(train_emb), np.asarray(holdout_emb)
-    if len(train_emb) == 0:
-        raise DetectorError("training set is empty: cannot calibrate the threshold")
-    if len(holdout_emb) == 0:
-        raise DetectorError("held-out set is empty: cannot calibrate the threshold")
-    if train_emb.ndim != 2 or holdout_emb.ndim != 2 or train_emb.shape[1] != holdout_emb.shape[1]:
-        raise DetectorError(
-            f"training embeddings {train_emb.shape} and held-out embeddings {holdout_emb.shape} do not match"
-        )
-    index = CorrelationIndex(holdout_emb.shape[1], use_gpu=use_gpu)
-    index.add(holdout_emb, name="held-out embeddings")
-    corr, _ = index.search(train_emb, k=1, name="training embeddings")
-    corr = corr[:, 0]
-    return float(calibration_quantile(corr, percentile)), corr
+    return calibrate(train_emb, holdout_emb, percentile, use_gpu, "exact", rule=rule)[0]
 
 
-def calibration_note(subjects: Sequence[str], percentile: float = 95.0) -> dict:
-    """How precisely the held-out set pins down the threshold's false-positive rate on new patients.
+def calibration_note(subjects: Sequence[str], percentile: float = 95.0, rule: str = DEFAULT_CALIBRATION,
+                     n_train: int | None = None) -> dict:
+    """What the calibration can carry: the threshold's false-positive rate on new patients, and how precisely.
 
-    The threshold aims to let ``100 - percentile`` % of new patients' images through. Images of one held-out subject
-    (slices of one head, phases of one study) are not independent draws, so the precision is counted in subjects:
-    one binomial standard error ``sqrt(p (1 - p) / m)`` of the nominal rate ``p`` at ``m`` held-out subjects. It is a
-    best case. On real MR slices with 6 held-out subjects of one head, the rate measured on new slices averaged 25 %
-    over random draws of those subjects, 2-58 % from the 5th to the 95th percentile. The detector alone's rate came
-    within 5 +/- 2 % once :data:`MIN_CALIBRATION_SUBJECTS` subjects were held out, while the hybrid score's stayed
-    near 13 % on that one head (``scripts/benchmarks/results/bench_detector_real.md``). On slices of many patients
-    the hybrid's rate averaged 7 % with 18 held-out patients and 5 % with 30 (``bench_detector_real_br35h.md``).
-    With fewer than :data:`MIN_CALIBRATION_SUBJECTS`, the text says so.
+    With the ``"holdout"`` rule a new patient's image passes the threshold with probability ``p = 1 - percentile/100``
+    when it is exchangeable with the held-out images. Images of one held-out subject are not independent draws, so the
+    precision is counted in subjects: one binomial standard error ``sqrt(p (1 - p) / m)`` at ``m`` held-out subjects,
+    a best case. Below :func:`min_calibration_subjects` the threshold is the largest held-out score and the rate is
+    ``1 / (m + 1)``; the text says so. With the ``"published"`` rule the rate is not controlled (it grows with
+    ``N_train / N_holdout``), and the text says that instead.
 
     Args:
         subjects: each held-out image's subject id; an empty id counts as a subject of its own.
         percentile: the calibration percentile.
+        rule: the calibration rule (:data:`CALIBRATIONS`).
+        n_train: training images (named in the published rule's text).
 
     Returns:
-        ``{"n_subjects", "fpr", "fpr_se", "enough_subjects", "text"}``.
+        ``{"n_subjects", "fpr", "fpr_se", "enough_subjects", "rule", "text"}`` (``fpr`` the rate the threshold lets
+        through: the nominal one, or ``1 / (m + 1)`` below the floor).
     """
-    ids = [s if s else f"\0{i}" for i, s in enumerate(str(v or "") for v in subjects)]
-    m = len(set(ids))
+    m, floor = _n_subjects(subjects), min_calibration_subjects(percentile)
     p = 1.0 - float(percentile) / 100.0
-    se = float(np.sqrt(p * (1.0 - p) / max(m, 1)))
-    enough = m >= MIN_CALIBRATION_SUBJECTS
-    text = (f"nominal false-positive rate {100 * p:.0f}% +/- {100 * se:.1f}% (one standard error) from {m} held-out "
-            f"subject{'s' if m != 1 else ''}")
-    if not enough:
-        text += f", fewer than the {MIN_CALIBRATION_SUBJECTS} at which the detector's rate held on real MR slices"
-    return {"n_subjects": m, "fpr": p, "fpr_se": se, "enough_subjects": enough, "text": text}
+    enough = m >= floor
+    rate = p if enough else 1.0 / (m + 1)
+    se = float(np.sqrt(rate * (1.0 - rate) / max(m, 1)))
+    s = "s" if m != 1 else ""
+    if rule == "published":
+        text = (f"published calibration (Dar et al.: each training image to its nearest of {m} held-out subject{s}): its "
+                f"false-positive rate on new images is not controlled and grows with the ratio of training to held-out "
+                f"images" + (f" ({n_train} to {len(subjects)})" if n_train else ""))
+    elif enough:
+        text = f"false-positive rate {100 * p:.0f}% +/- {100 * se:.1f}% (one standard error) from {m} held-out subject{s}"
+    else:
+        text = (f"false-positive rate {100 * rate:.0f}% +/- {100 * se:.1f}% (one standard error), not the nominal "
+                f"{100 * p:.0f}%: {m} held-out subject{s}, fewer than the {floor} a {float(percentile):g}th-percentile "
+                f"threshold needs, so it is their largest score")
+    return {"n_subjects": m, "fpr": rate, "fpr_se": se, "enough_subjects": enough, "rule": rule, "text": text}
 
 
 class HybridScore:
     """One copy score from several nearest-training correlations (e.g. detector embedding and pixels).
 
-    Each correlation is standardised by its own calibration values (each training sample's
-    correlation to its nearest held-out sample: mean and standard deviation); the hybrid score is
-    the largest standardised value, and its threshold the ``percentile`` of the same maximum over the
-    calibration values (by the (n + 1) rule of :func:`calibration_quantile`). So one false-positive budget
-    covers the union: a sample is a copy when any of the scores is unusually high for a new patient. The detector catches transformed copies
-    that pixels miss; (aligned) pixel correlation catches blurred round trips that a blur-invariant detector
-    can miss.
+    Each correlation is standardised by the mean and standard deviation of its own calibration values (each held-out
+    image's score against the training set in that space); the hybrid score is the largest standardised value, and
+    its threshold the ``percentile`` of the same maximum over the calibration images (by the (n + 1) rule of
+    :func:`calibration_quantile`). So one false-positive budget covers the union: a sample is a copy when any of the
+    scores is unusually high for a new patient. The detector catches transformed copies that pixels miss; (aligned)
+    pixel correlation catches blurred round trips that a blur-invariant detector can miss.
+
+    Every image counts itself among the statistics it is standardised by: a calibration image those of the ``m``
+    calibration images, a query those of the calibration images and itself (``m + 1``). Standardised by statistics
+    that leave it out, a new image's extreme value is not damped as a calibration image's own is, and new images pass
+    more often than nominal: 7.8% instead of 5% with 19 normal calibration values in three spaces, 6.2% with 40
+    (simulated, 20,000 draws); counting itself, 4.3% and 4.6%, and below ``1 / (m + 1)`` with fewer than
+    :func:`min_calibration_subjects` values (15% at m = 5, where that bound is 17%).
 
     Args:
-        calibration: name -> ``[N_train]`` calibration correlations (the second value of
-            :func:`calibrate_threshold` in each space).
+        calibration: name -> ``[m]`` calibration values (the second value of :func:`calibrate_threshold` in each space).
         percentile: percentile of the calibration maxima.
+
+    Attributes:
+        values: the calibration values of each space; ``mean``, ``std`` their statistics.
+        calibration: ``[m]`` each calibration image's hybrid score; ``threshold`` their ``percentile``.
     """
 
     def __init__(self, calibration: dict[str, np.ndarray], percentile: float = 95.0) -> None:
@@ -149,12 +266,28 @@ class HybridScore:
         cal = [np.asarray(calibration[n], dtype=np.float64) for n in self.names]
         if len({len(c) for c in cal}) != 1:
             raise DetectorError("the calibration correlations of a hybrid score differ in length")
+        self.values = dict(zip(self.names, cal))
         self.mean = {n: float(c.mean()) for n, c in zip(self.names, cal)}
         self.std = {n: float(max(c.std(), 1e-6)) for n, c in zip(self.names, cal)}
-        self.calibration = self.score({n: c for n, c in zip(self.names, cal)})
+        self.calibration = np.max(np.stack([(c - self.mean[n]) / self.std[n] for n, c in zip(self.names, cal)]), axis=0)
         self.threshold = float(calibration_quantile(self.calibration, percentile))
+
+    def standardise(self, name: str, corr: np.ndarray) -> np.ndarray:
+        """Queries' correlations in space ``name``, each standardised by the calibration values and itself.
+
+        Args:
+            name: the space.
+            corr: ``[Q]`` each query's nearest-training correlation in it.
+
+        Returns:
+            ``[Q]`` standard scores.
+        """
+        c, cal = np.asarray(corr, dtype=np.float64), self.values[name]
+        m = len(cal) + 1
+        mean = (cal.sum() + c) / m
+        var = ((cal ** 2).sum() + c ** 2) / m - mean ** 2
+        return (c - mean) / np.sqrt(np.maximum(var, 1e-12))
 
     def score(self, corr: dict[str, np.ndarray]) -> np.ndarray:
         """The hybrid score of queries given their nearest-training correlation in every space."""
-        z = [(np.asarray(corr[n], dtype=np.float64) - self.mean[n]) / self.std[n] for n in self.names]
-        return np.max(np.stack(z), axis=0)
+        return np.max(np.stack([self.standardise(n, corr[n]) for n in self.names]), axis=0)

@@ -20,10 +20,11 @@ pixel correlation misses. With ``score="hybrid"`` the scan
 * in the pixel space, takes the plain correlation to the nearest image, and the aligned pixel correlation to each
   image's few nearest candidates (:mod:`~monai_memorization.detection.align`: a small registration search, then
   block-wise correlation);
-* calibrates each space on the held-out set as usual (each training sample to its nearest held-out sample);
+* calibrates each space on the held-out set: each held-out image is scored against the training set in every space
+  exactly as a synthetic image is (:func:`nearest_in_pixels`, the same candidates and views);
 * standardises each correlation by its calibration mean and standard deviation and takes the largest one
   (:class:`~monai_memorization.detection.calibrate.HybridScore`); the threshold is the ``percentile`` of
-  the same maximum over the calibration samples, so the false-positive budget covers both spaces at once.
+  the same maximum over the held-out images, so the false-positive budget covers the three spaces at once.
 
 Scores are in standard deviations above a new patient's typical closeness, not correlations; each pair also
 carries ``detector_correlation``, ``pixel_correlation`` and ``aligned_correlation``. A sample whose plain pixel
@@ -44,12 +45,13 @@ import torch
 from torch import nn
 
 from monai_memorization.detection.align import AlignSearch, aligned_nearest
-from monai_memorization.detection.calibrate import HybridScore, calibrate_threshold
-from monai_memorization.detection.index import CorrelationIndex
+from monai_memorization.detection.calibrate import DEFAULT_CALIBRATION, HybridScore, calibrate_threshold, nearest_training
+from monai_memorization.detection.index import CorrelationIndex, nearest_one_way, normalize_for_correlation, resolve_backend
 from monai_memorization.detection.loaded import Detector
+from monai_memorization.detection.views import reduce_views
 
 __all__ = ["PIXEL_SIDE", "SCORES", "DEFAULT_SCORE", "HYBRID_AUTO_MAX_TRAIN", "resolve_score", "PixelEncoder", "HybridReference",
-           "prepare_hybrid", "hybrid_near"]
+           "prepare_hybrid", "hybrid_near", "nearest_in_pixels", "scan_pixels"]
 
 #: Largest side of the pixel vectors (2D: 64 x 64, 3D: 32^3 at most), so memory stays that of small images.
 PIXEL_SIDE = {2: 64, 3: 32}
@@ -140,19 +142,22 @@ def _nearest_row(ref: np.ndarray, query: np.ndarray, use_gpu: bool | str) -> np.
 
 def prepare_hybrid(det: Detector, train: Any, holdout: Any, det_calibration: np.ndarray, percentile: float,
                    views: Sequence[str] | None = None, use_gpu: bool | str = "auto", train_emb: np.ndarray | None = None,
-                   holdout_emb: np.ndarray | None = None, search: AlignSearch | None = None) -> HybridReference:
+                   holdout_emb: np.ndarray | None = None, search: AlignSearch | None = None,
+                   rule: str = DEFAULT_CALIBRATION) -> HybridReference:
     """Embed the training and held-out sets as pixels and calibrate the hybrid score.
 
     Args:
         det: the loaded detector (its preprocessing and input size are used).
         train, holdout: the training and held-out :class:`~monai_memorization.data.imageset.ImageSet`.
-        det_calibration: ``[N_train]`` detector calibration correlations.
+        det_calibration: the detector's calibration values (``[N_holdout]``; ``[N_train]`` with the published rule).
         percentile: threshold percentile.
         views: orientation views of the held-out set (as for the detector).
         use_gpu: faiss GPU index.
-        train_emb, holdout_emb: the detector embeddings (optional): each training image's nearest held-out image
-            by the detector is then also a candidate of the aligned search, as in the scan.
+        train_emb, holdout_emb: the detector embeddings (``holdout_emb`` view-major): the detector's nearest image is
+            also a candidate of the aligned search, as in the scan (needed by the ``"holdout"`` rule).
         search: the registration search (default :class:`~monai_memorization.detection.align.AlignSearch`).
+        rule: ``"holdout"`` (each held-out image scored against the training set as a synthetic image is) or
+            ``"published"`` (each training image to its nearest held-out image).
 
     Returns:
         the :class:`HybridReference`.
@@ -164,14 +169,48 @@ def prepare_hybrid(det: Detector, train: Any, holdout: Any, det_calibration: np.
     train_pix, _ = pixels.embed(train)
     holdout_pix, _ = pixels.embed_views(holdout, views)
     ref = HybridReference(pixels, train_pix, None, shape, search or AlignSearch())  # type: ignore[arg-type]
-    extra = None if train_emb is None or holdout_emb is None else _nearest_row(holdout_emb, train_emb, use_gpu)[:, None]
-    _, pix_calibration = calibrate_threshold(train_pix, holdout_pix, percentile, use_gpu=use_gpu)
-    ali_calibration, _ = aligned_nearest(ref.images(train_pix), ref.images(holdout_pix), ref.search, extra,
-                                         progress=det.progress)
+    if rule == "published":
+        extra = None if train_emb is None or holdout_emb is None else _nearest_row(holdout_emb, train_emb, use_gpu)[:, None]
+        _, pix_calibration = calibrate_threshold(train_pix, holdout_pix, percentile, use_gpu=use_gpu, rule=rule)
+        ali_calibration, _ = aligned_nearest(ref.images(train_pix), ref.images(holdout_pix), ref.search, extra,
+                                             progress=det.progress)
+    else:  # the held-out images through the synthetic images' own path
+        n_views = len(views) if views else 1
+        det_idx = None
+        if train_emb is not None and holdout_emb is not None:
+            det_idx = nearest_training(normalize_for_correlation(train_emb, "training embeddings"),
+                                       normalize_for_correlation(holdout_emb, "held-out embeddings"), n_views)[1]
+        near = nearest_in_pixels(ref, holdout_pix, n_views, det_idx, use_gpu)
+        pix_calibration, ali_calibration = near["pixel"][0], near["aligned"][0]
     ref.score = HybridScore({"detector": np.asarray(det_calibration), "pixel": pix_calibration,
                              "aligned": ali_calibration}, percentile=percentile)
     ref.pixel_bar = float(np.max(pix_calibration)) if len(pix_calibration) else float("nan")
     return ref
+
+
+def nearest_in_pixels(ref: HybridReference, query_pix: np.ndarray, n_views: int = 1, det_idx: np.ndarray | None = None,
+                      use_gpu: bool | str = "auto") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each query image's score against the training set in the two pixel spaces: the one path for synthetic and
+    held-out images alike.
+
+    Args:
+        ref: the :class:`HybridReference`.
+        query_pix: ``[V * Q, P]`` query pixel vectors, view-major.
+        n_views: ``V``.
+        det_idx: ``[Q]`` each query image's nearest training image by the detector (a candidate of the aligned search).
+        use_gpu: faiss GPU index.
+
+    Returns:
+        ``{"pixel": (corr, idx, view), "aligned": (corr, idx, view)}``, each ``[Q]``: the plain and the aligned pixel
+        correlation to the nearest training image, the best of the views.
+    """
+    train_n = normalize_for_correlation(ref.train_pix, "training pixels")
+    pixel = nearest_training(train_n, normalize_for_correlation(query_pix, "query pixels"), n_views, resolve_backend(use_gpu))
+    extra = None if det_idx is None else np.tile(np.asarray(det_idx), n_views)[:, None]
+    corr, idx = aligned_nearest(ref.images(query_pix), ref.images(ref.train_pix), ref.search, extra,
+                                progress=bool(ref.pixels.progress))
+    aligned = reduce_views(corr, idx, n_views) if n_views > 1 else (corr, idx, np.zeros(len(corr), dtype=int))
+    return {"pixel": pixel, "aligned": aligned}
 
 
 def hybrid_near(near: dict[str, dict], score: HybridScore) -> dict:
@@ -191,7 +230,7 @@ def hybrid_near(near: dict[str, dict], score: HybridScore) -> dict:
     out = {"s_view": det["s_view"], "s_det": det["s_corr"], "s_pix": near["pixel"]["s_corr"],
            "s_pix_idx": near["pixel"]["s_idx"], "s_ali": near["aligned"]["s_corr"]}
     for side in ("s", "t"):
-        z = np.stack([(near[n][f"{side}_corr"] - score.mean[n]) / score.std[n] for n in score.names])
+        z = np.stack([score.standardise(n, near[n][f"{side}_corr"]) for n in score.names])
         win = z.argmax(axis=0)
         out[f"{side}_corr"] = z.max(axis=0)
         out[f"{side}_idx"] = np.stack([near[n][f"{side}_idx"] for n in score.names])[win, np.arange(z.shape[1])]
@@ -200,7 +239,7 @@ def hybrid_near(near: dict[str, dict], score: HybridScore) -> dict:
 
 def scan_pixels(ref: HybridReference, synthetic: Any, views: Sequence[str] | None, use_gpu: bool | str = "auto",
                 det_near: dict | None = None) -> dict:
-    """Nearest neighbours of the synthetic images in the pixel space (both directions), by aligned correlation.
+    """Nearest neighbours of the synthetic images in the pixel spaces, both directions.
 
     Args:
         ref: the prepared :class:`HybridReference`.
@@ -212,25 +251,21 @@ def scan_pixels(ref: HybridReference, synthetic: Any, views: Sequence[str] | Non
 
     Returns:
         ``{"pixel": ..., "aligned": ...}``: :func:`~monai_memorization.detection.scan.nearest_both_ways` keys in the
-        pixel space, by plain and by aligned correlation.
+        pixel space, by plain and by aligned correlation; the synthetic side (``s_*``) from :func:`nearest_in_pixels`,
+        as the held-out images' calibration.
     """
-    from monai_memorization.detection.scan import nearest_both_ways
-    from monai_memorization.detection.views import reduce_views
-
     synth_pix, _ = ref.pixels.embed_views(synthetic, views)
     n_views = len(views) if views else 1
     n_synth = len(synth_pix) // n_views
+    near = nearest_in_pixels(ref, synth_pix, n_views, None if det_near is None else det_near["s_idx"], use_gpu)
     train_img, synth_img = ref.images(ref.train_pix), ref.images(synth_pix)
-    s_extra = t_extra = None
-    if det_near is not None:
-        s_extra = np.tile(np.asarray(det_near["s_idx"]), n_views)[:, None]
-        t_extra = np.asarray(det_near["t_idx"])[:, None]  # an image index: its identity-view row
-    progress = bool(ref.pixels.progress)
-    s_corr, s_idx = aligned_nearest(synth_img, train_img, ref.search, s_extra, progress=progress)
-    t_corr, t_idx = aligned_nearest(train_img, synth_img, ref.search, t_extra, progress=progress)
-    s_view = np.zeros(n_synth, dtype=int)
-    if n_views > 1:
-        s_corr, s_idx, s_view = reduce_views(s_corr, s_idx, n_views)
-    aligned = {"s_corr": s_corr, "s_idx": s_idx, "s_view": s_view, "t_corr": t_corr, "t_idx": t_idx % n_synth,
-               "search": "exact"}
-    return {"pixel": nearest_both_ways(ref.train_pix, synth_pix, n_views, use_gpu), "aligned": aligned}
+    t_extra = None if det_near is None else np.asarray(det_near["t_idx"])[:, None]  # an image index: its identity-view row
+    t_corr, t_idx = aligned_nearest(train_img, synth_img, ref.search, t_extra, progress=bool(ref.pixels.progress))
+    synth_n = normalize_for_correlation(synth_pix, "synthetic pixels")  # every view, as the detector's side
+    pt_corr, pt_idx = nearest_one_way(synth_n, normalize_for_correlation(ref.train_pix, "training pixels"),
+                                      resolve_backend(use_gpu))
+    pixel = dict(zip(("s_corr", "s_idx", "s_view"), near["pixel"]), t_corr=pt_corr, t_idx=pt_idx % n_synth,
+                 search="exact")
+    aligned = dict(zip(("s_corr", "s_idx", "s_view"), near["aligned"]), t_corr=t_corr, t_idx=t_idx % n_synth,
+                   search="exact")
+    return {"pixel": pixel, "aligned": aligned}

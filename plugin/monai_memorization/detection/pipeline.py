@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from monai_memorization.data.imageset import ImageSet
+from monai_memorization.detection.calibrate import CALIBRATIONS, DEFAULT_CALIBRATION
 from monai_memorization.detection.loaded import Detector, load, preprocessing
 from monai_memorization.detection.scan import ScanResult, scan_embeddings
 from monai_memorization.errors import DataValidationError, DetectorError
@@ -65,7 +66,8 @@ class Reference:
         detector: the loaded :class:`Detector`.
         train: the training :class:`ImageSet`; ``holdout`` the held-out one (None with a given threshold).
         train_emb, holdout_emb: their embeddings (``holdout_emb`` view-major with ``views``).
-        calibration: ``(threshold, correlations)`` from :func:`calibrate_threshold` (None with a given threshold).
+        calibration: ``(threshold, values)`` from :func:`~monai_memorization.detection.calibrate.calibrate` (None with a
+            given threshold); ``calibration_rule`` the rule (``"holdout"``: held-out images scored as synthetic ones).
         threshold: the threshold in use; ``percentile`` the calibration percentile.
         views: orientation views (None: identity only).
         overlap_warning: the overlap found when it was allowed.
@@ -88,6 +90,7 @@ class Reference:
     search: str = "auto"
     calibration_search: str = "exact"
     check: bool = False
+    calibration_rule: str = DEFAULT_CALIBRATION
 
 
 def _check_dims(detector: str | os.PathLike | Detector, det: Detector, sets: Sequence[ImageSet]) -> None:
@@ -122,6 +125,8 @@ def prepare(
     sections: Sequence[str] = ("training", "holdout", "training"),
     score: str = "auto",
     search: str = "auto",
+    calibration: str = DEFAULT_CALIBRATION,
+    allow_few_holdout: bool = False,
     **load_options: Any,
 ) -> tuple[Reference, ImageSet | None]:
     """Check the sets and the detector, then embed the training (and held-out) set and fix the threshold.
@@ -144,14 +149,20 @@ def prepare(
             detector's, the pixel and the aligned pixel correlation under one false-positive budget; needs held-out data, not a given
             threshold). See :data:`~monai_memorization.detection.hybrid.DEFAULT_SCORE`.
         search: ``"auto"``, ``"exact"`` or ``"approximate"`` (faiss IVF-Flat for archives; see ``scan_embeddings``).
+        calibration: ``"holdout"`` (default: each held-out image scored against the training set as a synthetic image
+            is, so a new image passes the threshold with probability ``1 - percentile/100`` at any set size) or
+            ``"published"`` (Dar et al.'s rule, to reproduce the paper; see :mod:`~monai_memorization.detection.calibrate`).
+        allow_few_holdout: calibrate on fewer held-out subjects than a ``percentile`` threshold needs
+            (:func:`~monai_memorization.detection.calibrate.min_calibration_subjects`, 19 at the 95th); the
+            calibration note then states the real rate. Otherwise that is an error, raised before anything is embedded.
         load_options: :func:`load` arguments (``modality``, ``device``, ``batch_size``, ``num_workers``, ``progress``).
 
     Returns:
         ``(reference, synthetic image set or None)``.
 
     Raises:
-        DataValidationError: a bad percentile, an empty/unreadable set, overlapping sets, mismatched dims or shapes,
-            no held-out data and no threshold.
+        DataValidationError: a bad percentile or calibration rule, an empty/unreadable set, overlapping sets, mismatched
+            dims or shapes, no held-out data and no threshold, too few held-out subjects (without ``allow_few_holdout``).
         DetectorError: an unusable detector or one that does not fit the data.
     """
     percentile = check_percentile(percentile)
@@ -164,6 +175,8 @@ def prepare(
 
     if search not in SEARCHES:
         raise DataValidationError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    if calibration not in CALIBRATIONS:
+        raise DataValidationError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
     tr = ImageSet.from_source(train, sections[0], "training")
     if holdout is None and threshold is None:
         raise DataValidationError("no held-out data to calibrate the threshold: give held-out images or a threshold")
@@ -172,6 +185,10 @@ def prepare(
     from monai_memorization.data.overlap import check_overlap
 
     overlap = check_overlap(tr.items, ho.items if ho else None, sy.items if sy else None, allow_overlap=allow_overlap, log=logger)
+    if ho is not None and threshold is None:  # can these held-out subjects carry a percentile threshold?
+        from monai_memorization.detection.calibrate import check_calibration_size
+
+        check_calibration_size(ho.subjects, percentile, allow_few_holdout)
     det = load(detector, fallback_modality=tr.modality, **load_options)
     sets = [s for s in (tr, ho, sy) if s is not None]
     check = bool(validate)
@@ -195,21 +212,24 @@ def prepare(
     views = tuple(view_names(det.spatial_size)) if orientation_invariant else None
     train_emb, shapes = det.embed(tr, check=check)
     tr = tr.with_shapes(shapes)
-    calibration, holdout_emb, calibration_search = None, None, "exact"
+    holdout_emb, calibration_search = None, "exact"
+    rule = calibration
+    calibration = None
     if ho is not None:
-        from monai_memorization.detection.scan import calibrate
+        from monai_memorization.detection.calibrate import calibrate
 
         holdout_emb, _ = det.embed_views(ho, views, check=check)
-        calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search)
+        calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search, rule=rule,
+                                                    n_views=len(views) if views else 1)
     auto, score = score == "auto", resolve_score(score, det.spatial_dims, ho is not None and threshold is None, len(tr.items))
     if auto and score == "detector" and ho is not None and threshold is None:
         logger.info(f"{len(tr.items)} training images: the detector score alone (the hybrid score's pixel pass is for "
                     f"data sets of up to {HYBRID_AUTO_MAX_TRAIN:,}; --score hybrid forces it)")
-    hybrid = (prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu, train_emb, holdout_emb)
+    hybrid = (prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu, train_emb, holdout_emb, rule=rule)
               if score == "hybrid" else None)
     thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else calibration[0])
     ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(thr), percentile, views,
-                    overlap.message(allowed=True), hybrid, search, calibration_search, check)
+                    overlap.message(allowed=True), hybrid, search, calibration_search, check, rule)
     return ref, sy
 
 
@@ -243,6 +263,7 @@ def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: 
             ref.train_emb, ref.holdout_emb, synth_emb, percentile=ref.percentile, train_items=list(ref.train.items),
             synth_items=items, n_bootstrap=n_bootstrap, seed=seed, use_gpu=use_gpu, threshold=ref.threshold,
             views=ref.views, calibration=ref.calibration, search=ref.search, calibration_search=ref.calibration_search,
+            calibration_rule=ref.calibration_rule,
         )
     else:
         result = _scan_hybrid(ref, synthetic, synth_emb, items, n_bootstrap, seed, use_gpu)
@@ -251,7 +272,8 @@ def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: 
     if ref.holdout is not None and ref.calibration is not None:  # how far the threshold's FPR can be trusted
         from monai_memorization.detection.calibrate import calibration_note
 
-        result.calibration_note = calibration_note(ref.holdout.subjects, ref.percentile)["text"]
+        result.calibration_note = calibration_note(ref.holdout.subjects, ref.percentile, ref.calibration_rule,
+                                                   len(ref.train.items))["text"]
     if ref.holdout_emb is not None:  # a new image of a training patient, beyond copies of one image
         from monai_memorization.detection.subjects import subject_level
 
@@ -279,7 +301,7 @@ def _scan_hybrid(ref: Reference, synthetic: Any, synth_emb: np.ndarray, items: l
     near = hybrid_near({"detector": det_near, **scan_pixels(ref.hybrid, synthetic, ref.views, use_gpu, det_near)},
                        ref.hybrid.score)
     result = scan_scores(near, ref.hybrid.score.calibration, ref.percentile, ref.threshold, list(ref.train.items), items,
-                         n_bootstrap, seed, len(ref.holdout.items), ref.views)
+                         n_bootstrap, seed, len(ref.holdout.items), ref.views, calibration_rule=ref.calibration_rule)
     from monai_memorization.detection.quality import CONFIRM_MARGIN
     from monai_memorization.detection.scan import _train_fields
 
@@ -356,7 +378,7 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
         pc, pi = pindex.search(pix, k=1, name="query pixels")
         ac, ai = aligned_nearest(hyb.images(pix), hyb.images(hyb.train_pix), hyb.search, idx[:, :1])
         spaces = {"detector": (corr[:, 0], idx[:, 0]), "pixel": (pc[:, 0], pi[:, 0]), "aligned": (ac, ai)}
-        z = {n: (c - hyb.score.mean[n]) / hyb.score.std[n] for n, (c, _) in spaces.items()}
+        z = {n: hyb.score.standardise(n, c) for n, (c, _) in spaces.items()}
 
     def row(t: dict, c: float, space: str | None = None) -> dict:
         r = {"train_id": os.path.basename(str(t["image"])), "train_subject": str(t.get("subject", "")),

@@ -12,9 +12,12 @@
 
 Definitions (Dar et al.; the same names in the scan, the in-training handler, the report and MLflow):
 
-* threshold -- the ``percentile`` (default 95, by the (n + 1) rule of ``calibration_quantile``) of each training
-  sample's Pearson correlation to its nearest held-out sample, in the detector's embedding space;
-* a synthetic sample is a *copy* when the correlation to its nearest training sample exceeds the threshold;
+* a sample's *score* -- the Pearson correlation of its embedding to its nearest training sample's (the best of its
+  orientation views), or with the hybrid score the largest standardised correlation of three spaces;
+* threshold -- the ``percentile`` (default 95, by the (n + 1) rule of ``calibration_quantile``) of each held-out
+  sample's score against the training set, computed exactly as a synthetic sample's
+  (:mod:`~monai_memorization.detection.calibrate`; ``calibration="published"`` takes the paper's rule instead);
+* a synthetic sample is a *copy* when its score exceeds the threshold;
 * ``synthetic_copy_rate`` = copies / N_synthetic -- **the headline**: the share of the synthetic
   images that are copies, i.e. of what would be released;
 * ``memorized_fraction`` = training samples whose nearest synthetic sample correlates above the
@@ -24,9 +27,12 @@ Definitions (Dar et al.; the same names in the scan, the in-training handler, th
   the set sizes; with as many samples as training images (the study's design)
   ``synthetic_copy_rate`` equals the study's "copies / N_train".
 
-Confidence intervals are percentile bootstrap 95% intervals (``scipy.stats.bootstrap``) that resample the training
-samples (which also moves the threshold) and the synthetic samples independently, widened to contain the exact
-binomial interval of the count (:mod:`~monai_memorization.detection.intervals`: no copies of 32 is 0-11%, not 0-0%).
+Confidence intervals are percentile bootstrap 95% intervals (``scipy.stats.bootstrap``) that resample the calibration
+values (which moves the threshold) and, independently, the synthetic samples (copy rate) or the training samples (the
+two training fractions), widened to contain the exact binomial interval of the count
+(:mod:`~monai_memorization.detection.intervals`: no copies of 32 is 0-11%, not 0-0%). The synthetic samples are not
+resampled for ``training_copied_fraction``: a resample with repeats hits fewer distinct training images, which would
+bias its interval low.
 """
 
 from __future__ import annotations
@@ -40,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from monai_memorization.detection import index as nn
-from monai_memorization.detection.calibrate import calibration_quantile
+from monai_memorization.detection.calibrate import DEFAULT_CALIBRATION, calibrate, calibration_quantile
 from monai_memorization.detection.intervals import bootstrap_ci, widen_to_binomial
 from monai_memorization.errors import DataValidationError, DetectorError
 
-__all__ = ["ScanResult", "scan_embeddings", "nearest_both_ways", "calibrate", "scan_scores", "DEFINITIONS", "HEADLINE", "FRACTIONS"]
+__all__ = ["ScanResult", "scan_embeddings", "nearest_both_ways", "scan_scores", "DEFINITIONS", "HEADLINE", "FRACTIONS"]
 
 #: the number to quote first
 HEADLINE = "synthetic_copy_rate"
@@ -52,19 +58,24 @@ HEADLINE = "synthetic_copy_rate"
 FRACTIONS = ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction")
 
 DEFINITIONS = {
-    "threshold": "percentile, by the (n + 1) rule, of each training sample's Pearson correlation (detector embeddings) "
-    "to its nearest held-out sample",
-    "copy": "a synthetic sample whose nearest training sample correlates above the threshold",
+    "threshold": "percentile, by the (n + 1) rule, of each held-out sample's score against the training set, computed "
+    "as a synthetic sample's (a new image that copies nothing passes it with probability 1 - percentile/100)",
+    "score": "Pearson correlation of a sample's detector embedding to its nearest training sample's",
+    "copy": "a synthetic sample whose score (nearest training sample) is above the threshold",
     "memorized": "a training sample whose nearest synthetic sample correlates above the threshold",
     "synthetic_copy_rate": "HEADLINE: number of synthetic copies / N_synthetic (the share of the synthetic images "
     "that are copies; equals the study's copies / N_train when N_synthetic = N_train)",
     "memorized_fraction": "number of memorized training samples / N_train",
     "training_copied_fraction": "number of distinct training samples that are the nearest match of at least one "
     "copy / N_train (at most memorized_fraction)",
-    "confidence_interval": "percentile bootstrap 95% interval; training samples (and with them the threshold) "
-    "and synthetic samples resampled independently; widened to contain the exact binomial (Clopper-Pearson) "
-    "interval of the count",
+    "confidence_interval": "percentile bootstrap 95% interval; calibration values (and with them the threshold) "
+    "resampled independently of the synthetic samples (copy rate) or the training samples (training fractions); "
+    "widened to contain the exact binomial (Clopper-Pearson) interval of the count",
 }
+#: the threshold's definition under the published rule (``calibration="published"``)
+PUBLISHED_THRESHOLD = ("percentile, by the (n + 1) rule, of each training sample's Pearson correlation (detector "
+                       "embeddings) to its nearest held-out sample (the published rule of Dar et al.; its false-positive "
+                       "rate grows with N_train / N_holdout)")
 
 
 @dataclass
@@ -81,7 +92,8 @@ class ScanResult:
         n_copies, n_memorized, n_training_copied: the counts behind the fractions.
         pairs: one dict per synthetic sample (nearest training sample, correlation, is_copy).
         memorized: one dict per training sample (nearest synthetic sample, correlation, is_memorized).
-        calibration_corr: each training sample's correlation to its nearest held-out sample.
+        calibration_corr: the calibration values: each held-out sample's score against the training set (with the
+            published rule: each training sample's correlation to its nearest held-out sample).
         synthetic_corr: each synthetic sample's correlation to its nearest training sample.
         train_corr: each training sample's correlation to its nearest synthetic sample.
         out_dir, report_path: the written report (set by the report writer); ``overlap_warning``: the sets' overlap
@@ -91,6 +103,7 @@ class ScanResult:
         score: ``"detector"`` (correlations of detector embeddings) or ``"hybrid"`` (the largest of the detector's,
             the pixel and the aligned pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
         search: ``"exact"`` or the approximate index and the passes it served (``"ivf-flat (nprobe=..) for the scan"``).
+        calibration_rule: ``"holdout"`` (default) or ``"published"`` (:data:`~monai_memorization.detection.calibrate.CALIBRATIONS`).
         pixel_bar, n_pixel_only: with the hybrid score, the highest held-out-to-training pixel correlation, and how many
             samples the score did not flag lie above it (pairs: ``above_pixel_bar``; the release gate withholds them).
     """
@@ -124,6 +137,7 @@ class ScanResult:
     subject_level: dict | None = None
     pixel_bar: float | None = None
     n_pixel_only: int = 0
+    calibration_rule: str = DEFAULT_CALIBRATION
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-sample arrays), with the definitions and the headline's name.
@@ -137,12 +151,19 @@ class ScanResult:
         for name in FRACTIONS:
             d[f"{name}_ci"] = [_json_float(v) for v in getattr(self, f"{name}_ci")]
         d["headline"] = HEADLINE
-        d["definitions"] = dict(DEFINITIONS, threshold=f"{self.percentile:g}th " + DEFINITIONS["threshold"])
+        published = self.calibration_rule == "published"
+        d["definitions"] = dict(DEFINITIONS, threshold=f"{self.percentile:g}th "
+                                + (PUBLISHED_THRESHOLD if published else DEFINITIONS["threshold"]))
         if self.score == "hybrid":
             d["definitions"]["threshold"] = (
-                f"{self.percentile:g}th percentile, over the training samples, of the largest of their detector, pixel and "
-                "aligned pixel correlations to the nearest held-out sample, each in standard deviations of its own held-out calibration")
-            d["definitions"]["correlation"] = "hybrid score (standard deviations); detector_, pixel_ and aligned_correlation per pair"
+                f"{self.percentile:g}th percentile, over the "
+                + ("training samples, of the largest of their detector, pixel and aligned pixel correlations to the nearest "
+                   "held-out sample" if published else "held-out samples, of the largest of their detector, pixel and aligned "
+                   "pixel correlations to the nearest training sample (computed as a synthetic sample's)")
+                + ", each in standard deviations of its own held-out calibration")
+            d["definitions"]["score"] = ("hybrid score (standard deviations above a new patient's typical closeness): the "
+                                         "largest of the standardised detector, pixel and aligned pixel correlations; "
+                                         "detector_, pixel_ and aligned_correlation per pair")
             d["definitions"]["pixel_bar"] = ("highest pixel correlation of a held-out sample to a training sample; a sample above "
                                              "it (above_pixel_bar) is closer than any new patient came, flagged or not")
         d["pixel_bar"] = _json_float(self.pixel_bar)
@@ -178,20 +199,6 @@ def _train_fields(items: Sequence[dict] | None, j: int) -> dict[str, str]:
     }
 
 
-def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = 95.0, use_gpu: bool | str = "auto",
-              search: str = "auto", normalised: bool = False) -> tuple[tuple[float, np.ndarray], str]:
-    """``calibrate_threshold`` with a ``search`` (as in :func:`scan_embeddings`): ``((threshold, corr), mode)``."""
-    if not 0.0 < float(percentile) <= 100.0:
-        raise DetectorError(f"percentile must be in (0, 100], got {percentile}")
-    train_emb, holdout_emb = np.asarray(train_emb), np.asarray(holdout_emb)
-    _check_embeddings(train_emb, holdout_emb, None)
-    backend = nn.resolve_backend(use_gpu)
-    mode = nn.choose_search(search, float(len(train_emb)) * len(holdout_emb), backend)
-    train_n = train_emb if normalised else nn.normalize_for_correlation(train_emb, "training embeddings")
-    corr = nn.nearest_one_way(nn.normalize_for_correlation(holdout_emb, "held-out embeddings"), train_n, backend, mode)[0]
-    return (float(calibration_quantile(corr, percentile)), corr), mode
-
-
 def _check_embeddings(train_emb, holdout_emb, synth_emb) -> None:
     named = (("training", train_emb), ("held-out", holdout_emb), ("synthetic", synth_emb))
     for name, arr in named:
@@ -217,6 +224,7 @@ def scan_embeddings(
     calibration: tuple[float, np.ndarray] | None = None,
     search: str = "auto",
     calibration_search: str = "exact",
+    calibration_rule: str = DEFAULT_CALIBRATION,
 ) -> ScanResult:
     """Memorization scan on precomputed embeddings.
 
@@ -225,7 +233,7 @@ def scan_embeddings(
         holdout_emb: ``[N_holdout, d]`` embeddings of held-out data (never seen by the generator); None
             only with ``calibration`` or ``threshold``.
         synth_emb: ``[N_synthetic, d]`` embeddings of the synthetic samples.
-        percentile: threshold percentile of the training-to-nearest-held-out correlations.
+        percentile: threshold percentile of the calibration values (held-out samples scored as synthetic ones).
         train_items: optional items (``{"image", "subject", ...}``) naming the training samples.
         synth_items: optional items naming the synthetic samples.
         n_bootstrap: bootstrap resamples for the 95% intervals (0 to skip).
@@ -235,11 +243,12 @@ def scan_embeddings(
         views: names of the orientation views (:mod:`monai_memorization.detection.views`) when
             ``synth_emb`` and ``holdout_emb`` hold every image under each view, view-major
             (``[V * N, d]``); each synthetic image then counts with its best view.
-        calibration: ``calibrate_threshold``'s ``(threshold, correlations)`` computed before (the
-            in-training check calibrates once, then scans every few epochs).
+        calibration: :func:`~monai_memorization.detection.calibrate.calibrate`'s ``(threshold, values)`` computed
+            before (the in-training check calibrates once, then scans every few epochs).
         search: ``"exact"`` (both directions from one fused pass), ``"approximate"`` (faiss IVF-Flat, reported in
             ``ScanResult.search``) or ``"auto"`` (approximate above ``index.APPROX_AUTO_PAIRS`` pairs a pass, CPU).
         calibration_search: how a given ``calibration`` was searched (``"exact"``/``"approximate"``), reported.
+        calibration_rule: ``"holdout"`` (default) or ``"published"`` (:data:`~monai_memorization.detection.calibrate.CALIBRATIONS`).
 
     Returns:
         :class:`ScanResult` (``out_dir`` and ``report_path`` unset).
@@ -262,12 +271,14 @@ def scan_embeddings(
     if calibration is None and holdout_emb is None:
         calibration = (float("nan"), np.full(n_train, np.nan, dtype=np.float32))
     elif calibration is None:
-        calibration, calibration_search = calibrate(train_n, holdout_emb, percentile, use_gpu, search, normalised=True)
+        calibration, calibration_search = calibrate(train_n, holdout_emb, percentile, use_gpu, search, normalised=True,
+                                                    rule=calibration_rule, n_views=n_views)
     calibrated, calib = calibration
     near = nearest_both_ways(train_n, synth_emb, n_views, use_gpu, search, normalised=True)
     fixed = threshold is not None or not np.isfinite(calibrated)
     result = scan_scores(near, calib, percentile, calibrated if threshold is None else threshold, train_items, synth_items,
-                         n_bootstrap, seed, 0 if holdout_emb is None else len(holdout_emb) // n_views, views, fixed)
+                         n_bootstrap, seed, 0 if holdout_emb is None else len(holdout_emb) // n_views, views, fixed,
+                         calibration_rule)
     passes = [n for n, m in (("calibration", calibration_search if np.isfinite(calibrated) else ""),
                              ("scan", near["search"])) if m == "approximate"]
     result.search = f"{nn.search_label('approximate')} for the {' and '.join(passes)}" if passes else "exact"
@@ -314,12 +325,13 @@ def scan_scores(
     n_holdout: int = 0,
     views: Sequence[str] | None = None,
     fixed_threshold: bool = False,
+    calibration_rule: str = DEFAULT_CALIBRATION,
 ) -> ScanResult:
     """The decisions, fractions and bootstrap intervals from nearest-neighbour scores (any score: higher = closer).
 
     Args:
         near: :func:`nearest_both_ways` output (or the same keys from a combined score, e.g. the hybrid one).
-        calib: ``[N_train]`` calibration scores (each training sample to its nearest held-out sample).
+        calib: the calibration values (held-out samples scored as synthetic ones; ``[N_train]`` with the published rule).
         percentile: calibration percentile (the threshold moves with the bootstrap resamples of ``calib``).
         threshold: the threshold in use; a NaN ``calib`` fixes it.
         train_items, synth_items: items naming the samples.
@@ -327,6 +339,8 @@ def scan_scores(
         n_holdout: size of the held-out set (reported).
         views: orientation view names when the synthetic side was embedded under several views.
         fixed_threshold: the threshold was given, not calibrated: the bootstrap keeps it.
+        calibration_rule: the rule ``calib`` came from (reported; with ``"published"`` each memorized row also carries
+            its training sample's ``holdout_correlation``).
 
     Returns:
         the :class:`ScanResult`.
@@ -340,30 +354,32 @@ def scan_scores(
     copied = np.zeros(n_train, dtype=bool)
     copied[s_idx[is_copy]] = True
 
-    # bootstrap: training samples resampled by index (the threshold moves with them), synthetic independently
-    def _thr(idx):
+    # bootstrap: the calibration values resampled (the threshold moves with them), independently of the samples counted
+    def _thr(cidx):
         if fixed:
-            return np.full(idx.shape[:-1] + (1,), thr)
-        return calibration_quantile(calib[idx], percentile, axis=-1, keepdims=True)
+            return np.full(cidx.shape[:-1] + (1,), thr)
+        return calibration_quantile(calib[cidx], percentile, axis=-1, keepdims=True)
 
-    def rate_stat(idx, s, axis=-1):
-        return (s_corr[s] > _thr(idx)).mean(axis=-1)
+    def rate_stat(cidx, s, axis=-1):
+        return (s_corr[s] > _thr(cidx)).mean(axis=-1)
 
-    def mem_stat(idx, axis=-1):
-        return (t_corr[idx] > _thr(idx)).mean(axis=-1)
+    def mem_stat(cidx, t, axis=-1):
+        return (t_corr[t] > _thr(cidx)).mean(axis=-1)
 
-    def copied_stat(idx, s, axis=-1):
-        hit = (s_corr[s] > _thr(idx))  # [B, N_synthetic]
+    def copied_stat(cidx, t, axis=-1):  # every synthetic sample counts (a resample with repeats hits fewer images)
+        hit = s_corr > _thr(cidx)  # [B, N_synthetic]
         flags = np.zeros(hit.shape[:-1] + (n_train,), dtype=bool)
         rows = np.broadcast_to(np.arange(hit.shape[0])[:, None], hit.shape)
-        flags[rows[hit], s_idx[s][hit]] = True
-        return np.take_along_axis(flags, idx, axis=-1).mean(axis=-1)
+        flags[rows[hit], np.broadcast_to(s_idx, hit.shape)[hit]] = True
+        return np.take_along_axis(flags, t, axis=-1).mean(axis=-1)
 
-    train_ids, synth_ids = np.arange(n_train), np.arange(n_synth)
+    train_ids, synth_ids, cal_ids = np.arange(n_train), np.arange(n_synth), np.arange(len(calib))
+    if len(cal_ids) < 2:  # one calibration value: the threshold cannot move
+        cal_ids = np.zeros(2, dtype=int)
     n_copies, n_mem, n_copied = int(is_copy.sum()), int(is_mem.sum()), int(copied.sum())
-    rate_ci = widen_to_binomial(bootstrap_ci(rate_stat, (train_ids, synth_ids), n_bootstrap, seed), n_copies, n_synth)
-    mem_ci = widen_to_binomial(bootstrap_ci(mem_stat, (train_ids,), n_bootstrap, seed + 1), n_mem, n_train)
-    copied_ci = widen_to_binomial(bootstrap_ci(copied_stat, (train_ids, synth_ids), n_bootstrap, seed), n_copied, n_train)
+    rate_ci = widen_to_binomial(bootstrap_ci(rate_stat, (cal_ids, synth_ids), n_bootstrap, seed), n_copies, n_synth)
+    mem_ci = widen_to_binomial(bootstrap_ci(mem_stat, (cal_ids, train_ids), n_bootstrap, seed + 1), n_mem, n_train)
+    copied_ci = widen_to_binomial(bootstrap_ci(copied_stat, (cal_ids, train_ids), n_bootstrap, seed), n_copied, n_train)
 
     pairs = []
     for i in range(n_synth):
@@ -385,7 +401,7 @@ def scan_scores(
             "synthetic_index": i,
             "synthetic_id": _item_id(synth_items[i] if synth_items else None, i, "synthetic"),
             "correlation": float(t_corr[j]),
-            "holdout_correlation": float(calib[j]),
+            **({"holdout_correlation": float(calib[j])} if calibration_rule == "published" else {}),
             "is_memorized": bool(is_mem[j]),
         })
     return ScanResult(
@@ -395,5 +411,5 @@ def scan_scores(
         training_copied_fraction=n_copied / n_train, training_copied_fraction_ci=copied_ci,
         n_train=n_train, n_holdout=n_holdout, n_synthetic=n_synth,
         n_copies=n_copies, n_memorized=n_mem, n_training_copied=n_copied, pairs=pairs, memorized=memorized,
-        calibration_corr=calib, synthetic_corr=s_corr, train_corr=t_corr,
+        calibration_corr=calib, synthetic_corr=s_corr, train_corr=t_corr, calibration_rule=calibration_rule,
     )

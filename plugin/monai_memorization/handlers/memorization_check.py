@@ -80,6 +80,10 @@ class MemorizationCheckHandler:
         batch_size: images per embedding batch.
         allow_overlap: calibrate even when the held-out items overlap the training items (warning kept in
             ``overlap_warning``); otherwise an overlap is an error at setup, before anything is embedded.
+        calibration: ``"holdout"`` (default: held-out images scored against the training set as the samples are) or
+            ``"published"`` (the paper's rule); see :mod:`monai_memorization.detection.calibrate`.
+        allow_few_holdout: calibrate on fewer held-out subjects than ``percentile`` needs (19 at the 95th);
+            otherwise that is an error at setup.
         name: logger name.
         mlflow_run_name: the run name of the overlay's own MLflow handler; it stands down when the bundle logs to MLflow
             itself (``--tracking mlflow``), which then gets the ``memorization_*`` metrics.
@@ -106,6 +110,8 @@ class MemorizationCheckHandler:
         metric_prefix: str = "memorization_",
         batch_size: int = 16,
         allow_overlap: bool = False,
+        calibration: str = "holdout",
+        allow_few_holdout: bool = False,
         name: str | None = None,
         mlflow_run_name: str = "memorization_check",
     ) -> None:
@@ -119,6 +125,7 @@ class MemorizationCheckHandler:
         self.modality, self.sections = modality, (train_section, holdout_section)
         self.check_at_end, self.prefix, self.batch_size = bool(check_at_end), metric_prefix, int(batch_size)
         self.allow_overlap = bool(allow_overlap)
+        self.calibration, self.allow_few_holdout = str(calibration), bool(allow_few_holdout)
         self.logger = logging.getLogger(name or __name__)
         self.reference: Any = None
         self.overlap_warning: str | None = None
@@ -224,7 +231,7 @@ class MemorizationCheckHandler:
         self.reference, _ = prepare(
             detector, train, holdout, threshold=self.threshold, percentile=self.percentile,
             allow_overlap=self.allow_overlap, validate=False, sections=(*self.sections, "training"), modality=self.modality,
-            device=device, batch_size=self.batch_size,
+            device=device, batch_size=self.batch_size, calibration=self.calibration, allow_few_holdout=self.allow_few_holdout,
         )
         self.threshold, self.overlap_warning = self.reference.threshold, self.reference.overlap_warning
         self.logger.info("memorization check: threshold %.4f (%s), %d training samples, %.1fs", self.threshold,

@@ -18,7 +18,8 @@ the app as a dict of strings; :func:`lookup_options` turns them into the argumen
 * ``train`` -- the generator's training set (datalist ``.json``, folder of images);
 * ``holdout`` -- held-out images for the threshold (default: ``train`` when it is a datalist, read at its
   ``holdout`` list);
-* ``threshold``, ``percentile``, ``modality``, ``device``, ``train_section``, ``holdout_section`` -- as in the scan;
+* ``threshold``, ``percentile``, ``modality``, ``device``, ``train_section``, ``holdout_section``, ``calibration``,
+  ``allow_few_holdout`` -- as in the scan;
 * ``k`` -- neighbours an infer request returns (default 3);
 * ``show_paths`` -- ``true`` to return training file names, paths and subject IDs; default ``false``: only
   pseudonymous IDs ``train-NNNN`` (private by default);
@@ -44,8 +45,9 @@ __all__ = ["CACHE", "DEMO_PHANTOMS", "DEMO_DETECTOR", "truthy", "cache_dir", "de
 
 #: the app's folder inside the datastore for generated demo data (not listed as datastore images)
 CACHE = ".memorization"
-#: the demo training set: 8 training and 8 held-out X-ray phantoms of 32x32 pixels
-DEMO_PHANTOMS = {"n": 8, "n_val": 1, "n_holdout": 8, "shape": (32, 32), "seed": 0}
+#: the demo training set: 8 training and 20 held-out X-ray phantoms of 32x32 pixels (a 95th-percentile threshold
+#: needs at least 19 held-out subjects)
+DEMO_PHANTOMS = {"n": 8, "n_val": 1, "n_holdout": 20, "shape": (32, 32), "seed": 0}
 #: the demo detector: the test suite's tiny conv encoder, seconds on a CPU core
 DEMO_DETECTOR = {"epochs": 10, "batch_size": 8, "network": "conv", "embed_dim": 32, "seed": 0,
                  "network_kwargs": {"channels": [8, 16, 32], "strides": [2, 2, 2], "num_res_units": 1}}
@@ -169,7 +171,9 @@ def lookup_options(conf: dict[str, Any] | None, studies: str | os.PathLike) -> t
         k = int(conf.get("k", 3))
     except ValueError as e:
         raise DataValidationError(f"--conf: not a number ({e})") from None
-    for key in ("modality", "device", "train_section", "holdout_section"):
+    for key in ("modality", "device", "train_section", "holdout_section", "calibration"):
         if conf.get(key):
             options[key] = str(conf[key])
+    if conf.get("allow_few_holdout") not in (None, ""):
+        options["allow_few_holdout"] = truthy(conf["allow_few_holdout"])
     return options, k

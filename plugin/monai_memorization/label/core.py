@@ -38,6 +38,8 @@ class NearestTrainingSample:
         device: where to run the encoder.
         batch_size: images per embedding batch.
         train_section, holdout_section: datalist lists to read.
+        calibration: ``"holdout"`` (default) or ``"published"``, as in the scan.
+        allow_few_holdout: calibrate on fewer held-out subjects than ``percentile`` needs (19 at the 95th).
         show_paths: also return each neighbour's training file name, path and subject ID. Off by default
             (private by default): a neighbour is then named only by its pseudonymous ID ``train-NNNN``, the
             0-based position of that image in the training list (``train_section`` of the datalist), which the
@@ -57,12 +59,15 @@ class NearestTrainingSample:
         train_section: str = "training",
         holdout_section: str = "holdout",
         show_paths: bool = False,
+        calibration: str = "holdout",
+        allow_few_holdout: bool = False,
     ) -> None:
         from monai_memorization.detection.pipeline import prepare, preprocessing
 
         self.reference, _ = prepare(
             detector, train, holdout, threshold=threshold, percentile=percentile, validate=False,
             sections=(train_section, holdout_section, "training"), modality=modality, device=device, batch_size=batch_size,
+            calibration=calibration, allow_few_holdout=allow_few_holdout,
         )
         det = self.reference.detector
         self.encoder, self.config, self.modality = det.encoder, det.config, det.modality

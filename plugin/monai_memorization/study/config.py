@@ -62,7 +62,7 @@ _VAE_CPU = {k: v for k, v in _LDM_CPU.items() if k.startswith(("ae_", "disc_", "
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "modality": "xr", "seed": 0, "num_samples": 32, "percentile": 95.0, "checks": 6,
-        "data": {"n": 48, "n_holdout": 16, "n_val": 2, "shape": [64, 64]},
+        "data": {"n": 48, "n_holdout": 24, "n_val": 2, "shape": [64, 64]},
         "base": {"family": "ldm", "n_train": 12, "augment": False, "size": "base", "length": "base", "duplication": 1},
         "sweeps": {"family": ["vae", "gan"], "n_train": [6, 24, 48], "augment": [True], "size": ["small"],
                    "length": ["short", "long"], "duplication": [4]},
@@ -80,7 +80,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "smoke": {
-        "modality": "xr", "seed": 0, "num_samples": 4, "percentile": 95.0, "checks": 1,
+        "modality": "xr", "seed": 0, "num_samples": 4, "percentile": 95.0, "checks": 1, "allow_few_holdout": True,
         "data": {"n": 8, "n_holdout": 4, "n_val": 1, "shape": [32, 32]}, "detector": {"steps": 4},
         "base": {"family": "ldm", "n_train": 4, "augment": False, "size": "base", "length": "base", "duplication": 1},
         "sweeps": {"family": ["vae", "gan"], "n_train": [8]},

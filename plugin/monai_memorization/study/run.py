@@ -164,7 +164,11 @@ def run_study(
                           n_val=cfg["data"].get("n_val"), n_holdout=cfg["data"].get("n_holdout"), progress=progress)
         datalist = str(data_dir / "dataset.json")
     train_all = list(ImageSet.from_source(datalist, "training", "training").items)
-    holdout_items = list(ImageSet.from_source(datalist, "holdout", "held-out").items)
+    holdout_set = ImageSet.from_source(datalist, "holdout", "held-out")
+    holdout_items = list(holdout_set.items)
+    from monai_memorization.detection.calibrate import check_calibration_size
+
+    check_calibration_size(holdout_set.subjects, percentile, bool(cfg.get("allow_few_holdout", False)))  # before training
     holdout_arr = load_arrays(holdout_items, m, shape)
 
     detector = out_dir / "detector" / "copy_detector.pt"
@@ -224,6 +228,7 @@ def _run_config(cfg, c, spec, i, n, folder, datalist, train_all, holdout_items, 
             "memorization_check#interval": max(1, train_over["diffusion_max_epochs"] // int(cfg["checks"])),
             "memorization_check#num_samples": 8, "memorization_check#num_inference_steps": "@num_inference_steps",
             "memorization_check#percentile": percentile,
+            "memorization_check#allow_few_holdout": bool(cfg.get("allow_few_holdout", False)),
         })
     say(f"[{i}/{n}] {c['name']}: python -m monai.bundle run training --config_file \"{[str(f) for f in files]}\" "
         + " ".join(f"--{k} {v}" for k, v in overrides.items()))
@@ -234,7 +239,9 @@ def _run_config(cfg, c, spec, i, n, folder, datalist, train_all, holdout_items, 
     train_items = train_all[: int(c["n_train"])]
     rec, synth_arr = evaluate_samples(
         c["name"], samples, train_items, holdout_items, holdout_arr, detector, folder, m, shape, features, feature_name,
-        percentile=percentile, seed=seed, progress=progress, scan_options={"tracking_uri": uri, "experiment_name": experiment})
+        percentile=percentile, seed=seed, progress=progress,
+        scan_options={"tracking_uri": uri, "experiment_name": experiment,
+                      "allow_few_holdout": bool(cfg.get("allow_few_holdout", False))})
     np.save(folder / "synthetic_features.npy", features(synth_arr))
     adopt_child_runs(uri, experiment, parent, t0, {"audit_config": c["name"]})
     curve = training_curve(uri, experiment, c["name"]) if c["family"] == "ldm" else []

@@ -82,7 +82,7 @@ def audit_bundle(
     num_samples: int = 16, holdout: str | None = None, detector: str | None = None, modality: str | None = None,
     detector_epochs: int | None = None, num_inference_steps: int = 50, slices_per_volume: int = 8, positive_control: int = 8,
     percentile: float = 95.0, seed: int = 0, device: str | None = None, sampler: Callable | None = None, progress: bool = False,
-    tracking_uri: str | None = None, log_to_mlflow: bool = True,
+    tracking_uri: str | None = None, log_to_mlflow: bool = True, allow_few_holdout: bool = False,
 ) -> AuditResult:
     """Audit a trained generator bundle; see the module docstring for the steps.
 
@@ -107,6 +107,8 @@ def audit_bundle(
         progress: progress bars.
         tracking_uri: MLflow store of the scan's aggregate figures (default: ``sqlite:///<out>/mlflow.db``).
         log_to_mlflow: False: no MLflow run.
+        allow_few_holdout: calibrate on fewer held-out subjects than ``percentile`` needs (19 at the 95th); the
+            report then states the real false-positive rate. Otherwise that is an error, before any detector is trained.
     """
     from monai_memorization.detection.pipeline import prepare, scan
     from monai_memorization.detection.presets import detector_preset
@@ -140,6 +142,9 @@ def audit_bundle(
     mod, dims = _modality(b, modality), len(shape)
     say(f"      {len(train)} training images of {len(set(train.subjects))} subjects, {len(held)} held-out images of "
         f"{len(set(held.subjects))} subjects, {dims}D {list(shape)}")
+    from monai_memorization.detection.calibrate import check_calibration_size
+
+    check_calibration_size(held.subjects, percentile, allow_few_holdout)
     seconds["data"] = time.time() - t
     t = time.time()
     if detector is None:
@@ -169,7 +174,7 @@ def audit_bundle(
     t = time.time()
     say("[4/5] scan: threshold from the held-out images, then the samples")
     ref, _ = prepare(det, train.image_set("training"), held.image_set("held-out"), percentile=percentile, validate=False,
-                     modality=mod)
+                     modality=mod, allow_few_holdout=allow_few_holdout)
     result = scan(ref, synthetic, seed=seed)
     train_arr, held_arr, synth_arr = _to(train.images, shape), _to(held.images, shape), _to(synthetic, shape)
     quality = generator_quality(train_arr, held_arr, synth_arr, diversity=False)
@@ -228,7 +233,7 @@ def _json_literals(value: Any) -> Any:
 
 def bundle_command(bundle: str | None, out: str | None = None, num_samples: int | None = None,
                    detector_epochs: int | None = None, positive_control: int = 8, seed: int = 0,
-                   tracking_uri: str | None = None, **options: Any) -> int:
+                   tracking_uri: str | None = None, allow_few_holdout: bool = False, **options: Any) -> int:
     """The CLI's ``audit --bundle``: run :func:`audit_bundle`, print the findings, return the exit code."""
     from monai_memorization.errors import DataValidationError
 
@@ -249,6 +254,7 @@ def bundle_command(bundle: str | None, out: str | None = None, num_samples: int 
             raise DataValidationError(f"--override {options['override']!r}: not JSON; write it as "
                                       "'{\"dataset_dir\": \"/data\"}'") from None
     r = audit_bundle(bundle, out=out, num_samples=num_samples or 16, detector_epochs=detector_epochs,
-                     positive_control=positive_control, seed=seed, tracking_uri=tracking_uri, **options)
+                     positive_control=positive_control, seed=seed, tracking_uri=tracking_uri,
+                     allow_few_holdout=allow_few_holdout, **options)
     print(r.summary(), flush=True)
     return r.exit_code
