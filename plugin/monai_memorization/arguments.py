@@ -372,7 +372,11 @@ def warn_unread_overrides(argv: Sequence[str] | None = None) -> list[str]:
     Returns:
         the overrides warned about.
     """
-    unread = unread_overrides(argv)
+    try:
+        unread = unread_overrides(argv)
+    except Exception as e:  # noqa: BLE001 -- a check that fails must not stop the run it checks
+        print(f"warning: the overrides were not checked ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
+        return []
     for key, match in unread.items():
         hint = f"; did you mean --{match}?" if match else ""
         print(f"warning: --{key}: no config file of this bundle defines '{key}', so nothing reads it and the default is "
