@@ -141,7 +141,9 @@ ROWS = [
     ("scan disk full", lambda w, t: _scan(w, t), "no space left on device", ["report"],
      ("monai_memorization.report.writer", "write_csv", _disk_full)),
     ("usage: missing argument", lambda w, t: ["scan", w.dl], "no value for the required argument", [], None),
-    ("usage: unknown command", lambda w, t: ["bogus-command"], "Could not consume arg", [], None),
+    ("usage: unknown command", lambda w, t: ["bogus-command"], "unknown command 'bogus-command'", [], None),
+    ("usage: unknown option", lambda w, t: _train(w, t, "--stepz", "5"), "unknown option --stepz; did you mean --steps?",
+     ["det.pt"], None),
     ("unexpected internal error", lambda w, t: ["validate", w.dl], "TypeError: an internal bug", [],
      ("monai_memorization.data.validation", "validate_datalist", _bug)),
     ("pairs.json int path", lambda w, t: _filter(w, t, report=_edited_copy(w.report, t, "pairs.json", _int_path)),
@@ -158,7 +160,8 @@ ROWS = [
     ("release usage", lambda w, t: ["bogus"], "invalid choice", [], None),
     ("check percentile before training", lambda w, t: ["check", w.dl, w.syn, "--out", str(t / "r"), "--percentile", "0"],
      "percentile", ["r", "r_detector"], None),
-    ("audit modality", lambda w, t: ["audit", "--modality", "bogus", "--out", str(t / "a")], "unknown modality", ["a"], None),
+    ("audit modality", lambda w, t: ["audit", "--modality", "bogus", "--out", str(t / "a")], "--modality must be one of",
+     ["a"], None),
     ("audit out not an audit folder", lambda w, t: ["audit", "--out", w.user, "--preset", "smoke"],
      "not an audit folder", [], None),
     ("audit out is a file", lambda w, t: ["audit", "--out", w.afile, "--preset", "smoke"], "exists and is not a folder",
@@ -277,7 +280,7 @@ def _corrupt_copy(datalist: str, folder: Path) -> str:
 BUNDLE_ROWS = [
     ("ldm bundle, datalist of strings", lambda w, t: _bundle(
         ["ldm_xr/configs/train.json", "ldm_xr/configs/quick.json"], t / "ldm", "--datalist", w.bad["string_items"],
-        run_id="training"), "is the string"),
+        "--datalsit", "my.json", run_id="training"), "is the string"),
     ("detector bundle, missing datalist", lambda w, t: _bundle(
         ["copy_detector/configs/train.json", "copy_detector/configs/quick.json"], t / "det", "--datalist",
         str(t / "nowhere.json"), "--use_mlflow", "False"), "datalist file not found"),
@@ -298,12 +301,18 @@ def test_bundles_end_in_one_line_and_exit_2(w, tmp_path):
     env.pop("MONAI_MEMORIZATION_DEBUG", None)
     procs = [subprocess.Popen(cmd(w, tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _, cmd, _ in BUNDLE_ROWS]
+    err_of = {}
     for (kind, _, phrase), proc in zip(BUNDLE_ROWS, procs):
         _, err = proc.communicate(timeout=300)
+        err_of[kind] = err
         assert proc.returncode == 2, (kind, err[-2000:])
         assert "Traceback" not in err, (kind, err[-2000:])
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and phrase in lines[0] and err.rstrip().endswith(lines[0]), (kind, err[-2000:])
+    # an override that no config file defines (a typo) is named in one line before the work, with the closest id
+    warned = [ln for ln in err_of["ldm bundle, datalist of strings"].splitlines() if ln.startswith("warning: --datalsit")]
+    assert len(warned) == 1 and "did you mean --datalist?" in warned[0], err_of["ldm bundle, datalist of strings"][-2000:]
+    assert not any(ln.startswith("warning: --") for k, e in err_of.items() for ln in e.splitlines() if k != BUNDLE_ROWS[0][0])
     for name in ("ldm", "det", "corrupt", "held"):  # no checkpoint, no phantoms, no MLflow store: only the lock files, if any
         assert not [p for p in (tmp_path / name).glob("*") if not p.name.startswith(".")], name
 

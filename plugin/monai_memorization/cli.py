@@ -330,7 +330,7 @@ class Commands:
 
     def audit(
         self,
-        modality: str = "xr",
+        modality: str | None = None,
         out: str | None = None,
         datalist: str | None = None,
         preset: str = "cpu",
@@ -349,7 +349,7 @@ class Commands:
         converge, the detector missed planted kinds, or a smoke run); 2 = bad input.
 
         Args:
-            modality: xr (2D chest X-ray), ct or mr (3D).
+            modality: xr (2D chest X-ray, the default), ct or mr (3D); with --bundle: the bundle's (default: its own).
             out: audit folder (default: audit_<modality>); new, empty or an earlier audit's.
             datalist: your own datalist with "training" and "holdout" lists (default: embedded phantoms).
             preset: cpu (default: 2 CPU cores), gpu (the bundles' full networks) or smoke (seconds, no verdict).
@@ -362,14 +362,19 @@ class Commands:
             allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
             allow_few_holdout: calibrate on fewer held-out subjects than the percentile needs (19 at the 95th); the
                 reports then state the real false-positive rate (always allowed in a smoke run, which gives no verdict).
-            bundle: audit this trained generator bundle as it is instead (options: monai_memorization.zoo.audit).
+            bundle: audit this trained generator bundle as it is instead; its further options: --config_file,
+                --override, --holdout, --detector, --num_inference_steps, --slices_per_volume, --percentile, --device,
+                --log_to_mlflow (see monai_memorization.zoo.audit).
         """
         if bundle is not None or options:  # an existing trained generator, without retraining it
             from monai_memorization.zoo.audit import bundle_command
+
+            if modality is not None:
+                options["modality"] = modality
             sys.exit(bundle_command(bundle, out, num_samples, detector_epochs, positive_control, seed, tracking_uri,
                                     allow_few_holdout=allow_few_holdout, **options))
         from monai_memorization.audit import run_audit
-        r = run_audit(modality=modality, out=out, datalist=datalist, preset=preset, num_samples=num_samples,
+        r = run_audit(modality=modality or "xr", out=out, datalist=datalist, preset=preset, num_samples=num_samples,
                       detector_epochs=detector_epochs, positive_control=positive_control, seed=seed, tracking_uri=tracking_uri,
                       mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
                       allow_few_holdout=allow_few_holdout)
@@ -387,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     import fire
     import fire.core
 
-    from monai_memorization.edge import EXIT_ERROR, bool_flags, debug, distributed_from_env, one_line
+    from monai_memorization.arguments import accept_command_line
+    from monai_memorization.edge import EXIT_ERROR, debug, distributed_from_env, one_line
 
     show = fire.core._DisplayError
 
@@ -399,8 +405,9 @@ def main(argv: list[str] | None = None) -> None:
 
     fire.core._DisplayError = usage_error
     try:
+        args = accept_command_line(sys.argv[1:] if argv is None else argv, Commands)  # all of it, before any work
         with distributed_from_env():  # torchrun: the scan's embedding shared among the ranks
-            fire.Fire(Commands(), command=bool_flags(list(sys.argv[1:] if argv is None else argv), Commands), name="monai-memorization")
+            fire.Fire(Commands(), command=args, name="monai-memorization")
     except KeyboardInterrupt:
         print("monai-memorization: interrupted", file=sys.stderr)
         sys.exit(130)

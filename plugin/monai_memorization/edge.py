@@ -149,8 +149,9 @@ def install_bundle_excepthook(argv0: str | None = None) -> bool:
     return True
 
 
-def check_number(name: str, value: Any, minimum: float = 0, integer: bool = True, strict: bool = False) -> Any:
-    """``value`` as an int (or float) not below ``minimum`` (above it when ``strict``); None passes.
+def check_number(name: str, value: Any, minimum: float = 0, integer: bool = True, strict: bool = False,
+                 maximum: float | None = None, why: str = "") -> Any:
+    """``value`` as an int (or float) not below ``minimum`` (above it when ``strict``) nor above ``maximum``; None passes.
 
     Args:
         name: the argument's name in the message.
@@ -158,6 +159,8 @@ def check_number(name: str, value: Any, minimum: float = 0, integer: bool = True
         minimum: the lowest allowed value.
         integer: require a whole number.
         strict: require ``value > minimum``.
+        maximum: the highest allowed value (None: no bound).
+        why: the reason for the bounds, appended to the message (``" (... )"``).
 
     Returns:
         the converted value (or None).
@@ -177,8 +180,13 @@ def check_number(name: str, value: Any, minimum: float = 0, integer: bool = True
         v = int(v) if integer else v
     except (TypeError, ValueError, OverflowError):
         raise DataValidationError(f"{name} must be {kind}, got {value!r}") from None
-    if math.isnan(v) or v < minimum or (strict and v == minimum):
-        raise DataValidationError(f"{name} must be {kind} {'above' if strict else 'of at least'} {minimum:g}, got {value!r}")
+    if math.isnan(v) or v < minimum or (strict and v == minimum) or (maximum is not None and v > maximum):
+        if maximum is None:
+            bounds = f"{'above' if strict else 'of at least'} {minimum:g}"
+        else:
+            top = f"{int(maximum):,}" if float(maximum).is_integer() else f"{maximum:g}"
+            bounds = f"in ({minimum:g}, {top}]" if strict else f"from {minimum:g} to {top}"
+        raise DataValidationError(f"{name} must be {kind} {bounds}{why}, got {value!r}")
     return v
 
 
@@ -249,12 +257,13 @@ def check_training_arguments(out: Any, augmentations: Any, device: Any, lr: Any,
 _BOOL_WORDS = {"true": "True", "yes": "True", "on": "True", "false": "False", "no": "False", "off": "False"}
 
 
-def bool_flags(args: list[str], commands: type) -> list[str]:
+def bool_flags(args: list[str], commands: type, extra: Any = ()) -> list[str]:
     """``--mlflow false`` means False: fire would pass the (truthy) string ``"false"`` to a bool parameter.
 
     Args:
         args: the command line after the program name.
         commands: the class whose methods are the commands (their bool parameters are the flags).
+        extra: names of more bool options (those a command takes through ``**options``).
 
     Returns:
         the arguments with the flag values as Python literals.
@@ -265,7 +274,7 @@ def bool_flags(args: list[str], commands: type) -> list[str]:
     method = getattr(commands, command.replace("-", "_"), None)
     if not callable(method):
         return args
-    flags = {n for n, p in inspect.signature(method).parameters.items() if isinstance(p.default, bool)}
+    flags = {n for n, p in inspect.signature(method).parameters.items() if isinstance(p.default, bool)} | set(extra)
     out = list(args)
     for i, a in enumerate(out):
         name, eq, value = a[2:].partition("=")

@@ -18,18 +18,31 @@
 - :mod:`~monai_memorization.data.dicom`: DICOM series writing.
 """
 
-from monai_memorization.data.datalist import items_from_source, load_datalist
-from monai_memorization.data.phantoms import ensure_phantoms, make_phantom, transformed_copy, write_dataset
-from monai_memorization.data.transforms import get_transforms
-from monai_memorization.data.validation import validate_datalist
+from __future__ import annotations
 
-__all__ = [
-    "ensure_phantoms",
-    "get_transforms",
-    "items_from_source",
-    "load_datalist",
-    "make_phantom",
-    "transformed_copy",
-    "validate_datalist",
-    "write_dataset",
-]
+import importlib
+from typing import Any
+
+# Imported when first used, so that importing a light submodule (``data.splits`` for the CLI) or the package does
+# not import MONAI and torch.
+_WHERE = {
+    "items_from_source": "datalist", "load_datalist": "datalist", "ensure_phantoms": "phantoms",
+    "make_phantom": "phantoms", "transformed_copy": "phantoms", "write_dataset": "phantoms",
+    "get_transforms": "transforms", "validate_datalist": "validation",
+}
+
+_SUBMODULES = ("datalist", "dicom", "imageset", "overlap", "phantoms", "phantoms_3d", "phantoms_xr", "splits",
+               "transforms", "validation")
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    """The package's functions and submodules, imported on first use."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

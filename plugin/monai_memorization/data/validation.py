@@ -97,15 +97,23 @@ def check_image(
 
 def _check_content(p: Any, arr: np.ndarray, nch: int, spatial: tuple, spatial_dims: int | None, channels: int | None,
                    channel: int | None, rgb_2d: bool = False) -> None:
-    """Dimensions, channels, finite values, not constant; the first problem raises one line naming ``p``."""
+    """Dimensions, channels, finite values, not constant; the first problem raises one line naming ``p``.
+
+    ``rgb_2d``: ``p`` is an image scanned against a detector (:class:`CheckImaged`): an RGB picture is made grey, and
+    a one-channel image passes a ``channel`` (a generator trained on that channel writes one-channel samples). Else
+    the image must have ``channel``.
+    """
     # a trailing singleton axis (x, y, z, 1) is one channel, not a fourth dimension
     if spatial_dims is not None and len(spatial) != spatial_dims:
+        kind = {2: "2D slices", 3: "3D volumes"}.get(len(spatial))
+        hint = f"; for {kind} pass --spatial_dims {len(spatial)} (spatial_dims={len(spatial)})" if kind and not rgb_2d else ""
         raise DataValidationError(
-            f"{p}: has {len(spatial)} spatial dimensions (shape {tuple(arr.shape)}), expected {spatial_dims}"
+            f"{p}: has {len(spatial)} spatial dimensions (shape {tuple(arr.shape)}), expected {spatial_dims}{hint}"
         )
     if channel is not None:
-        if nch != 1 and not channel < nch:
-            raise DataValidationError(f"{p}: has {nch} channels (shape {tuple(arr.shape)}), channel {channel} asked")
+        if not channel < nch and not (rgb_2d and nch == 1):
+            raise DataValidationError(f"{p}: has {nch} channel{'s' if nch != 1 else ''} (shape {tuple(arr.shape)}), "
+                                      f"channel {channel} asked (channels count from 0)")
     elif rgb_2d and nch in (3, 4) and len(spatial) == 2:
         pass  # an RGB/RGBA picture of a grey image, converted to grey when loaded
     elif channels is not None and nch != channels:

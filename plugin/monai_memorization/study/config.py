@@ -114,6 +114,33 @@ STUDY_PRESETS["gpu"] = {
 }
 
 
+#: the keys of a study configuration file: a nested mapping names its own keys, None takes any value (``families``:
+#: each family's keys; its family names and ``sweeps``' factors are checked against FAMILIES and FACTORS)
+KEYS: dict[str, Any] = {
+    "preset": None, "modality": None, "seed": None, "num_samples": None, "percentile": None, "checks": None,
+    "data": dict.fromkeys(("n", "n_holdout", "n_val", "shape", "datalist")),
+    "base": dict.fromkeys(FACTORS),
+    "sweeps": None,
+    "families": None,
+    "detector": dict.fromkeys(("steps", "feature_weights")),
+}
+_FAMILY_KEYS = dict.fromkeys(("overrides", "sizes", "lengths"))
+
+
+def _check_keys(given: dict, keys: dict[str, Any], where: str = "") -> None:
+    """Every key of ``given`` is one of ``keys`` (nested mappings too): a misspelt key would run the default study."""
+    from monai_memorization.arguments import closest
+
+    for key, value in given.items():
+        if key not in keys:
+            raise DataValidationError(
+                f"unknown key '{where}{key}' in the study configuration{closest(str(key), keys, where)} "
+                f"(the keys{' of ' + where.rstrip('.') if where else ''}: {', '.join(keys)})"
+            )
+        if isinstance(keys[key], dict) and isinstance(value, dict):
+            _check_keys(value, keys[key], f"{where}{key}.")
+
+
 def load_study_config(config: str | Path | dict | None = None, preset: str | None = None) -> dict[str, Any]:
     """A study configuration from a YAML/JSON file, a dict, or a preset name (a file may name a ``preset`` to extend).
 
@@ -125,7 +152,7 @@ def load_study_config(config: str | Path | dict | None = None, preset: str | Non
         the merged configuration (the file's keys replace the preset's, ``families`` merged per family).
 
     Raises:
-        DataValidationError: unreadable file, unknown preset, family or factor.
+        DataValidationError: unreadable file, unknown key (naming the closest), preset, family or factor.
     """
     given: dict[str, Any] = {}
     if isinstance(config, dict):
@@ -142,6 +169,10 @@ def load_study_config(config: str | Path | dict | None = None, preset: str | Non
             raise DataValidationError(f"{p}: not a readable YAML/JSON study configuration ({str(e).splitlines()[0]})") from None
         if not isinstance(given, dict):
             raise DataValidationError(f"{p}: a study configuration is a mapping of keys such as base, sweeps, families")
+    _check_keys(given, KEYS)
+    for fam, spec in (given.get("families") or {}).items():
+        if isinstance(spec, dict):
+            _check_keys(spec, _FAMILY_KEYS, f"families.{fam}.")
     name = given.pop("preset", None) or preset or "cpu"
     if name not in STUDY_PRESETS:
         raise DataValidationError(f"unknown study preset {name!r}: expected one of {', '.join(STUDY_PRESETS)}")

@@ -237,8 +237,9 @@ def bundle_command(bundle: str | None, out: str | None = None, num_samples: int 
     """The CLI's ``audit --bundle``: run :func:`audit_bundle`, print the findings, return the exit code."""
     from monai_memorization.errors import DataValidationError
 
-    allowed = {"config_file", "override", "holdout", "detector", "modality", "num_inference_steps", "slices_per_volume",
-               "percentile", "device", "log_to_mlflow"}
+    from monai_memorization.arguments import AUDIT_BUNDLE_OPTIONS
+
+    allowed = set(AUDIT_BUNDLE_OPTIONS)
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise DataValidationError(f"audit: unknown option --{unknown[0]}; the options of 'audit --bundle DIR' are "
