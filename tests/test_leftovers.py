@@ -39,6 +39,22 @@ from monai_memorization.release import filter_release
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def s(xr_datalist, tmp_path_factory):
+    """A tiny detector, a synthetic folder, its scan report and release."""
+    root = tmp_path_factory.mktemp("leftovers")
+    det = tiny_detector(xr_datalist, tmp_path_factory.mktemp("detector"))
+    syn, _, _ = copy_and_novel_folder(xr_datalist, root / "synthetic", novel_kind="noise")
+    run_scan(xr_datalist, xr_datalist, syn, det, root / "report", log_to_mlflow=False, progress=False, n_bootstrap=0)
+    filter_release(syn, root / "report", root / "release")
+    return SimpleNamespace(root=root, dl=xr_datalist, det=det, syn=syn, report=root / "report", release=root / "release")
+
+
+def _stderr_lines(err: str) -> list[str]:
+    """stderr without progress bars."""
+    return [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
+
+
 @pytest.mark.parametrize("how", ["clean exit", "exit 2", "uncaught error"])
 def test_no_lock_files_are_left_after_the_process_ends(how, tmp_path):
     """Every output's .monai_memorization.lock-* and .holder files go when the process ends, however it ends."""
@@ -51,3 +67,57 @@ def test_no_lock_files_are_left_after_the_process_ends(how, tmp_path):
                           timeout=60)
     assert proc.stdout.strip() == "held" and proc.returncode == {"clean exit": 0, "exit 2": 2}.get(how, 1), proc.stderr
     assert list((tmp_path / "out").iterdir()) == [] and list((tmp_path / "bundle").iterdir()) == []
+
+
+def test_a_read_only_mlflow_store_costs_one_line_not_a_traceback(s, tmp_path, capsys, caplog):
+    from monai_memorization.cli import main
+    from monai_memorization.tracking_store import _failed
+
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({uri!r}).create_experiment('x')"],
+                   check=True, capture_output=True, cwd=tmp_path)
+    undo = _read_only(store / "mlflow.db")
+    capsys.readouterr()
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            main(["scan", s.dl, s.dl, str(s.syn), s.det, "--out", str(tmp_path / "report"), "--tracking_uri", uri])
+    finally:
+        undo()
+        _failed.pop(uri, None)
+    out, err = capsys.readouterr()
+    assert "synthetic_copy_rate" in out
+    # what the user reads: stderr (MLflow's own handler) and the log records (a handler of the user's, or Python's
+    # last resort on stderr); MLflow's logged traceback was 95 lines
+    logged = [caplog.handler.format(r) for r in caplog.records if r.levelno >= logging.WARNING]
+    lines = _stderr_lines(err) + [ln for text in logged for ln in text.splitlines()]
+    assert len(lines) == 1 and "attempt to write a readonly database" in lines[0], lines
+
+
+def _read_only(db: Path):
+    """Make a SQLite file read-only (chmod; as root, where permissions do not bind, chattr +i); returns the undo."""
+    if os.geteuid() != 0:
+        db.chmod(0o444)
+        db.parent.chmod(0o555)
+        return lambda: (db.parent.chmod(0o755), db.chmod(0o644))
+    if subprocess.run(["chattr", "+i", str(db)], check=False, capture_output=True).returncode != 0:
+        pytest.skip("no way to make a file read-only for root here (chattr +i failed)")
+    return lambda: subprocess.run(["chattr", "-i", str(db)], check=False)
+
+
+def test_scan_files_never_land_in_the_working_directory(s, tmp_path, monkeypatch):
+    """An experiment created without an artifact location (MLflow's ./mlruns of the creating process) in a store
+    elsewhere: the scan logs its metrics there and keeps its files on disk, not in ./mlruns of the working directory."""
+    store = tmp_path / "store" / "mlflow.db"
+    store.parent.mkdir()
+    uri = f"sqlite:///{store}"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    mlflow.MlflowClient(uri).create_experiment("memorization_scan")
+    r = run_scan(s.dl, s.dl, s.syn, s.det, tmp_path / "rep", tracking_uri=uri, progress=False, n_bootstrap=0)
+    assert list(cwd.iterdir()) == []
+    run = mlflow.MlflowClient(uri).get_run(json.loads((tmp_path / "rep" / "report.json").read_text())["mlflow_run_id"])
+    assert run.data.metrics["threshold"] == pytest.approx(r.threshold)

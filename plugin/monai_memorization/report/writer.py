@@ -40,6 +40,7 @@ from monai_memorization.errors import MemorizationError
 from monai_memorization.io import replace_dir
 from monai_memorization.tracking import (
     BUFFER_NAME,
+    artifacts_beside_store,
     buffer_records,
     default_tracking_uri,
     mark_store_failed,
@@ -229,7 +230,14 @@ def _log_run(uri: str, experiment_name: str, run_name: str | None, params: Mappi
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    rid = client.create_run(experiment_id(client, uri, experiment_name), run_name=run_name, tags={"monai_memorization.kind": "scan"}).info.run_id
+    eid = experiment_id(client, uri, experiment_name)
+    experiment = client.get_experiment(eid)
+    if files and not artifacts_beside_store(experiment, uri):  # MLflow's ./mlruns of the process that created it
+        say_once(f"artifacts:{uri}:{experiment_name}", f"MLflow: experiment '{experiment_name}' keeps its files in "
+                 f"{experiment.artifact_location}, the working directory, not beside the store; the report's files stay "
+                 "on disk only (metrics and parameters are logged)")
+        files = []
+    rid = client.create_run(eid, run_name=run_name, tags={"monai_memorization.kind": "scan"}).info.run_id
     try:
         for k, v in params.items():
             client.log_param(rid, k, v)
