@@ -55,6 +55,83 @@ def _stderr_lines(err: str) -> list[str]:
     return [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
 
 
+def test_rerun_removes_what_a_killed_scan_left(s, tmp_path):
+    out = tmp_path / "rep"
+    half = tmp_path / ".rep.k1ll3d.tmp"  # a scan killed while writing: its half report names training files
+    half.mkdir()
+    for name in ("pairs.json", "pairs.csv", "memorized.csv", "report.json"):
+        (half / name).write_text("/data/patients/subject-007.nii.gz")
+    old = tmp_path / ".rep.old-424242"  # killed between renaming the previous report away and deleting it
+    old.mkdir()
+    (old / "pairs.json").write_text("[]")
+    other = tmp_path / ".other.x1.tmp"  # another output's: not ours to remove
+    other.mkdir()
+    run_scan(s.dl, s.dl, s.syn, s.det, out, log_to_mlflow=False, progress=False, n_bootstrap=0)
+    assert (out / "report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".monai_memorization.lock")) == [
+        ".other.x1.tmp", "rep"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_release_manifest_names_no_local_path_and_still_verifies(s, tmp_path, capsys):
+    report = tmp_path / "report"
+    shutil.copytree(s.report, report)  # with the warning a scan run with --allow_overlap writes (files, subjects)
+    summary = json.loads((report / "report.json").read_text())
+    summary["overlap_warning"] = f"holdout image {s.syn}/sample_0000.png is the same file as training image (subject s-1)"
+    (report / "report.json").write_text(json.dumps(summary))
+    out = tmp_path / "release"
+    filter_release(s.syn, report, out)
+    text = (out / "manifest.json").read_text()
+    m = json.loads(text)
+    assert (m["source"], m["report"], m["detector"]) == ("synthetic", "report", Path(s.det).name)
+    for local in (str(s.root), str(tmp_path), str(Path(s.det).parent), "subject s-1"):
+        assert local not in text, local
+    assert any("overlapped" in w for w in m["scan_warnings"])
+    assert release_main(["verify", str(out), "--report", str(report)]) == 0
+    assert "re-checked against the scan report" in capsys.readouterr().out
+
+
+def test_verify_without_report_says_the_decisions_were_not_rechecked(s, capsys):
+    assert release_main(["verify", str(s.release)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert ": OK (" in line and "NOT re-checked against the scan report" in line and "--report" in line
+
+
+def _no_space_in_write(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # a failed write() names no file
+
+
+def _no_space_in_copy(src, dst, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))  # as shutil's sendfile copy
+
+
+@pytest.mark.parametrize("case", ["scan", "filter"])
+def test_a_full_disk_names_the_output_that_could_not_be_written(case, s, tmp_path, capsys, monkeypatch):
+    from monai_memorization.cli import main
+
+    out = tmp_path / "out"
+    if case == "scan":
+        monkeypatch.setattr("monai_memorization.report.writer.write_csv", _no_space_in_write)
+        argv = ["scan", s.dl, s.dl, str(s.syn), s.det, "--out", str(out), "--mlflow", "false"]
+    else:
+        monkeypatch.setattr(shutil, "copy2", _no_space_in_copy)
+        argv = ["filter", str(s.syn), str(s.report), str(out)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    lines = _stderr_lines(capsys.readouterr().err)
+    assert e.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"monai-memorization: error: {out}: no space left on device"), lines
+    assert str(s.syn) not in lines[0]  # not the source file
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
 @pytest.mark.parametrize("how", ["clean exit", "exit 2", "uncaught error"])
 def test_no_lock_files_are_left_after_the_process_ends(how, tmp_path):
     """Every output's .monai_memorization.lock-* and .holder files go when the process ends, however it ends."""
@@ -121,3 +198,18 @@ def test_scan_files_never_land_in_the_working_directory(s, tmp_path, monkeypatch
     assert list(cwd.iterdir()) == []
     run = mlflow.MlflowClient(uri).get_run(json.loads((tmp_path / "rep" / "report.json").read_text())["mlflow_run_id"])
     assert run.data.metrics["threshold"] == pytest.approx(r.threshold)
+
+
+def test_latent_info_is_written_with_the_usual_permissions(tmp_path):
+    import torch
+    from monai.networks.nets import AutoencoderKL
+
+    from monai_memorization.engines import prepare_latent_info
+
+    ae = AutoencoderKL(spatial_dims=2, in_channels=1, out_channels=1, latent_channels=1, channels=(4, 4),
+                       num_res_blocks=(1, 1), norm_num_groups=4, attention_levels=(False, False),
+                       with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+    path = tmp_path / "models" / "latent_info.json"
+    prepare_latent_info(ae, [{"image": torch.rand(2, 1, 8, 8)}], "cpu", path)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # was 0600 (a temporary file renamed)
+    assert [p.name for p in path.parent.iterdir()] == ["latent_info.json"]
