@@ -86,7 +86,9 @@ def test_release_manifest_names_no_local_path_and_still_verifies(s, tmp_path, ca
     summary["overlap_warning"] = f"holdout image {s.syn}/sample_0000.png is the same file as training image (subject s-1)"
     (report / "report.json").write_text(json.dumps(summary))
     out = tmp_path / "release"
+    (tmp_path / ".release.k1ll3d.tmp").mkdir()  # a killed release's half copy: removed by the next release
     filter_release(s.syn, report, out)
+    assert not list(tmp_path.glob(".release.*"))
     text = (out / "manifest.json").read_text()
     m = json.loads(text)
     assert (m["source"], m["report"], m["detector"]) == ("synthetic", "report", Path(s.det).name)

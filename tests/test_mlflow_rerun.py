@@ -190,10 +190,17 @@ def test_replay_moves_a_buffer_into_the_store(tmp_path, capsys):
     records += [{**base, "status": "FINISHED"}, {**base, "run_name": "diffusion", "metrics": {"loss": 0.5}, "step": 1}]
     records += [{"tracking_uri": store, "experiment": "memorization_scan", "run_name": None,
                  "params": {"percentile": "95"}, "metrics": {"threshold": 0.9}}]
+    client = mlflow.MlflowClient(store)  # a run the store holds, left RUNNING when the store failed in its step 2
+    exp = client.create_experiment("memorization_check")
+    held = client.create_run(exp, run_name="memorization_check").info.run_id
+    client.log_metric(held, "copy_rate", 0.5, step=1)
+    base2 = {"tracking_uri": store, "experiment": "memorization_check", "run_name": "memorization_check", "run_id": held}
+    records += [{**base2, "metrics": {"copy_rate": 0.5}, "step": 1}, {**base2, "metrics": {"copy_rate": 0.25}, "step": 2},
+                {**base2, "status": "FINISHED"}]
     tracking.buffer_records(buf, records)
 
     main(["mlflow-replay", str(buf)])  # returns: exit 0
-    assert "3 run(s), 5 metric values" in capsys.readouterr().out
+    assert "4 run(s), 6 metric values" in capsys.readouterr().out
     runs = {r.info.run_name: r for r in _runs(store, "ldm_xr")}
     ae, dm = runs["autoencoder"], runs["diffusion"]
     assert ae.info.status == "FINISHED" and _steps(store, ae, "loss") == [1, 2, 3]
@@ -201,4 +208,6 @@ def test_replay_moves_a_buffer_into_the_store(tmp_path, capsys):
     assert dm.info.status == "KILLED"  # its end is not in the buffer: its process was killed
     (scan,) = _runs(store, "memorization_scan")
     assert scan.info.status == "FINISHED" and scan.data.metrics == {"threshold": 0.9}
+    (check,) = _runs(store, "memorization_check")  # continued: the step it held is not logged twice
+    assert check.info.run_id == held and check.info.status == "FINISHED" and _steps(store, check, "copy_rate") == [1, 2]
     assert not buf.exists() and len(list(buf.parent.glob(f"{tracking.BUFFER_NAME}.replayed-*"))) == 1
