@@ -187,7 +187,11 @@ def test_replay_moves_a_buffer_into_the_store(tmp_path, capsys):
     base = {"tracking_uri": store, "experiment": "ldm_xr", "run_name": "autoencoder", "run_id": None}
     records = [{**base, "params": {"ae_lr": "0.001", "datalist": "/data/patients.json"}}]
     records += [{**base, "metrics": {"loss": 1.0 / s}, "step": s} for s in (1, 2, 3)]
-    records += [{**base, "status": "FINISHED"}, {**base, "run_name": "diffusion", "metrics": {"loss": 0.5}, "step": 1}]
+    records += [{**base, "status": "FINISHED"}]
+    dm = {**base, "run_name": "diffusion"}  # killed while offline, then run again (another process) while offline
+    records += [{**dm, "session": "killed", "metrics": {"loss": 0.5}, "step": 1}]
+    records += [{**dm, "session": "rerun", "metrics": {"loss": 0.5 / s}, "step": s} for s in (1, 2)]
+    records += [{**dm, "session": "rerun", "status": "FINISHED"}]
     records += [{"tracking_uri": store, "experiment": "memorization_scan", "run_name": None,
                  "params": {"percentile": "95"}, "metrics": {"threshold": 0.9}}]
     client = mlflow.MlflowClient(store)  # a run the store holds, left RUNNING when the store failed in its step 2
@@ -200,12 +204,14 @@ def test_replay_moves_a_buffer_into_the_store(tmp_path, capsys):
     tracking.buffer_records(buf, records)
 
     main(["mlflow-replay", str(buf)])  # returns: exit 0
-    assert "4 run(s), 6 metric values" in capsys.readouterr().out
-    runs = {r.info.run_name: r for r in _runs(store, "ldm_xr")}
-    ae, dm = runs["autoencoder"], runs["diffusion"]
-    assert ae.info.status == "FINISHED" and _steps(store, ae, "loss") == [1, 2, 3]
+    assert "5 run(s), 8 metric values" in capsys.readouterr().out
+    runs = {(r.info.run_name, r.info.status): r for r in _runs(store, "ldm_xr")}
+    assert sorted(runs) == [("autoencoder", "FINISHED"), ("diffusion", "FINISHED"), ("diffusion", "KILLED")]
+    ae = runs["autoencoder", "FINISHED"]
+    assert _steps(store, ae, "loss") == [1, 2, 3]
     assert ae.data.params == {"ae_lr": "0.001"}  # the datalist path stays out without --mlflow_artifacts
-    assert dm.info.status == "KILLED"  # its end is not in the buffer: its process was killed
+    assert _steps(store, runs["diffusion", "KILLED"], "loss") == [1]  # its end is not in the buffer: killed
+    assert _steps(store, runs["diffusion", "FINISHED"], "loss") == [1, 2]  # the rerun: not merged with the killed one
     (scan,) = _runs(store, "memorization_scan")
     assert scan.info.status == "FINISHED" and scan.data.metrics == {"threshold": 0.9}
     (check,) = _runs(store, "memorization_check")  # continued: the step it held is not logged twice

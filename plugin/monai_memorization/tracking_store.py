@@ -73,6 +73,8 @@ OWNER_TAG = "monai_memorization.owner"
 
 _said: set[str] = set()
 _failed: dict[str, str] = {}
+#: this process's mark in the buffer records, so that a replay does not merge a killed training with its rerun
+_SESSION = os.urandom(6).hex()
 
 
 class _NoStoreTraceback(logging.Filter):
@@ -158,7 +160,8 @@ def buffer_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]
 
     Args:
         path: the buffer file (``mlflow_buffer.jsonl``).
-        records: e.g. ``{"run_name", "metrics": {...}, "step"}`` or ``{"run_name", "params": {...}}``.
+        records: e.g. ``{"run_name", "metrics": {...}, "step"}`` or ``{"run_name", "params": {...}}``; each gets the
+            ``time`` and this process's ``session`` (a random mark: the records of one process make one run).
 
     Returns:
         ``path``, or None when it cannot be written (logged once).
@@ -167,7 +170,7 @@ def buffer_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps({"time": time.time(), **r}, default=str) + "\n" for r in records)
+            f.writelines(json.dumps({"time": time.time(), "session": _SESSION, **r}, default=str) + "\n" for r in records)
         return path
     except OSError as e:
         say_once(f"buffer:{path}", f"MLflow buffer {path} cannot be written ({e}); these metrics are not kept")
@@ -386,7 +389,8 @@ def replay_buffer(
 ) -> dict[str, Any]:
     """Move the records of a ``mlflow_buffer.jsonl`` into an MLflow store; the buffer is renamed ``*.replayed-<time>``.
 
-    Each run in the buffer (its records share ``experiment``, ``run_name`` and ``run_id``; a ``status`` record ends it)
+    Each run in the buffer (its records share ``experiment``, ``run_name``, ``run_id`` and the writing process's
+    ``session``; a ``status`` record ends it)
     becomes a run of the store, with its parameters, its metrics at their steps and times, and its end status (a run
     whose end is not in the buffer, because its process was killed, is marked KILLED). A run that the store already
     holds (the store failed while it ran) is continued, keeping the steps it has. Parameters pass the same privacy
@@ -449,11 +453,11 @@ def replay_buffer(
 
 
 def _buffered_runs(records: list[dict]) -> list[dict]:
-    """The buffer's records grouped into runs, in order: records of one name and id until a ``status`` record."""
+    """The buffer's records grouped into runs, in order: records of one name, id and process until a ``status`` record."""
     runs: list[dict] = []
     open_runs: dict[tuple, dict] = {}
     for r in records:
-        key = (r.get("experiment"), r.get("run_name"), r.get("run_id"))
+        key = (r.get("experiment"), r.get("run_name"), r.get("run_id"), r.get("session"))
         run = open_runs.get(key)
         if run is None:
             run = {"experiment": key[0], "run_name": key[1], "run_id": key[2], "params": {}, "metrics": [],

@@ -254,8 +254,8 @@ class SafeMLFlowHandler(MLFlowHandler):
             self._fail(e)
             return False
 
-
     def _not_beside_store(self) -> None:
+        """Say once that this experiment's files would land in the working directory, so none is logged."""
         say_once(f"artifacts:{self.policy.uri}:{self.experiment_name}", f"MLflow: experiment '{self.experiment_name}' "
                  f"keeps its files in {self.experiment.artifact_location}, the working directory, not beside the store; "
                  "files stay on disk only (metrics and parameters are logged)")
