@@ -50,6 +50,20 @@ def s(xr_datalist, tmp_path_factory):
     return SimpleNamespace(root=root, dl=xr_datalist, det=det, syn=syn, report=root / "report", release=root / "release")
 
 
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store with its schema, made once (the schema takes seconds); tests use copies."""
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def _store_copy(template: Path, folder: Path) -> str:
+    folder.mkdir()
+    shutil.copy(template, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 def _stderr_lines(err: str) -> list[str]:
     """stderr without progress bars."""
     return [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
@@ -148,16 +162,12 @@ def test_no_lock_files_are_left_after_the_process_ends(how, tmp_path):
     assert list((tmp_path / "out").iterdir()) == [] and list((tmp_path / "bundle").iterdir()) == []
 
 
-def test_a_read_only_mlflow_store_costs_one_line_not_a_traceback(s, tmp_path, capsys, caplog):
+def test_a_read_only_mlflow_store_costs_one_line_not_a_traceback(s, template_store, tmp_path, capsys, caplog):
     from monai_memorization.cli import main
     from monai_memorization.tracking_store import _failed
 
-    store = tmp_path / "store"
-    store.mkdir()
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({uri!r}).create_experiment('x')"],
-                   check=True, capture_output=True, cwd=tmp_path)
-    undo = _read_only(store / "mlflow.db")
+    uri = _store_copy(template_store, tmp_path / "store")
+    undo = _read_only(tmp_path / "store" / "mlflow.db")
     capsys.readouterr()
     caplog.clear()
     try:
@@ -186,12 +196,10 @@ def _read_only(db: Path):
     return lambda: subprocess.run(["chattr", "-i", str(db)], check=False)
 
 
-def test_scan_files_never_land_in_the_working_directory(s, tmp_path, monkeypatch):
+def test_scan_files_never_land_in_the_working_directory(s, template_store, tmp_path, monkeypatch):
     """An experiment created without an artifact location (MLflow's ./mlruns of the creating process) in a store
     elsewhere: the scan logs its metrics there and keeps its files on disk, not in ./mlruns of the working directory."""
-    store = tmp_path / "store" / "mlflow.db"
-    store.parent.mkdir()
-    uri = f"sqlite:///{store}"
+    uri = _store_copy(template_store, tmp_path / "store")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
