@@ -125,6 +125,9 @@ def test_app_demo_datastore_and_default_conf(tmp_path):
     assert len(train) == 8 and len(load_datalist(demo["datalist"], "holdout")) == 20  # a 95th percentile needs 19
     assert Path(demo["copy"]).read_bytes() == Path(train[2]["image"]).read_bytes()
     assert all(Path(p).read_bytes() != Path(t["image"]).read_bytes() for p in demo["novel"] for t in train)
+    # nothing else is left: no detector.tmp_histograms/ of the demo detector's training
+    assert sorted(p.name for p in (studies / ".memorization").iterdir() if not p.name.startswith(".")) == [
+        "detector.pt", "novel", "phantoms"]
     mtime = Path(demo["detector"]).stat().st_mtime_ns
     opts, k = lookup_options({}, studies)  # the defaults are the demo's files, not made again
     assert (opts["detector"], opts["train"], opts["holdout"]) == (demo["detector"], demo["datalist"], demo["datalist"])

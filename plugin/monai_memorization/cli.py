@@ -382,6 +382,26 @@ class Commands:
         if r.exit_code:
             sys.exit(r.exit_code)
 
+    def mlflow_replay(
+        self, buffer: str, tracking_uri: str | None = None, mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
+    ) -> str:
+        """Move an mlflow_buffer.jsonl (written while a store failed) into an MLflow store; the buffer is then renamed.
+
+        Args:
+            buffer: the buffer file, or the folder holding it.
+            tracking_uri: the store (default: the one its records name).
+            mlflow_artifacts: also send the parameters that name files or subjects.
+            allow_remote_tracking: let a remote store get more than aggregates.
+
+        Returns:
+            A one-line summary.
+        """
+        from monai_memorization.tracking import replay_buffer
+
+        r = replay_buffer(buffer, tracking_uri, mlflow_artifacts, allow_remote_tracking)
+        return (f"{buffer}: {r['runs']} run(s), {r['metrics']} metric values and {r['params']} parameters replayed into "
+                f"{r['tracking_uri']}; the buffer is now {r['replayed']}")
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``monai-memorization`` console script: every failure ends in one line and exit 2.

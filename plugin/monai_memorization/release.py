@@ -20,18 +20,22 @@ lies above that bar with probability about 1/(m+1) for m held-out images, the pr
 the score missed. The release holds
 
 * ``manifest.json`` -- what was released and why: the sha256 and size of every released file,
-  the threshold and percentile, the detector checkpoint and its sha256, the sha256 of the report
-  files it was decided from, the counts, and the excluded files with their correlation;
+  the threshold and percentile, the detector checkpoint (its file name) and its sha256, the sha256 of
+  the report files it was decided from, the counts, and the excluded files with their correlation.
+  It is meant to be shared: it names the synthetic folder, the report and the detector by their names
+  only (no local path), and an overlap warning of the scan without the files and subjects it names;
 * ``SHA256SUMS`` -- the same hashes in ``sha256sum`` format, so a reviewer can check the files
   with nothing but coreutils (``cd OUT && sha256sum -c SHA256SUMS``).
 
 Nothing is half-written: the release is assembled in a temporary folder next to ``out_dir`` and
-renamed into place at the end. Every image in the synthetic folder must appear in the report and
+renamed into place at the end (one that a killed run left is removed by the next; a full disk ends in one line
+naming ``out_dir``). Every image in the synthetic folder must appear in the report and
 every report row must name an existing file, otherwise the gate refuses with one line (a report
 made for other files cannot decide about these).
 
 :func:`~monai_memorization.release_manifest.verify_manifest` re-checks a release folder; a reviewer
-runs it as ``python -m monai_memorization.release verify OUT [--report REPORT]``.
+runs it as ``python -m monai_memorization.release verify OUT [--report REPORT]``; without ``--report`` its line says
+that the decisions were not re-checked (only the files against the manifest).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_memorization.io import file_sha256, replace_dir
+from monai_memorization.io import file_sha256, remove_stale_temporaries, replace_dir, writing
 from monai_memorization.release_manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -163,6 +167,17 @@ def _files_of(entry: Path) -> list[Path]:
     return [entry]
 
 
+#: the manifest's word for the scan's overlap warning, which names training files and subjects
+OVERLAP_NOTE = ("the scan's training, held-out or synthetic sets overlapped (it ran with --allow_overlap); "
+                "the scan report names the files")
+
+
+def _shareable(summary: dict) -> list[str]:
+    """The scan's warnings as the shared manifest carries them: the overlap without the files and subjects it names."""
+    out = [str(summary["detector_warning"])] if summary.get("detector_warning") else []
+    return out + ([OVERLAP_NOTE] if summary.get("overlap_warning") else [])
+
+
 def _prepare_out(out_dir: Path, synthetic_dir: Path) -> Path:
     """Check ``out_dir`` may be replaced, lock it for this process (one writer) and make the temporary folder beside it."""
     from monai_memorization.locking import hold_output
@@ -176,7 +191,9 @@ def _prepare_out(out_dir: Path, synthetic_dir: Path) -> Path:
     if out_dir.resolve() == synthetic_dir.resolve() or synthetic_dir.resolve() in out_dir.resolve().parents:
         raise ReleaseError(f"{out_dir}: the release folder must lie outside the synthetic folder {synthetic_dir}")
     hold_output(out_dir)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    remove_stale_temporaries(out_dir)  # a killed release's half copy
+    with writing(out_dir):
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
 
 
 
@@ -215,67 +232,69 @@ def filter_release(
 
     tmp = _prepare_out(out_dir, synthetic_dir)
     try:
-        released_rows, excluded_rows, sums = [], [], []
-        iterator: Any = entries
-        if progress:
-            from tqdm.auto import tqdm
+        with writing(out_dir):  # a full disk names the release folder, not the sample being copied
+            released_rows, excluded_rows, sums = [], [], []
+            iterator: Any = entries
+            if progress:
+                from tqdm.auto import tqdm
 
-            iterator = tqdm(entries, desc="release", unit="file", leave=False)
-        for entry in iterator:
-            row = matched[entry]
-            corr, reason = row.get("correlation"), left_out(row)
-            if reason:
-                excluded_rows.append({"file": entry.name, "correlation": corr, "reason": reason,
-                                      **({"pixel_correlation": row["pixel_correlation"]} if "pixel_correlation" in row else {})})
-                continue
-            dest = tmp / entry.name
-            if entry.is_dir():
-                shutil.copytree(entry, dest)
-            else:
-                shutil.copy2(entry, dest)
-            files = []
-            for f in _files_of(dest):
-                rel = f.relative_to(tmp).as_posix()
-                digest = file_sha256(f)
-                if row.get("synthetic_sha256") and entry.is_file() and digest != row["synthetic_sha256"]:
-                    raise ReleaseError(
-                        f"{entry}: changed since the scan (sha256 differs from the report's); scan the folder again"
-                    )
-                files.append({"path": rel, "sha256": digest, "bytes": f.stat().st_size})
-                sums.append(f"{digest}  {rel}")
-            released_rows.append({"file": entry.name, "correlation": corr, "files": files})
-        detector_sha = summary.get("detector_sha256")
-        pixel_only = [r["file"] for r in excluded_rows if r["reason"] == PIXEL_REASON]
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": MANIFEST_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "rule": ("a sample is released when its hybrid score (the largest of its detector, pixel and aligned "
-                     "pixel correlations to the nearest training sample, each in standard deviations of its held-out calibration)"
-                     if summary.get("score") == "hybrid" else "a sample is released when the Pearson correlation "
-                     "(detector embeddings) to its nearest training sample")
-            + " is not above the threshold; samples above it are copies and are left out"
-            + ("; so is a sample whose pixel correlation to its nearest training sample is above pixel_bar, the closest "
-               "any held-out sample came to a training sample" if summary.get("pixel_bar") is not None else ""),
-            "pixel_bar": summary.get("pixel_bar"),
-            "score": summary.get("score", "detector"),
-            "source": str(synthetic_dir.resolve()),
-            "report": str(folder.resolve()),
-            "report_sha256": {name: file_sha256(folder / name) for name in ("report.json", "pairs.json")},
-            "threshold": summary.get("threshold"),
-            "percentile": summary.get("percentile"),
-            "detector": summary.get("detector"),
-            "detector_sha256": detector_sha,
-            # what the scan said its own evidence lacks (an under-trained detector, overlapping sets)
-            "scan_warnings": warnings,
-            "counts": {"synthetic": len(entries), "released": len(released_rows), "excluded": len(excluded_rows),
-                       "excluded_above_pixel_bar_only": len(pixel_only)},
-            "released": released_rows,
-            "excluded": excluded_rows,
-        }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-        (tmp / SUMS_NAME).write_text("".join(s + "\n" for s in sums))
-        replace_dir(tmp, out_dir)
+                iterator = tqdm(entries, desc="release", unit="file", leave=False)
+            for entry in iterator:
+                row = matched[entry]
+                corr, reason = row.get("correlation"), left_out(row)
+                if reason:
+                    excluded_rows.append({"file": entry.name, "correlation": corr, "reason": reason,
+                                          **({"pixel_correlation": row["pixel_correlation"]} if "pixel_correlation" in row else {})})
+                    continue
+                dest = tmp / entry.name
+                if entry.is_dir():
+                    shutil.copytree(entry, dest)
+                else:
+                    shutil.copy2(entry, dest)
+                files = []
+                for f in _files_of(dest):
+                    rel = f.relative_to(tmp).as_posix()
+                    digest = file_sha256(f)
+                    if row.get("synthetic_sha256") and entry.is_file() and digest != row["synthetic_sha256"]:
+                        raise ReleaseError(
+                            f"{entry}: changed since the scan (sha256 differs from the report's); scan the folder again"
+                        )
+                    files.append({"path": rel, "sha256": digest, "bytes": f.stat().st_size})
+                    sums.append(f"{digest}  {rel}")
+                released_rows.append({"file": entry.name, "correlation": corr, "files": files})
+            detector_sha = summary.get("detector_sha256")
+            pixel_only = [r["file"] for r in excluded_rows if r["reason"] == PIXEL_REASON]
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "version": MANIFEST_VERSION,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "rule": ("a sample is released when its hybrid score (the largest of its detector, pixel and aligned "
+                         "pixel correlations to the nearest training sample, each in standard deviations of its held-out calibration)"
+                         if summary.get("score") == "hybrid" else "a sample is released when the Pearson correlation "
+                         "(detector embeddings) to its nearest training sample")
+                + " is not above the threshold; samples above it are copies and are left out"
+                + ("; so is a sample whose pixel correlation to its nearest training sample is above pixel_bar, the closest "
+                   "any held-out sample came to a training sample" if summary.get("pixel_bar") is not None else ""),
+                "pixel_bar": summary.get("pixel_bar"),
+                "score": summary.get("score", "detector"),
+                # names only: the manifest is shared, and release verify needs no local path
+                "source": synthetic_dir.resolve().name,
+                "report": folder.resolve().name,
+                "report_sha256": {name: file_sha256(folder / name) for name in ("report.json", "pairs.json")},
+                "threshold": summary.get("threshold"),
+                "percentile": summary.get("percentile"),
+                "detector": Path(str(summary["detector"])).name if summary.get("detector") else None,
+                "detector_sha256": detector_sha,
+                # what the scan said its own evidence lacks (an under-trained detector, overlapping sets)
+                "scan_warnings": _shareable(summary),
+                "counts": {"synthetic": len(entries), "released": len(released_rows), "excluded": len(excluded_rows),
+                           "excluded_above_pixel_bar_only": len(pixel_only)},
+                "released": released_rows,
+                "excluded": excluded_rows,
+            }
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+            (tmp / SUMS_NAME).write_text("".join(s + "\n" for s in sums))
+            replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -319,6 +338,8 @@ def _main(argv: list[str] | None = None) -> int:
     print(
         f"{args.out_dir}: OK ({c['released']} released, {c['excluded']} excluded of {c['synthetic']}; threshold "
         f"{m.get('threshold')}; detector sha256 {str(m.get('detector_sha256'))[:12]})"
+        + ("; the files match the manifest, but its decisions were NOT re-checked against the scan report "
+           "(pass --report REPORT to check them)" if args.report is None else "; decisions re-checked against the scan report")
     )
     return 0
 

@@ -47,7 +47,10 @@ Other helpers:
   (logged as an artifact only with the opt-in above: it holds paths).
 * :func:`count_parameters` - number of trainable parameters, for run parameters.
 * :func:`close_unfinished_runs` - marks the runs a killed process left RUNNING as KILLED, so that a stage
-  that starts over gets a new run instead of being mixed into the old one.
+  that starts over gets a new run instead of being mixed into the old one (runs carry :data:`OWNER_TAG`, a hash
+  of their output folder, so another folder's live training logging to the same store is left alone).
+* :func:`replay_buffer` - moves a ``mlflow_buffer.jsonl`` into a store that works again
+  (``monai-memorization mlflow-replay BUFFER [--tracking_uri URI]``).
 """
 
 from __future__ import annotations
@@ -67,15 +70,20 @@ from monai_memorization.tracking_store import (
     BUFFER_NAME,
     DEFAULT_DB_NAME,
     HTTP_DEFAULTS,
+    OWNER_TAG,
+    artifacts_beside_store,
     buffer_records,
     close_unfinished_runs,
     default_tracking_uri,
     mark_store_failed,
+    owner_tag,
     prepare_mlflow_env,
     redact_uri,
+    replay_buffer,
     say_once,
     sqlite_tracking_uri,
     store_failed,
+    unfinished_runs,
 )
 
 __all__ = [
@@ -83,10 +91,12 @@ __all__ = [
     "BUFFER_NAME",
     "DEFAULT_DB_NAME",
     "HTTP_DEFAULTS",
+    "OWNER_TAG",
     "PRIVATE_PARAMS",
     "REMOTE_ENV",
     "TrackingPolicy",
     "aggregate_params",
+    "artifacts_beside_store",
     "buffer_records",
     "close_unfinished_runs",
     "count_parameters",
@@ -95,14 +105,17 @@ __all__ = [
     "is_remote",
     "mark_store_failed",
     "output_scalars",
+    "owner_tag",
     "prepare_mlflow_env",
     "private_artifacts_allowed",
     "redact_uri",
     "remote_tracking_allowed",
+    "replay_buffer",
     "say_once",
     "sqlite_tracking_uri",
     "store_failed",
     "tracking_policy",
+    "unfinished_runs",
     "unique_mlflow_handlers",
 ]
 

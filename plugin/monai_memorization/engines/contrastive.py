@@ -361,7 +361,7 @@ def train_detector(
         params["network_kwargs"] = json.dumps(kwargs, sort_keys=True)
         mlf = mlflow_handler(tracking_uri or default_tracking_uri(out.parent), experiment_name, run_name, params,
                              mlflow_artifacts, allow_remote_tracking, buffer_dir=out.parent,
-                             epoch_log=epoch_filter(epochs, LOG_POINTS))
+                             epoch_log=epoch_filter(epochs, LOG_POINTS), owner=out)
     every = histogram_every if histogram_every is not None else max(1, int(epochs) // 50)
     sim = SimilarityHistogramHandler(hist_dir, mlflow_handler=mlf, every=every)
     handlers.append(sim)

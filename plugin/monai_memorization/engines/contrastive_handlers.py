@@ -299,6 +299,7 @@ def mlflow_handler(
     mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
     buffer_dir: str | os.PathLike | None = None,
     epoch_log: bool | Callable = True,
+    owner: str | os.PathLike | None = None,
 ) -> SafeMLFlowHandler:
     """:class:`~monai_memorization.handlers.SafeMLFlowHandler` logging the epoch metrics (``epoch_loss`` among them).
 
@@ -315,6 +316,8 @@ def mlflow_handler(
         buffer_dir: where ``mlflow_buffer.jsonl`` goes when the store fails (default: the store's folder).
         epoch_log: log every epoch's metrics (True), or an ignite event filter ``(engine, epoch) -> bool`` choosing
             the epochs.
+        owner: the output the run records (the detector checkpoint); a run a killed training of it left RUNNING is
+            marked KILLED when the training starts over (default: ``buffer_dir``).
 
     Returns:
         the handler (attach it to the trainer).
@@ -332,4 +335,5 @@ def mlflow_handler(
         mlflow_artifacts=mlflow_artifacts,
         allow_remote_tracking=allow_remote_tracking,
         buffer_dir=buffer_dir,
+        owner=owner,
     )

@@ -23,8 +23,6 @@ timesteps drawn from a fixed seed, so the validation loss is comparable between 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from torch.optim.optimizer import Optimizer
 
 from monai_memorization.engines.autoencoder import cuda_amp, prepare_image_batch
 from monai_memorization.errors import MemorizationError
+from monai_memorization.io import write_text_atomic
 
 __all__ = [
     "DiffusionTrainer",
@@ -131,10 +130,7 @@ def prepare_latent_info(
         "image_shape": [int(s) for s in images.shape[1:]],
         "affine": affine,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(info, f, indent=2)
-    os.replace(f.name, path)
+    write_text_atomic(path, json.dumps(info, indent=2))  # readable as the user's other files (not 0600)
     return info
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,19 @@ from monai.utils import ensure_tuple, flatten_dict
 
 from monai_memorization.tracking import (
     BUFFER_NAME,
+    OWNER_TAG,
+    artifacts_beside_store,
     buffer_records,
     mark_store_failed,
+    owner_tag,
     redact_uri,
     say_once,
     store_failed,
     tracking_policy,
+    unfinished_runs,
 )
+
+logger = logging.getLogger("monai_memorization.tracking")
 
 __all__ = ["SafeMLFlowHandler"]
 
@@ -46,19 +53,31 @@ class SafeMLFlowHandler(MLFlowHandler):
     ``artifacts`` and ``dataset_dict`` are dropped and ``experiment_param`` keeps aggregate values only. When
     the store fails, the handler says so in one line and appends the rest of its metrics and parameters to
     ``<buffer_dir>/mlflow_buffer.jsonl`` (one JSON object a line, with ``experiment``, ``run_name`` and
-    ``step``); a store that failed once is not tried again in this process.
+    ``step``); a store that failed once is not tried again in this process. ``monai-memorization mlflow-replay``
+    moves the buffer into the store later.
+
+    **A rerun after a kill.** The stock handler continues the oldest run of its name that is not FINISHED, also one
+    marked KILLED or FAILED, and whatever the new training's settings: a rerun with other settings then fails on
+    "Changing param values is not allowed" and a training that starts over logs its steps a second time. Here the
+    trainer's handler continues a run that a killed process left RUNNING (a run of the same output, :data:`OWNER_TAG`)
+    only when the training resumes (the engine starts past iteration 0, restored from a checkpoint) with the same
+    settings (``experiment_param``); the metrics then continue from the resumed step, and steps the killed process
+    already logged are not logged again. Otherwise that run is marked KILLED and a new one is opened. An evaluator's
+    handler joins the run its trainer opened (the newest RUNNING run of the same name and output).
 
     Args:
         tracking_uri: the MLflow store (``MLFLOW_TRACKING_URI`` wins when set, as in the stock handler).
         mlflow_artifacts: opt-in for private content (paths, artifacts, datasets), e.g. the bundle key.
         allow_remote_tracking: opt-in for sending more than aggregates to a remote store.
         buffer_dir: folder of the buffer file (default: the SQLite store's folder, else the working directory).
+        owner: the output whose training the run records, one writer at a time (a bundle's ``eval`` folder, a
+            detector checkpoint); default: ``buffer_dir``. Only runs of the same owner are continued or closed.
         kwargs: the other ``MLFlowHandler`` arguments.
     """
 
     def __init__(
         self, tracking_uri: str | None = None, *, mlflow_artifacts: Any = None, allow_remote_tracking: Any = None,
-        buffer_dir: str | os.PathLike | None = None, **kwargs: Any,
+        buffer_dir: str | os.PathLike | None = None, owner: str | os.PathLike | None = None, **kwargs: Any,
     ) -> None:
         # the stock handler lets MLFLOW_TRACKING_URI win over its argument: the policy judges that store
         self.policy = tracking_policy(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri, mlflow_artifacts,
@@ -67,8 +86,11 @@ class SafeMLFlowHandler(MLFlowHandler):
             kwargs.update(artifacts=(), dataset_dict=None)
         kwargs["experiment_param"] = self.policy.params(kwargs.get("experiment_param"))
         self.buffer = Path(buffer_dir or _store_folder(self.policy.uri)) / BUFFER_NAME
+        self.owner = owner_tag(owner or self.buffer.parent)
         self.offline = store_failed(self.policy.uri)
         self._params_buffered = False
+        self._logged: dict[str, int] = {}  # metric -> last step the continued run already holds
+        self._artifacts_ok = True
         if not self.offline:
             try:
                 super().__init__(tracking_uri=tracking_uri, **kwargs)
@@ -101,12 +123,16 @@ class SafeMLFlowHandler(MLFlowHandler):
                                       "run_name": self.run_name, "run_id": run_id, **record}])
 
     def start(self, engine: Engine) -> None:
-        """Start (or continue) the run and log its parameters; on a store failure, buffer them."""
+        """Start, continue or join the run (see the class notes) and log its parameters; on a store failure, buffer them."""
         if not self.offline and store_failed(self.policy.uri):  # another handler of this process found it failing
             self.offline = True
             mark_store_failed(self.policy.uri, None, self.buffer)
         if not self.offline:
             try:
+                if self.cur_run is None:
+                    self._set_experiment()
+                    self._artifacts_ok = artifacts_beside_store(self.experiment, self.policy.uri)
+                    self.cur_run = self._choose_run(engine)
                 super().start(engine)
                 return
             except Exception as e:  # noqa: BLE001 - tracking never costs training
@@ -117,7 +143,57 @@ class SafeMLFlowHandler(MLFlowHandler):
             self._buffer(params={k: str(v) for k, v in params.items()})
             self._params_buffered = True
 
+    def _choose_run(self, engine: Engine) -> Any:
+        """The run to log into: a killed process's run when this training continues it, else a new one."""
+        from monai.engines import Evaluator
+
+        client, exp_id = self.client, self.experiment.experiment_id
+        left = unfinished_runs(client, exp_id, self.run_name, tag=self.owner)
+        if isinstance(engine, Evaluator):  # validation: the run its trainer has opened (or continued)
+            if left:
+                return self._continue(left[0], quiet=True)
+        else:
+            why = self._why_not_continue(left[0], engine) if left else None
+            if left and why is None:
+                for r in left[1:]:
+                    client.set_terminated(r.info.run_id, status="KILLED")
+                return self._continue(left[0])
+            for r in left:
+                client.set_terminated(r.info.run_id, status="KILLED")
+            if left:
+                logger.warning(f"MLflow: the '{left[0].info.run_name}' run of an interrupted training is marked KILLED "
+                               f"({why}); this training gets a new run")
+        name = self.run_name or f"run_{time.strftime('%Y%m%d_%H%M%S')}"
+        return client.create_run(experiment_id=exp_id, run_name=name, tags={OWNER_TAG: self.owner})
+
+    def _why_not_continue(self, run: Any, engine: Engine) -> str | None:
+        """Why a training cannot continue ``run`` (None: it can): other settings, or it starts over."""
+        logged = run.data.params
+        mine = {k: str(v) for k, v in (self.experiment_param or {}).items()}
+        changed = sorted(k for k, v in mine.items() if k in logged and logged[k] != v)
+        if changed:
+            k = changed[0]
+            return f"other settings: {k} {logged[k]} -> {mine[k]}" + (f" and {len(changed) - 1} more" if len(changed) > 1 else "")
+        if int(getattr(engine.state, "iteration", 0) or 0) == 0 and run.data.metrics:
+            return "this training starts over from step 1"
+        return None
+
+    def _continue(self, run: Any, quiet: bool = False) -> Any:
+        """Continue ``run``: tag it as this output's, and note the steps it holds so that none is logged twice."""
+        client, rid = self.client, run.info.run_id
+        if run.data.tags.get(OWNER_TAG) != self.owner:
+            client.set_tag(rid, OWNER_TAG, self.owner)
+        self._logged = {k: max((m.step for m in client.get_metric_history(rid, k)), default=-1) for k in run.data.metrics}
+        if not quiet:
+            logger.warning(f"MLflow: continuing the '{run.info.run_name}' run of the interrupted training "
+                           f"({rid[:8]}; steps it holds are not logged again)")
+        return client.get_run(rid)
+
     def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._logged:  # a continued run: the steps the killed process logged are kept, not logged again
+            metrics = {k: v for k, v in flatten_dict(metrics).items() if (step or 0) > self._logged.get(k, -1)}
+            if not metrics:
+                return
         if not self.offline:
             try:
                 super()._log_metrics(metrics, step)
@@ -131,6 +207,9 @@ class SafeMLFlowHandler(MLFlowHandler):
         """Log the artifacts (only with the opt-in); a store failure leaves them on disk only."""
         if self.offline:
             return
+        if self.artifacts and not self._artifacts_ok:
+            self._not_beside_store()
+            self.artifacts = ()
         try:
             super().complete()
         except Exception as e:  # noqa: BLE001
@@ -160,6 +239,9 @@ class SafeMLFlowHandler(MLFlowHandler):
             True when it was logged.
         """
         allowed = self.policy.private if private else self.policy.files
+        if allowed and not self._artifacts_ok:
+            self._not_beside_store()
+            return False
         if not allowed or self.offline or self.cur_run is None:
             if private and not self.policy.private:
                 say_once(f"artifact:{artifact_path}", f"MLflow: {artifact_path or Path(path).name} stays on disk only "
@@ -171,6 +253,12 @@ class SafeMLFlowHandler(MLFlowHandler):
         except Exception as e:  # noqa: BLE001
             self._fail(e)
             return False
+
+    def _not_beside_store(self) -> None:
+        """Say once that this experiment's files would land in the working directory, so none is logged."""
+        say_once(f"artifacts:{self.policy.uri}:{self.experiment_name}", f"MLflow: experiment '{self.experiment_name}' "
+                 f"keeps its files in {self.experiment.artifact_location}, the working directory, not beside the store; "
+                 "files stay on disk only (metrics and parameters are logged)")
 
 
 def _store_folder(uri: str) -> Path:

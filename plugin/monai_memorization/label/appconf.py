@@ -92,8 +92,12 @@ def demo_reference(cache: str | os.PathLike, progress: bool = False) -> tuple[st
         if not detector.exists():
             from monai_memorization.engines.contrastive import train_detector
 
+            import tempfile
+
             tmp = cache / "detector.tmp.pt"
-            train_detector(datalist, tmp, log_to_mlflow=False, progress=progress, **DEMO_DETECTOR)
+            with tempfile.TemporaryDirectory() as histograms:  # the demo detector's similarity plots are not kept
+                train_detector(datalist, tmp, log_to_mlflow=False, progress=progress, histogram_dir=histograms,
+                               **DEMO_DETECTOR)
             os.replace(tmp, detector)
     return str(detector), datalist
 

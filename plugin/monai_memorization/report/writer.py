@@ -13,7 +13,9 @@
 The folder holds ``report.json`` (the summary, with the definitions and which fraction is the
 headline), ``pairs.csv``/``pairs.json`` (one row per synthetic image), ``memorized.csv`` (one row per
 training image), ``histogram.png``, ``pairs.png`` and the self-contained ``report.html``. It is
-written into a temporary folder and renamed into place at the end, so a reader never sees half a report.
+written into a temporary folder and renamed into place at the end, so a reader never sees half a report; the
+temporary folder of a killed scan (it names training files and subjects) is removed by the next scan into the same
+report, and a full disk ends in one line naming the report folder.
 
 The MLflow run (:func:`log_scan_to_mlflow`) is private by default: the metrics, aggregate parameters and
 the correlation histogram; the files naming training images and subjects (:data:`DATA_FILES`) and the
@@ -37,9 +39,10 @@ import numpy as np
 
 from monai_memorization.detection.scan import FRACTIONS, ScanResult
 from monai_memorization.errors import MemorizationError
-from monai_memorization.io import replace_dir
+from monai_memorization.io import remove_stale_temporaries, replace_dir, write_text_atomic, writing
 from monai_memorization.tracking import (
     BUFFER_NAME,
+    artifacts_beside_store,
     buffer_records,
     default_tracking_uri,
     mark_store_failed,
@@ -121,43 +124,50 @@ def write_scan_report(
     Returns:
         the summary written to ``report.json``.
     """
-    from monai_memorization.report.html import write_html_report
-    from monai_memorization.report.plots import (
-        plot_correlation_histogram,
-        plot_pair_montage,
-    )
+    from monai_memorization.locking import hold_output
 
     out_dir = Path(out_dir)
     _check_existing(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    hold_output(out_dir)  # one writer (already held when run_scan checked its arguments)
+    remove_stale_temporaries(out_dir)  # a killed scan's half report (training paths, subject IDs)
     summary = result.summary()
     summary.update(out_dir=str(out_dir.resolve()), report_path=str((out_dir / "report.html").resolve()), **context)
-    try:
-        (tmp / "report.json").write_text(json.dumps(summary, indent=2))
-        pair_rows = [{k: v for k, v in p.items() if k not in ("train_index", "pixel_train_index")} for p in result.pairs]
-        (tmp / "pairs.json").write_text(json.dumps(pair_rows, indent=1))
-        write_csv(tmp / "pairs.csv", pair_rows)
-        write_csv(tmp / "memorized.csv", [{k: v for k, v in m.items() if k != "synthetic_index"} for m in result.memorized])
-        hybrid = getattr(result, "score", "detector") == "hybrid"
-        plot_correlation_histogram(result.calibration_corr, result.synthetic_corr, result.threshold, tmp / "histogram.png",
-                                   result.percentile, title="Nearest-neighbour hybrid score" if hybrid else
-                                   "Nearest-neighbour correlation", xlabel="hybrid score (standard deviations of the "
-                                   "held-out calibration)" if hybrid else "Pearson correlation of embeddings")
-        plot_pair_montage(list(montage), tmp / "pairs.png", **(
-            {"title": "Flagged pairs, then samples closer in pixels than any held-out image (synthetic | nearest training)"}
-            if any(m.get("pixel_only") for m in montage) else {}))
-        write_html_report(
-            tmp / "report.html", summary, result.pairs, result.memorized,
-            images={"Correlation histogram": tmp / "histogram.png", f"Top {len(montage)} flagged pairs": tmp / "pairs.png"},
-            links=list(DATA_FILES + PLOT_FILES) + ["pairs.png"],
-        )
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        try:
+            _write_files(tmp, result, summary, montage)
+            replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     result.out_dir, result.report_path = summary["out_dir"], summary["report_path"]
     return summary
+
+
+def _write_files(tmp: Path, result: ScanResult, summary: dict[str, Any], montage: Sequence[Mapping]) -> None:
+    """The report's files, written into the temporary folder ``tmp``."""
+    from monai_memorization.report.html import write_html_report
+    from monai_memorization.report.plots import plot_correlation_histogram, plot_pair_montage
+
+    (tmp / "report.json").write_text(json.dumps(summary, indent=2))
+    pair_rows = [{k: v for k, v in p.items() if k not in ("train_index", "pixel_train_index")} for p in result.pairs]
+    (tmp / "pairs.json").write_text(json.dumps(pair_rows, indent=1))
+    write_csv(tmp / "pairs.csv", pair_rows)
+    write_csv(tmp / "memorized.csv", [{k: v for k, v in m.items() if k != "synthetic_index"} for m in result.memorized])
+    hybrid = getattr(result, "score", "detector") == "hybrid"
+    plot_correlation_histogram(result.calibration_corr, result.synthetic_corr, result.threshold, tmp / "histogram.png",
+                               result.percentile, title="Nearest-neighbour hybrid score" if hybrid else
+                               "Nearest-neighbour correlation", xlabel="hybrid score (standard deviations of the "
+                               "held-out calibration)" if hybrid else "Pearson correlation of embeddings")
+    plot_pair_montage(list(montage), tmp / "pairs.png", **(
+        {"title": "Flagged pairs, then samples closer in pixels than any held-out image (synthetic | nearest training)"}
+        if any(m.get("pixel_only") for m in montage) else {}))
+    write_html_report(
+        tmp / "report.html", summary, result.pairs, result.memorized,
+        images={"Correlation histogram": tmp / "histogram.png", f"Top {len(montage)} flagged pairs": tmp / "pairs.png"},
+        links=list(DATA_FILES + PLOT_FILES) + ["pairs.png"],
+    )
 
 
 def scan_metrics(result: ScanResult) -> dict[str, float]:
@@ -219,7 +229,8 @@ def log_scan_to_mlflow(
                                  "params": {k: str(v) for k, v in params.items()}, "metrics": metrics}])
         summary["mlflow_buffer"] = str(buffer)
     summary["mlflow_run_id"] = rid
-    (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
+    with writing(out_dir):
+        write_text_atomic(out_dir / "report.json", json.dumps(summary, indent=2))
     return rid
 
 
@@ -229,7 +240,14 @@ def _log_run(uri: str, experiment_name: str, run_name: str | None, params: Mappi
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    rid = client.create_run(experiment_id(client, uri, experiment_name), run_name=run_name, tags={"monai_memorization.kind": "scan"}).info.run_id
+    eid = experiment_id(client, uri, experiment_name)
+    experiment = client.get_experiment(eid)
+    if files and not artifacts_beside_store(experiment, uri):  # MLflow's ./mlruns of the process that created it
+        say_once(f"artifacts:{uri}:{experiment_name}", f"MLflow: experiment '{experiment_name}' keeps its files in "
+                 f"{experiment.artifact_location}, the working directory, not beside the store; the report's files stay "
+                 "on disk only (metrics and parameters are logged)")
+        files = []
+    rid = client.create_run(eid, run_name=run_name, tags={"monai_memorization.kind": "scan"}).info.run_id
     try:
         for k, v in params.items():
             client.log_param(rid, k, v)

@@ -118,6 +118,7 @@ STUDY_PRESETS["gpu"] = {
 #: each family's keys; its family names and ``sweeps``' factors are checked against FAMILIES and FACTORS)
 KEYS: dict[str, Any] = {
     "preset": None, "modality": None, "seed": None, "num_samples": None, "percentile": None, "checks": None,
+    "allow_few_holdout": None,
     "data": dict.fromkeys(("n", "n_holdout", "n_val", "shape", "datalist")),
     "base": dict.fromkeys(FACTORS),
     "sweeps": None,
