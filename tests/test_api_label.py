@@ -109,17 +109,16 @@ def test_app_conf_options(tmp_path):
     assert not (tmp_path / ".memorization").exists()  # nothing generated when a detector and data are given
 
 
-def test_app_demo_datastore_and_default_conf(tmp_path):
+def test_app_demo_datastore_and_default_conf(tmp_path, label_demo):
     """No --conf: the embedded phantoms and a tiny detector, made once in <studies>/.memorization."""
     from monai_memorization.data.datalist import load_datalist
     from monai_memorization.label import NearestTrainingSample
     from monai_memorization.label.app import write_app
-    from monai_memorization.label.appconf import lookup_options, write_demo
+    from monai_memorization.label.appconf import lookup_options
 
     app = write_app(tmp_path / "app")
     assert (app / "main.py").read_text().count("class MemorizationApp(MONAILabelApp)") == 1
-    studies = tmp_path / "synthetic"
-    demo = write_demo(studies)
+    studies, demo = label_demo
     assert sorted(p.name for p in studies.iterdir() if p.is_file()) == [
         "copy_of_training.png", "novel_noise.png", "novel_phantom_0.png", "novel_phantom_1.png"]
     train = load_datalist(demo["datalist"], "training")

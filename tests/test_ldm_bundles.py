@@ -26,10 +26,8 @@ from monai.bundle import ConfigWorkflow, run, verify_metadata
 from monai_memorization.errors import DataValidationError
 
 REPO = Path(__file__).resolve().parents[1]
-# the shared schema lies beside the checkout (../shared), as in CI; never downloaded
-SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
-if not SCHEMA.is_file():
-    SCHEMA = Path("/work/shared/schemas/meta_schema_20240725.json")
+# MONAI's public bundle metadata schema, shipped with the tests (never downloaded)
+SCHEMA = REPO / "tests" / "fixtures" / "schemas" / "meta_schema_20240725.json"
 
 AE_KEYS = {"loss", "recon_loss", "kl_loss", "perceptual_loss", "generator_loss", "discriminator_loss", "train_loss"}
 
@@ -103,7 +101,6 @@ def runs_by_name(tmp_path: Path, experiment: str) -> dict:
     return client, out
 
 
-@pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared/schemas is not beside this checkout")
 @pytest.mark.parametrize("modality", ["ct", "mr", "xr"])
 def test_metadata_valid(modality):
     verify_metadata(meta_file=cfg(modality, "metadata.json"), filepath=str(SCHEMA))
