@@ -169,7 +169,7 @@ def prepare(
         raise DataValidationError("no held-out data to calibrate the threshold: give held-out images or a threshold")
     ho = None if holdout is None else ImageSet.from_source(holdout, sections[1], "held-out")
     sy = None if synthetic is None else ImageSet.from_source(synthetic, sections[2], "synthetic")
-    from monai_memorization.data.overlap import check_overlap
+    from monai_memorization.data.overlap import check_overlap, check_pixel_overlap
 
     overlap = check_overlap(tr.items, ho.items if ho else None, sy.items if sy else None, allow_overlap=allow_overlap, log=logger)
     det = load(detector, fallback_modality=tr.modality, **load_options)
@@ -200,6 +200,8 @@ def prepare(
         from monai_memorization.detection.scan import calibrate
 
         holdout_emb, _ = det.embed_views(ho, views, check=check)
+        overlap = check_pixel_overlap(tr.items, ho.items, train_emb, holdout_emb[: len(ho)], det.preprocessing(),
+                                      overlap, allow_overlap, logger)  # by pixels, on the embeddings just made
         calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search)
     auto, score = score == "auto", resolve_score(score, det.spatial_dims, ho is not None and threshold is None, len(tr.items))
     if auto and score == "detector" and ho is not None and threshold is None:
