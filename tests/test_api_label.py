@@ -37,13 +37,15 @@ def test_nearest_training_sample_for_single_images(xr_datalist, tmp_path_factory
     # private by default: the neighbour is named by its pseudonymous ID (position in the training list), no path
     assert hit["nearest"][0]["train_id"] == "train-0002" and set(hit["nearest"][0]) <= {"train_id", "correlation", "space"}
     assert hit["image"] == Path(train[2]["image"]).name and str(Path(train[2]["image"]).parent) not in repr(hit)
-    # the default (hybrid) score: an exact copy correlates 1.0 in both spaces and scores above the threshold
+    # the default (hybrid) score: an exact copy correlates 1.0 in both spaces and scores above the threshold; the
+    # score is in standard deviations, named so (it was under "correlation")
     assert hit["detector_correlation"] == pytest.approx(1.0, abs=1e-5) == hit["pixel_correlation"]
     assert hit["nearest"][0]["correlation"] == pytest.approx(1.0, abs=1e-5)
-    assert hit["correlation"] > lookup.threshold and hit["is_copy"]
+    assert hit["score"] > lookup.threshold and hit["is_copy"] and "correlation" not in hit
+    assert hit["score_kind"] == lookup.score_kind == "hybrid" and "standard deviations" in hit["score_units"]
     assert hit["nearest"][1]["train_id"] != hit["nearest"][0]["train_id"] and len(hit["nearest"]) == 2
     miss = lookup(str(noise))
-    assert not miss["is_copy"] and miss["correlation"] < lookup.threshold
+    assert not miss["is_copy"] and miss["score"] < lookup.threshold
     # the threshold is the scan's threshold: the hybrid score's, from both spaces' held-out calibrations
     from monai_memorization.detection.calibrate import HybridScore
     from monai_memorization.detection.embed import embed_items
@@ -73,7 +75,7 @@ def test_nearest_training_sample_for_single_images(xr_datalist, tmp_path_factory
     # the training sample behind the bar, pseudonymous like the neighbours; none for the noise image
     assert hit["pixel_nearest"] == {"train_id": "train-0002", "correlation": pytest.approx(1.0, abs=1e-5), "space": "pixel"}
     assert "pixel_nearest" not in miss
-    assert list(lookup.scores([train[2]["image"], str(noise)])) == pytest.approx([hit["correlation"], miss["correlation"]], abs=1e-5)
+    assert list(lookup.scores([train[2]["image"], str(noise)])) == pytest.approx([hit["score"], miss["score"]], abs=1e-5)
 
 
 def test_show_paths_reveals_training_files_only_when_asked(xr_datalist, tmp_path_factory):
@@ -108,17 +110,16 @@ def test_app_conf_options(tmp_path):
     assert not (tmp_path / ".memorization").exists()  # nothing generated when a detector and data are given
 
 
-def test_app_demo_datastore_and_default_conf(tmp_path):
+def test_app_demo_datastore_and_default_conf(tmp_path, label_demo):
     """No --conf: the embedded phantoms and a tiny detector, made once in <studies>/.memorization."""
     from monai_memorization.data.datalist import load_datalist
     from monai_memorization.label import NearestTrainingSample
     from monai_memorization.label.app import write_app
-    from monai_memorization.label.appconf import lookup_options, write_demo
+    from monai_memorization.label.appconf import lookup_options
 
     app = write_app(tmp_path / "app")
     assert (app / "main.py").read_text().count("class MemorizationApp(MONAILabelApp)") == 1
-    studies = tmp_path / "synthetic"
-    demo = write_demo(studies)
+    studies, demo = label_demo
     assert sorted(p.name for p in studies.iterdir() if p.is_file()) == [
         "copy_of_training.png", "novel_noise.png", "novel_phantom_0.png", "novel_phantom_1.png"]
     train = load_datalist(demo["datalist"], "training")
@@ -135,4 +136,4 @@ def test_app_demo_datastore_and_default_conf(tmp_path):
     lookup = NearestTrainingSample(**opts)
     copy, noise = lookup([demo["copy"], demo["noise"]])
     assert copy["is_copy"] and copy["nearest"][0]["train_id"] == demo["copy_of"] == "train-0002"
-    assert not noise["is_copy"] and noise["correlation"] < lookup.threshold
+    assert not noise["is_copy"] and noise["score"] < lookup.threshold

@@ -85,7 +85,12 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert _no_leftovers(tmp_path)
     summary = json.loads((out / "report.json").read_text())
     assert summary["threshold"] == pytest.approx(res.threshold) and summary["percentile"] == 95.0
-    assert summary["headline"] == "synthetic_copy_rate"
+    # "headline" is the headline itself (it held the string "synthetic_copy_rate"); the fraction's name is beside it
+    assert summary["headline_metric"] == "synthetic_copy_rate"
+    assert summary["headline"] == (f"{res.n_copies} of 7 synthetic images are copies of training images: synthetic_copy_rate "
+                                   f"{100 * res.synthetic_copy_rate:.1f}% (95% CI {100 * res.synthetic_copy_rate_ci[0]:.1f}-"
+                                   f"{100 * res.synthetic_copy_rate_ci[1]:.1f}%)")
+    assert summary["score"] == "hybrid" and "standard deviations" in summary["score_units"]
     # how far the threshold's false-positive rate can be trusted: 20 held-out subjects, sqrt(0.05 * 0.95 / 20) = 4.9%
     assert summary["calibration_note"] == "false-positive rate 5% +/- 4.9% (one standard error) from 20 held-out subjects"
     assert summary["calibration_rule"] == "holdout" and len(res.calibration_corr) == 20  # one score per held-out image
@@ -109,6 +114,9 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert {"pairs.csv", "pairs.json", "memorized.csv", "report.json"} <= set(links)
     assert all((out / name).is_file() for name in links)
     assert "copy_0" in html and "N_train" in html and "synthetic_copy_rate, the headline" in html
+    # the hybrid score is named for what it is, the detector's correlation beside it
+    assert "<th>score (standard deviations)</th>" in html and "<th>detector_correlation</th>" in html
+    assert "<th>correlation</th>" not in html and "highest score first" in html
     assert "+/- 4.9% (one standard error) from 20 held-out subjects" in html
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -117,6 +125,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     for name in ("synthetic_copy_rate", "memorized_fraction", "training_copied_fraction", "n_training_copied"):
         assert run.data.metrics[name] == pytest.approx(getattr(res, name)), name
     assert run.data.metrics["threshold"] == pytest.approx(res.threshold)
+    assert run.data.params["score_kind"] == "hybrid"  # the threshold's units: standard deviations, not a correlation
     assert run.data.metrics["n_synthetic"] == 7
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert arts == {"histogram.png"}  # private by default: no paths, subject IDs or training pixels

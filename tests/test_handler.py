@@ -90,10 +90,15 @@ def test_handler_writes_metrics_every_k_epochs_and_mlflow_logs_them(xr_datalist,
     assert trainer.state.metrics["memorization_threshold"] == pytest.approx(check.threshold)
     logged = [r.getMessage() for r in caplog.records if "memorization check at epoch" in r.getMessage()]
     assert len(logged) == 2 and "epoch 2" in logged[0] and "epoch 4" in logged[1]
+    # the hybrid score is in standard deviations, not a correlation: named so; the detector's correlation beside it
+    assert "memorization_max_correlation" not in trainer.state.metrics
+    assert -1.0 <= check.history[-1]["max_detector_correlation"] <= 1.0
+    assert "max score" in logged[0] and "(hybrid score, standard deviations)" in logged[0]
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.search_runs([client.get_experiment_by_name("ldm").experiment_id])[0]
-    for key in ("memorization_synthetic_copy_rate", "memorization_memorized_fraction", "memorization_threshold"):
+    for key in ("memorization_synthetic_copy_rate", "memorization_memorized_fraction", "memorization_threshold",
+                "memorization_max_score", "memorization_max_detector_correlation"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [2, 4], key
     hist = sorted(client.get_metric_history(run.info.run_id, "memorization_synthetic_copy_rate"), key=lambda m: m.step)
     assert [m.value for m in hist] == [h["synthetic_copy_rate"] for h in check.history]

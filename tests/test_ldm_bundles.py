@@ -26,10 +26,8 @@ from monai.bundle import ConfigWorkflow, run, verify_metadata
 from monai_memorization.errors import DataValidationError
 
 REPO = Path(__file__).resolve().parents[1]
-# the shared schema lies beside the checkout (../shared), as in CI; never downloaded
-SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
-if not SCHEMA.is_file():
-    SCHEMA = Path("/work/shared/schemas/meta_schema_20240725.json")
+# MONAI's public bundle metadata schema, shipped with the tests (never downloaded)
+SCHEMA = REPO / "tests" / "fixtures" / "schemas" / "meta_schema_20240725.json"
 
 AE_KEYS = {"loss", "recon_loss", "kl_loss", "perceptual_loss", "generator_loss", "discriminator_loss", "train_loss"}
 
@@ -103,7 +101,6 @@ def runs_by_name(tmp_path: Path, experiment: str) -> dict:
     return client, out
 
 
-@pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared/schemas is not beside this checkout")
 @pytest.mark.parametrize("modality", ["ct", "mr", "xr"])
 def test_metadata_valid(modality):
     verify_metadata(meta_file=cfg(modality, "metadata.json"), filepath=str(SCHEMA))
@@ -214,6 +211,59 @@ def test_bad_data_fails_before_training(tmp_path, ct_datalist):
     assert not (out / "models").exists() and not (out / "eval").exists() and not (out / "data").exists()
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_gpu_sized_config_on_a_small_machine_stops_in_one_line_before_allocating(device, tmp_path, monkeypatch):
+    """The design card's command (ldm_ct's GPU sizes) on a machine with less memory was killed by the kernel at 20.8 GB
+    with no word; now it stops in one line at the start of initialize, naming quick.json, which passes the check.
+    The available memory is faked (4 GB, RAM or free GPU memory): nothing large is allocated here."""
+    from monai_memorization.edge import one_line
+    from monai_memorization.engines import memory
+
+    asked = []
+    monkeypatch.setattr(memory, "available_memory", lambda dev: asked.append(str(dev)) or 4 * 10**9)
+    out = tmp_path / "bundle"
+    dev = {"device": "$torch.device('cuda:0')"} if device == "cuda" else {}  # a GPU machine: the free GPU memory
+    with pytest.raises(Exception) as ei:
+        run("training", config_file=cfg("ct", "train.json"), bundle_root=str(out), **dev)
+    err = _root_cause(ei.value)
+    assert isinstance(err, DataValidationError) and asked == [("cuda:0" if device == "cuda" else "cpu")]
+    where = "GPU memory free on cuda:0" if device == "cuda" else "RAM available on cpu"
+    line = one_line(ei.value)
+    assert line.startswith("the autoencoder's training step needs at least ")
+    assert f"GB (128x128x128 images, batch 2, channels [64, 128, 256]) and this machine has 4.0 GB {where}" in line
+    assert "add bundles/ldm_ct/configs/quick.json to --config_file (its step needs about 0.1 GB)" in line
+    need = float(line.split("needs at least ")[1].split(" GB")[0])
+    assert need > 20.8 / (2 if device == "cuda" else 1) - 1e-9  # the lower bound: above what killed it (fp16: half)
+    # before anything: no phantoms generated, no checkpoint, no MLflow store
+    assert not [p for p in out.glob("*") if not p.name.startswith(".")]
+    # quick.json fits in the same 4 GB; so would the GPU sizes with enough memory
+    assert memory.check_training_memory([32] * 3, 4, [8, 16, 16], 3, 1, 8, device="cpu") is None
+    monkeypatch.setattr(memory, "available_memory", lambda dev: 10**12)
+    assert memory.check_training_memory([128] * 3, 2, [64, 128, 256], 8, device="cpu") is None
+
+
+def test_memory_estimate_is_a_lower_bound_of_what_a_step_keeps():
+    """The meta-device count equals the bytes a real forward pass keeps for backward (CPU, small sizes), and the quick
+    upper bound lies above it."""
+    from monai_memorization.engines import memory
+
+    size, batch, channels = [16, 16, 16], 2, [8, 16, 16]
+    net = memory._autoencoder(3, channels, 3, 1, 8, None).to_empty(device="cpu")
+    kept, weights = {}, {p.untyped_storage().data_ptr() for p in net.parameters()}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            kept[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(torch.rand(batch, 1, *size))
+    params = sum(p.numel() * 4 for p in net.parameters())
+    assert memory.autoencoder_step_bytes(size, batch, channels, 3, 1, 8) == sum(kept.values()) + 3 * params
+    assert memory.autoencoder_step_upper_bytes(size, batch, channels, 3, 1, 8) > sum(kept.values()) + 3 * params
+
+
 def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
     """Stage 1 alone: killed in epoch 2, resumed; then stage 2 alone; with --tracking mlflow nothing is logged twice."""
     o = tiny(tmp_path, ct_datalist, ae_max_epochs=2)
@@ -270,8 +320,9 @@ def test_resume_after_interrupt_and_monai_tracking(tmp_path, ct_datalist):
 
 
 def test_default_data_is_generated_phantoms_inside_the_bundle(tmp_path):
+    # the GPU sizes on any machine: --check_memory false skips the memory check (which would stop a small machine)
     wf = ConfigWorkflow(config_file=stage("ct", "train_autoencoder.json"), workflow_type="train",
-                        bundle_root=str(tmp_path), phantom_n=6)
+                        bundle_root=str(tmp_path), phantom_n=6, check_memory=False)
     wf.initialize()  # resolves and validates the data, trains nothing
     dl = Path(wf.parser.get_parsed_content("data#datalist_file"))
     assert dl == tmp_path / "data" / "phantoms" / "dataset.json" and dl.is_file()

@@ -351,10 +351,15 @@ def test_bundle_excepthook_only_under_monai_bundle_one_line_for_every_error(monk
     err = capsys.readouterr().err.strip()
     assert exits == [2] and seen == [] and err.startswith("error: ") and "not ours" in err and "DEBUG=1" in err
     assert "\n" not in err
+    # an error that is not ours and not a ValueError: the hint once (it was said twice)
+    sys.excepthook(AttributeError, AttributeError("'tuple' object has no attribute 'shape'"), None)
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: AttributeError: 'tuple' object has no attribute 'shape' (set MONAI_MEMORIZATION_DEBUG=1 "
+                   "for the traceback)") and exits == [2, 2]
     sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)  # Ctrl-C: the default
     monkeypatch.setenv(edge.DEBUG_ENV, "1")
     sys.excepthook(ValueError, bug, None)  # the debug variable: the traceback
-    assert exits == [2] and len(seen) == 2
+    assert exits == [2, 2] and len(seen) == 2
     try:
         raise RuntimeError("Failed to evaluate ConfigExpression") from edge.DataValidationError("x.json: datalist file not found")
     except RuntimeError as e:

@@ -28,6 +28,7 @@ import monai_memorization
 from fixtures.tiny import copy_and_novel_folder, tiny_detector, tiny_ldm
 from monai_memorization.cli import main
 from monai_memorization.data.datalist import load_datalist
+from monai_memorization.data.imageset import ImageSet
 from monai_memorization.data.overlap import check_overlap, find_overlaps
 from monai_memorization.api import run_scan
 from monai_memorization.errors import DataValidationError, MemorizationError
@@ -225,3 +226,93 @@ def test_handler_checks_overlap_of_its_held_out_set(xr_datalist, data, tmp_path)
     trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[ok])
     ok._setup(trainer)
     assert ok.threshold is not None and ok.overlap_warning is None
+
+
+def _resave(source: str, target: Path, noise: float = 0.0) -> Path:
+    """Decode a PNG and save it again: the same pixels (or with ``noise`` added), other bytes."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(source) as im:
+        pixels = np.asarray(im)
+    if noise:
+        rng = np.random.default_rng(0)
+        info = np.iinfo(pixels.dtype)
+        pixels = np.clip(pixels + rng.normal(0, noise * info.max, pixels.shape), 0, info.max).astype(pixels.dtype)
+    Image.fromarray(pixels).save(target, pnginfo=None, compress_level=9 if not noise else 1)
+    assert target.read_bytes() != Path(source).read_bytes()
+    return target
+
+
+def test_training_png_saved_again_in_the_held_out_set(xr_datalist, data, tmp_path, capsys):
+    """A training PNG decoded and saved again (identical pixels, other bytes) passed the path, content and subject
+    checks: the threshold was calibrated on a training image and the scan ran (exit 0). Now it is refused by its
+    pixels, in the same one line, after the embedding and before the threshold; --allow_overlap still runs."""
+    import numpy as np
+    from PIL import Image
+
+    det = tiny_detector(xr_datalist, tmp_path / "det")
+    held = _holdout_folder(data, tmp_path / "held")
+    source = data["train"][5]["image"]
+    resaved = _resave(source, held / "zz_resaved.png")
+    assert np.array_equal(np.asarray(Image.open(resaved)), np.asarray(Image.open(source)))
+    assert not check_overlap(data["train"], [{"image": str(p)} for p in sorted(held.iterdir())])  # bytes differ
+
+    out = tmp_path / "report"
+    with pytest.raises(DataValidationError) as info:
+        run_scan(xr_datalist, str(held), data["synthetic"], det, out, log_to_mlflow=False, progress=False, n_bootstrap=0)
+    msg = str(info.value)
+    assert "\n" not in msg and "allow_overlap" in msg and not out.exists()
+    assert msg.startswith(f"held-out image {resaved} has the same pixels (other bytes) as training image {source}; "
+                          "1 overlap between the sets in all (1 training/held-out)")
+
+    with pytest.raises(SystemExit) as code:  # the CLI: one line, exit 2
+        main(["scan", "--train", xr_datalist, "--holdout", str(held), "--synthetic", data["synthetic"], "--detector", det,
+              "--out", str(tmp_path / "cli"), "--mlflow", "False"])
+    err = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and err.count("\n") == 0 and "has the same pixels (other bytes) as training image" in err
+
+    allowed = run_scan(xr_datalist, str(held), data["synthetic"], det, tmp_path / "allowed", log_to_mlflow=False,
+                       progress=False, n_bootstrap=0, allow_overlap=True)
+    clean = run_scan(xr_datalist, str(_holdout_folder(data, tmp_path / "clean")), data["synthetic"], det,
+                     tmp_path / "clean_report", log_to_mlflow=False, progress=False, n_bootstrap=0)
+    assert "has the same pixels (other bytes) as" in allowed.overlap_warning and clean.overlap_warning is None
+    # what it hid: calibrated on a copy of a training image, the threshold rises above the clean set's
+    assert allowed.threshold > clean.threshold and allowed.n_copies <= clean.n_copies
+
+
+def test_near_exact_pixel_duplicate_and_new_patients(xr_datalist, data, tmp_path):
+    """A training image with slight noise (pixel correlation above 0.999) is refused as near-exact; held-out images of
+    new patients are not decoded a second time (none is close enough to a training image by embedding)."""
+    import torch
+
+    from monai_memorization.data import overlap as ov
+    from monai_memorization.detection.pipeline import load
+
+    det = load(tiny_detector(xr_datalist, tmp_path / "det"), device="cpu")
+    held = _holdout_folder(data, tmp_path / "held")
+    noisy = _resave(data["train"][2]["image"], held / "zz_noisy.png", noise=0.01)  # pixel correlation 0.9993
+    train, holdout = data["train"], [{"image": str(p)} for p in sorted(held.iterdir())]
+    chain = det.preprocessing()
+    tr_emb, _ = det.embed(ImageSet("training", tuple(train)))
+    ho_emb, _ = det.embed(ImageSet("held-out", tuple(holdout)))
+    decoded = []
+
+    def counting(item):
+        decoded.append(item["image"])
+        return chain(item)
+
+    with pytest.raises(DataValidationError, match="has nearly the same pixels as training image") as info:
+        ov.check_pixel_overlap(train, holdout, tr_emb, ho_emb, counting)
+    r = float(str(info.value).split("pixel correlation ")[1].split(")")[0])
+    assert ov.NEAR_EXACT_PIXEL_CORRELATION <= r < 1.0 and f"held-out image {noisy} " in str(info.value)
+    near, idx = ov._nearest_by_embedding(tr_emb, ho_emb)
+    candidates = int((near >= ov.PIXEL_CANDIDATE_CORRELATION).sum())
+    assert candidates == 1 and sorted(decoded) == sorted([str(noisy), data["train"][int(idx[-1])]["image"]])
+    # the real held-out images alone (new patients): no overlap, and not one image decoded again
+    decoded.clear()
+    res = ov.check_pixel_overlap(train, holdout[:-1], tr_emb, ho_emb[:-1], counting)
+    assert not res.overlaps and decoded == []
+    # the digest: the same picture whatever its bit depth; another picture differs
+    img = torch.as_tensor(chain({"image": train[0]["image"]})["image"])
+    assert ov.pixel_digest(img) == ov.pixel_digest(img.double()) != ov.pixel_digest(img.flip(-1))

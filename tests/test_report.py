@@ -87,6 +87,26 @@ def test_html_report_is_self_contained_and_links_exist(tmp_path):
     assert "(top 5 of 8; a release withholds them)" in html
 
 
+def test_audit_report_names_the_threshold_for_what_it_is(tmp_path):
+    """A hybrid threshold (2.68 standard deviations) is not a "detector correlation"; a detector one is."""
+    from monai_memorization.report.audit_report import write_audit_report
+
+    def config(name, score, threshold):
+        return {"name": name, "label": name, "n_train": 8, "n_synthetic": 4, "n_copies": 1, "n_memorized": 1,
+                "synthetic_copy_rate": 0.25, "memorized_fraction": 0.125, "n_confirmed": 1, "confirmed_copy_rate": 0.25,
+                "threshold": threshold, "score": score, "verdict": "v", "report_link": f"report_{name}/report.html",
+                "quality": {"converged": True, "pixel_nn_synthetic": 0.8, "pixel_nn_holdout": 0.85}}
+
+    audit = {"exit_code": 0, "headline": ["h"], "modality": "xr", "preset": "cpu", "tracking_uri": None,
+             "margin": {"convergence_margin": 0.05, "holdout_median": 0.8, "holdout_max": 0.9},
+             "configs": [config("hybrid", "hybrid", 2.6812), config("detector", "detector", 0.93125)]}
+    page = write_audit_report(tmp_path / "audit.html", audit, {}).read_text()
+    assert "threshold (detector correlation)" not in page
+    assert "<td>2.68 (hybrid score, standard deviations; not a correlation)</td>" in page
+    assert "<td>0.9313 (detector correlation)</td>" in page
+    assert "in standard deviations of its held-out calibration" in page
+
+
 def test_preview_of_2d_shows_second_axis_as_rows():
     img = np.zeros((6, 4), np.float32)  # [x, y]
     img[:, 0] = 1.0  # the first row of a radiograph (y = 0)

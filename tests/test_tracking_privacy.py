@@ -161,7 +161,9 @@ def test_remote_store_gets_metrics_and_aggregate_params_only(data, tmp_path, mon
     runs = _runs(uri, "memorization_scan")
     closed = runs["closed"]
     assert _artifacts(uri, closed.info.run_id) == set()  # not even the histogram
-    assert set(closed.data.params) == {"percentile", "detector_sha256", "modality", "n_bootstrap", "calibration"}
+    # score_kind: what the threshold metric is in (aggregate: names no file or subject)
+    assert set(closed.data.params) == {"percentile", "detector_sha256", "modality", "n_bootstrap", "calibration",
+                                       "score_kind"}
     assert closed.data.metrics["n_synthetic"] == 2 and "synthetic_copy_rate" in closed.data.metrics
     assert caplog.text.count("is a remote store; only aggregate metrics and parameters are sent") == 1
     assert SCAN_FILES <= _artifacts(uri, runs["open"].info.run_id)

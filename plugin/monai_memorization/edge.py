@@ -120,8 +120,9 @@ def _bundle_excepthook(exc_type: type, exc: BaseException, tb: Any) -> None:
     )
     with contextlib.suppress(Exception):  # a closed stdout must not hide the error line
         sys.stdout.flush()
-    hint = "" if ours else f" (set {DEBUG_ENV}=1 for the traceback)"
-    print(f"error: {one_line(exc)}{hint}", file=sys.stderr, flush=True)
+    line = one_line(exc)
+    hint = "" if ours or f"{DEBUG_ENV}=1" in line else f" (set {DEBUG_ENV}=1 for the traceback)"  # said once
+    print(f"error: {line}{hint}", file=sys.stderr, flush=True)
     # an excepthook cannot set the exit status (a SystemExit raised here is reported as a second error),
     # so run what a normal exit runs (atexit: logging, MLflow) and leave with status 2
     try:

@@ -65,7 +65,8 @@ def evaluate_samples(
         ``(record, synthetic arrays)``: the record holds the counts, rates with 95% CIs, ``quality``, the
         confirmed copies (``n_confirmed``: flagged or not; ``n_missed_by_scan``: not flagged;
         ``n_missed_by_release``: not flagged and under the scan's pixel bar, so a release would ship them), the scan's
-        ``pixel_bar`` and ``n_pixel_only`` (samples not flagged but above it) and the scan report's path.
+        ``pixel_bar`` and ``n_pixel_only`` (samples not flagged but above it), the ``threshold`` in the units of the scan's
+        ``score`` (``"detector"``: a correlation; ``"hybrid"``: standard deviations) and the scan report's path.
     """
     from monai_memorization.api import run_scan
     from monai_memorization.data.imageset import ImageSet
@@ -84,7 +85,7 @@ def evaluate_samples(
         "n_train": r.n_train, "n_synthetic": r.n_synthetic, "n_copies": r.n_copies, "n_memorized": r.n_memorized,
         "synthetic_copy_rate": r.synthetic_copy_rate, "synthetic_copy_rate_ci": list(r.synthetic_copy_rate_ci),
         "memorized_fraction": r.memorized_fraction, "memorized_fraction_ci": list(r.memorized_fraction_ci),
-        "threshold": r.threshold, "quality": quality.to_dict(), "n_confirmed": n_conf, **missed_counts(confirmed),
+        "threshold": r.threshold, "score": r.score, "quality": quality.to_dict(), "n_confirmed": n_conf, **missed_counts(confirmed),
         "n_pixel_only": r.n_pixel_only, "pixel_bar": r.pixel_bar, "n_holdout": len(holdout_items),
         "confirmed_copy_rate": n_conf / max(1, r.n_synthetic), "confirmed_copy_rate_ci": rate_ci(n_conf, r.n_synthetic, seed),
         "copies": confirmed, "report_link": os.path.relpath(r.report_path, out_dir),

@@ -220,7 +220,7 @@ def run_positive_control(
         d["planted"] += 1
         d["found"] += int(p["is_copy"])
     return {
-        "planted": len(r.pairs), "found": r.n_copies, "by_kind": by_kind, "threshold": r.threshold,
+        "planted": len(r.pairs), "found": r.n_copies, "by_kind": by_kind, "threshold": r.threshold, "score": r.score,
         "report_path": r.report_path,
     }
 

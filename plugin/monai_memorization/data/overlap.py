@@ -28,14 +28,29 @@ held-out file (same real path) is an error: the synthetic set was pointed at the
 
 Only files whose size equals that of a file in another set are hashed, each file once per
 process (the digest is cached by real path, size and modification time), in 1 MiB blocks.
+
+**By pixels** (:func:`check_pixel_overlap`, training vs held-out): a training PNG decoded and saved again has the
+same pixels and other bytes, and passed the checks above; the threshold rose and the scan found 4 of 8 planted
+copies instead of 8. A held-out image is refused when its preprocessed pixels (the detector's own chain: the
+project's loader, intensity normalisation, resize; what calibration sees) equal a training image's after
+quantisation to 12 bits (the same pixels, also when re-saved at another bit depth), or correlate with them at
+:data:`NEAR_EXACT_PIXEL_CORRELATION` or more (near-exact: re-encoded, slightly rescaled or resampled). Cost: decoding
+every image for a hash would read each image a second time, since the scan reads each once, to embed it. So the
+check runs on the embeddings the scan computes anyway, right after the held-out set is embedded and before the
+threshold is calibrated: identical preprocessed pixels give identical detector embeddings, so a duplicate's
+nearest training image by embedding correlates at about 1.0. Only held-out images whose nearest training image
+correlates at :data:`PIXEL_CANDIDATE_CORRELATION` or more are decoded, with that training image: at most two reads
+per held-out image, none for a held-out set of new patients, and one matrix product of the two sets' embeddings
+(the size of the calibration's own search). Unlike the checks above, it comes after the embedding, not before it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +58,8 @@ from typing import Any
 from monai_memorization.errors import DataValidationError
 from monai_memorization.io import file_sha256
 
-__all__ = ["Overlap", "OverlapResult", "find_overlaps", "check_overlap", "SET_NAMES"]
+__all__ = ["Overlap", "OverlapResult", "find_overlaps", "check_overlap", "find_pixel_overlaps", "check_pixel_overlap",
+           "pixel_digest", "SET_NAMES", "PIXEL_CANDIDATE_CORRELATION", "NEAR_EXACT_PIXEL_CORRELATION"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +70,19 @@ _KIND_TEXT = {
     "path": "is the same file as",
     "content": "has the same content (sha256) as",
     "subject": "is of the same subject as",
+    "pixels": "has the same pixels (other bytes) as",
+    "near-pixels": "has nearly the same pixels as",
 }
+
+#: a held-out image whose nearest training image correlates at least this much in detector embeddings is decoded
+#: and compared with it in pixels (identical pixels correlate at 1.0 up to float rounding)
+PIXEL_CANDIDATE_CORRELATION = 0.99
+#: preprocessed pixels that correlate at least this much are the same picture: re-encoded, rescaled or resampled
+#: (images of two patients, and two slices of one, stay below it)
+NEAR_EXACT_PIXEL_CORRELATION = 0.999
+#: the quantisation of preprocessed intensities in [0, 1] before hashing: 12 bits (float noise of identical inputs
+#: and a bit depth changed by re-saving do not change the digest)
+_LEVELS = 4095
 
 # (real path, size, mtime_ns) -> sha256 of one file
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
@@ -65,12 +93,12 @@ class Overlap:
     """One entry of a set that is also (by path, content or subject) an entry of an earlier set.
 
     Attributes:
-        kind: ``"path"``, ``"content"`` or ``"subject"``.
+        kind: ``"path"``, ``"content"``, ``"subject"``, ``"pixels"`` or ``"near-pixels"``.
         first_set: the earlier set (``training`` before ``held-out`` before ``synthetic``).
         first: the entry of ``first_set`` (its image path).
         second_set: the later set.
         second: the entry of ``second_set`` (its image path).
-        detail: the shared real path, sha256 or subject id.
+        detail: the shared real path, sha256, subject id or pixel correlation.
     """
 
     kind: str
@@ -85,6 +113,8 @@ class Overlap:
         extra = ""
         if self.kind == "subject":
             extra = f" (subject '{self.detail}')"
+        elif self.kind == "near-pixels":
+            extra = f" (pixel correlation {self.detail})"
         elif self.kind == "path" and self.detail and self.detail not in (self.first, self.second):
             extra = f" (both are {self.detail})"
         return f"{self.second_set} image {self.second} {_KIND_TEXT[self.kind]} {self.first_set} image {self.first}{extra}"
@@ -311,4 +341,125 @@ def check_overlap(
         if not allow_overlap:
             raise DataValidationError(result.message())
         log.warning("overlap between the sets: %s", result.message(allowed=True))
+    return result
+
+
+def pixel_digest(image: Any) -> str:
+    """sha256 of an image's pixels, quantised to 12 bits after intensity normalisation, with its shape.
+
+    Args:
+        image: a preprocessed image (array or tensor, intensities in [0, 1] as the detector's chain makes them).
+
+    Returns:
+        the hex digest; equal for the same picture whatever file, format or bit depth it came from.
+    """
+    import numpy as np
+
+    arr = np.asarray(image, dtype=np.float64)
+    q = np.round(np.clip(arr, 0.0, 1.0) * _LEVELS).astype(np.uint16)
+    return hashlib.sha256(repr(q.shape).encode() + q.tobytes()).hexdigest()
+
+
+def _pixel_correlation(a: Any, b: Any) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / den) if den > 0 else 0.0
+
+
+def _nearest_by_embedding(train_emb: Any, holdout_emb: Any) -> tuple[Any, Any]:
+    """Each held-out row's nearest training row: ``(Pearson correlation, index)``, in chunks of about 64 MB."""
+    import numpy as np
+
+    def unit(x: Any) -> Any:
+        x = np.asarray(x, dtype=np.float32)
+        x = x - x.mean(axis=1, keepdims=True)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    t, h = unit(train_emb), unit(holdout_emb)
+    step = max(1, (1 << 24) // max(1, len(t)))
+    corr, idx = np.empty(len(h), np.float32), np.empty(len(h), np.int64)
+    for start in range(0, len(h), step):
+        sims = h[start : start + step] @ t.T
+        idx[start : start + step] = sims.argmax(axis=1)
+        corr[start : start + step] = sims[np.arange(len(sims)), idx[start : start + step]]
+    return corr, idx
+
+
+def find_pixel_overlaps(
+    train: Sequence[Mapping], holdout: Sequence[Mapping], train_emb: Any, holdout_emb: Any,
+    load: Callable[[dict], Any], skip: Sequence[str] = (),
+) -> list[Overlap]:
+    """Held-out images that are training images in pixels: the same preprocessed pixels, or nearly.
+
+    Args:
+        train, holdout: the items, in the order of the embeddings' rows.
+        train_emb, holdout_emb: their detector embeddings (``[n, d]``; the held-out rows of the identity view).
+        load: the detector's preprocessing chain: ``{"image": path}`` -> ``{"image": [1, *spatial] in [0, 1]}``.
+        skip: held-out image names (:class:`Overlap` ``second``) already found to overlap.
+
+    Returns:
+        one :class:`Overlap` (``"pixels"`` or ``"near-pixels"``, training then held-out) per held-out image that is a
+        duplicate of its nearest training image by embedding; only candidates (correlation at least
+        :data:`PIXEL_CANDIDATE_CORRELATION`) are decoded.
+    """
+    import numpy as np
+
+    if not len(train) or not len(holdout):
+        return []
+    corr, idx = _nearest_by_embedding(train_emb, holdout_emb)
+    names = {"train": [_name(it, i) for i, it in enumerate(train)], "held": [_name(it, i) for i, it in enumerate(holdout)]}
+    found: list[Overlap] = []
+    train_pixels: dict[int, Any] = {}
+    for i in np.flatnonzero(corr >= PIXEL_CANDIDATE_CORRELATION):
+        if names["held"][i] in skip:
+            continue
+        j = int(idx[i])
+        if j not in train_pixels:
+            train_pixels[j] = np.asarray(load(dict(train[j]))["image"])
+        a, b = train_pixels[j], np.asarray(load(dict(holdout[i]))["image"])
+        if a.shape != b.shape:
+            continue
+        if pixel_digest(a) == pixel_digest(b):
+            found.append(Overlap("pixels", "training", names["train"][j], "held-out", names["held"][i], pixel_digest(b)))
+        else:
+            r = _pixel_correlation(a, b)
+            if r >= NEAR_EXACT_PIXEL_CORRELATION:
+                shown = f"{math.floor(r * 1e4) / 1e4:.4f}"  # rounded down: 1.0000 only for the same pixels
+                found.append(Overlap("near-pixels", "training", names["train"][j], "held-out", names["held"][i], shown))
+    return found
+
+
+def check_pixel_overlap(
+    train: Sequence[Mapping], holdout: Sequence[Mapping], train_emb: Any, holdout_emb: Any, load: Callable[[dict], Any],
+    result: OverlapResult | None = None, allow_overlap: bool = False, log: logging.Logger | None = None,
+) -> OverlapResult:
+    """Raise when a held-out image is a training image in pixels (see the module docstring), unless ``allow_overlap``.
+
+    Called by the scan right after it embedded the training and held-out sets, before it calibrates the threshold.
+
+    Args:
+        train, holdout, train_emb, holdout_emb, load: as in :func:`find_pixel_overlaps`.
+        result: what :func:`check_overlap` found before (extended; a held-out image it named is not compared again).
+        allow_overlap: log a warning instead of raising (the overlap then joins ``result.message(allowed=True)``).
+        log: logger for the warning (default: this module's).
+
+    Returns:
+        ``result`` (a new :class:`OverlapResult` when None) with the pixel overlaps added.
+
+    Raises:
+        DataValidationError: the same one line as :func:`check_overlap`, naming both images and the fix.
+    """
+    result = result if result is not None else OverlapResult()
+    skip = [o.second for o in result.overlaps if o.second_set == "held-out"]
+    found = find_pixel_overlaps(train, holdout, train_emb, holdout_emb, load, skip)
+    if not found:
+        return result
+    result.overlaps[:0] = found  # the training/held-out pairs first, as in find_overlaps
+    log = log or logger
+    if not allow_overlap:
+        raise DataValidationError(result.message())
+    log.warning("overlap between the sets: %s", result.message(allowed=True))
     return result

@@ -182,7 +182,7 @@ def prepare(
         raise DataValidationError("no held-out data to calibrate the threshold: give held-out images or a threshold")
     ho = None if holdout is None else ImageSet.from_source(holdout, sections[1], "held-out")
     sy = None if synthetic is None else ImageSet.from_source(synthetic, sections[2], "synthetic")
-    from monai_memorization.data.overlap import check_overlap
+    from monai_memorization.data.overlap import check_overlap, check_pixel_overlap
 
     overlap = check_overlap(tr.items, ho.items if ho else None, sy.items if sy else None, allow_overlap=allow_overlap, log=logger)
     if ho is not None and threshold is None:  # can these held-out subjects carry a percentile threshold?
@@ -219,6 +219,8 @@ def prepare(
         from monai_memorization.detection.calibrate import calibrate
 
         holdout_emb, _ = det.embed_views(ho, views, check=check)
+        overlap = check_pixel_overlap(tr.items, ho.items, train_emb, holdout_emb[: len(ho)], det.preprocessing(),
+                                      overlap, allow_overlap, logger)  # by pixels, on the embeddings just made
         calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search, rule=rule,
                                                     n_views=len(views) if views else 1)
     auto, score = score == "auto", resolve_score(score, det.spatial_dims, ho is not None and threshold is None, len(tr.items))

@@ -17,6 +17,8 @@
   :func:`save_samples`, :func:`save_montage`, :class:`SampleMontage`.
 * :mod:`.checkpoint` - :class:`TrainingCheckpoint` (atomic periodic/final checkpoints, resume) and
   :func:`load_weights` (also for old ``monai-generative`` checkpoints).
+* :mod:`.memory` - :func:`check_training_memory`: a GPU-sized configuration on a smaller machine stops in one
+  line before anything is allocated, naming the configuration that fits.
 * :mod:`.contrastive` - the copy detector's trainer (``ContrastiveTrainer``, ``train_detector``), with its
   training handlers in :mod:`.contrastive_handlers`; import them from there (not re-exported here, so that
   the LDM engines load without the detector's dependencies).
@@ -24,6 +26,7 @@
 
 from monai_memorization.engines.autoencoder import AutoencoderKLTrainer, ReconstructionInferer
 from monai_memorization.engines.checkpoint import TrainingCheckpoint, latest_checkpoint, load_weights
+from monai_memorization.engines.memory import check_training_memory
 from monai_memorization.engines.diffusion import (
     DiffusionEvaluator,
     DiffusionTrainer,
@@ -57,6 +60,7 @@ __all__ = [
     "save_samples",
     "save_montage",
     "TrainingCheckpoint",
+    "check_training_memory",
     "latest_checkpoint",
     "load_weights",
 ]

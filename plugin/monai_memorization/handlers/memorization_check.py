@@ -45,10 +45,13 @@ from monai_memorization.errors import DetectorError, MemorizationError
 
 __all__ = ["MemorizationCheckHandler", "StopAboveLimit", "METRIC_NAMES"]
 
-#: the values each check writes (prefixed ``memorization_``); ``checkpoint_score`` is written every epoch
+#: the values each check writes (prefixed ``memorization_``); ``checkpoint_score`` is written every epoch.
+#: ``threshold`` and ``max_score`` are in the units of the scan's score (a detector correlation, or with the hybrid
+#: score standard deviations of the held-out calibration); ``max_detector_correlation`` is always the detector's
+#: Pearson correlation (of the sample closest to a training image by it)
 METRIC_NAMES = (
     "synthetic_copy_rate", "memorized_fraction", "training_copied_fraction", "n_copies", "n_memorized", "threshold",
-    "max_correlation",
+    "max_score", "max_detector_correlation",
 )
 
 
@@ -266,7 +269,9 @@ class MemorizationCheckHandler:
 
                 self.sampler = sampler_from_engine(engine, self.num_inference_steps, self.latent_shape, self.scheduler)
             r = self.compute(self.sampler(self.num_samples, seed=self.seed))
-            computed = {k: getattr(r, k) for k in METRIC_NAMES[:-1]} | {"max_correlation": float(r.synthetic_corr.max())}
+            computed = {k: getattr(r, k) for k in METRIC_NAMES[:-2]} | {
+                "max_score": float(r.synthetic_corr.max()),
+                "max_detector_correlation": max(float(p.get("detector_correlation", p["correlation"])) for p in r.pairs)}
             values = torch.tensor([float(computed[k]) for k in METRIC_NAMES], dtype=torch.float64)
         values = idist.broadcast(values, src=0)
         metrics = {self.prefix + k: float(v) for k, v in zip(METRIC_NAMES, values.tolist())}
@@ -276,9 +281,11 @@ class MemorizationCheckHandler:
         self.history.append({"epoch": epoch, **{k: metrics[self.prefix + k] for k in METRIC_NAMES}})
         self.logger.info(
             "memorization check at epoch %d: synthetic_copy_rate %.3f (%d/%d samples), memorized_fraction %.3f, "
-            "max correlation %.4f, threshold %.4f (%.1fs)", epoch, metrics[self.prefix + "synthetic_copy_rate"],
-            int(metrics[self.prefix + "n_copies"]), self.num_samples, metrics[self.prefix + "memorized_fraction"],
-            metrics[self.prefix + "max_correlation"], metrics[self.prefix + "threshold"], time.time() - t0,
+            "max score %.4f, threshold %.4f (%s), max detector correlation %.4f (%.1fs)", epoch,
+            metrics[self.prefix + "synthetic_copy_rate"], int(metrics[self.prefix + "n_copies"]), self.num_samples,
+            metrics[self.prefix + "memorized_fraction"], metrics[self.prefix + "max_score"], metrics[self.prefix + "threshold"],
+            "hybrid score, standard deviations" if getattr(self.reference, "hybrid", None) is not None else "correlation",
+            metrics[self.prefix + "max_detector_correlation"], time.time() - t0,
         )
 
 

@@ -12,12 +12,14 @@
 
 * :class:`~monai_memorization.label.core.NearestTrainingSample` -- the look-up itself, with no MONAI
   Label dependency: for one image, the nearest training sample in the copy detector's embedding
-  space, its Pearson correlation and whether that is above the calibrated threshold.
+  space, the scan's score (``score``, ``score_kind``: the hybrid score is in standard deviations of the held-out
+  calibration, not a correlation; the detector's Pearson correlation is ``detector_correlation``) and whether that
+  is above the calibrated threshold.
 * :class:`~monai_memorization.label.tasks.MemorizationInferTask` -- a MONAI Label ``InferTask``
   (type ``others``) returning that look-up as the JSON result of an infer request.
 * :class:`~monai_memorization.label.tasks.MemorizationScoring` -- a MONAI Label ``ScoringMethod``
-  that stores each datastore image's nearest-training correlation in its image info (key ``memorization``,
-  plus ``memorization_is_copy``, ``memorization_nearest``, ...), so a reviewer can sort a datastore of
+  that stores each datastore image's score in its image info (key ``memorization``, plus
+  ``memorization_score_kind``, ``memorization_is_copy``, ``memorization_nearest``, ...), so a reviewer can sort a datastore of
   synthetic images by how close each is to a training image.
 * :mod:`monai_memorization.label.app` -- the MONAI Label app (``app/main.py``, see ``app/README.md``):
   ``python -m monai_memorization.label.app APP_DIR [--demo STUDIES]`` writes it, then

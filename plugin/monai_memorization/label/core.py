@@ -8,7 +8,14 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Nearest-training-sample look-up for single images (no MONAI Label dependency), on the one scan path."""
+"""Nearest-training-sample look-up for single images (no MONAI Label dependency), on the one scan path.
+
+Each answer names its score for what it is: ``score`` with ``score_kind`` (``"hybrid"`` or ``"detector"``) and
+``score_units``. The hybrid score (the default for 2D data sets of moderate size) is in standard deviations of the
+held-out calibration, e.g. 2.68, not a correlation; the detector's Pearson correlation is always under
+``detector_correlation``, and each neighbour's ``correlation`` is a correlation in its space (``space``: the
+detector's unless it says ``"pixel"`` or ``"aligned"``).
+"""
 
 from __future__ import annotations
 
@@ -18,11 +25,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NearestTrainingSample"]
+__all__ = ["NearestTrainingSample", "SCORE_UNITS"]
+
+#: what ``score`` and ``threshold`` are measured in, by ``score_kind``
+SCORE_UNITS = {"detector": "Pearson correlation",
+               "hybrid": "standard deviations above the held-out calibration's mean (not a correlation)"}
 
 
 class NearestTrainingSample:
-    """For an image: the nearest training sample in the detector's embedding space and its correlation.
+    """For an image: the nearest training sample, the scan's score and whether that is above the calibrated threshold.
 
     The training set is embedded and the threshold calibrated once, by
     :func:`monai_memorization.detection.pipeline.prepare` (the scan's own checks and preprocessing);
@@ -76,14 +87,20 @@ class NearestTrainingSample:
         self.threshold, self.percentile = self.reference.threshold, self.reference.percentile
         self.show_paths = bool(show_paths)
         self._train_index = {p: i for i, p in reversed(list(enumerate(self.reference.train.paths)))}
+        #: ``"hybrid"`` or ``"detector"``: what :attr:`threshold` and each answer's ``score`` are
+        self.score_kind = "hybrid" if self.reference.hybrid is not None else "detector"
 
     def train_id(self, path: str) -> str:
         """The pseudonymous ID of a training image: ``train-NNNN``, its 0-based position in the training list."""
         return f"train-{self._train_index[str(path)]:04d}"
 
     def _public(self, res: dict) -> dict:
-        """A look-up result with pseudonymous neighbours, and paths only when ``show_paths``."""
+        """A look-up result with its score named for what it is, pseudonymous neighbours, and paths only when ``show_paths``."""
         out = dict(res)
+        score = out.pop("correlation")  # the scan's score: a correlation only with the detector score
+        out = {"image": out.pop("image"), "score": score, "score_kind": self.score_kind,
+               "score_units": SCORE_UNITS[self.score_kind], "detector_correlation": out.pop("detector_correlation", score),
+               **out}
         if not self.show_paths:
             out["image"] = os.path.basename(str(res["image"]))
         def public(n: dict) -> dict:
@@ -107,10 +124,12 @@ class NearestTrainingSample:
             k: neighbours to report (the first decides ``is_copy``).
 
         Returns:
-            ``{"image", "nearest": [{"train_id", "correlation"}...], "correlation", "is_copy", "threshold",
-            "percentile", "detector_sha256"}``; ``train_id`` is pseudonymous (``train-NNNN``) and ``image`` the file
-            name. With ``show_paths``: ``image`` is the full path and each neighbour also has ``train_name``
-            (file name), ``train_subject`` and ``train_path``.
+            ``{"image", "score", "score_kind", "score_units", "detector_correlation", "nearest": [{"train_id",
+            "correlation"}...], "is_copy", "threshold", "percentile", "detector_sha256"}``: ``is_copy`` is
+            ``score > threshold``, both in ``score_units``; with the hybrid score also ``pixel_correlation``,
+            ``aligned_correlation``, ``pixel_bar`` and ``above_pixel_bar``. ``train_id`` is pseudonymous
+            (``train-NNNN``) and ``image`` the file name. With ``show_paths``: ``image`` is the full path and each
+            neighbour also has ``train_name`` (file name), ``train_subject`` and ``train_path``.
         """
         from monai_memorization.detection.pipeline import nearest
 
@@ -119,12 +138,12 @@ class NearestTrainingSample:
         return out[0] if single else out
 
     def scores(self, images: Sequence[str | os.PathLike]) -> np.ndarray:
-        """Nearest-training correlation of each image (higher: closer to a training sample).
+        """Each image's score to its nearest training sample (higher: closer), in the units of :attr:`score_kind`.
 
         Args:
             images: image paths.
 
         Returns:
-            ``[n]`` float32 correlations.
+            ``[n]`` float32 scores.
         """
-        return np.asarray([r["correlation"] for r in self(list(images))], dtype=np.float32)
+        return np.asarray([r["score"] for r in self(list(images))], dtype=np.float32)

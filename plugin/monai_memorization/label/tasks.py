@@ -35,7 +35,10 @@ logger = logging.getLogger(__name__)
 
 
 class MemorizationInferTask(InferTask):
-    """Infer task: for the requested image, the nearest training sample and its correlation (JSON result, no label file).
+    """Infer task: for the requested image, the nearest training sample and the scan's score (JSON result, no label file).
+
+    The result is :class:`NearestTrainingSample`'s: ``score`` with ``score_kind`` and ``score_units`` (the hybrid
+    score is in standard deviations, not a correlation), ``detector_correlation``, ``is_copy`` and ``threshold``.
 
     Args:
         lookup: a :class:`NearestTrainingSample`.
@@ -44,9 +47,12 @@ class MemorizationInferTask(InferTask):
     """
 
     def __init__(self, lookup: NearestTrainingSample, k: int = 3, description: str = "Nearest training sample (copy detector)"):
+        from monai_memorization.label.core import SCORE_UNITS
+
         super().__init__(
             type=InferType.OTHERS, labels=None, dimension=lookup.spatial_dims, description=description,
-            config={"k": k, "threshold": lookup.threshold},
+            config={"k": k, "threshold": lookup.threshold, "score_kind": lookup.score_kind,
+                    "score_units": SCORE_UNITS[lookup.score_kind]},
         )
         self.lookup = lookup
         self.k = k
@@ -68,11 +74,13 @@ class MemorizationInferTask(InferTask):
 
 
 class MemorizationScoring(ScoringMethod):
-    """Scoring method: each datastore image's nearest-training correlation, stored in its image info.
+    """Scoring method: each datastore image's score to its nearest training sample, stored in its image info.
 
-    The info keys (flat, so a client can sort by them): ``memorization`` (the correlation; higher: closer to a
-    training image), ``memorization_is_copy``, ``memorization_nearest`` (pseudonymous training ID
-    ``train-NNNN``), ``memorization_threshold``, ``memorization_ts``, with the hybrid score ``memorization_above_pixel_bar``
+    The info keys (flat, so a client can sort by them): ``memorization`` (the scan's score; higher: closer to a
+    training image), ``memorization_score_kind`` (``hybrid``: standard deviations of the held-out calibration, not a
+    correlation; ``detector``: the detector's Pearson correlation), ``memorization_detector_correlation``,
+    ``memorization_is_copy``, ``memorization_nearest`` (pseudonymous training ID
+    ``train-NNNN``), ``memorization_threshold`` (in the score's units), ``memorization_ts``, with the hybrid score ``memorization_above_pixel_bar``
     (closer in plain pixels than any held-out image: a release withholds it even unflagged) and, above that bar,
     ``memorization_pixel_nearest`` (the pseudonymous training ID it is that close to), and, with ``show_paths`` only,
     ``memorization_nearest_path``.
@@ -81,7 +89,7 @@ class MemorizationScoring(ScoringMethod):
         lookup: a :class:`NearestTrainingSample`.
     """
 
-    def __init__(self, lookup: NearestTrainingSample, description: str = "Correlation to the nearest training sample"):
+    def __init__(self, lookup: NearestTrainingSample, description: str = "Score of the nearest training sample (copy check)"):
         super().__init__(description)
         self.lookup = lookup
 
@@ -92,7 +100,8 @@ class MemorizationScoring(ScoringMethod):
         results = {}
         for image_id, res in zip(ids, looked_up):
             near = res["nearest"][0]
-            info = {"memorization": res["correlation"], "memorization_is_copy": res["is_copy"],
+            info = {"memorization": res["score"], "memorization_score_kind": res["score_kind"],
+                    "memorization_detector_correlation": res["detector_correlation"], "memorization_is_copy": res["is_copy"],
                     "memorization_nearest": near["train_id"], "memorization_threshold": res["threshold"],
                     "memorization_ts": now}
             if "above_pixel_bar" in res:  # hybrid score: closer in pixels than any new patient (a release withholds it)
@@ -102,7 +111,8 @@ class MemorizationScoring(ScoringMethod):
             if self.lookup.show_paths:
                 info["memorization_nearest_path"] = near["train_path"]
             datastore.update_image_info(image_id, info)
-            results[image_id] = {"correlation": res["correlation"], "is_copy": res["is_copy"], "nearest": near["train_id"],
+            results[image_id] = {"score": res["score"], "detector_correlation": res["detector_correlation"],
+                                 "is_copy": res["is_copy"], "nearest": near["train_id"],
                                  **({"above_pixel_bar": res["above_pixel_bar"]} if "above_pixel_bar" in res else {})}
         n_copies = sum(r["is_copy"] for r in results.values())
         n_pixel_only = sum(r.get("above_pixel_bar", False) and not r["is_copy"] for r in results.values())
@@ -110,4 +120,4 @@ class MemorizationScoring(ScoringMethod):
                     self.lookup.threshold, f", {n_pixel_only} more above the pixel bar only"
                     if any("above_pixel_bar" in r for r in results.values()) else "")
         return {"scored": len(results), "copies": n_copies, "n_pixel_only": n_pixel_only,
-                "threshold": self.lookup.threshold, "images": results}
+                "threshold": self.lookup.threshold, "score_kind": self.lookup.score_kind, "images": results}

@@ -8,9 +8,11 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Networks: the copy detector's encoders, and the LDM bundles' exportable diffusion UNet."""
+"""Networks: the copy detector's encoders, the LDM bundles' exportable diffusion UNet, and the VAE bundle's
+image-to-image autoencoder (its ``network_def``)."""
 
 from monai_memorization.networks.diffusion_unet import ExportableDiffusionUNet
 from monai_memorization.networks.encoders import ConvEncoder, ResNetEncoder, build_encoder
+from monai_memorization.networks.reconstruction import ReconstructionAutoencoderKL
 
-__all__ = ["ConvEncoder", "ExportableDiffusionUNet", "ResNetEncoder", "build_encoder"]
+__all__ = ["ConvEncoder", "ExportableDiffusionUNet", "ReconstructionAutoencoderKL", "ResNetEncoder", "build_encoder"]

@@ -38,6 +38,13 @@ def _num(v: Any, fmt: str = "{:.3f}") -> str:
     return "n/a" if v is None else fmt.format(v)
 
 
+def _threshold(c: Mapping[str, Any]) -> str:
+    """The threshold and what it is: a detector correlation, or a hybrid score in standard deviations."""
+    if c.get("score") == "hybrid":
+        return f"{_num(c['threshold'], '{:.2f}')} (hybrid score, standard deviations; not a correlation)"
+    return f"{_num(c['threshold'], '{:.4f}')} (detector correlation)"
+
+
 def _config_rows(configs: list[Mapping[str, Any]]) -> str:
     rows = [
         ("configuration", lambda c: f"<b>{html.escape(c['name'])}</b><br><span class=note>{html.escape(c['label'])}</span>"),
@@ -60,7 +67,7 @@ def _config_rows(configs: list[Mapping[str, Any]]) -> str:
          + (f" ({c['n_missed_by_scan'] - c['n_missed_by_release']} withheld from a release by the pixel bar)"
             if c.get("n_missed_by_scan") and c.get("n_missed_by_release", c["n_missed_by_scan"]) < c["n_missed_by_scan"]
             else "")),
-        ("threshold (detector correlation)", lambda c: _num(c["threshold"], "{:.4f}")),
+        ("threshold (in the units of the scan's score)", _threshold),
         ("verdict", lambda c: html.escape(c["verdict"])),
         ("scan report", lambda c: f'<a href="{html.escape(c["report_link"])}">{html.escape(c["report_link"])}</a>'),
     ]
@@ -77,7 +84,8 @@ def write_audit_report(path: str | os.PathLike, audit: Mapping[str, Any], images
     Args:
         path: the HTML file to write.
         audit: the audit's record (``audit.json``): ``headline`` (lines), ``exit_code``,
-            ``configs`` (one dict per configuration), ``control``, ``margin``, ``seconds``,
+            ``configs`` (one dict per configuration; ``threshold`` in the units of its ``score``), ``control``,
+            ``margin``, ``seconds``,
             ``modality``, ``preset``.
         images: title -> PNG embedded in the page (e.g. the copy-rate curves, pair montages).
 
@@ -92,8 +100,11 @@ def write_audit_report(path: str | os.PathLike, audit: Mapping[str, Any], images
         f"<style>{_CSS}.ok{{background:#e3f4e3;border:2px solid #2a2;padding:.6em 1em;font-weight:600}}</style></head><body>",
         f"<h1>Memorization audit: {html.escape(a['modality'])}, preset {html.escape(a['preset'])}</h1>",
         f"<div class='{cls}'>{headline}</div>",
-        "<p class=note>A synthetic sample is a copy when its copy-detector correlation to its nearest training image exceeds the "
-        "threshold (95th percentile, by the (n + 1) rule, of the training images' correlation to their nearest held-out image). A verdict is given "
+        "<p class=note>A synthetic sample is a copy when its score to its nearest training image exceeds the threshold: the "
+        "copy detector's correlation, or with the hybrid score the largest of the detector's, the pixel and the aligned "
+        "pixel correlation, each in standard deviations of its held-out calibration (so a hybrid threshold such as 2.7 is "
+        "not a correlation). The threshold is the 95th percentile, by the (n + 1) rule, of the training images' score to "
+        "their nearest held-out image. A verdict is given "
         "only when the generator has learned its data: the samples' median nearest-training pixel correlation comes within "
         f"{a['margin']['convergence_margin']} of the held-out images'. A flagged copy is <i>confirmed</i> when its pixel "
         "correlation to its training image is higher than that of any held-out image to any training image. Every other "

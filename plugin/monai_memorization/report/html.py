@@ -53,8 +53,9 @@ def _pct_ci(s: Mapping[str, Any], name: str) -> str:
     return f"{_pct(s.get(name))} (95% CI {_pct(ci[0])} - {_pct(ci[1])})"
 
 
-def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], highlight: str | None = None) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], highlight: str | None = None,
+           headers: Mapping[str, str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape((headers or {}).get(c, c))}</th>" for c in columns)
     body = []
     for r in rows:
         cls = ' class="copy"' if highlight and r.get(highlight) else ""
@@ -142,10 +143,14 @@ def write_html_report(
     for caption, png in (images or {}).items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{_img(png, caption)}")
     top = sorted(pairs, key=lambda r: -float(r.get("correlation", 0.0)))[:max_rows]
-    parts.append(f"<h2>Synthetic samples, highest correlation first (top {len(top)} of {len(pairs)})</h2>")
-    hybrid = any("above_pixel_bar" in r for r in pairs)
+    hybrid = s.get("score") == "hybrid" or any("above_pixel_bar" in r for r in pairs)
+    # a row's "correlation" is the scan's score: with the hybrid score standard deviations, not a correlation
+    score = "score (standard deviations)" if hybrid else "correlation"
+    headers = {"correlation": score}
+    parts.append(f"<h2>Synthetic samples, highest {score.split(' ')[0]} first (top {len(top)} of {len(pairs)})</h2>")
     cols = ["synthetic_id", "train_id", "train_subject", "correlation", "is_copy"]
-    parts.append(_table(top, cols + (["pixel_correlation", "above_pixel_bar"] if hybrid else []), highlight="is_copy"))
+    extra = [c for c in ("detector_correlation", "pixel_correlation") if any(c in r for r in pairs)] + ["above_pixel_bar"]
+    parts.append(_table(top, cols + (extra if hybrid else []), highlight="is_copy", headers=headers))
     pixel_only = sorted((r for r in pairs if r.get("above_pixel_bar") and not r.get("is_copy")),
                         key=lambda r: -float(r.get("pixel_correlation", 0.0)))
     if pixel_only:  # not flagged, but a release withholds them: listed whatever their score
@@ -153,13 +158,13 @@ def write_html_report(
         parts.append(f"<h2 id='pixel-only'>Not flagged, but closer in pixels to a training image than any held-out image "
                      f"({shown}; a release withholds them)</h2>")
         parts.append(_table(pixel_only[:max_rows], ["synthetic_id", "pixel_train_id", "pixel_correlation", "correlation"],
-                            highlight="above_pixel_bar"))
+                            highlight="above_pixel_bar", headers=headers))
     if memorized:
         topm = sorted(memorized, key=lambda r: -float(r.get("correlation", 0.0)))[:max_rows]
-        parts.append(f"<h2>Training samples, highest correlation first (top {len(topm)} of {len(memorized)})</h2>")
-        parts.append(
-            _table(topm, ["train_id", "train_subject", "synthetic_id", "correlation", "holdout_correlation", "is_memorized"], highlight="is_memorized")
-        )
+        parts.append(f"<h2>Training samples, highest {score.split(' ')[0]} first (top {len(topm)} of {len(memorized)})</h2>")
+        parts.append(_table(topm, ["train_id", "train_subject", "synthetic_id", "correlation", "holdout_correlation",
+                                   "is_memorized"], highlight="is_memorized",
+                            headers={**headers, "holdout_correlation": "held-out " + score if hybrid else "holdout_correlation"}))
     if links:
         parts.append("<h2>Files</h2><ul>")
         parts.extend(f'<li><a href="{html.escape(name)}">{html.escape(name)}</a></li>' for name in links)

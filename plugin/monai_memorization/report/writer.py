@@ -10,8 +10,8 @@
 # limitations under the License.
 """The scan report folder and its MLflow run, written from a :class:`ScanResult` (nothing is computed here).
 
-The folder holds ``report.json`` (the summary, with the definitions and which fraction is the
-headline), ``pairs.csv``/``pairs.json`` (one row per synthetic image), ``memorized.csv`` (one row per
+The folder holds ``report.json`` (the summary, with the definitions, ``headline`` the headline sentence and
+``headline_metric`` the fraction it quotes, ``score_units`` what the score and threshold are measured in), ``pairs.csv``/``pairs.json`` (one row per synthetic image), ``memorized.csv`` (one row per
 training image), ``histogram.png``, ``pairs.png`` and the self-contained ``report.html``. It is
 written into a temporary folder and renamed into place at the end, so a reader never sees half a report; the
 temporary folder of a killed scan (it names training files and subjects) is removed by the next scan into the same
@@ -53,7 +53,8 @@ from monai_memorization.tracking import (
 )
 from monai_memorization.tracking_store import experiment_id
 
-__all__ = ["check_out_dir", "log_scan_to_mlflow", "scan_metrics", "write_csv", "write_scan_report"]
+__all__ = ["SCORE_UNITS", "check_out_dir", "headline", "log_scan_to_mlflow", "report_summary", "scan_metrics", "write_csv",
+           "write_scan_report"]
 
 #: files that name training images and subjects (paths, IDs): logged to MLflow only with the opt-in
 DATA_FILES = ("report.json", "pairs.csv", "pairs.json", "memorized.csv")
@@ -130,7 +131,7 @@ def write_scan_report(
     _check_existing(out_dir)
     hold_output(out_dir)  # one writer (already held when run_scan checked its arguments)
     remove_stale_temporaries(out_dir)  # a killed scan's half report (training paths, subject IDs)
-    summary = result.summary()
+    summary = report_summary(result)
     summary.update(out_dir=str(out_dir.resolve()), report_path=str((out_dir / "report.html").resolve()), **context)
     with writing(out_dir):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +169,45 @@ def _write_files(tmp: Path, result: ScanResult, summary: dict[str, Any], montage
         images={"Correlation histogram": tmp / "histogram.png", f"Top {len(montage)} flagged pairs": tmp / "pairs.png"},
         links=list(DATA_FILES + PLOT_FILES) + ["pairs.png"],
     )
+
+
+#: what a scan's score and threshold are measured in, by ``ScanResult.score``
+SCORE_UNITS = {
+    "detector": "Pearson correlation of detector embeddings",
+    "hybrid": "hybrid score: standard deviations above the held-out calibration's mean (not a correlation)",
+}
+
+
+def headline(result: ScanResult) -> str:
+    """The headline sentence: how many synthetic images are copies, with the rate and its 95% interval.
+
+    Args:
+        result: the scan.
+
+    Returns:
+        e.g. ``"5 of 8 synthetic images are copies of training images: synthetic_copy_rate 62.5% (95% CI 25.0-87.5%)"``.
+    """
+    rate, (lo, hi) = result.synthetic_copy_rate, result.synthetic_copy_rate_ci
+    ci = f" (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)" if np.isfinite(lo) and np.isfinite(hi) else ""
+    return (f"{result.n_copies} of {result.n_synthetic} synthetic images are copies of training images: "
+            f"synthetic_copy_rate {100 * rate:.1f}%{ci}")
+
+
+def report_summary(result: ScanResult) -> dict[str, Any]:
+    """What ``report.json`` holds: the scan's summary, ``headline`` the headline sentence (:func:`headline`),
+    ``headline_metric`` the name of the fraction it quotes, and the units of the score and threshold.
+
+    Args:
+        result: the scan.
+
+    Returns:
+        a JSON-serialisable dict.
+    """
+    summary = result.summary()
+    summary["headline_metric"] = summary.pop("headline", "synthetic_copy_rate")  # the summary names it "headline"
+    summary["headline"] = headline(result)
+    summary["score_units"] = SCORE_UNITS.get(result.score, result.score)
+    return summary
 
 
 def scan_metrics(result: ScanResult) -> dict[str, float]:
@@ -215,7 +255,9 @@ def log_scan_to_mlflow(
         say_once("scan_images", "MLflow: the pair montage and HTML report stay on disk only (they show training "
                  "images; log_images_to_mlflow needs --mlflow_artifacts, and for a remote store --allow_remote_tracking)")
     files = (PLOT_FILES if policy.files else ()) + (DATA_FILES + (IMAGE_FILES if log_images else ()) if policy.private else ())
-    params, metrics = policy.params(params), scan_metrics(result)
+    # the threshold is in the score's units: a correlation, or standard deviations with the hybrid score
+    params = policy.params({**(params or {}), "score_kind": getattr(result, "score", "detector")})
+    metrics = scan_metrics(result)
     buffer, rid = out_dir / BUFFER_NAME, None
     if store_failed(policy.uri):
         mark_store_failed(policy.uri, None, buffer)

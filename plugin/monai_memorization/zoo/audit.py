@@ -74,7 +74,8 @@ def _control(reference: Any, train: np.ndarray, k: int, seed: int) -> dict:
         d = by_kind.setdefault(kind, {"planted": 0, "found": 0})
         d["planted"] += 1
         d["found"] += int(pair["is_copy"])
-    return {"planted": len(picks), "found": r.n_copies, "by_kind": by_kind, "threshold": r.threshold, "report_path": ""}
+    return {"planted": len(picks), "found": r.n_copies, "by_kind": by_kind, "threshold": r.threshold, "score": r.score,
+            "report_path": ""}
 
 
 def audit_bundle(
@@ -204,7 +205,7 @@ def audit_bundle(
         "n_copies": result.n_copies, "n_memorized": result.n_memorized, "synthetic_copy_rate": result.synthetic_copy_rate,
         "synthetic_copy_rate_ci": list(result.synthetic_copy_rate_ci), "memorized_fraction": result.memorized_fraction,
         "memorized_fraction_ci": list(result.memorized_fraction_ci), "threshold": result.threshold,
-        "quality": quality.to_dict(), "n_confirmed": n_conf, "confirmed_copy_rate": n_conf / max(1, result.n_synthetic),
+        "score": result.score, "quality": quality.to_dict(), "n_confirmed": n_conf, "confirmed_copy_rate": n_conf / max(1, result.n_synthetic),
         **missed_counts(confirmed), "n_pixel_only": result.n_pixel_only, "pixel_bar": result.pixel_bar,
         "n_holdout": len(held_arr),
         "confirmed_copy_rate_ci": rate_ci(n_conf, result.n_synthetic, seed), "copies": confirmed,
