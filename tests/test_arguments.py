@@ -37,7 +37,7 @@ WORK = [
     ("monai_memorization.api", "check"),
     ("monai_memorization.data.validation", "validate_datalist"),
     ("monai_memorization.data.phantoms", "write_dataset"),
-    ("monai_memorization.data.datalist", "read_datalist"),  # split's first step
+    ("monai_memorization.data.datalist", "read_datalist"),  # split's and train-detector's first step
     ("monai_memorization.release", "filter_release"),
     ("monai_memorization.study.run", "run_study"),
     ("monai_memorization.audit", "run_audit"),
@@ -183,7 +183,8 @@ def test_accepted_command_lines_reach_the_work(work, capsys):
     """The checks let good command lines through: fire's forms (--a=b, -x shortcuts, --noflag, --flag false)."""
     for argv, name in [
         (SCAN + ["--percentile=99", "--mlflow", "false", "--score", "HYBRID", "--top_k", "0"], "run_scan"),
-        (TRAIN + ["--nomlflow", "--spatial_size", "[64,64]", "--preset", "study", "--modality", "mr"], "train_detector"),
+        # the training set is read once at the edge, then trained on
+        (TRAIN + ["--nomlflow", "--spatial_size", "[64,64]", "--preset", "study", "--modality", "mr"], "read_datalist"),
         (["phantoms", "--modality", "xr", "--shape", "2048", "--n", "10000", "--n_val", "0"], "write_dataset"),
         (["audit", "--bundle", "b", "--modality", "mr", "--log_to_mlflow", "false", "--num_inference_steps", "5"],
          "bundle_command"),
@@ -205,7 +206,7 @@ def test_audit_bundle_gets_the_modality_it_was_given(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(zoo_audit, "bundle_command", lambda *a, **kw: seen.update(kw) or 0)
     assert _run(["audit", "--bundle", "b", "--modality", "mr"], capsys)[0] == 0
-    assert seen == {"modality": "mr"}
+    assert seen == {"modality": "mr", "allow_few_holdout": False}
 
 
 COMMANDS = ["audit", "check", "filter", "phantoms", "scan", "split", "study", "train-detector", "validate"]

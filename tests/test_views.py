@@ -95,3 +95,24 @@ def test_a_four_channel_volume_is_still_rejected(xr_datalist, tmp_path):
     nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "v.nii.gz"))
     with pytest.raises(DataValidationError, match="channels"):
         check_image(tmp_path / "v.nii.gz", channels=1)
+
+
+def test_a_look_up_and_a_scan_of_the_same_images_agree_under_views(xr_datalist, tmp_path):
+    """MONAI Label's look-up (``nearest``) scores an image as the scan does: the same views, spaces and threshold."""
+    from monai_memorization.data.phantoms import make_phantom
+    from monai_memorization.detection.pipeline import nearest, prepare, scan
+
+    det = tiny_detector(xr_datalist, tmp_path)
+    data = json.loads(Path(xr_datalist).read_text())
+    root = Path(xr_datalist).parent
+    syn = tmp_path / "samples"
+    syn.mkdir()
+    _rgb_png(np.asarray(Image.open(root / data["training"][1]["image"]), dtype=np.float32).T, syn / "copy.png")
+    _rgb_png(make_phantom("xr", seed=99, subject=0, shape=(32, 32)), syn / "novel.png")
+    ref, synth = prepare(det, xr_datalist, xr_datalist, str(syn), orientation_invariant=True, progress=False)
+    pairs = {p["synthetic_id"]: p for p in scan(ref, synth, n_bootstrap=0).pairs}
+    for rec in nearest(ref, [str(syn / "copy.png"), str(syn / "novel.png")], k=2):
+        p = pairs[Path(rec["image"]).stem]
+        assert rec["correlation"] == pytest.approx(p["correlation"], abs=1e-5) and rec["is_copy"] == p["is_copy"]
+        assert rec["view"] == p["view"] and rec["detector_correlation"] == pytest.approx(p["detector_correlation"], abs=1e-5)
+    assert pairs["copy"]["is_copy"] and pairs["copy"]["view"] != "identity"

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_memorization.defaults import DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
 from monai_memorization.data.imageset import ImageSet
 from monai_memorization.detection.scan import ScanResult
 from monai_memorization.errors import DataValidationError
@@ -95,7 +96,7 @@ def run_scan(
     synthetic: Any,
     detector: str | os.PathLike,
     out_dir: str | os.PathLike,
-    percentile: float = 95.0,
+    percentile: float = DEFAULT_PERCENTILE,
     modality: str | None = None,
     log_to_mlflow: bool = True,
     tracking_uri: str | None = None,
@@ -119,7 +120,7 @@ def run_scan(
     orientation_invariant: bool = False,
     score: str = "auto",
     search: str = "auto",
-    calibration: str = "holdout",
+    calibration: str = DEFAULT_CALIBRATION,
     allow_few_holdout: bool = False,
 ) -> ScanResult:
     """Scan synthetic images for copies of training images and write the memorization report.
@@ -260,7 +261,7 @@ def check(
     detector: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     modality: str | None = None,
-    percentile: float = 95.0,
+    percentile: float = DEFAULT_PERCENTILE,
     detector_epochs: int | None = None,
     detector_options: dict | None = None,
     mlflow: bool = False,
@@ -275,7 +276,7 @@ def check(
     progress: bool = True,
     holdout_section: str = "holdout",
     allow_overlap: bool = False,
-    calibration: str = "holdout",
+    calibration: str = DEFAULT_CALIBRATION,
     allow_few_holdout: bool = False,
 ) -> CheckResult:
     """Check synthetic images for copies of training images and write the memorization report.
@@ -365,7 +366,7 @@ def _train_quick_detector(
     if epochs is not None:
         options["epochs"] = int(epochs)
     train_detector(
-        train, path, modality=m, device=device, seed=seed, log_to_mlflow=mlflow, tracking_uri=tracking_uri,
+        train_set, path, modality=m, device=device, seed=seed, log_to_mlflow=mlflow, tracking_uri=tracking_uri,
         progress=progress, **(privacy or {}), **options,
     )
     return str(path)

@@ -32,7 +32,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from monai_memorization.edge import bool_flags, check_number
+from monai_memorization.edge import bool_flags, check_number, check_percentile
+from monai_memorization.defaults import CALIBRATIONS
 from monai_memorization.errors import DataValidationError
 
 __all__ = [
@@ -50,7 +51,6 @@ DETECTOR_PRESETS = ("default", "study")
 AUDIT_PRESETS = ("cpu", "gpu", "smoke")
 STUDY_PRESETS = ("cpu", "gpu", "smoke")
 NETWORKS = ("resnet", "conv")
-CALIBRATIONS = ("holdout", "published")
 #: the options ``audit --bundle DIR`` takes besides the audit's own (``monai_memorization.zoo.audit.bundle_command``)
 AUDIT_BUNDLE_OPTIONS = ("config_file", "override", "holdout", "detector", "modality", "num_inference_steps",
                        "slices_per_volume", "percentile", "device", "log_to_mlflow")
@@ -105,7 +105,7 @@ def _positive(flag: str, value: Any, given: dict) -> None:
 
 
 def _percentile(flag: str, value: Any, given: dict) -> None:
-    check_number(flag, value, 0, integer=False, strict=True, maximum=100)
+    check_percentile(value, flag)
 
 
 def _fraction(allow_zero: bool) -> Rule:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 
 from monai_memorization.data.splits import split as _split
+from monai_memorization.defaults import DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
 from monai_memorization.study import study as _study
 
 __all__ = ["Commands", "main"]
@@ -158,8 +159,10 @@ class Commands:
                 aug = json.loads(augment)
             except (TypeError, ValueError):
                 raise DataValidationError(f"--augment must be 'default', 'study' or a JSON object, got {augment!r}") from None
+        from monai_memorization.data.imageset import ImageSet
+
         res = train_detector(
-            datalist, out, modality=modality, section=section, spatial_size=spatial_size, preset=preset, steps=steps,
+            ImageSet.from_source(datalist, section, "training"), out, modality=modality, section=section, spatial_size=spatial_size, preset=preset, steps=steps,
             epochs=epochs, batch_size=batch_size, embed_dim=embed_dim, network=network, lr=lr, temperature=temperature,
             augmentations=aug, device=device, num_workers=num_workers, seed=seed, log_to_mlflow=mlflow,
             tracking_uri=tracking_uri, experiment_name=experiment_name, mlflow_artifacts=mlflow_artifacts,
@@ -180,7 +183,7 @@ class Commands:
         synthetic: str,
         detector: str,
         out: str = "memorization_report",
-        percentile: float = 95.0,
+        percentile: float = DEFAULT_PERCENTILE,
         modality: str | None = None,
         batch_size: int = 16,
         device: str | None = None,
@@ -192,7 +195,7 @@ class Commands:
         holdout_section: str = "holdout",
         allow_overlap: bool = False,
         orientation_invariant: bool = False,
-        score: str = "auto", search: str = "auto", calibration: str = "holdout", allow_few_holdout: bool = False,
+        score: str = "auto", search: str = "auto", calibration: str = DEFAULT_CALIBRATION, allow_few_holdout: bool = False,
     ) -> str:
         """Scan synthetic images for copies of training images; write the memorization report.
 
@@ -285,13 +288,13 @@ class Commands:
         detector: str | None = None,
         out: str = "memorization_report",
         modality: str | None = None,
-        percentile: float = 95.0,
+        percentile: float = DEFAULT_PERCENTILE,
         detector_epochs: int | None = None,
         mlflow: bool = True,
         tracking_uri: str | None = None,
         allow_overlap: bool = False,
         mlflow_artifacts: bool = False, allow_remote_tracking: bool = False,
-        calibration: str = "holdout", allow_few_holdout: bool = False,
+        calibration: str = DEFAULT_CALIBRATION, allow_few_holdout: bool = False,
     ) -> str:
         """Scan with sensible defaults (the Python API ``monai_memorization.check``).
 

@@ -32,7 +32,7 @@ from typing import Any
 from monai_memorization.errors import DataValidationError, MemorizationError
 
 __all__ = [
-    "bool_flags",
+    "bool_flags", "check_percentile",
     "DEBUG_ENV", "EXIT_ERROR", "chain", "check_device", "check_number", "check_training_arguments", "debug",
     "install_bundle_excepthook", "one_line",
 ]
@@ -148,6 +148,19 @@ def install_bundle_excepthook(argv0: str | None = None) -> bool:
         return False
     sys.excepthook = _bundle_excepthook
     return True
+
+
+def check_percentile(percentile: Any, name: str = "percentile") -> float:
+    """The threshold percentile as a float in (0, 100], else a one-line :class:`DataValidationError` (every entry point's check).
+
+    Args:
+        percentile: the given value.
+        name: the argument's name in the message (``--percentile`` on the command line).
+
+    Returns:
+        the percentile.
+    """
+    return float(check_number(name, percentile, 0, integer=False, strict=True, maximum=100))
 
 
 def check_number(name: str, value: Any, minimum: float = 0, integer: bool = True, strict: bool = False,

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from monai_memorization.defaults import DEFAULT_PERCENTILE
 from monai_memorization.audit.steps import load_arrays
-from monai_memorization.audit.verdict import missed_counts, rate_ci
+from monai_memorization.audit.verdict import configuration_record
 
 __all__ = ["evaluate_samples"]
 
@@ -41,7 +42,7 @@ def evaluate_samples(
     spatial_size: Sequence[int],
     features: Callable[[np.ndarray], np.ndarray] | None = None,
     feature_network: str = "copy detector encoder",
-    percentile: float = 95.0,
+    percentile: float = DEFAULT_PERCENTILE,
     seed: int = 0,
     progress: bool = True,
     scan_options: dict | None = None,
@@ -80,14 +81,5 @@ def evaluate_samples(
                  modality=modality, run_name=f"scan_{name}", progress=progress, seed=seed, **(scan_options or {}))
     confirmed = confirm_copies(r.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max,
                                train_ids=[m["train_id"] for m in r.memorized])
-    n_conf = sum(x["confirmed"] for x in confirmed)
-    record = {
-        "n_train": r.n_train, "n_synthetic": r.n_synthetic, "n_copies": r.n_copies, "n_memorized": r.n_memorized,
-        "synthetic_copy_rate": r.synthetic_copy_rate, "synthetic_copy_rate_ci": list(r.synthetic_copy_rate_ci),
-        "memorized_fraction": r.memorized_fraction, "memorized_fraction_ci": list(r.memorized_fraction_ci),
-        "threshold": r.threshold, "score": r.score, "quality": quality.to_dict(), "n_confirmed": n_conf, **missed_counts(confirmed),
-        "n_pixel_only": r.n_pixel_only, "pixel_bar": r.pixel_bar, "n_holdout": len(holdout_items),
-        "confirmed_copy_rate": n_conf / max(1, r.n_synthetic), "confirmed_copy_rate_ci": rate_ci(n_conf, r.n_synthetic, seed),
-        "copies": confirmed, "report_link": os.path.relpath(r.report_path, out_dir),
-    }
+    record = configuration_record(r, quality, confirmed, os.path.relpath(r.report_path, out_dir))
     return record, synth_arr

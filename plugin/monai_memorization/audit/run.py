@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monai_memorization.defaults import DEFAULT_PERCENTILE
 from monai_memorization.audit.evaluate import evaluate_samples
 from monai_memorization.audit.presets import AUDIT_PRESETS
 from monai_memorization.audit.steps import (
-    adopt_child_runs, bundle_value, check_audit_args, fresh, load_arrays, prepare_out, run_bundle, run_positive_control, say,
+    adopt_child_runs, bundle_value, check_audit_args, fresh, load_arrays, prepare_out, run_bundle, say,
     start_parent_run, sub_datalist, training_curve, bundle_dir,
 )
 from monai_memorization.audit.verdict import confirmed_text, finish_parent, make_headline
@@ -81,7 +82,7 @@ def run_audit(
     seed: int = 0,
     num_samples: int | None = None,
     detector_epochs: int | None = None,
-    percentile: float = 95.0,
+    percentile: float = DEFAULT_PERCENTILE,
     tracking_uri: str | None = None,
     bundle_overrides: dict | None = None,
     positive_control: int = 8,
@@ -188,7 +189,7 @@ def run_audit(
     t = stage(f"copy detector: {det['steps']} optimizer steps ({det['epochs']} epochs) on "
               f"{len(train_all)} training images -> {detector}")
     t0 = time.time()
-    train_detector(datalist, detector, modality=modality, spatial_size=spatial_size, seed=seed, tracking_uri=uri,
+    train_detector(sets[0], detector, modality=modality, spatial_size=spatial_size, seed=seed, tracking_uri=uri,
                    experiment_name=experiment, run_name="detector", progress=progress, histogram_every=50,
                    epochs=det["epochs"], **privacy)
     adopt_child_runs(uri, experiment, parent, t0, {"audit_step": "detector"})
@@ -257,8 +258,12 @@ def run_audit(
     control = None
     if positive_control > 0:
         t = stage(f"positive control: {positive_control} planted copies of training images")
-        control = run_positive_control(modality, datalist, detector, out_dir, int(positive_control), percentile, seed, progress,
-                                       allow_few_holdout=few)
+        from monai_memorization.detection.control import positive_control as plant
+        from monai_memorization.detection.pipeline import prepare
+
+        ref, _ = prepare(str(detector), sets[0], sets[1], percentile=percentile, allow_few_holdout=few, validate=False,
+                         modality=modality, progress=progress)
+        control = plant(ref, load_arrays(train_all, modality, spatial_size), int(positive_control), seed)
         seconds["control"] = time.time() - t
 
     t = stage("report")

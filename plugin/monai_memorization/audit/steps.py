@@ -176,55 +176,6 @@ def training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, fl
         return []
 
 
-def run_positive_control(
-    modality: str, datalist: str, detector: Path, out_dir: Path, k: int, percentile: float, seed: int, progress: bool,
-    allow_few_holdout: bool = False,
-) -> dict:
-    """Plant ``k`` exact/transformed copies of training images and scan them; returns what was found."""
-    import shutil
-
-    import numpy as np
-    from monai.transforms import LoadImage
-
-    from monai_memorization.data.datalist import load_datalist, read_datalist
-    from monai_memorization.data.phantoms import COPY_KINDS, spacing_for, transformed_copy, write_image
-    from monai_memorization.api import run_scan
-
-    train = load_datalist(datalist, "training")
-    meta = read_datalist(datalist)
-    folder = out_dir / "control"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    loader = LoadImage(image_only=True)
-    planted: dict[str, str] = {}
-    for i in range(min(k, len(train))):
-        kind = COPY_KINDS[i % len(COPY_KINDS)]
-        src = train[i]["image"]
-        img = np.asarray(loader(src), dtype=np.float32)
-        if img.ndim == 2:  # 16-bit PNG -> the [0, 1] range write_image stores
-            img = img / 65535.0 if img.max() > 1.0 else img
-        spacing = meta.get("spacing") or spacing_for(modality, img.shape)
-        ext = ".png" if img.ndim == 2 else ".nii.gz"
-        name = f"control_{i:03d}_{kind}{ext}"
-        write_image(transformed_copy(img, kind, seed=seed + i), folder / name, spacing, modality)
-        planted[name.split(".")[0]] = kind
-    r = run_scan(
-        datalist, datalist, folder, detector, out_dir / "control_report", percentile=percentile, modality=modality,
-        log_to_mlflow=False, progress=progress, n_bootstrap=0, seed=seed, allow_few_holdout=allow_few_holdout,
-    )
-    by_kind: dict[str, dict[str, int]] = {}
-    for p in r.pairs:
-        kind = planted.get(p["synthetic_id"], "?")
-        d = by_kind.setdefault(kind, {"planted": 0, "found": 0})
-        d["planted"] += 1
-        d["found"] += int(p["is_copy"])
-    return {
-        "planted": len(r.pairs), "found": r.n_copies, "by_kind": by_kind, "threshold": r.threshold, "score": r.score,
-        "report_path": r.report_path,
-    }
-
-
 def start_parent_run(
     tracking_uri: str, experiment_name: str, run_name: str, params: dict | None = None, mlflow_artifacts: Any = None,
     allow_remote_tracking: Any = None,

@@ -13,10 +13,42 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 EXIT_INCONCLUSIVE = 3
+
+
+def configuration_record(result: Any, quality: Any, confirmed: list[dict], report_link: str, **extra: Any) -> dict:
+    """One generator's record, the same for the phantom audit, the audit of a trained bundle and the study.
+
+    Args:
+        result: the scan's :class:`~monai_memorization.detection.scan.ScanResult`.
+        quality: the generator's :class:`~monai_memorization.detection.quality.GeneratorQuality`.
+        confirmed: :func:`~monai_memorization.detection.quality.confirm_copies` rows, one per sample.
+        report_link: the scan report, relative to the audit folder.
+        extra: more keys (``name``, ``label``).
+
+    Returns:
+        the counts, the scan's rates with their 95% intervals, ``quality``, the confirmed copies (``n_confirmed``,
+        ``n_missed_by_scan``, ``n_missed_by_release``, ``confirmed_copy_rate`` with its exact interval, ``copies``),
+        the pixel bar, the held-out set size and what its calibration can carry (``calibration_note``,
+        ``calibration_enough``).
+    """
+    n_conf = sum(c["confirmed"] for c in confirmed)
+    return {
+        **extra,
+        "n_train": result.n_train, "n_synthetic": result.n_synthetic, "n_copies": result.n_copies,
+        "n_memorized": result.n_memorized, "synthetic_copy_rate": result.synthetic_copy_rate,
+        "synthetic_copy_rate_ci": list(result.synthetic_copy_rate_ci), "memorized_fraction": result.memorized_fraction,
+        "memorized_fraction_ci": list(result.memorized_fraction_ci), "threshold": result.threshold,
+        "quality": quality.to_dict(), "n_confirmed": n_conf, **missed_counts(confirmed),
+        "n_pixel_only": result.n_pixel_only, "pixel_bar": result.pixel_bar, "n_holdout": result.n_holdout,
+        "calibration_note": result.calibration_note, "calibration_enough": result.calibration_enough,
+        "confirmed_copy_rate": n_conf / max(1, result.n_synthetic), "confirmed_copy_rate_ci": rate_ci(n_conf, result.n_synthetic),
+        "copies": confirmed, "report_link": report_link,
+    }
 
 
 def make_headline(
@@ -37,6 +69,10 @@ def make_headline(
         if not r["quality"]["converged"]:
             ok = False
             lines.append(f"{r['name']}: generator not converged: the copy rate says nothing about privacy.")
+    for r in records:
+        if r.get("calibration_enough") is False:  # allowed with --allow_few_holdout: the threshold carries less
+            ok = False
+            lines.append(f"{r['name']}: too few held-out subjects for the threshold: {r.get('calibration_note')}.")
     missed = sorted(k for k, v in (control or {}).get("by_kind", {}).items() if v["found"] < v["planted"])
     if missed:
         ok = False

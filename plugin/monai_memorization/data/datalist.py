@@ -11,8 +11,9 @@
 """Datalists in MONAI's Decathlon format, and image sets given as folders or lists of paths.
 
 A datalist is a JSON file with lists such as ``training``, ``validation`` and ``holdout`` of
-``{"image": path, "subject": id}``; relative paths resolve against a data root (by default the
-datalist's own folder), as :func:`monai.data.load_decathlon_datalist` does.
+``{"image": path, "subject": id}``; relative image paths resolve against a data root (by default the
+datalist's own folder), as :func:`monai.data.load_decathlon_datalist` does. :func:`read_datalist` reads the file
+once; :func:`section_items` and :func:`load_datalist` turn a section into items.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from monai.data import load_decathlon_datalist
-
 from monai_memorization.errors import DataValidationError
 
 __all__ = [
-    "IMAGE_SUFFIXES", "read_datalist", "load_datalist", "items_from_folder", "items_from_source", "subject_of",
+    "IMAGE_SUFFIXES", "read_datalist", "load_datalist", "section_items", "items_from_folder", "items_from_source", "subject_of",
     "datalist_modality", "resolve_channel",
 ]
 
@@ -160,10 +159,34 @@ def _check_item(where: Any, name: str, item: Any) -> None:
         raise DataValidationError(f"{where}: {name}'s 'image' is {image!r}, not a path")
 
 
+def section_items(data: dict[str, Any], path: str | os.PathLike, section: str = "training",
+                  data_root: str | os.PathLike | None = None) -> list[dict]:
+    """Items of one section of a datalist already read (:func:`read_datalist`, which checked the section).
+
+    Args:
+        data: the parsed datalist.
+        path: its file (relative image paths resolve against its folder).
+        section: which list.
+        data_root: folder that relative image paths resolve against instead.
+
+    Returns:
+        ``[{"image": absolute path, "subject": id, ...}, ...]`` (copies; the other keys as they are).
+    """
+    base = Path(data_root) if data_root is not None else Path(path).resolve().parent
+    items = []
+    for it in data[section]:
+        item = dict(it)
+        image = os.fspath(item["image"])
+        item["image"] = os.path.abspath(image if os.path.isabs(image) else os.path.normpath(base / image))
+        item.setdefault("subject", subject_of(item["image"]))
+        items.append(item)
+    return items
+
+
 def load_datalist(
     path: str | os.PathLike, section: str = "training", data_root: str | os.PathLike | None = None
 ) -> list[dict]:
-    """Items of one datalist section with absolute image paths and a subject id each.
+    """Items of one datalist section with absolute image paths and a subject id each (the file is read once).
 
     Args:
         path: the JSON datalist.
@@ -173,14 +196,7 @@ def load_datalist(
     Returns:
         ``[{"image": absolute path, "subject": id, ...}, ...]``.
     """
-    read_datalist(path, (section,))
-    base = Path(data_root) if data_root is not None else Path(path).resolve().parent
-    items = load_decathlon_datalist(str(path), is_segmentation=False, data_list_key=section, base_dir=str(base))
-    for it in items:
-        if isinstance(it["image"], str):
-            it["image"] = os.path.abspath(it["image"])
-        it.setdefault("subject", subject_of(it["image"]))
-    return items
+    return section_items(read_datalist(path, (section,)), path, section, data_root)
 
 
 def _is_dicom_series(folder: Path) -> bool:

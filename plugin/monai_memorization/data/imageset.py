@@ -18,7 +18,6 @@ the datalist; passing an :class:`ImageSet` where a source is expected returns it
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -41,6 +40,7 @@ class ImageSet:
         modality: the datalist's ``modality`` (``ct``/``mr``/``xr``), when it has one.
         shapes: each image's spatial shape as read (None until :meth:`validate`).
         channels: each image's channel count (None until :meth:`validate`).
+        meta: a datalist's top-level values other than its lists (``modality``, ``shape``, ``name``, ...).
     """
 
     name: str
@@ -49,10 +49,13 @@ class ImageSet:
     modality: str | None = None
     shapes: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)
     channels: tuple[int, ...] | None = field(default=None, repr=False)
+    meta: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_source(cls, source: Any, section: str = "training", name: str = "images") -> ImageSet:
         """Parse a datalist ``.json`` (its ``section`` list), a folder, an image, or a list of paths or items.
+
+        A datalist file is read once: its items, its ``modality`` and its other top-level values (``meta``).
 
         Args:
             source: the set; an :class:`ImageSet` is returned as it is.
@@ -69,13 +72,19 @@ class ImageSet:
             return source
         if source is None:
             raise DataValidationError(f"{name} set not given")
-        from monai_memorization.data.datalist import items_from_source
+        from monai_memorization.data.datalist import datalist_modality, items_from_source, read_datalist, section_items
 
-        items = items_from_source(source, section=section)
+        meta: dict[str, Any] = {}
+        if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".json"):
+            data = read_datalist(source, (section,))
+            items = section_items(data, source, section)
+            meta = {k: v for k, v in data.items() if not isinstance(v, list)}
+        else:
+            items = items_from_source(source, section=section)
         if not items:
             raise DataValidationError(f"{source}: the {name} set is empty")
         is_path = isinstance(source, (str, os.PathLike))
-        return cls(name, tuple(items), str(source) if is_path else f"{len(items)} items", _modality_of(source))
+        return cls(name, tuple(items), str(source) if is_path else f"{len(items)} items", datalist_modality(meta), meta=meta)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -162,18 +171,3 @@ class ImageSet:
                     f"{item['image']}: {self.name} image has {len(shape)} spatial dimensions, "
                     f"the training set and detector have {spatial_dims}"
                 )
-
-
-def _modality_of(source: Any) -> str | None:
-    """The ``modality`` of a datalist file (None for anything else)."""
-    if not (isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".json") and Path(source).is_file()):
-        return None
-    try:
-        data = json.loads(Path(source).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    from monai_memorization.data.datalist import datalist_modality
-
-    return datalist_modality(data)

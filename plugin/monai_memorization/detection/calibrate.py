@@ -29,7 +29,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from monai_memorization.defaults import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
 from monai_memorization.detection import index as nn
+from monai_memorization.edge import check_percentile
 from monai_memorization.errors import DataValidationError, DetectorError
 
 __all__ = ["calibrate", "calibrate_threshold", "calibration_quantile", "calibration_note", "check_calibration_size",
@@ -42,11 +44,6 @@ __all__ = ["calibrate", "calibrate_threshold", "calibration_quantile", "calibrat
 #: through, 7.9% at n = 30. With thousands of values the two agree.
 QUANTILE_METHOD = "weibull"
 
-#: the calibration rules: ``"holdout"`` (each held-out image scored against the training set as a synthetic image is:
-#: the default) and ``"published"`` (each training image's correlation to its nearest held-out image, Dar et al.;
-#: to reproduce the paper only: its false-positive rate grows with N_train / N_holdout)
-CALIBRATIONS = ("holdout", "published")
-DEFAULT_CALIBRATION = "holdout"
 
 
 def calibration_quantile(values, percentile: float, axis=None, keepdims: bool = False):
@@ -64,7 +61,7 @@ def calibration_quantile(values, percentile: float, axis=None, keepdims: bool = 
     return np.percentile(values, percentile, axis=axis, keepdims=keepdims, method=QUANTILE_METHOD)
 
 
-def min_calibration_subjects(percentile: float = 95.0) -> int:
+def min_calibration_subjects(percentile: float = DEFAULT_PERCENTILE) -> int:
     """The fewest held-out subjects from which the (n + 1) rule can set a threshold below their largest score.
 
     The ``p``-th percentile by the (n + 1) rule sits at rank ``p/100 (n + 1)``; below ``n + 1 = 100 / (100 - p)``
@@ -88,7 +85,7 @@ def _n_subjects(subjects: Sequence[str]) -> int:
     return len({s if s else f"\0{i}" for i, s in enumerate(str(v or "") for v in subjects)})
 
 
-def check_calibration_size(subjects: Sequence[str], percentile: float = 95.0, allow_few_holdout: bool = False) -> None:
+def check_calibration_size(subjects: Sequence[str], percentile: float = DEFAULT_PERCENTILE, allow_few_holdout: bool = False) -> None:
     """Refuse a held-out set too small to calibrate a ``percentile`` threshold (:func:`min_calibration_subjects`).
 
     Args:
@@ -131,7 +128,7 @@ def nearest_training(train_n: np.ndarray, query_n: np.ndarray, n_views: int = 1,
     return corr, idx, np.zeros(len(corr), dtype=int)
 
 
-def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = 95.0, use_gpu: bool | str = "auto",
+def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = DEFAULT_PERCENTILE, use_gpu: bool | str = "auto",
               search: str = "auto", normalised: bool = False, rule: str = DEFAULT_CALIBRATION,
               n_views: int = 1) -> tuple[tuple[float, np.ndarray], str]:
     """The calibrated threshold and its calibration values.
@@ -154,8 +151,7 @@ def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float 
         DataValidationError: an empty set, an unknown rule or a percentile outside (0, 100].
         DetectorError: embeddings of different sizes.
     """
-    if not 0.0 < float(percentile) <= 100.0:
-        raise DataValidationError(f"percentile must be in (0, 100], got {percentile}")
+    percentile = check_percentile(percentile)
     if rule not in CALIBRATIONS:
         raise DataValidationError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {rule!r}")
     train_emb, holdout_emb = np.asarray(train_emb), np.asarray(holdout_emb)
@@ -175,7 +171,7 @@ def calibrate(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float 
     return (float(calibration_quantile(values, percentile)), values), mode
 
 
-def calibrate_threshold(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = 95.0,
+def calibrate_threshold(train_emb: np.ndarray, holdout_emb: np.ndarray, percentile: float = DEFAULT_PERCENTILE,
                         use_gpu: bool | str = "auto", rule: str = DEFAULT_CALIBRATION) -> tuple[float, np.ndarray]:
     """The copy threshold from exact nearest-neighbour correlations (:func:`calibrate` without views or search).
 
@@ -193,7 +189,7 @@ def calibrate_threshold(train_emb: np.ndarray, holdout_emb: np.ndarray, percenti
     return calibrate(train_emb, holdout_emb, percentile, use_gpu, "exact", rule=rule)[0]
 
 
-def calibration_note(subjects: Sequence[str], percentile: float = 95.0, rule: str = DEFAULT_CALIBRATION,
+def calibration_note(subjects: Sequence[str], percentile: float = DEFAULT_PERCENTILE, rule: str = DEFAULT_CALIBRATION,
                      n_train: int | None = None) -> dict:
     """What the calibration can carry: the threshold's false-positive rate on new patients, and how precisely.
 
@@ -259,7 +255,7 @@ class HybridScore:
         calibration: ``[m]`` each calibration image's hybrid score; ``threshold`` their ``percentile``.
     """
 
-    def __init__(self, calibration: dict[str, np.ndarray], percentile: float = 95.0) -> None:
+    def __init__(self, calibration: dict[str, np.ndarray], percentile: float = DEFAULT_PERCENTILE) -> None:
         if not calibration:
             raise DetectorError("a hybrid score needs at least one calibrated correlation")
         self.names = list(calibration)
@@ -288,6 +284,18 @@ class HybridScore:
         var = ((cal ** 2).sum() + c ** 2) / m - mean ** 2
         return (c - mean) / np.sqrt(np.maximum(var, 1e-12))
 
+    def score_and_space(self, corr: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The hybrid score of queries and the space that gave it: the largest standardised correlation.
+
+        Args:
+            corr: space name -> ``[Q]`` each query's nearest-training correlation in that space.
+
+        Returns:
+            ``(score [Q], winning space [Q])``, the space as an index into :attr:`names`.
+        """
+        z = np.stack([self.standardise(n, corr[n]) for n in self.names])
+        return z.max(axis=0), z.argmax(axis=0)
+
     def score(self, corr: dict[str, np.ndarray]) -> np.ndarray:
         """The hybrid score of queries given their nearest-training correlation in every space."""
-        return np.max(np.stack([self.standardise(n, corr[n]) for n in self.names]), axis=0)
+        return self.score_and_space(corr)[0]

@@ -45,7 +45,8 @@ import torch
 from torch import nn
 
 from monai_memorization.detection.align import AlignSearch, aligned_nearest
-from monai_memorization.detection.calibrate import DEFAULT_CALIBRATION, HybridScore, calibrate_threshold, nearest_training
+from monai_memorization.defaults import DEFAULT_CALIBRATION
+from monai_memorization.detection.calibrate import HybridScore, calibrate_threshold, nearest_training
 from monai_memorization.detection.index import CorrelationIndex, nearest_one_way, normalize_for_correlation, resolve_backend
 from monai_memorization.detection.loaded import Detector
 from monai_memorization.detection.views import reduce_views
@@ -230,10 +231,8 @@ def hybrid_near(near: dict[str, dict], score: HybridScore) -> dict:
     out = {"s_view": det["s_view"], "s_det": det["s_corr"], "s_pix": near["pixel"]["s_corr"],
            "s_pix_idx": near["pixel"]["s_idx"], "s_ali": near["aligned"]["s_corr"]}
     for side in ("s", "t"):
-        z = np.stack([score.standardise(n, near[n][f"{side}_corr"]) for n in score.names])
-        win = z.argmax(axis=0)
-        out[f"{side}_corr"] = z.max(axis=0)
-        out[f"{side}_idx"] = np.stack([near[n][f"{side}_idx"] for n in score.names])[win, np.arange(z.shape[1])]
+        out[f"{side}_corr"], win = score.score_and_space({n: near[n][f"{side}_corr"] for n in score.names})
+        out[f"{side}_idx"] = np.stack([near[n][f"{side}_idx"] for n in score.names])[win, np.arange(len(win))]
     return out
 
 

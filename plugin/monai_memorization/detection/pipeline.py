@@ -37,25 +37,15 @@ import numpy as np
 import torch
 
 from monai_memorization.data.imageset import ImageSet
-from monai_memorization.detection.calibrate import CALIBRATIONS, DEFAULT_CALIBRATION
+from monai_memorization.defaults import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
 from monai_memorization.detection.loaded import Detector, load, preprocessing
 from monai_memorization.detection.scan import ScanResult, scan_embeddings
+from monai_memorization.edge import check_percentile
 from monai_memorization.errors import DataValidationError, DetectorError
 
 __all__ = ["Detector", "Reference", "load", "preprocessing", "prepare", "scan", "run_pipeline", "nearest", "check_percentile"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_percentile(percentile: Any) -> float:
-    """``percentile`` as a float in (0, 100], else a one-line :class:`DataValidationError`."""
-    try:
-        value = float(percentile)
-    except (TypeError, ValueError):
-        raise DataValidationError(f"percentile must be a number in (0, 100], got {percentile!r}") from None
-    if not 0.0 < value <= 100.0:
-        raise DataValidationError(f"percentile must be in (0, 100], got {percentile!r}")
-    return value
 
 
 @dataclass
@@ -117,7 +107,7 @@ def prepare(
     holdout: Any = None,
     synthetic: Any = None,
     threshold: float | None = None,
-    percentile: float = 95.0,
+    percentile: float = DEFAULT_PERCENTILE,
     allow_overlap: bool = False,
     validate: bool = True,
     orientation_invariant: bool = False,
@@ -274,8 +264,8 @@ def scan(reference: Reference, synthetic: ImageSet | torch.Tensor, n_bootstrap: 
     if ref.holdout is not None and ref.calibration is not None:  # how far the threshold's FPR can be trusted
         from monai_memorization.detection.calibrate import calibration_note
 
-        result.calibration_note = calibration_note(ref.holdout.subjects, ref.percentile, ref.calibration_rule,
-                                                   len(ref.train.items))["text"]
+        note = calibration_note(ref.holdout.subjects, ref.percentile, ref.calibration_rule, len(ref.train.items))
+        result.calibration_note, result.calibration_enough = note["text"], note["enough_subjects"]
     if ref.holdout_emb is not None:  # a new image of a training patient, beyond copies of one image
         from monai_memorization.detection.subjects import subject_level
 
@@ -344,7 +334,12 @@ def run_pipeline(detector: str | os.PathLike | Detector, train: Any, holdout: An
 
 
 def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 1) -> list[dict]:
-    """For each image: its ``k`` nearest training samples, the correlation and whether it is a copy.
+    """For each image: its ``k`` nearest training samples, the score and whether it is a copy, as the scan decides.
+
+    Each image is scored by the scan's own functions (:func:`~monai_memorization.detection.calibrate.nearest_training`,
+    :func:`~monai_memorization.detection.hybrid.nearest_in_pixels`, the hybrid score's
+    :meth:`~monai_memorization.detection.calibrate.HybridScore.score_and_space`), under the reference's orientation
+    views when it has them, so a look-up and a scan of the same image agree.
 
     Args:
         reference: from :func:`prepare`.
@@ -353,34 +348,35 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
 
     Returns:
         one dict per image: ``image``, ``nearest`` (``train_id``, ``train_subject``, ``train_path``,
-        ``correlation``: the detector's, nearest first), ``correlation`` (the scan's score: the detector's
-        correlation, or with the hybrid score its value, with ``detector_correlation``, ``pixel_correlation`` and
-        ``aligned_correlation``; when a pixel space decides, its nearest training sample comes first in ``nearest``,
-        with ``space: "pixel"`` or ``"aligned"``),
-        ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``; with the hybrid score also ``pixel_bar`` and
-        ``above_pixel_bar`` (closer in plain pixels than any held-out image came: a release withholds it, flagged or
-        not), and above the bar ``pixel_nearest`` (that training sample, ``space: "pixel"``). Unlike the scan, this
-        look-up searches the images as they are, not their orientation views.
+        ``correlation``: the detector's, nearest first, in the image's best view), ``correlation`` (the scan's score: the
+        detector's correlation, or with the hybrid score its value, with ``detector_correlation``, ``pixel_correlation``
+        and ``aligned_correlation``; when a pixel space decides, its nearest training sample comes first in ``nearest``,
+        with ``space: "pixel"`` or ``"aligned"``), ``is_copy``, ``threshold``, ``percentile``, ``detector_sha256``;
+        with orientation views ``view``; with the hybrid score also ``pixel_bar`` and ``above_pixel_bar`` (closer in
+        plain pixels than any held-out image came: a release withholds it, flagged or not), and above the bar
+        ``pixel_nearest`` (that training sample, ``space: "pixel"``).
     """
-    from monai_memorization.detection.index import CorrelationIndex
+    from monai_memorization.detection.calibrate import nearest_training
+    from monai_memorization.detection.index import CorrelationIndex, normalize_for_correlation
     from monai_memorization.detection.quality import CONFIRM_MARGIN
 
     query = ImageSet("query", tuple({"image": str(p)} for p in images))
-    emb, _ = reference.detector.embed(query)
+    n_views = len(reference.views) if reference.views else 1
+    emb, _ = reference.detector.embed_views(query, reference.views)
+    train_n = normalize_for_correlation(reference.train_emb, "training embeddings")
+    det_corr, det_idx, view = nearest_training(train_n, normalize_for_correlation(emb, "query embeddings"), n_views)
+    best_rows = view * len(query.items) + np.arange(len(query.items))  # each image in its best view
     index = CorrelationIndex(reference.train_emb.shape[1])
     index.add(reference.train_emb, name="training embeddings")
-    corr, idx = index.search(emb, k=k, name="query embeddings")
+    corr, idx = index.search(emb[best_rows], k=k, name="query embeddings")
     hyb = reference.hybrid
-    if hyb is not None:  # the same score as the scan: the largest standardised correlation of the three spaces
-        from monai_memorization.detection.align import aligned_nearest
+    if hyb is not None:  # the scan's score: the largest standardised correlation of the three spaces
+        from monai_memorization.detection.hybrid import nearest_in_pixels
 
-        pix, _ = hyb.pixels.embed(query)
-        pindex = CorrelationIndex(hyb.train_pix.shape[1])
-        pindex.add(hyb.train_pix, name="training pixels")
-        pc, pi = pindex.search(pix, k=1, name="query pixels")
-        ac, ai = aligned_nearest(hyb.images(pix), hyb.images(hyb.train_pix), hyb.search, idx[:, :1])
-        spaces = {"detector": (corr[:, 0], idx[:, 0]), "pixel": (pc[:, 0], pi[:, 0]), "aligned": (ac, ai)}
-        z = {n: hyb.score.standardise(n, c) for n, (c, _) in spaces.items()}
+        pix, _ = hyb.pixels.embed_views(query, reference.views)
+        near = nearest_in_pixels(hyb, pix, n_views, det_idx)
+        spaces = {"detector": (det_corr, det_idx), "pixel": near["pixel"][:2], "aligned": near["aligned"][:2]}
+        score, win = hyb.score.score_and_space({n: c for n, (c, _) in spaces.items()})
 
     def row(t: dict, c: float, space: str | None = None) -> dict:
         r = {"train_id": os.path.basename(str(t["image"])), "train_subject": str(t.get("subject", "")),
@@ -389,19 +385,21 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
 
     out = []
     for q, (path, c_row, i_row) in enumerate(zip(query.paths, corr, idx)):
-        near = [row(reference.train.items[int(i)], c) for i, c in zip(i_row, c_row)]
-        rec = {"image": path, "nearest": near, "correlation": float(c_row[0])}
+        near_rows = [row(reference.train.items[int(i)], c) for i, c in zip(i_row, c_row)]
+        rec = {"image": path, "nearest": near_rows, "correlation": float(det_corr[q])}
+        if n_views > 1:
+            rec["view"] = reference.views[int(view[q])]
         if hyb is not None:
-            win = max(z, key=lambda n: z[n][q])
-            rec.update(correlation=float(z[win][q]), detector_correlation=float(c_row[0]),
-                       pixel_correlation=float(spaces["pixel"][0][q]), aligned_correlation=float(spaces["aligned"][0][q]),
-                       pixel_bar=float(hyb.pixel_bar),
-                       above_pixel_bar=bool(spaces["pixel"][0][q] > hyb.pixel_bar + CONFIRM_MARGIN))
+            name = hyb.score.names[int(win[q])]
+            pix_corr, pix_idx = spaces["pixel"][0][q], spaces["pixel"][1][q]
+            rec.update(correlation=float(score[q]), detector_correlation=float(det_corr[q]),
+                       pixel_correlation=float(pix_corr), aligned_correlation=float(spaces["aligned"][0][q]),
+                       pixel_bar=float(hyb.pixel_bar), above_pixel_bar=bool(pix_corr > hyb.pixel_bar + CONFIRM_MARGIN))
             if rec["above_pixel_bar"]:  # the training sample it is that close to
-                rec["pixel_nearest"] = row(reference.train.items[int(spaces["pixel"][1][q])], spaces["pixel"][0][q], "pixel")
-            if win != "detector":
-                first = row(reference.train.items[int(spaces[win][1][q])], spaces[win][0][q], win)
-                rest = [n for n in near if n["train_path"] != first["train_path"]]
+                rec["pixel_nearest"] = row(reference.train.items[int(pix_idx)], pix_corr, "pixel")
+            if name != "detector":
+                first = row(reference.train.items[int(spaces[name][1][q])], spaces[name][0][q], name)
+                rest = [n for n in near_rows if n["train_path"] != first["train_path"]]
                 rec["nearest"] = [first, *rest][:max(1, k)]
         out.append({**rec, "is_copy": bool(rec["correlation"] > reference.threshold), "threshold": reference.threshold,
                     "percentile": reference.percentile, "detector_sha256": reference.detector.config.get("sha256")})

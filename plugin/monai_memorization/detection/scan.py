@@ -45,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
+from monai_memorization.defaults import DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
 from monai_memorization.detection import index as nn
-from monai_memorization.detection.calibrate import DEFAULT_CALIBRATION, calibrate, calibration_quantile
+from monai_memorization.detection.calibrate import calibrate, calibration_quantile
 from monai_memorization.detection.intervals import bootstrap_ci, widen_to_binomial
 from monai_memorization.errors import DataValidationError, DetectorError
 
@@ -104,6 +105,8 @@ class ScanResult:
             the pixel and the aligned pixel correlation, each in standard deviations of its held-out calibration; see ``detection.hybrid``).
         search: ``"exact"`` or the approximate index and the passes it served (``"ivf-flat (nprobe=..) for the scan"``).
         calibration_rule: ``"holdout"`` (default) or ``"published"`` (:data:`~monai_memorization.detection.calibrate.CALIBRATIONS`).
+        calibration_enough: the held-out subjects reach the floor a ``percentile`` threshold needs (False only with
+            ``allow_few_holdout``; None with a given threshold).
         pixel_bar, n_pixel_only: with the hybrid score, the highest held-out-to-training pixel correlation, and how many
             samples the score did not flag lie above it (pairs: ``above_pixel_bar``; the release gate withholds them).
     """
@@ -138,6 +141,7 @@ class ScanResult:
     pixel_bar: float | None = None
     n_pixel_only: int = 0
     calibration_rule: str = DEFAULT_CALIBRATION
+    calibration_enough: bool | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (no per-sample arrays), with the definitions and the headline's name.
@@ -213,7 +217,7 @@ def scan_embeddings(
     train_emb: np.ndarray,
     holdout_emb: np.ndarray | None,
     synth_emb: np.ndarray,
-    percentile: float = 95.0,
+    percentile: float = DEFAULT_PERCENTILE,
     train_items: Sequence[dict] | None = None,
     synth_items: Sequence[dict] | None = None,
     n_bootstrap: int = 1000,

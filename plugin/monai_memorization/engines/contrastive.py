@@ -198,7 +198,8 @@ def train_detector(
     """Train a contrastive copy-detector encoder and save it with :func:`save_detector`.
 
     Args:
-        source: a datalist ``.json``, a folder of images, a list of paths/items, or an in-memory
+        source: an :class:`~monai_memorization.data.imageset.ImageSet` (built at the edge), a datalist ``.json``, a folder
+            of images, a list of paths/items, or an in-memory
             array ``[N, 1, *spatial]`` with values in [0, 1].
         out: the detector checkpoint to write (``.pt``).
         modality: ``ct``/``mr``/``xr``; read from the datalist's ``modality`` when None.
@@ -252,14 +253,12 @@ def train_detector(
     from_files = not isinstance(source, (np.ndarray, torch.Tensor))
     meta: dict = {}
     if from_files:
-        from monai_memorization.data.datalist import items_from_source, read_datalist
+        from monai_memorization.data.imageset import ImageSet
 
-        if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".json"):
-            meta = read_datalist(source, (section,))
-        items = items_from_source(source, section=section)
-        from monai_memorization.data.datalist import datalist_modality
-
-        modality = (modality or datalist_modality(meta) or "").lower() or None
+        images = ImageSet.from_source(source, section, "training")  # an ImageSet built at the edge is used as it is
+        items, meta = [dict(it) for it in images.items], images.meta
+        source = images.source  # the datalist, folder or image path, or "<n> items"
+        modality = (modality or images.modality or "").lower() or None
         if modality is None:
             raise DataValidationError(f"{source}: modality unknown; pass modality='ct', 'mr' or 'xr'")
         from monai_memorization.data.datalist import resolve_channel
@@ -350,7 +349,7 @@ def train_detector(
         "batch_size": bs,
         "augmentations": dict(augmentations or {}),
         "n_train": len(items),
-        "train_source": str(source) if from_files and isinstance(source, (str, os.PathLike)) else "in-memory",
+        "train_source": source if from_files and not source.endswith(" items") else "in-memory",
         "seed": seed,
     }
     handlers: list = [StepBudgetHandler()]

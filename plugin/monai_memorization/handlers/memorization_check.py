@@ -41,6 +41,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import EarlyStopHandler
 
+from monai_memorization.defaults import DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
 from monai_memorization.errors import DetectorError, MemorizationError
 
 __all__ = ["MemorizationCheckHandler", "StopAboveLimit", "METRIC_NAMES"]
@@ -102,7 +103,7 @@ class MemorizationCheckHandler:
         interval: int = 10,
         num_samples: int = 16,
         seed: int = 0,
-        percentile: float = 95.0,
+        percentile: float = DEFAULT_PERCENTILE,
         num_inference_steps: int = 50,
         latent_shape: Sequence[int] | None = None,
         scheduler: Any = None,
@@ -113,7 +114,7 @@ class MemorizationCheckHandler:
         metric_prefix: str = "memorization_",
         batch_size: int = 16,
         allow_overlap: bool = False,
-        calibration: str = "holdout",
+        calibration: str = DEFAULT_CALIBRATION,
         allow_few_holdout: bool = False,
         name: str | None = None,
         mlflow_run_name: str = "memorization_check",

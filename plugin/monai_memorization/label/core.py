@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from monai_memorization.defaults import DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
 
 __all__ = ["NearestTrainingSample", "SCORE_UNITS"]
 
@@ -63,14 +64,14 @@ class NearestTrainingSample:
         train: Any,
         holdout: Any = None,
         threshold: float | None = None,
-        percentile: float = 95.0,
+        percentile: float = DEFAULT_PERCENTILE,
         modality: str | None = None,
         device: str = "cpu",
         batch_size: int = 16,
         train_section: str = "training",
         holdout_section: str = "holdout",
         show_paths: bool = False,
-        calibration: str = "holdout",
+        calibration: str = DEFAULT_CALIBRATION,
         allow_few_holdout: bool = False,
     ) -> None:
         from monai_memorization.detection.pipeline import prepare, preprocessing

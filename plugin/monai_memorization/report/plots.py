@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from monai.visualize import matshow3d  # noqa: E402
 
+from monai_memorization.defaults import DEFAULT_PERCENTILE
 from monai_memorization.engines.contrastive_handlers import plot_similarity_histogram  # noqa: E402
 from monai_memorization.io import save_figure  # noqa: E402
 
@@ -41,7 +42,7 @@ def plot_correlation_histogram(
     synthetic_corr: np.ndarray,
     threshold: float,
     path: str | os.PathLike,
-    percentile: float = 95.0,
+    percentile: float = DEFAULT_PERCENTILE,
     title: str = "Nearest-neighbour correlation",
     xlabel: str = "Pearson correlation of embeddings",
 ) -> Path:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from monai_memorization.audit.evaluate import evaluate_samples
+from monai_memorization.defaults import DEFAULT_PERCENTILE
 from monai_memorization.audit.steps import (
     adopt_child_runs, bundle_dir, fresh, load_arrays, prepare_out, run_bundle, say, start_parent_run, sub_datalist,
     training_curve,
@@ -144,7 +145,7 @@ def run_study(
         if unknown:
             raise DataValidationError(f"unknown configuration(s) {', '.join(unknown)}: expected names such as {configs[0]['name']}")
     m, seed, shape = cfg["modality"], int(cfg.get("seed", 0)), [int(s) for s in cfg["data"]["shape"]]
-    spatial_dims, percentile = len(shape), float(cfg.get("percentile", 95.0))
+    spatial_dims, percentile = len(shape), float(cfg.get("percentile", DEFAULT_PERCENTILE))
     out_dir = Path(out).resolve()
     prepare_out(out_dir)
     uri = tracking_uri or default_tracking_uri(out_dir)
@@ -163,7 +164,8 @@ def run_study(
             write_dataset(m, data_dir, n=max(n_pool, int(cfg["data"].get("n", n_pool))), seed=seed, shape=shape,
                           n_val=cfg["data"].get("n_val"), n_holdout=cfg["data"].get("n_holdout"), progress=progress)
         datalist = str(data_dir / "dataset.json")
-    train_all = list(ImageSet.from_source(datalist, "training", "training").items)
+    train_set = ImageSet.from_source(datalist, "training", "training")
+    train_all = list(train_set.items)
     holdout_set = ImageSet.from_source(datalist, "holdout", "held-out")
     holdout_items = list(holdout_set.items)
     from monai_memorization.detection.calibrate import check_calibration_size
@@ -176,7 +178,7 @@ def run_study(
         det = detector_preset(None, spatial_dims, n_images=len(train_all), steps=(cfg.get("detector") or {}).get("steps"))
         say(f"study: copy detector, {det['steps']} optimizer steps on {len(train_all)} training images -> {detector}")
         t0 = time.time()
-        train_detector(datalist, detector, modality=m, spatial_size=shape, seed=seed, tracking_uri=uri, experiment_name=experiment,
+        train_detector(train_set, detector, modality=m, spatial_size=shape, seed=seed, tracking_uri=uri, experiment_name=experiment,
                        run_name="detector", progress=progress, histogram_every=50, epochs=det["epochs"])
         adopt_child_runs(uri, experiment, parent, t0, {"audit_config": "detector"})
     features, feature_name = _feature_function(cfg, detector, spatial_dims)

@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_memorization.defaults import DEFAULT_PERCENTILE
 from monai_memorization.audit.run import AuditResult
 from monai_memorization.audit.steps import prepare_out, say
-from monai_memorization.audit.verdict import confirmed_text, make_headline, missed_counts, rate_ci
+from monai_memorization.audit.verdict import configuration_record, confirmed_text, make_headline
 
 __all__ = ["audit_bundle", "bundle_command"]
 
@@ -60,29 +61,11 @@ def _to(images: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     return x[:, 0].numpy()
 
 
-def _control(reference: Any, train: np.ndarray, k: int, seed: int) -> dict:
-    """Plant ``k`` transformed copies of training images (one kind each, spread over the set) and scan them."""
-    from monai_memorization.data.phantoms import COPY_KINDS, transformed_copy
-    from monai_memorization.detection.pipeline import scan
-
-    picks = np.linspace(0, len(train) - 1, num=min(k, len(train))).round().astype(int)
-    kinds = [COPY_KINDS[i % len(COPY_KINDS)] for i in range(len(picks))]
-    planted = np.stack([np.clip(transformed_copy(train[j], kind, seed=seed + i), 0, 1) for i, (j, kind) in enumerate(zip(picks, kinds))])
-    r = scan(reference, torch.as_tensor(planted[:, None], dtype=torch.float32), n_bootstrap=0)
-    by_kind: dict[str, dict[str, int]] = {}
-    for kind, pair in zip(kinds, r.pairs):
-        d = by_kind.setdefault(kind, {"planted": 0, "found": 0})
-        d["planted"] += 1
-        d["found"] += int(pair["is_copy"])
-    return {"planted": len(picks), "found": r.n_copies, "by_kind": by_kind, "threshold": r.threshold, "score": r.score,
-            "report_path": ""}
-
-
 def audit_bundle(
     bundle: str | os.PathLike, config_file: Any = None, override: dict | None = None, out: str | os.PathLike | None = None,
     num_samples: int = 16, holdout: str | None = None, detector: str | None = None, modality: str | None = None,
     detector_epochs: int | None = None, num_inference_steps: int = 50, slices_per_volume: int = 8, positive_control: int = 8,
-    percentile: float = 95.0, seed: int = 0, device: str | None = None, sampler: Callable | None = None, progress: bool = False,
+    percentile: float = DEFAULT_PERCENTILE, seed: int = 0, device: str | None = None, sampler: Callable | None = None, progress: bool = False,
     tracking_uri: str | None = None, log_to_mlflow: bool = True, allow_few_holdout: bool = False,
 ) -> AuditResult:
     """Audit a trained generator bundle; see the module docstring for the steps.
@@ -111,6 +94,7 @@ def audit_bundle(
         allow_few_holdout: calibrate on fewer held-out subjects than ``percentile`` needs (19 at the 95th); the
             report then states the real false-positive rate. Otherwise that is an error, before any detector is trained.
     """
+    from monai_memorization.detection.control import positive_control as positive_control_scan
     from monai_memorization.detection.pipeline import prepare, scan
     from monai_memorization.detection.presets import detector_preset
     from monai_memorization.detection.quality import (
@@ -181,7 +165,6 @@ def audit_bundle(
     quality = generator_quality(train_arr, held_arr, synth_arr, diversity=False)
     confirmed = confirm_copies(result.pairs, synth_arr, train_arr, quality.pixel_nn_holdout_max,
                                train_ids=[m["train_id"] for m in result.memorized])
-    n_conf = sum(c["confirmed"] for c in confirmed)
     report = write_scan_report(result, out_dir / "report", {
         "detector": str(detector), "detector_sha256": det.config.get("sha256"), "modality": mod, "spatial_size": list(shape),
         "sources": {"training": train.source, "held-out": held.source, "synthetic": f"{num_samples} samples in memory"}})
@@ -198,19 +181,10 @@ def audit_bundle(
     control = None
     if positive_control:
         say(f"[5/5] positive control: {positive_control} planted copies of training images")
-        control = _control(ref, train_arr, int(positive_control), seed)
+        control = positive_control_scan(ref, train_arr, int(positive_control), seed)
     seconds["control"] = time.time() - t
-    record = {
-        "name": b.root.name, "label": f"trained bundle {b.root}", "n_train": result.n_train, "n_synthetic": result.n_synthetic,
-        "n_copies": result.n_copies, "n_memorized": result.n_memorized, "synthetic_copy_rate": result.synthetic_copy_rate,
-        "synthetic_copy_rate_ci": list(result.synthetic_copy_rate_ci), "memorized_fraction": result.memorized_fraction,
-        "memorized_fraction_ci": list(result.memorized_fraction_ci), "threshold": result.threshold,
-        "score": result.score, "quality": quality.to_dict(), "n_confirmed": n_conf, "confirmed_copy_rate": n_conf / max(1, result.n_synthetic),
-        **missed_counts(confirmed), "n_pixel_only": result.n_pixel_only, "pixel_bar": result.pixel_bar,
-        "n_holdout": len(held_arr),
-        "confirmed_copy_rate_ci": rate_ci(n_conf, result.n_synthetic, seed), "copies": confirmed,
-        "report_link": os.path.relpath(report["report_path"], out_dir),
-    }
+    record = configuration_record(result, quality, confirmed, os.path.relpath(report["report_path"], out_dir),
+                                  name=b.root.name, label=f"trained bundle {b.root}")
     record["verdict"] = ("generator not converged: the copy rate says nothing about privacy" if not quality.converged
                          else confirmed_text(record))
     headline, exit_code = make_headline([record], control, "bundle", int(steps) if steps is not None else None)
