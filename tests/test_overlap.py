@@ -143,7 +143,7 @@ def test_find_overlaps_dicom_series_folders(tmp_path):
 
 def test_cheap_checks_come_before_the_detector(xr_datalist, data, tmp_path):
     kw = dict(log_to_mlflow=False, progress=False)
-    with pytest.raises(DataValidationError, match=r"percentile must be in \(0, 100\], got 150"):
+    with pytest.raises(DataValidationError, match=r"percentile must be a number in \(0, 100\], got 150"):
         run_scan(xr_datalist, xr_datalist, data["synthetic"], data["missing_detector"], tmp_path / "r", percentile=150, **kw)
     occupied = tmp_path / "a_file"
     occupied.write_text("x")
@@ -216,7 +216,8 @@ def test_handler_checks_overlap_of_its_held_out_set(xr_datalist, data, tmp_path)
     assert trainer.state.iteration == 0 and check.reference is None
 
     # allowed: set up with a warning kept on the handler
-    allowed = MemorizationCheckHandler(det, holdout=[dict(it) for it in data["train"][:3]], num_samples=2, allow_overlap=True)
+    allowed = MemorizationCheckHandler(det, holdout=[dict(it) for it in data["train"][:3]], num_samples=2, allow_overlap=True,
+                                       allow_few_holdout=True)
     trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[allowed])
     allowed._setup(trainer)
     assert allowed.threshold is not None and "3 overlaps" in allowed.overlap_warning

@@ -197,6 +197,34 @@ def _prepare_out(out_dir: Path, synthetic_dir: Path) -> Path:
 
 
 
+def _copy_entries(iterator: Any, matched: dict, tmp: Path, left_out: Any, released_rows: list, excluded_rows: list,
+                  sums: list) -> None:
+    """Copy each entry the scan did not leave out into ``tmp``, with its files' sha256; fill the three lists."""
+    for entry in iterator:
+        row = matched[entry]
+        corr, reason = row.get("correlation"), left_out(row)
+        if reason:
+            excluded_rows.append({"file": entry.name, "correlation": corr, "reason": reason,
+                                  **({"pixel_correlation": row["pixel_correlation"]} if "pixel_correlation" in row else {})})
+            continue
+        dest = tmp / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, dest)
+        else:
+            shutil.copy2(entry, dest)
+        files = []
+        for f in _files_of(dest):
+            rel = f.relative_to(tmp).as_posix()
+            digest = file_sha256(f)
+            if row.get("synthetic_sha256") and entry.is_file() and digest != row["synthetic_sha256"]:
+                raise ReleaseError(
+                    f"{entry}: changed since the scan (sha256 differs from the report's); scan the folder again"
+                )
+            files.append({"path": rel, "sha256": digest, "bytes": f.stat().st_size})
+            sums.append(f"{digest}  {rel}")
+        released_rows.append({"file": entry.name, "correlation": corr, "files": files})
+
+
 def filter_release(
     synthetic_dir: str | os.PathLike,
     report: str | os.PathLike,
@@ -239,29 +267,11 @@ def filter_release(
                 from tqdm.auto import tqdm
 
                 iterator = tqdm(entries, desc="release", unit="file", leave=False)
-            for entry in iterator:
-                row = matched[entry]
-                corr, reason = row.get("correlation"), left_out(row)
-                if reason:
-                    excluded_rows.append({"file": entry.name, "correlation": corr, "reason": reason,
-                                          **({"pixel_correlation": row["pixel_correlation"]} if "pixel_correlation" in row else {})})
-                    continue
-                dest = tmp / entry.name
-                if entry.is_dir():
-                    shutil.copytree(entry, dest)
-                else:
-                    shutil.copy2(entry, dest)
-                files = []
-                for f in _files_of(dest):
-                    rel = f.relative_to(tmp).as_posix()
-                    digest = file_sha256(f)
-                    if row.get("synthetic_sha256") and entry.is_file() and digest != row["synthetic_sha256"]:
-                        raise ReleaseError(
-                            f"{entry}: changed since the scan (sha256 differs from the report's); scan the folder again"
-                        )
-                    files.append({"path": rel, "sha256": digest, "bytes": f.stat().st_size})
-                    sums.append(f"{digest}  {rel}")
-                released_rows.append({"file": entry.name, "correlation": corr, "files": files})
+            try:
+                _copy_entries(iterator, matched, tmp, left_out, released_rows, excluded_rows, sums)
+            finally:  # a bar an error interrupted would stay open and push later bars down
+                if iterator is not entries:
+                    iterator.close()
             detector_sha = summary.get("detector_sha256")
             pixel_only = [r["file"] for r in excluded_rows if r["reason"] == PIXEL_REASON]
             manifest = {

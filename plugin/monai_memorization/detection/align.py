@@ -234,8 +234,12 @@ def aligned_nearest(queries: np.ndarray, refs: np.ndarray, search: AlignSearch |
         from tqdm.auto import tqdm
 
         rows = tqdm(rows, desc="aligned pixel correlation", unit="image")
-    for i in rows:
-        c = np.unique(cand[i][cand[i] >= 0])
-        scores = aligned_correlation(queries[i], refs[c], search)
-        corr[i], idx[i] = scores.max(), c[int(scores.argmax())]
+    try:
+        for i in rows:
+            c = np.unique(cand[i][cand[i] >= 0])
+            scores = aligned_correlation(queries[i], refs[c], search)
+            corr[i], idx[i] = scores.max(), c[int(scores.argmax())]
+    finally:
+        if progress:  # closed also when interrupted: a bar left open pushes later bars down
+            rows.close()
     return corr, idx

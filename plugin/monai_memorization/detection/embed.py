@@ -176,6 +176,8 @@ def embed_items(
         raise type(e)(msg) from None
     finally:
         encoder.train(was_training)
+        if iterator is not loader:  # a bar an error interrupted would stay on the console and push later bars down
+            iterator.close()
     emb = np.concatenate(chunks, axis=0)
     return (emb, shapes) if return_shapes else emb
 
