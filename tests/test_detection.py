@@ -350,3 +350,23 @@ def test_difference_of_two_rates_has_newcombes_interval_and_does_not_collapse():
     d, lo, hi = diff_ci(4, 4, 0, 4)
     assert d == 1.0 and 0.2 < lo < 0.5 and hi == 1.0
     assert all(np.isnan(difference_ci(1, 0, 1, 4)))
+
+
+def test_training_copied_fraction_interval_is_not_biased_low_by_resampled_samples():
+    """105 of 166 training images copied: a bootstrap that resampled the synthetic samples with repeats hit fewer
+    distinct training images and put the lower bound at 31.9% (memorized_fraction's: 56.0%). Resampling the
+    training images and the calibration, not the samples, keeps it near the exact binomial bound (55.4%)."""
+    from monai_memorization.detection.intervals import binomial_ci
+
+    rng = np.random.default_rng(5)
+    d = 24
+    train = rng.normal(size=(166, d))
+    hold = rng.normal(size=(60, d))
+    synth = np.concatenate([train[:105] + 0.001 * rng.normal(size=(105, d)), rng.normal(size=(40, d))])
+    res = scan_embeddings(train, hold, synth, n_bootstrap=500, use_gpu=False)
+    k = res.n_training_copied
+    assert 105 <= k <= 110  # the copies, and the few new images a 95th percentile lets through
+    low, high = res.training_copied_fraction_ci
+    exact_low, exact_high = binomial_ci(k, 166)
+    assert exact_low - 0.02 <= low <= res.training_copied_fraction <= high and high >= exact_high - 1e-9, (low, high)
+    assert abs(low - res.memorized_fraction_ci[0]) < 0.05
