@@ -118,6 +118,7 @@ def test_scan_finds_exact_copies_and_writes_report(setup, tmp_path):
     assert "<th>score (standard deviations)</th>" in html and "<th>detector_correlation</th>" in html
     assert "<th>correlation</th>" not in html and "highest score first" in html
     assert "+/- 4.9% (one standard error) from 20 held-out subjects" in html
+    assert "each held-out image scored against the training set as a synthetic image is" in html  # the rule in use
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["mlflow_run_id"])

@@ -63,6 +63,15 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], highlight:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+#: how the threshold was calibrated, by ``ScanResult.calibration_rule``
+CALIBRATION_TEXT = {
+    "holdout": "each held-out image scored against the training set as a synthetic image is (a new image that copies "
+               "nothing passes the threshold with probability 1 - percentile/100, whatever the set sizes)",
+    "published": "the published rule (Dar et al.): each training image's correlation to its nearest held-out image; its "
+                 "false-positive rate grows with the ratio of training to held-out images",
+}
+
+
 def write_html_report(
     path: str | os.PathLike,
     summary: Mapping[str, Any],
@@ -116,6 +125,7 @@ def write_html_report(
                 {"quantity": "threshold (hybrid score, standard deviations)" if s.get("score") == "hybrid"
                  else "threshold (Pearson correlation)", "value": s.get("threshold")},
                 {"quantity": "threshold percentile", "value": s.get("percentile")},
+                {"quantity": "threshold calibration", "value": CALIBRATION_TEXT.get(s.get("calibration_rule"), "n/a")},
                 {"quantity": "how precisely the held-out subjects pin down the threshold's false-positive rate",
                  "value": s.get("calibration_note") or "n/a (threshold given)"},
                 {"quantity": "samples not flagged, yet closer in pixels to a training image than any held-out image "
@@ -162,7 +172,8 @@ def write_html_report(
     if memorized:
         topm = sorted(memorized, key=lambda r: -float(r.get("correlation", 0.0)))[:max_rows]
         parts.append(f"<h2>Training samples, highest {score.split(' ')[0]} first (top {len(topm)} of {len(memorized)})</h2>")
-        parts.append(_table(topm, ["train_id", "train_subject", "synthetic_id", "correlation", "holdout_correlation",
+        held = ["holdout_correlation"] if any("holdout_correlation" in r for r in topm) else []  # the published rule's
+        parts.append(_table(topm, ["train_id", "train_subject", "synthetic_id", "correlation", *held,
                                    "is_memorized"], highlight="is_memorized",
                             headers={**headers, "holdout_correlation": "held-out " + score if hybrid else "holdout_correlation"}))
     if links:

@@ -45,23 +45,27 @@ def plot_correlation_histogram(
     percentile: float = DEFAULT_PERCENTILE,
     title: str = "Nearest-neighbour correlation",
     xlabel: str = "Pearson correlation of embeddings",
+    calibration_label: str = "held-out -> nearest training",
 ) -> Path:
-    """Histogram of training-to-nearest-held-out and synthetic-to-nearest-training correlations.
+    """Histogram of the calibration values and the synthetic samples' scores (each to its nearest training sample).
 
     Args:
-        calibration_corr: each training sample's correlation to its nearest held-out sample.
+        calibration_corr: the calibration values: each held-out sample's score against the training set (with the
+            published rule, each training sample's correlation to its nearest held-out sample).
         synthetic_corr: each synthetic sample's correlation to its nearest training sample.
         threshold: the calibrated threshold (drawn as a vertical line).
         path: PNG to write.
         percentile: the threshold's percentile, for the legend.
         title: figure title.
+        xlabel: the score's name and units.
+        calibration_label: the calibration values' legend.
 
     Returns:
         the PNG path.
     """
     bins = np.histogram_bin_edges(np.concatenate([np.ravel(calibration_corr), np.ravel(synthetic_corr), [threshold]]), bins=60)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(calibration_corr, bins=bins, alpha=0.6, density=True, label="training -> nearest held-out")
+    ax.hist(calibration_corr, bins=bins, alpha=0.6, density=True, label=calibration_label)
     ax.hist(synthetic_corr, bins=bins, alpha=0.6, density=True, label="synthetic -> nearest training")
     ax.axvline(threshold, color="k", ls="--", lw=1.5, label=f"threshold {threshold:.4f} ({percentile:g}th pct.)")
     ax.set_xlabel(xlabel)

@@ -160,7 +160,9 @@ def _write_files(tmp: Path, result: ScanResult, summary: dict[str, Any], montage
     plot_correlation_histogram(result.calibration_corr, result.synthetic_corr, result.threshold, tmp / "histogram.png",
                                result.percentile, title="Nearest-neighbour hybrid score" if hybrid else
                                "Nearest-neighbour correlation", xlabel="hybrid score (standard deviations of the "
-                               "held-out calibration)" if hybrid else "Pearson correlation of embeddings")
+                               "held-out calibration)" if hybrid else "Pearson correlation of embeddings",
+                               calibration_label="training -> nearest held-out" if result.calibration_rule == "published"
+                               else "held-out -> nearest training")
     plot_pair_montage(list(montage), tmp / "pairs.png", **(
         {"title": "Flagged pairs, then samples closer in pixels than any held-out image (synthetic | nearest training)"}
         if any(m.get("pixel_only") for m in montage) else {}))
