@@ -202,26 +202,24 @@ def prepare(
     views = tuple(view_names(det.spatial_size)) if orientation_invariant else None
     train_emb, shapes = det.embed(tr, check=check)
     tr = tr.with_shapes(shapes)
-    holdout_emb, calibration_search = None, "exact"
-    rule = calibration
-    calibration = None
+    holdout_emb, cal, calibration_search = None, None, "exact"
     if ho is not None:
         from monai_memorization.detection.calibrate import calibrate
 
         holdout_emb, _ = det.embed_views(ho, views, check=check)
         overlap = check_pixel_overlap(tr.items, ho.items, train_emb, holdout_emb[: len(ho)], det.preprocessing(),
                                       overlap, allow_overlap, logger)  # by pixels, on the embeddings just made
-        calibration, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search, rule=rule,
-                                                    n_views=len(views) if views else 1)
+        cal, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search, rule=calibration,
+                                            n_views=len(views) if views else 1)
     auto, score = score == "auto", resolve_score(score, det.spatial_dims, ho is not None and threshold is None, len(tr.items))
     if auto and score == "detector" and ho is not None and threshold is None:
         logger.info(f"{len(tr.items)} training images: the detector score alone (the hybrid score's pixel pass is for "
                     f"data sets of up to {HYBRID_AUTO_MAX_TRAIN:,}; --score hybrid forces it)")
-    hybrid = (prepare_hybrid(det, tr, ho, calibration[1], percentile, views, use_gpu, train_emb, holdout_emb, rule=rule)
+    hybrid = (prepare_hybrid(det, tr, ho, cal[1], percentile, views, use_gpu, train_emb, holdout_emb, rule=calibration)
               if score == "hybrid" else None)
-    thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else calibration[0])
-    ref = Reference(det, tr, ho, train_emb, holdout_emb, calibration, float(thr), percentile, views,
-                    overlap.message(allowed=True), hybrid, search, calibration_search, check, rule)
+    thr = threshold if threshold is not None else (hybrid.score.threshold if hybrid else cal[0])
+    ref = Reference(det, tr, ho, train_emb, holdout_emb, cal, float(thr), percentile, views,
+                    overlap.message(allowed=True), hybrid, search, calibration_search, check, calibration)
     return ref, sy
 
 

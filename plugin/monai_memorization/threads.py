@@ -1,0 +1,126 @@
+# Copyright (c) monai-memorization contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""CPU threads that hold up when another job shares the machine.
+
+PyTorch's CPU kernels run on an OpenMP team of one thread per core. When another CPU-bound process shares the cores,
+the team's threads wait for each other at every parallel region, spinning by default, and a training step became
+about 5x slower on 2 cores (``scripts/benchmarks/results/threads_under_load.md``). Two measures:
+
+* :func:`passive_wait` asks OpenMP to sleep instead of spin while it waits (``OMP_WAIT_POLICY=PASSIVE``). OpenMP reads
+  it when PyTorch is first imported, so the command line sets it before importing anything heavy;
+* :class:`FairThreads`, an Ignite handler, gives PyTorch as many threads as there are cores that other processes
+  leave idle (at least one), measured from ``/proc/stat`` every ``interval`` seconds while an engine runs.
+
+Both stand down when the user chose (``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS`` or ``MONAI_MEMORIZATION_THREADS``
+set), and outside Linux.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+__all__ = ["FairThreads", "fair_thread_count", "passive_wait", "user_chose_threads"]
+
+logger = logging.getLogger(__name__)
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def user_chose_threads() -> bool:
+    """True when the user set the thread count (``OMP_NUM_THREADS`` or ``MONAI_MEMORIZATION_THREADS``)."""
+    return bool(os.environ.get("OMP_NUM_THREADS") or os.environ.get("MONAI_MEMORIZATION_THREADS"))
+
+
+def passive_wait() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set it: call before torch is imported (the CLI's entry point does)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _busy_ticks() -> tuple[float, float] | None:
+    """(busy ticks of the whole machine, ticks of this process) from ``/proc``; None where it cannot be read."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(v) for v in fh.readline().split()[1:]]
+        with open("/proc/self/stat") as fh:
+            own = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields[:8]) - idle, float(own[11]) + float(own[12])  # utime + stime of this process (all threads)
+
+
+def fair_thread_count(before: tuple[float, float], after: tuple[float, float], seconds: float, cores: int) -> int:
+    """Threads to use: the cores that other processes left idle between two :func:`_busy_ticks` readings, at least 1.
+
+    Args:
+        before, after: the readings.
+        seconds: wall time between them.
+        cores: cores this process may run on.
+
+    Returns:
+        a thread count in ``[1, cores]``.
+    """
+    if seconds <= 0:
+        return cores
+    others = max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / _CLK_TCK / seconds  # cores busy elsewhere
+    return int(max(1, min(cores, cores - int(others + 0.5))))  # a core half busy elsewhere counts as busy
+
+
+class FairThreads:
+    """Ignite handler: every ``interval`` seconds, set PyTorch's thread count to the cores other processes leave idle.
+
+    Args:
+        interval: seconds between two measurements (the first one ends ``interval`` seconds after the engine starts).
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = float(interval)
+        self.cores = _cores()
+        self._last: tuple[float, tuple[float, float]] | None = None
+
+    def attach(self, engine: Any) -> None:
+        """Register on an engine (nothing when the user chose the threads, or on one core)."""
+        from ignite.engine import Events
+
+        if user_chose_threads() or self.cores < 2:
+            return
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _start(self, engine: Any) -> None:
+        reading = _busy_ticks()
+        self._last = None if reading is None else (time.monotonic(), reading)
+
+    def __call__(self, engine: Any) -> None:
+        if self._last is None or time.monotonic() - self._last[0] < self.interval:
+            return
+        import torch
+
+        now, reading = time.monotonic(), _busy_ticks()
+        if reading is None:
+            self._last = None
+            return
+        n = fair_thread_count(self._last[1], reading, now - self._last[0], self.cores)
+        self._last = (now, reading)
+        if n != torch.get_num_threads():
+            logger.info("%d of %d cores busy with other processes: %d torch thread%s", self.cores - n, self.cores, n,
+                        "" if n == 1 else "s")
+            torch.set_num_threads(n)
