@@ -93,7 +93,8 @@ def br35h_pool(n_train: int, n_free: int, size: int) -> dict:
     members = {g: sorted(np.where(label == g)[0], key=lambda i: -squares[i].size) for g in groups}
     order = [members[g][r] for r in range(max(len(m) for m in members.values())) for g in train_groups if r < len(members[g])]
     if n_train > len(order):
-        raise SystemExit(f"br35h: {n_train} training images asked for, the {len(train_groups)} training groups hold {len(order)}")
+        raise SystemExit(f"br35h: {n_train} training images asked for, the {len(train_groups)} training groups hold "
+                         f"{len(order)} (ask for at most that many)")
     resize = Resize((size, size), mode="area")
 
     def load(idx):
@@ -299,6 +300,8 @@ def main(argv=None) -> str:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", default=None, metavar="JSONL", help="results of sizes measured by an earlier run (its "
+                    ".jsonl), reported before this run's")
     args = ap.parse_args(argv)
     if args.smoke:
         args.n_train, args.n_holdout, args.n_free, args.draws, args.steps = [12], [6], 16, 5, 2
@@ -308,12 +311,14 @@ def main(argv=None) -> str:
     out = Path(args.out or RESULTS / f"bench_calibration_scale_{args.data}.md")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     t0 = time.perf_counter()
+    results = [json.loads(line) for line in open(args.merge)] if args.merge else []  # sizes measured before
     with tempfile.TemporaryDirectory(prefix="calib_scale_") as tmp:
-        results = [run_size(n, args, Path(tmp)) for n in args.n_train]
+        for n in args.n_train:
+            results.append(run_size(n, args, Path(tmp)))
+            out.with_suffix(".jsonl").open("a").write(json.dumps(results[-1]) + "\n")  # kept if a later size fails
     text = write_report(results, args, command, time.perf_counter() - t0)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     print(text)
     return text
 
