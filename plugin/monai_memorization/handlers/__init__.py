@@ -17,7 +17,9 @@
   training (the records are buffered locally); it lives in :mod:`monai_memorization.tracking_handler`.
 
 The overlay config ``bundles/copy_detector/configs/memorization_check.json`` adds the check, a stock
-``CheckpointSaver`` keyed on its metric, the stop and a :class:`SafeMLFlowHandler` to any bundle's ``train#handlers``.
+``CheckpointSaver`` keyed on its metric and the stop to any bundle's ``train#handlers`` (and, with
+``memorization_check#log_to_mlflow true``, a :class:`SafeMLFlowHandler` of the check's own). Bundle configs name
+these classes through :mod:`monai_memorization.bundle`.
 """
 
 from monai_memorization.handlers.memorization_check import METRIC_NAMES, MemorizationCheckHandler, StopAboveLimit

@@ -168,9 +168,10 @@ class MemorizationCheckHandler:
             self.logger.info("memorization check: %s* metrics go to MLflow, experiment '%s' at %s", self.prefix,
                              own.experiment_name, uri)
         else:
-            self.logger.info("memorization check: %s* metrics go to engine.state.metrics, where the bundle's own MLflow "
-                             "handler (--tracking mlflow) logs them; --memorization_check#log_to_mlflow true logs them to "
-                             "a store of their own", self.prefix)
+            self.logger.info("memorization check: %s* metrics go to engine.state.metrics, where the bundle's MLflow "
+                             "handler logs them when it has one (this project's bundles; a model-zoo bundle with "
+                             "--tracking mlflow); --memorization_check#log_to_mlflow true logs them to a store of their "
+                             "own", self.prefix)
 
     def _due(self, engine: Engine, iteration: int) -> bool:
         length = engine.state.epoch_length
