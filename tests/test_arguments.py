@@ -326,15 +326,19 @@ def test_bundle_override_no_config_defines_is_named(capsys):
 
 
 def test_every_training_inference_and_scan_config_calls_the_check_first():
-    """The shared helper is referenced by every bundle's initialize list (train, multi-GPU, inference, scan)."""
+    """The check is the first step of every bundle's initialize list (train, its stage files, multi-GPU, inference,
+    scan): ``monai_memorization.bundle.start``, which warns about unread overrides before any work."""
     from monai.bundle import ConfigParser
 
+    from monai_memorization.bundle import process
+
+    assert "warn_unread_overrides()" in Path(process.__file__).read_text()
     configs = sorted(p for p in (REPO / "bundles").glob("*/configs/*.json")
-                     if p.name in ("train.json", "multi_gpu_train.json", "inference.json", "scan.json"))
-    assert len(configs) == 18
+                     if p.name in ("train.json", "train_autoencoder.json", "multi_gpu_train.json", "inference.json",
+                                   "scan.json"))
+    assert len(configs) == 19
     for path in configs:
         files = [str(path)] if path.name != "multi_gpu_train.json" else [str(path.with_name("train.json")), str(path)]
         parser = ConfigParser(ConfigParser.load_config_files(files))
-        parser.resolve_macro_and_relative_ids()
         init = parser.get("initialize")
-        assert isinstance(init, list) and "warn_unread_overrides()" in " ".join(map(str, init[:5])), path
+        assert isinstance(init, list) and init[0]["_target_"] == "monai_memorization.bundle.start", path

@@ -191,7 +191,8 @@ def test_maisi_config_data_and_sampler(tmp_path):
 
 def test_our_ldm_xr_bundle(xr_datalist, tmp_path, monkeypatch, capsys):
     """This project's ldm_xr bundle, trained tiny through monai.bundle, audited by the docs page's command from the
-    repository root with the training overrides, with its latent_info.json scale factor."""
+    repository root with the training overrides, with its latent_info.json scale factor; it opens the stage files as a
+    model-zoo bundle's."""
     from fixtures.zoo import docs_argv
     from monai.bundle import run
     from monai_memorization.cli import main
@@ -205,7 +206,7 @@ def test_our_ldm_xr_bundle(xr_datalist, tmp_path, monkeypatch, capsys):
     run("training", config_file=cfg("xr", "train.json"), **o)
     info = json.loads((tmp_path / "ldm" / "models" / "latent_info.json").read_text())
     b = open_bundle(repo / "bundles" / "ldm_xr", None, o)
-    assert b.kind == "project_ldm" and [p.name for p in b.files] == ["train.json"]
+    assert b.kind == "project_ldm" and [p.name for p in b.files] == ["train_autoencoder.json", "train_diffusion.json"]
     assert bundle_sampler(b, num_inference_steps=2).scale_factor == pytest.approx(info["scale_factor"])
     argv = docs_argv(docs_commands()[2], OVERRIDES=json.dumps(o), AUDIT=str(tmp_path / "audit"))
     assert argv[:4] == ["monai-memorization", "audit", "--bundle", "bundles/ldm_xr"]

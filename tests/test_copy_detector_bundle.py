@@ -75,7 +75,11 @@ def test_quick_train_then_scan(tmp_path, capfd):
     parser = ConfigParser()
     parser.read_config(cfg)
     parser.update({"bundle_root": str(tmp_path), "use_mlflow": False})
-    ds = parser.get_parsed_content("train#dataset")
+    training = parser.get_parsed_content("training")  # the bundle's training: the object train_detector runs
+    from monai_memorization.engines.contrastive import DetectorTraining
+
+    assert type(training) is DetectorTraining
+    ds = training.dataset
     saved = {k: v.clone() for k, v in enc.state_dict().items() if "running_" in k}
     assert saved
     update_bn((b["image"] for b in torch.utils.data.DataLoader(ds, batch_size=6, shuffle=False)), enc)

@@ -190,20 +190,19 @@ def test_stock_checkpoint_saver_keeps_the_checked_epoch_with_the_lowest_copy_rat
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name != "model_memorization.pt"]
 
 
-def test_missing_detector_fails_before_the_first_iteration(xr_datalist, tmp_path):
+def test_missing_detector_fails_before_the_trainer_exists(xr_datalist, tmp_path):
+    """The check is set up when attached: a trainer whose check cannot start is never built (no handler of it runs)."""
     check = MemorizationCheckHandler(tmp_path / "nope.pt", holdout=xr_datalist)
-    trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[check])
     with pytest.raises(DetectorError, match="nope.pt: detector checkpoint not found"):
-        trainer.run()
-    assert trainer.state.iteration == 0
+        tiny_ldm(xr_datalist, max_epochs=1, handlers=[check])
+    assert check.reference is None
 
 
 def test_missing_holdout_is_a_clear_error(xr_datalist, detector):
     check = MemorizationCheckHandler(detector)
-    trainer, _, _ = tiny_ldm(xr_datalist, max_epochs=1, handlers=[check])
     with pytest.raises(MemorizationError, match="no held-out data"):
-        trainer.run()
-    assert trainer.state.iteration == 0
+        tiny_ldm(xr_datalist, max_epochs=1, handlers=[check])
+    assert check.reference is None
 
 
 def test_ddim_scheduler_like_copies_the_training_schedule():

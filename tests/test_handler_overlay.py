@@ -61,6 +61,7 @@ def test_overlay_runs_inside_a_model_zoo_bundle_with_its_own_trainer(xr_datalist
                 "memorization_check#interval": 1,
                 "memorization_check#num_samples": 4,
                 "memorization_check#num_inference_steps": 2,
+                "memorization_check#log_to_mlflow": True,  # a store of its own: the bundle logs to none
                 "memorization_check#tracking_uri": uri,
             },
         )
@@ -86,36 +87,38 @@ def test_overlay_runs_inside_a_model_zoo_bundle_with_its_own_trainer(xr_datalist
 
 
 @pytest.mark.parametrize("bundle", ["ldm_xr", "ldm_ct", "ldm_mr"])
-def test_overlay_appends_the_handler_to_our_bundles(bundle):
-    """Merged after a bundle's diffusion stage, the overlay appends the check and the stock handlers acting on it."""
+@pytest.mark.parametrize("stages", [["train_autoencoder.json", "train_diffusion.json"], ["train.json"]])
+def test_overlay_appends_the_handler_to_our_bundles(bundle, stages):
+    """Merged after a bundle's diffusion stage (its stage files, or train.json), the overlay appends the check and the
+    stock handlers acting on it."""
     from monai.bundle import ConfigParser
 
     configs = REPO / "bundles" / bundle / "configs"
-    base = [str(configs / "train.json"), str(configs / "train_diffusion.json")]
+    base = [str(configs / f) for f in stages]
     alone = ConfigParser.load_config_files(base)
     merged = ConfigParser.load_config_files(base + [str(OVERLAY)])
-    assert merged["train"]["handlers"][:-4] == alone["train"]["handlers"]
-    added = merged["train"]["handlers"][-4:]
+    assert merged["train"]["handlers"][:-3] == alone["train"]["handlers"]
+    added = merged["train"]["handlers"][-3:]
     assert added[0] == "@memorization_check#handler"
-    assert [h["_target_"] for h in added[1:]] == ["CheckpointSaver", "monai_memorization.handlers.StopAboveLimit",
-                                             "monai_memorization.handlers.SafeMLFlowHandler"]
+    assert [h["_target_"] for h in added[1:]] == ["CheckpointSaver", "monai_memorization.bundle.StopAboveLimit"]
     assert added[1]["key_metric_name"] == "memorization_checkpoint_score" and added[1]["key_metric_greater_or_equal"]
     assert "network_def" in merged  # what the overlay's CheckpointSaver saves
     parser = ConfigParser(merged)
     parser.parse()
     handler = parser.get_parsed_content("memorization_check#handler", instantiate=True)
-    from monai_memorization.handlers import MemorizationCheckHandler
+    from monai_memorization.bundle import MemorizationCheckHandler
 
     assert isinstance(handler, MemorizationCheckHandler)
     assert str(handler.detector).endswith("models/copy_detector.pt") and handler.interval == 10
 
 
-def test_overlay_stop_is_off_until_asked_for_and_mlflow_on_by_default(tmp_path):
-    """With the defaults the overlay adds the check, the CheckpointSaver and an MLflow run in a local store (the check
-    stands it down when the bundle logs to MLflow itself); a limit adds the stop, log_to_mlflow false drops MLflow."""
+def test_overlay_stop_and_own_mlflow_store_are_off_until_asked_for(tmp_path):
+    """With the defaults the overlay adds the check and the CheckpointSaver; its metrics go to the bundle's own MLflow
+    handler (there is none here: no store is made). A limit adds the stop; ``log_to_mlflow true`` (the command line's
+    string too) gives the check an MLflow handler of its own, in a local store."""
     from monai.bundle import ConfigParser
 
-    from monai_memorization.handlers import MemorizationCheckHandler, SafeMLFlowHandler, StopAboveLimit
+    from monai_memorization.bundle import MemorizationCheckHandler, SafeMLFlowHandler, StopAboveLimit
 
     def handlers(**overrides):
         parser = ConfigParser(ConfigParser.load_config_files([str(ZOO / "configs" / "train_diffusion.json"), str(OVERLAY)]))
@@ -125,8 +128,10 @@ def test_overlay_stop_is_off_until_asked_for_and_mlflow_on_by_default(tmp_path):
 
     default = handlers()
     assert [type(h).__name__ for h in default] == ["CheckpointSaver", "StatsHandler", MemorizationCheckHandler.__name__,
-                                                   "CheckpointSaver", SafeMLFlowHandler.__name__]
-    assert default[-1].run_name == default[2].mlflow_run_name == "memorization_check"
-    assert (tmp_path / "eval" / "mlflow.db").is_file()  # the default local store
-    on = handlers(**{"memorization_check#stop_on_copy_rate": 0.2, "memorization_check#log_to_mlflow": False})
+                                                   "CheckpointSaver"]
+    assert default[2].mlflow_handler is None and not (tmp_path / "eval").exists()
+    on = handlers(**{"memorization_check#stop_on_copy_rate": 0.2, "memorization_check#log_to_mlflow": "true"})
     assert [type(h).__name__ for h in on][-2:] == ["CheckpointSaver", StopAboveLimit.__name__]
+    own = on[2].mlflow_handler
+    assert isinstance(own, SafeMLFlowHandler) and own.run_name == own.experiment_name == "memorization_check"
+    assert (tmp_path / "eval" / "mlflow.db").is_file()  # the overlay's own local store

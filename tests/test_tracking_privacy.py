@@ -179,7 +179,6 @@ def test_unreachable_store_does_not_stop_bundle_training(xr_datalist, tmp_path, 
     sys.path.insert(0, str(REPO / "tests"))
     from test_ldm_bundles import cfg, tiny
 
-    monkeypatch.chdir(REPO)  # the bundles' "%bundles/ldm_common/..." references are read from here
     t0 = time.time()
     with caplog.at_level(logging.WARNING):
         run("training", config_file=cfg("xr", "train.json"), **tiny(tmp_path, xr_datalist, "xr", tracking_uri=UNREACHABLE))
@@ -196,19 +195,23 @@ def test_unreachable_store_does_not_stop_bundle_training(xr_datalist, tmp_path, 
     assert said.count(f"metrics buffered in {buf}") == 1
 
 
-def test_bundle_logs_paths_and_artifacts_only_with_the_opt_in(xr_datalist, tmp_path, monkeypatch):
+def test_bundle_logs_paths_and_artifacts_only_with_the_opt_in(xr_datalist, tmp_path):
+    """With the opt-in, the runs hold the datalist's path, the montage and the executed configuration MONAI's
+    ``--tracking mlflow`` saves (``save_execute_config``); MONAI's own handler adds no second run."""
     from monai.bundle import run
 
     sys.path.insert(0, str(REPO / "tests"))
     from test_ldm_bundles import cfg, runs_by_name, tiny
 
-    monkeypatch.chdir(REPO)
-    run("training", config_file=cfg("xr", "train.json"), **tiny(tmp_path, xr_datalist, "xr", mlflow_artifacts=True))
+    run("training", config_file=cfg("xr", "train.json"), tracking="mlflow",
+        **tiny(tmp_path, xr_datalist, "xr", mlflow_artifacts=True))
     _, runs = runs_by_name(tmp_path, "ldm_xr")
     uri = _uri(tmp_path / "eval")
-    assert _artifacts(uri, runs["diffusion"].info.run_id) == {"executed_config.json", "samples_montage.png"}
-    assert _artifacts(uri, runs["autoencoder"].info.run_id) == {"executed_config.json"}
+    (executed,) = [p.name for p in (tmp_path / "eval").glob("config_*.json")]
+    assert _artifacts(uri, runs["diffusion"].info.run_id) == {executed, "samples_montage.png"}
+    assert _artifacts(uri, runs["autoencoder"].info.run_id) == {executed}
     assert runs["autoencoder"].data.params["datalist"] == xr_datalist
+    assert set(runs) == {"autoencoder", "diffusion"}  # MONAI's own handler (a run_<time> run) was left out
 
 
 def test_scan_cli_with_unreachable_store_prints_its_line_and_exits_normally(data, tmp_path, capsys):

@@ -12,28 +12,15 @@
 
 A MONAI plugin that trains latent diffusion bundles, a self-supervised copy detector,
 and checks synthetic images for copies of training images before they are released.
+
+Importing the package changes no global state (no environment variable, no ``sys.excepthook``). The entry points
+set what they need when they start: the command line (:mod:`monai_memorization.cli`), the bundles' first
+``initialize`` step (:func:`monai_memorization.bundle.start`: one-line errors under ``python -m monai.bundle``), and
+every use of MLflow (:func:`monai_memorization.tracking.prepare_mlflow_env`: MLflow's telemetry off, short HTTP
+timeouts).
 """
 
-import os as _os
-
 __version__ = "0.1.0"
-
-# Private by default: MLflow's usage telemetry stays off unless the user turns it on
-# (MLFLOW_DISABLE_TELEMETRY=false); it would otherwise contact a remote host from a hospital machine.
-_os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def _install_edge() -> None:
-    """Under ``python -m monai.bundle`` (a bundle imports this package), our errors end in one line and exit 2."""
-    import sys
-
-    if sys.argv and sys.argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
-        from monai_memorization.edge import install_bundle_excepthook
-
-        install_bundle_excepthook()
-
-
-_install_edge()
 
 __all__ = ["__version__", "check"]
 

@@ -30,6 +30,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from monai_memorization.edge import bool_flags, check_number, check_percentile
@@ -325,6 +326,36 @@ def _bundle_pairs(tokens: Sequence[str]) -> dict[str, Any]:
     return pairs
 
 
+def _monai_bundle_pairs(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The ``--key value`` pairs of this ``python -m monai.bundle`` command line (its args file's under them), or
+    ``{}`` for any other program."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not str(argv[0]).replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return {}
+    pairs = _bundle_pairs(argv[1:])
+    if pairs.get("args_file"):  # the args file's pairs, which the command line's replace
+        from monai.bundle import ConfigParser
+
+        pairs = {**ConfigParser.load_config_file(pairs["args_file"]), **pairs}
+    return pairs
+
+
+def bundle_config_files(argv: Sequence[str] | None = None) -> list[str]:
+    """The config files of this ``python -m monai.bundle ... --config_file ...`` command, as it gives them.
+
+    Args:
+        argv: the command line (default ``sys.argv``); anything but ``python -m monai.bundle`` gives none.
+
+    Returns:
+        the files in order (a list string ``"['a.json','b.json']"`` and a comma-separated one read as MONAI reads
+        them), or ``[]``.
+    """
+    files = _monai_bundle_pairs(argv).get("config_file")
+    if isinstance(files, str):
+        files = [f for f in files.split(",") if f] if "," in files and not Path(files).is_file() else [files]
+    return [str(f) for f in files or []]
+
+
 def unread_overrides(argv: Sequence[str] | None = None) -> dict[str, str]:
     """The overrides of a ``python -m monai.bundle run ... --key value`` command line that no config file defines.
 
@@ -334,14 +365,7 @@ def unread_overrides(argv: Sequence[str] | None = None) -> dict[str, str]:
     Returns:
         ``{override: closest defined id, or ""}``, in the order given.
     """
-    argv = list(sys.argv if argv is None else argv)
-    if not argv or not str(argv[0]).replace("\\", "/").endswith("monai/bundle/__main__.py"):
-        return {}
-    pairs = _bundle_pairs(argv[1:])
-    if pairs.get("args_file"):  # the args file's pairs, which the command line's replace
-        from monai.bundle import ConfigParser
-
-        pairs = {**ConfigParser.load_config_file(pairs["args_file"]), **pairs}
+    pairs = _monai_bundle_pairs(argv)
     overrides = [k for k in pairs if k not in BUNDLE_RUN_ARGUMENTS and not k.startswith("_meta_")]
     if not overrides or not pairs.get("config_file"):
         return {}

@@ -420,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from monai_memorization.arguments import accept_command_line
     from monai_memorization.edge import EXIT_ERROR, debug, distributed_from_env, one_line
+    from monai_memorization.tracking_store import mlflow_telemetry_off
+
+    mlflow_telemetry_off()  # private by default, before anything can reach MLflow
 
     show = fire.core._DisplayError
 

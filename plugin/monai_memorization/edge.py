@@ -33,7 +33,7 @@ from monai_memorization.errors import DataValidationError, MemorizationError
 
 __all__ = [
     "bool_flags", "check_percentile",
-    "DEBUG_ENV", "EXIT_ERROR", "chain", "check_device", "check_number", "check_training_arguments", "debug",
+    "DEBUG_ENV", "EXIT_ERROR", "chain", "check_device", "check_number", "debug",
     "install_bundle_excepthook", "one_line",
 ]
 
@@ -227,45 +227,6 @@ def check_device(device: Any) -> Any:
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise DataValidationError(f"device {device!r}: no such CUDA device here; use --device cpu")
     return device
-
-
-def check_training_arguments(out: Any, augmentations: Any, device: Any, lr: Any, temperature: Any, **counts: Any) -> None:
-    """The detector training's cheap checks, before any image is read or an MLflow run opened; then ``out`` is locked.
-
-    Args:
-        out: the checkpoint to write (not a folder); locked for this process (one writer).
-        augmentations: ``contrastive_augmentations`` keyword arguments, or None.
-        device: the requested device.
-        lr, temperature: positive numbers (or None for the preset's).
-        counts: ``name=(value, minimum)`` of whole-number arguments (None passes).
-
-    Raises:
-        DataValidationError: the first argument that is wrong (one line).
-        MemorizationError: another process writes ``out``, or its folder cannot be written.
-    """
-    import inspect
-    from pathlib import Path
-
-    from monai_memorization.detection.augment import contrastive_augmentations
-    from monai_memorization.locking import hold_output
-
-    for name, (value, minimum) in counts.items():
-        check_number(name, value, minimum)
-    for name, value in (("lr", lr), ("temperature", temperature)):
-        check_number(name, value, 0, integer=False, strict=True)
-    check_device(device)
-    if augmentations is not None:
-        allowed = set(inspect.signature(contrastive_augmentations).parameters) - {"spatial_dims", "keys", "spatial_size"}
-        unknown = sorted(set(augmentations) - allowed) if isinstance(augmentations, dict) else None
-        if unknown is None or unknown:
-            raise DataValidationError(
-                f"augmentations: {unknown or augmentations!r} not understood; give an object with keys among "
-                f"{', '.join(sorted(allowed))}"
-            )
-    out = Path(out)
-    if out.is_dir():
-        raise DataValidationError(f"{out}: is a folder; name the detector checkpoint to write, e.g. {out / 'copy_detector.pt'}")
-    hold_output(out)
 
 
 _BOOL_WORDS = {"true": "True", "yes": "True", "on": "True", "false": "False", "no": "False", "off": "False"}

@@ -28,7 +28,7 @@ place that logs:
 (:func:`prepare_mlflow_env`, unless the user set them). A store that fails (unreachable, locked,
 read-only) is remembered for the process (:func:`store_failed`); what would have gone there is appended
 to a local JSON-lines file (:func:`buffer_records`, ``mlflow_buffer.jsonl`` beside the outputs) and one
-line says where. The bundles use :class:`monai_memorization.handlers.SafeMLFlowHandler` for this.
+line says where. The bundles use :class:`monai_memorization.tracking_handler.SafeMLFlowHandler` for this.
 These store helpers live in :mod:`monai_memorization.tracking_store` and are re-exported here.
 
 Other helpers:
@@ -43,8 +43,9 @@ Other helpers:
   (to the same ``tracking_uri``/``experiment_name`` config keys MONAI's settings use), the appended
   one would log everything twice.
 * :func:`output_scalars` - an ``output_transform`` giving ``{name: float}`` from an engine output.
-* :func:`export_executed_config` - writes the configuration being run (after overrides) to a file
-  (logged as an artifact only with the opt-in above: it holds paths).
+* The executed configuration (after overrides) is MONAI's own: ``--tracking mlflow`` writes it to
+  ``<output_dir>/config_<time>.json`` (``save_execute_config``); a bundle's run logs it as an artifact only with
+  the opt-in above (it holds paths).
 * :func:`count_parameters` - number of trainable parameters, for run parameters.
 * :func:`close_unfinished_runs` - marks the runs a killed process left RUNNING as KILLED, so that a stage
   that starts over gets a new run instead of being mixed into the old one (runs carry :data:`OWNER_TAG`, a hash
@@ -55,12 +56,10 @@ Other helpers:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,7 +100,6 @@ __all__ = [
     "close_unfinished_runs",
     "count_parameters",
     "default_tracking_uri",
-    "export_executed_config",
     "is_remote",
     "mark_store_failed",
     "output_scalars",
@@ -295,44 +293,6 @@ def output_scalars(keys: Sequence[str]) -> Callable[[Any], dict[str, float]]:
         return res
 
     return _transform
-
-
-def export_executed_config(path: str | Path) -> str | None:
-    """Write the bundle configuration being executed (after command-line overrides) to ``path``.
-
-    Meant to be called from a bundle config expression (e.g. in ``initialize``): it finds the
-    ``monai.bundle.ConfigParser`` evaluating that expression on the call stack and exports its
-    configuration as JSON. Outside a bundle run it writes nothing.
-
-    Args:
-        path: the ``.json`` to write.
-
-    Returns:
-        the path as a string, or None when no bundle parser is running.
-    """
-    from monai.bundle import ConfigParser
-
-    parser = _on_stack(ConfigParser)
-    if parser is None:
-        return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ConfigParser.export_config_file(parser.get(), str(path), fmt="json", indent=2)
-    return str(path)
-
-
-def _on_stack(cls: type) -> Any:
-    """The nearest ``self`` of type ``cls`` among the calling frames, or None."""
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            cand = frame.f_locals.get("self")
-            if isinstance(cand, cls):
-                return cand
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
 
 
 def count_parameters(module: torch.nn.Module) -> int:

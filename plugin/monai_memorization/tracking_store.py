@@ -42,6 +42,8 @@ __all__ = [
     "BUFFER_NAME",
     "DEFAULT_DB_NAME",
     "HTTP_DEFAULTS",
+    "TELEMETRY_ENV",
+    "mlflow_telemetry_off",
     "OWNER_TAG",
     "artifacts_beside_store",
     "buffer_records",
@@ -67,6 +69,9 @@ BUFFER_NAME = "mlflow_buffer.jsonl"
 #: MLflow HTTP settings used when the user has not set them: a dead server costs seconds, not minutes
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+#: MLflow's switch for its usage telemetry (set to "true" unless the user set it)
+TELEMETRY_ENV = "MLFLOW_DISABLE_TELEMETRY"
 
 #: run tag naming (by a hash, not the path) the output folder or file whose training owns the run
 OWNER_TAG = "monai_memorization.owner"
@@ -115,8 +120,20 @@ def redact_uri(uri: str | None) -> str:
     return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
 
 
+def mlflow_telemetry_off() -> None:
+    """Turn MLflow's usage telemetry off, unless the user turned it on (``MLFLOW_DISABLE_TELEMETRY=false``).
+
+    Private by default: MLflow would otherwise send usage records to a remote host from a hospital machine. The entry
+    points call it when they start (the command line, the bundles' ``initialize``) and every use of MLflow through
+    :func:`prepare_mlflow_env`; importing the package does not (it changes no global state).
+    """
+    os.environ.setdefault(TELEMETRY_ENV, "true")
+
+
 def prepare_mlflow_env() -> None:
-    """Set MLflow's HTTP timeout and retries to seconds (:data:`HTTP_DEFAULTS`) where the user has not set them."""
+    """Before MLflow is used: telemetry off (:func:`mlflow_telemetry_off`), and MLflow's HTTP timeout and retries set to
+    seconds (:data:`HTTP_DEFAULTS`) where the user has not set them."""
+    mlflow_telemetry_off()
     for k, v in HTTP_DEFAULTS.items():
         os.environ.setdefault(k, v)
     db_log = logging.getLogger("mlflow.store.db.utils")
@@ -291,7 +308,7 @@ def close_unfinished_runs(
 ) -> int:
     """Mark the runs named ``run_name`` that are not finished as ``status`` (their process is gone).
 
-    :class:`~monai_memorization.handlers.SafeMLFlowHandler` continues an unfinished run only when the training
+    :class:`~monai_memorization.tracking_handler.SafeMLFlowHandler` continues an unfinished run only when the training
     resumes with the same settings; a stage that starts over calls this first, so that its new run is not mixed
     with the old one. Tracking never stops training: a store that cannot be reached is logged and skipped.
 

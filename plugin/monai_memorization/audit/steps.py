@@ -65,15 +65,10 @@ def run_bundle(config_files: list[Path], run_id: str, **overrides: Any) -> None:
     configs = [str(Path(f).resolve()) for f in config_files]
     folder = Path(configs[0]).parent
     logging_file = folder / "logging.conf"
-    cwd = os.getcwd()
-    os.chdir(folder.parents[2])  # MONAI reads the bundles' "%bundles/ldm_common/..." references from here
-    try:
-        run(
-            run_id=run_id, config_file=configs, meta_file=str(folder / "metadata.json"),
-            logging_file=str(logging_file) if logging_file.is_file() else None, **overrides,
-        )
-    finally:
-        os.chdir(cwd)
+    run(  # the bundles are self-contained: no working directory to set (pass bundle_root among the overrides)
+        run_id=run_id, config_file=configs, meta_file=str(folder / "metadata.json"),
+        logging_file=str(logging_file) if logging_file.is_file() else None, **overrides,
+    )
 
 
 def check_audit_args(datalist: Any, percentile: Any, **counts: tuple[Any, int]) -> None:

@@ -204,6 +204,9 @@ class AutoencoderKLTrainer(AdversarialTrainer):
         self.perceptual_loss = perceptual_loss
         self.perceptual_weight = float(perceptual_weight)
         self.adv_warmup_epochs = int(adv_warmup_epochs)
+        from monai_memorization.threads import FairThreads
+
+        FairThreads().attach(self)  # a job sharing the machine costs its share, not a collapse
 
     def _complete_state_dict_user_keys(self) -> None:
         """Keep the engine's ``state_dict`` to counters only.

@@ -15,7 +15,7 @@
 * :class:`BatchNormRecalibrationHandler` - exact BatchNorm statistics on the training images at the end.
 * :class:`StepBudgetHandler` - warns when the run has too few optimizer steps to learn the copy invariances.
 * :class:`SaveDetectorHandler` - saves the encoder as a copy detector when training completes.
-* :func:`mlflow_handler` - the run's :class:`~monai_memorization.handlers.SafeMLFlowHandler` (private by default:
+* :func:`mlflow_handler` - the run's :class:`~monai_memorization.tracking_handler.SafeMLFlowHandler` (private by default:
   the detector weights, trained on patient images, and the training data's path are logged only with
   ``mlflow_artifacts``; a failing store buffers the metrics beside the detector).
 
@@ -38,8 +38,8 @@ from torch import nn
 
 from monai_memorization.detection.detector import save_detector
 from monai_memorization.detection.presets import MIN_RECOMMENDED_STEPS
-from monai_memorization.handlers.safe_mlflow import SafeMLFlowHandler
 from monai_memorization.tracking import default_tracking_uri, tracking_policy
+from monai_memorization.tracking_handler import SafeMLFlowHandler
 
 __all__ = [
     "LOG_POINTS",
@@ -301,7 +301,7 @@ def mlflow_handler(
     epoch_log: bool | Callable = True,
     owner: str | os.PathLike | None = None,
 ) -> SafeMLFlowHandler:
-    """:class:`~monai_memorization.handlers.SafeMLFlowHandler` logging the epoch metrics (``epoch_loss`` among them).
+    """:class:`~monai_memorization.tracking_handler.SafeMLFlowHandler` logging the epoch metrics (``epoch_loss`` among them).
 
     Not the loss of every iteration: with a few dozen images an epoch is one optimizer step, and a second write per
     step to the store costs more than the metric is worth.

@@ -38,6 +38,7 @@ from torch.optim.optimizer import Optimizer
 from monai_memorization.engines.autoencoder import cuda_amp, prepare_image_batch
 from monai_memorization.errors import MemorizationError
 from monai_memorization.io import write_text_atomic
+from monai_memorization.threads import FairThreads
 
 __all__ = [
     "DiffusionTrainer",
@@ -234,6 +235,7 @@ class DiffusionTrainer(SupervisedTrainer):
                          amp=cuda_amp(amp, device), **kwargs)
         self.autoencoder_model = autoencoder_model
         self._latent_shapes: dict[tuple, tuple] = {}
+        FairThreads().attach(self)  # a job sharing the machine costs its share, not a collapse
         if autoencoder_model is not None:
             autoencoder_model.eval()
             for p in autoencoder_model.parameters():

@@ -12,8 +12,8 @@
 
 The GPU-sized ``ldm_ct`` configuration (128^3 volumes, autoencoder channels [64, 128, 256], batch 2) run on a
 CPU machine was killed by the kernel at 20.8 GB during its first step, with no word about why.
-:func:`check_training_memory` (the first step of the bundles' ``initialize``, wired in
-``bundles/ldm_common/configs/train.json#memory_check``) estimates a step from the configuration's sizes and
+:func:`check_training_memory` (an early step of the bundles' ``initialize``: their ``memory_check``, through
+``monai_memorization.bundle.check_training_memory``) estimates a step from the configuration's sizes and
 stops in one line when it cannot fit, naming a configuration that does (``quick.json``).
 
 The estimate, :func:`autoencoder_step_bytes`, is a *lower bound*, so that the check never refuses a run that would
@@ -48,7 +48,7 @@ _TENSORS_PER_BLOCK = 24
 
 def _autoencoder(spatial_dims: int, channels: Sequence[int], latent_channels: int, num_res_blocks: int,
                  norm_num_groups: int, attention_levels: Sequence[bool] | None) -> torch.nn.Module:
-    """The bundles' ``AutoencoderKL`` (``ldm_common``'s ``autoencoder_def``) on the meta device: shapes, no memory."""
+    """The bundles' ``AutoencoderKL`` (their ``autoencoder_def``) on the meta device: shapes, no memory."""
     from monai.networks.nets import AutoencoderKL
 
     with torch.device("meta"):
@@ -92,7 +92,7 @@ def autoencoder_step_bytes(
         spatial_size: the images' size (2 or 3 entries), as the bundle resizes them.
         batch_size: images per step.
         channels, latent_channels, num_res_blocks, norm_num_groups, attention_levels: the network's sizes (the
-            ``ae_*`` keys of the bundle, as ``ldm_common``'s ``autoencoder_def`` uses them).
+            ``ae_*`` keys of the bundle, as its ``autoencoder_def`` uses them).
         amp: mixed precision (activations in half precision).
 
     Returns:

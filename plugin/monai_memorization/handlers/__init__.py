@@ -14,13 +14,15 @@
   with the one scan path and write ``memorization_*`` metrics into ``engine.state.metrics``.
 * :class:`StopAboveLimit` -- MONAI's ``EarlyStopHandler`` stopping training once the copy rate passes a limit.
 * :class:`SafeMLFlowHandler` -- MONAI's ``MLFlowHandler``, private by default, whose store failures never stop
-  training (the records are buffered locally).
+  training (the records are buffered locally); it lives in :mod:`monai_memorization.tracking_handler`.
 
 The overlay config ``bundles/copy_detector/configs/memorization_check.json`` adds the check, a stock
-``CheckpointSaver`` keyed on its metric, the stop and a :class:`SafeMLFlowHandler` to any bundle's ``train#handlers``.
+``CheckpointSaver`` keyed on its metric and the stop to any bundle's ``train#handlers`` (and, with
+``memorization_check#log_to_mlflow true``, a :class:`SafeMLFlowHandler` of the check's own). Bundle configs name
+these classes through :mod:`monai_memorization.bundle`.
 """
 
 from monai_memorization.handlers.memorization_check import METRIC_NAMES, MemorizationCheckHandler, StopAboveLimit
-from monai_memorization.handlers.safe_mlflow import SafeMLFlowHandler
+from monai_memorization.tracking_handler import SafeMLFlowHandler
 
 __all__ = ["MemorizationCheckHandler", "StopAboveLimit", "SafeMLFlowHandler", "METRIC_NAMES"]

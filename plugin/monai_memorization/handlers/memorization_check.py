@@ -16,7 +16,8 @@ same preprocessing, threshold and definitions as ``monai-memorization scan``). I
 ``engine.state.metrics`` under ``memorization_<name>`` (names in :data:`METRIC_NAMES`, definitions in
 :mod:`monai_memorization.detection.scan`) and does nothing else; the bundle's stock handlers act on them:
 
-* ``MLFlowHandler`` logs them (wherever it sits in the handler list);
+* ``MLFlowHandler`` logs them (wherever it sits in the handler list): the bundle's own (``--tracking mlflow``), or one
+  of the check's own (``mlflow_handler``);
 * ``CheckpointSaver(key_metric_name="memorization_checkpoint_score", key_metric_greater_or_equal=True)`` keeps
   the checked epoch with the lowest ``synthetic_copy_rate`` (the latest of equal ones);
 * :class:`StopAboveLimit`, MONAI's ``EarlyStopHandler``, stops training once the copy rate passes a limit.
@@ -24,6 +25,10 @@ same preprocessing, threshold and definitions as ``monai-memorization scan``). I
 The overlay ``bundles/copy_detector/configs/memorization_check.json`` wires all of them into any bundle's
 ``train#handlers`` without editing it. With no ``sampler`` given, one is built from the trainer at the first
 check (:func:`monai_memorization.engines.engine_sampler.sampler_from_engine`).
+
+The check is set up when it is attached, that is while the bundle builds its trainer: a check that cannot start (no
+detector, no held-out images, held-out images that are training images) stops the run before the trainer exists,
+so no handler of the bundle (its ``CheckpointSaver`` among them) runs, and ``models/`` stays as it was.
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ class MemorizationCheckHandler:
     Args:
         detector: copy-detector checkpoint trained on the generator's training data.
         train_data: the generator's training set (datalist ``.json``, folder, paths or items). None: the trainer's own
-            dataset through its own chain without the random transforms (:func:`monai_memorization.zoo.images.trainer_images`:
-            axial slices of volumes for a 2D slice bundle), and the held-out images through the same chain.
+            dataset through its own chain without the random transforms
+            (:func:`monai_memorization.data.dataset_images.trainer_images`: axial slices of volumes for a 2D slice
+            bundle), and the held-out images through the same chain.
         holdout: held-out images the generator never sees, to calibrate the threshold (datalist: its
             ``holdout_section`` list). None with ``train_data`` None: a ``DecathlonDataset``'s validation section.
             Needed unless ``threshold`` is given.
@@ -89,8 +95,10 @@ class MemorizationCheckHandler:
         allow_few_holdout: calibrate on fewer held-out subjects than ``percentile`` needs (19 at the 95th);
             otherwise that is an error at setup.
         name: logger name.
-        mlflow_run_name: the run name of the overlay's own MLflow handler; it stands down when the bundle logs to MLflow
-            itself (``--tracking mlflow``), which then gets the ``memorization_*`` metrics.
+        mlflow_handler: an MLflow handler of the check's own (the overlay's store, with
+            ``memorization_check#log_to_mlflow true``), attached with the check; None: the metrics are in
+            ``engine.state.metrics`` only, where the bundle's own MLflow handler (``--tracking mlflow``, or this
+            project's bundles) logs them. The log says which.
     """
 
     def __init__(
@@ -117,7 +125,7 @@ class MemorizationCheckHandler:
         calibration: str = DEFAULT_CALIBRATION,
         allow_few_holdout: bool = False,
         name: str | None = None,
-        mlflow_run_name: str = "memorization_check",
+        mlflow_handler: Any = None,
     ) -> None:
         if int(interval) < 1 or int(num_samples) < 1:
             raise ValueError(f"interval and num_samples must be >= 1, got {interval} and {num_samples}")
@@ -134,54 +142,37 @@ class MemorizationCheckHandler:
         self.reference: Any = None
         self.overlap_warning: str | None = None
         self.history: list[dict[str, Any]] = []
-        self.failure: BaseException | None = None
-        self.mlflow_run_name = mlflow_run_name
+        self.mlflow_handler = mlflow_handler
 
     def attach(self, engine: Engine) -> None:
-        """Register on a trainer: set-up at start, a check at the last iteration of every due epoch.
+        """Set up (rank 0: the detector, the training and held-out images, the threshold), then register on a trainer.
 
-        The check runs at the epoch's last ``ITERATION_COMPLETED`` so its metrics are in place before any
-        ``EPOCH_COMPLETED`` handler (MLflow, checkpoint, stop) reads them, wherever those sit in the list.
+        The set-up runs here, while the bundle builds its trainer, so a check that cannot start stops the run before any
+        of the trainer's handlers has run. The check runs at the epoch's last ``ITERATION_COMPLETED`` so its metrics
+        are in place before any ``EPOCH_COMPLETED`` handler (MLflow, checkpoint, stop) reads them, wherever those sit in
+        the list.
 
         Args:
             engine: the Ignite trainer of the generative model.
         """
-        engine.add_event_handler(Events.STARTED, self._setup)
+        self._setup(engine)
         engine.add_event_handler(Events.EPOCH_STARTED, self._clear)
         engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self)
-        # first in line when something raises: a failed check ends the run before a bundle's CheckpointSaver
-        # (save_final) writes the network it holds over the bundle's models/model.pt
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
-        raised = engine._event_handlers[Events.EXCEPTION_RAISED]
-        raised.insert(0, raised.pop())
+        if self.mlflow_handler is not None:
+            self.mlflow_handler.attach(engine)
 
-    def _failed(self, engine: Engine, e: BaseException) -> None:
-        if self.failure is not None:
-            self.logger.error("memorization check failed (%s); the bundle's final checkpoints are not written, so its "
-                              "models/ files stay as they were", str(e).splitlines()[0] if str(e) else type(e).__name__)
-            raise e
-
-    def _route_mlflow(self, engine: Engine) -> None:
-        """One MLflow destination, said in the log: the bundle's own run when it has one, else the overlay's store."""
-        from monai.handlers import MLFlowHandler
-
-        def owner(h: Any) -> Any:
-            return getattr(getattr(h, "__wrapped__", h), "__self__", None)
-
-        loggers = {id(o): o for hs in engine._event_handlers.values() for h, *_ in hs
-                   if isinstance(o := owner(h), MLFlowHandler)}
-        overlay = [o for o in loggers.values() if getattr(o, "run_name", None) == self.mlflow_run_name]
-        bundle = [o for o in loggers.values() if o not in overlay]
-        where = lambda o: (f"experiment '{o.experiment_name}' at {getattr(o.client, 'tracking_uri', None) or 'its store'}"
-                           f" (run '{o.run_name or 'the bundle run'}')")
-        if bundle:
-            for hs in engine._event_handlers.values():  # the bundle's run gets the metrics: no second run
-                hs[:] = [x for x in hs if owner(x[0]) not in overlay]
-            self.logger.info("memorization check: %s* metrics go to the bundle's MLflow run, %s", self.prefix, where(bundle[0]))
-        elif overlay:
-            self.logger.info("memorization check: %s* metrics go to MLflow, %s", self.prefix, where(overlay[0]))
+    def _say_where_metrics_go(self) -> None:
+        """One log line: the overlay's own MLflow store, or the bundle's MLflow handlers (if any) and its savers."""
+        own = self.mlflow_handler
+        if own is not None:
+            uri = getattr(getattr(own, "policy", None), "uri", None) or getattr(own, "tracking_uri", None) or "its store"
+            self.logger.info("memorization check: %s* metrics go to MLflow, experiment '%s' at %s", self.prefix,
+                             own.experiment_name, uri)
         else:
-            self.logger.info("memorization check: no MLflow logging (%s* metrics are in engine.state.metrics)", self.prefix)
+            self.logger.info("memorization check: %s* metrics go to engine.state.metrics, where the bundle's MLflow "
+                             "handler logs them when it has one (this project's bundles; a model-zoo bundle with "
+                             "--tracking mlflow); --memorization_check#log_to_mlflow true logs them to a store of their "
+                             "own", self.prefix)
 
     def _due(self, engine: Engine, iteration: int) -> bool:
         length = engine.state.epoch_length
@@ -201,16 +192,8 @@ class MemorizationCheckHandler:
         """Check the sets and the detector, embed the training (and held-out) set once, fix the threshold (rank 0)."""
         if idist.get_rank() != 0 or self.reference is not None:
             return
-        self._route_mlflow(engine)
-        self._recording_failure(self._prepare, engine)
-
-    def _recording_failure(self, step, engine: Engine) -> None:
-        """Run a step; a failure is kept (for the EXCEPTION_RAISED handler) and raised."""
-        try:
-            step(engine)
-        except Exception as e:
-            self.failure = e
-            raise
+        self._say_where_metrics_go()
+        self._prepare(engine)
 
     def _prepare(self, engine: Engine) -> None:
         from monai_memorization.detection.pipeline import prepare
@@ -223,7 +206,8 @@ class MemorizationCheckHandler:
         train, holdout, detector = self.train_data, self.holdout, self.detector
         device = getattr(engine.state, "device", None) or "cpu"
         if train is None:  # the trainer's own dataset, through the bundle's own chain (slices of volumes included)
-            from monai_memorization.zoo.images import memory_detector, trainer_images
+            from monai_memorization.data.dataset_images import trainer_images
+            from monai_memorization.detection.in_memory import memory_detector
 
             tr, ho = trainer_images(getattr(getattr(engine, "data_loader", None), "dataset", None), holdout, self.sections[1])
             train, holdout = tr.image_set("training"), (ho.image_set("held-out") if ho is not None else None)
@@ -259,9 +243,6 @@ class MemorizationCheckHandler:
 
     def __call__(self, engine: Engine) -> None:
         """Run one check and write its values into ``engine.state.metrics`` (on every rank)."""
-        self._recording_failure(self._check, engine)
-
-    def _check(self, engine: Engine) -> None:
         values = torch.zeros(len(METRIC_NAMES), dtype=torch.float64)
         t0 = time.time()
         if idist.get_rank() == 0:

@@ -16,6 +16,7 @@
 * :mod:`.generator` -- its trained networks and noise schedule rebuilt into a seeded in-memory sampler;
 * :mod:`.audit` -- ``monai-memorization audit --bundle DIR``: an audit of the trained generator without retraining.
 
-``config``, ``images`` and ``generator`` sit beside ``engines``/``detection`` (the in-training handler uses
-them); ``audit`` sits at the audit's level. Nothing is imported here, so the handler pulls in only what it uses.
+The package sits above the audit (``tests/test_layers.py``): nothing below it imports it. What the in-training
+handler needs of a bundle's images lives lower, in :mod:`monai_memorization.data.dataset_images` and
+:mod:`monai_memorization.detection.in_memory`, which :mod:`.images` builds on. Nothing is imported here.
 """

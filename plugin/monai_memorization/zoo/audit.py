@@ -11,7 +11,8 @@
 """``monai-memorization audit --bundle DIR``: audit a trained generator bundle as it is, without retraining it.
 
 1. **data** -- the training and held-out images through the bundle's own dataset and preprocessing
-   (:mod:`monai_memorization.zoo.images`; axial slices of volumes for a 2D slice bundle), in memory;
+   (:mod:`monai_memorization.zoo.images` over :mod:`monai_memorization.data.dataset_images`; axial slices of volumes
+   for a 2D slice bundle), in memory;
 2. **detector** -- the copy detector given, or one trained on exactly those training images;
 3. **samples** -- drawn in memory with the bundle's networks, schedule and latent shape (:mod:`.generator`);
 4. **scan** -- through the one scan path (:mod:`monai_memorization.detection.pipeline`), threshold from the held-out
@@ -109,7 +110,8 @@ def audit_bundle(
     from monai_memorization.report.writer import write_scan_report
     from monai_memorization.zoo.config import open_bundle
     from monai_memorization.zoo.generator import bundle_sampler
-    from monai_memorization.zoo.images import bundle_images, memory_detector
+    from monai_memorization.detection.in_memory import memory_detector
+    from monai_memorization.zoo.images import bundle_images
 
     for name, value, low in (("num_samples", num_samples, 1), ("num_inference_steps", num_inference_steps, 1),
                              ("slices_per_volume", slices_per_volume, 1), ("positive_control", positive_control, 0)):

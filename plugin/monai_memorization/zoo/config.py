@@ -102,7 +102,7 @@ class Bundle:
 
     Attributes:
         root: the bundle folder; ``files`` the merged config files; ``parser`` the ``ConfigParser`` (overrides applied).
-        kind: one of :data:`KINDS`; ``cwd`` where its relative paths resolve (the repository root for ours).
+        kind: one of :data:`KINDS`; ``cwd`` where its relative paths resolve (the bundle folder).
     """
 
     root: Path
@@ -165,11 +165,10 @@ def open_bundle(bundle: str | os.PathLike, files: Sequence[str] | str | None = N
         merged = ConfigParser.load_config_files([str(p) for p in paths])
     parser = ConfigParser(merged)
     kind = _kind(parser)
-    # this project's bundles resolve "%bundles/ldm_common/..." and their bundle_root from the repository root
-    cwd = root.parents[1] if kind == "project_ldm" and root.parent.name == "bundles" else root
-    parser.update({"bundle_root": str(root)} if kind != "project_ldm" else {})
+    cwd = root
+    parser.update({"bundle_root": str(root)})  # the user's --override may point it elsewhere (this project's runs/...)
     parser.update(dict(overrides or {}))
-    with bundle_env(root, cwd):  # "%file#key" macros resolved (this project's bundles share ldm_common this way)
+    with bundle_env(root, cwd):  # "%file#key" macros and relative paths resolved from the bundle folder
         try:
             parser.parse()
         except (OSError, KeyError, ValueError) as e:

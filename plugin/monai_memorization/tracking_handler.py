@@ -8,7 +8,11 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-""":class:`SafeMLFlowHandler`: MONAI's ``MLFlowHandler`` that is private by default and never stops training."""
+""":class:`SafeMLFlowHandler`: MONAI's ``MLFlowHandler`` that is private by default and never stops training.
+
+It is the tracking policy of :mod:`monai_memorization.tracking` in an Ignite handler, so it sits with the tracking
+helpers, below the engines that log with it (the copy detector's training) and the bundles.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine
 from monai.handlers import MLFlowHandler
-from monai.utils import ensure_tuple, flatten_dict
+from monai.utils import ensure_tuple, flatten_dict, str2bool
 
 from monai_memorization.tracking import (
     BUFFER_NAME,
@@ -29,6 +34,7 @@ from monai_memorization.tracking import (
     artifacts_beside_store,
     buffer_records,
     mark_store_failed,
+    output_scalars,
     owner_tag,
     redact_uri,
     say_once,
@@ -72,13 +78,25 @@ class SafeMLFlowHandler(MLFlowHandler):
         buffer_dir: folder of the buffer file (default: the SQLite store's folder, else the working directory).
         owner: the output whose training the run records, one writer at a time (a bundle's ``eval`` folder, a
             detector checkpoint); default: ``buffer_dir``. Only runs of the same owner are continued or closed.
-        kwargs: the other ``MLFlowHandler`` arguments.
+        output_keys: log these entries of the engine output every iteration (``output_transform`` from
+            :func:`~monai_memorization.tracking.output_scalars`; a bundle names its losses without an expression).
+        kwargs: the other ``MLFlowHandler`` arguments. ``iteration_log``/``epoch_log`` also take the strings a
+            command line gives (``--mlflow_iteration_log false``); ``artifacts`` entries that are not paths (a
+            bundle's ``save_execute_config`` without ``--tracking``: ``true``) are left out.
     """
 
     def __init__(
         self, tracking_uri: str | None = None, *, mlflow_artifacts: Any = None, allow_remote_tracking: Any = None,
-        buffer_dir: str | os.PathLike | None = None, owner: str | os.PathLike | None = None, **kwargs: Any,
+        buffer_dir: str | os.PathLike | None = None, owner: str | os.PathLike | None = None,
+        output_keys: Sequence[str] | None = None, **kwargs: Any,
     ) -> None:
+        for flag in ("iteration_log", "epoch_log"):
+            if isinstance(kwargs.get(flag), str):
+                kwargs[flag] = str2bool(kwargs[flag])
+        if output_keys is not None:
+            kwargs["output_transform"] = output_scalars(output_keys)
+        if kwargs.get("artifacts") is not None:
+            kwargs["artifacts"] = [a for a in ensure_tuple(kwargs["artifacts"]) if isinstance(a, (str, os.PathLike))]
         # the stock handler lets MLFLOW_TRACKING_URI win over its argument: the policy judges that store
         self.policy = tracking_policy(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri, mlflow_artifacts,
                                       allow_remote_tracking)
