@@ -83,6 +83,20 @@ class Reference:
     calibration_rule: str = DEFAULT_CALIBRATION
 
 
+def _pixels_of(det: Detector):
+    """An item's pixels as the detector sees them: its file through the detector's chain, or an image held in memory
+    (a slice a bundle's own chain cut from a volume) through the in-memory chain."""
+    from monai_memorization.data.dataset_images import MemoryImage
+
+    files, memory = det.preprocessing(), det.preprocessing(in_memory=True)
+
+    def load(item: dict) -> dict:
+        image = item["image"]
+        return memory({"image": image.tensor}) if isinstance(image, MemoryImage) else files(item)
+
+    return load
+
+
 def _check_dims(detector: str | os.PathLike | Detector, det: Detector, sets: Sequence[ImageSet]) -> None:
     for s in sets:
         bad = [(shape, p) for shape, p in zip(s.shapes or (), s.paths) if len(shape) != det.spatial_dims]
@@ -207,7 +221,7 @@ def prepare(
         from monai_memorization.detection.calibrate import calibrate
 
         holdout_emb, _ = det.embed_views(ho, views, check=check)
-        overlap = check_pixel_overlap(tr.items, ho.items, train_emb, holdout_emb[: len(ho)], det.preprocessing(),
+        overlap = check_pixel_overlap(tr.items, ho.items, train_emb, holdout_emb[: len(ho)], _pixels_of(det),
                                       overlap, allow_overlap, logger)  # by pixels, on the embeddings just made
         cal, calibration_search = calibrate(train_emb, holdout_emb, percentile, use_gpu, search, rule=calibration,
                                             n_views=len(views) if views else 1)
