@@ -179,7 +179,7 @@ def _snapshot(*folders: str) -> dict:
 def _error_lines(err: str, prefix: str) -> list[str]:
     """stderr without progress bars and log lines of work done before the failure."""
     err = err.replace("\x1b[A", "")  # a progress bar below another moves the cursor up
-    lines = [ln for ln in err.replace("\r", "\n").split("\n") if ln.strip() and not _NOISE.search(ln)]
+    lines = [ln.strip() for ln in err.replace("\r", "\n").split("\n") if ln.strip() and not _NOISE.search(ln)]
     assert all(ln.startswith(prefix) for ln in lines), lines
     return lines
 

@@ -58,16 +58,19 @@ def test_train_detector_uses_the_default_preset(tmp_path):
 
 
 def test_bundle_train_config_reads_the_same_preset():
+    """The copy_detector bundle names the preset and builds the preset's encoder (the CLI builds the same one)."""
     from monai.bundle import ConfigParser
+
+    from monai_memorization.networks.encoders import build_encoder
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_3d.json")])
-    preset = parser.get_parsed_content("preset")
-    assert preset == detector_preset("default", 3)
-    assert parser.get_parsed_content("lr") == PRESETS["default"][3]["lr"]
-    assert parser.get_parsed_content("network_name") == "conv"
-    kwargs = parser.get_parsed_content("network_kwargs")
-    assert kwargs["channels"] == PRESETS["default"][3]["network_kwargs"]["channels"] and kwargs["embed_dim"] == 32
+    assert parser.get_parsed_content("preset_name") == "default" and parser["training"]["preset"] == "@preset_name"
+    net = parser.get_parsed_content("network_def")
+    p = detector_preset("default", 3)
+    want = build_encoder(p["network"], spatial_dims=3, in_channels=1, embed_dim=p["embed_dim"], **p["network_kwargs"])
+    assert type(net) is type(want) and p["embed_dim"] == 32
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == {k: tuple(v.shape) for k, v in want.state_dict().items()}
 
 
 def test_hybrid_score_keeps_one_false_positive_budget():
