@@ -197,3 +197,22 @@ def test_sharded_index_gives_the_single_index_results():
     np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
     assert (results[0][1] == results[1][1]).all()
     assert type(CorrelationIndex(16, use_gpu=False, shards=3).index).__name__ == "IndexShards"
+
+
+def test_ivf_cells_build_after_simpleitk_is_loaded():
+    """SimpleITK (MONAI Label's reader) registers SWIG's std::vector<float> proxy; the IVF cells must not read
+    faiss's k-means centroids through it (faiss.Kmeans then fails with a bare AssertionError)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("SimpleITK")
+    code = ("import faiss, SimpleITK, numpy as np\n"
+            "from monai_memorization.detection.index import build_ivf, ivf_nearest\n"
+            "x = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)\n"
+            "x /= np.linalg.norm(x, axis=1, keepdims=True)\n"
+            "c = build_ivf(x, 8)\n"
+            "corr, idx = ivf_nearest(x, x[:20], nprobe=8, nlist=8)\n"
+            "print(c.shape, bool((idx == np.arange(20)).all()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["(8,", "8)", "True"]

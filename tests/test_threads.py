@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Threads under load: as many torch threads as the cores other processes leave idle; OpenMP waits passively."""
+"""Threads under load: as many torch threads as the cores other processes leave idle."""
 
 from __future__ import annotations
 
@@ -61,15 +61,3 @@ def test_the_user_s_choice_stands(monkeypatch):
     handler = threads.FairThreads(interval=0.0)
     handler.attach(engine)
     assert not engine.has_event_handler(handler, Events.ITERATION_COMPLETED)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    threads.passive_wait()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-
-
-def test_the_command_line_sets_passive_waiting_before_torch_loads():
-    code = ("import os, sys\nfrom monai_memorization.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert out.stdout.strip().splitlines()[-1] == "PASSIVE False"

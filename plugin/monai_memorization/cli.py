@@ -412,9 +412,6 @@ def main(argv: list[str] | None = None) -> None:
     Args:
         argv: the arguments (default: ``sys.argv[1:]``). ``MONAI_MEMORIZATION_DEBUG=1`` shows tracebacks.
     """
-    from monai_memorization.threads import passive_wait
-
-    passive_wait()  # before torch is imported: OpenMP threads sleep, not spin, when another job shares the cores
     import fire
     import fire.core
 

@@ -11,16 +11,14 @@
 """CPU threads that hold up when another job shares the machine.
 
 PyTorch's CPU kernels run on an OpenMP team of one thread per core. When another CPU-bound process shares the cores,
-the team's threads wait for each other at every parallel region, spinning by default, and a training step became
-about 5x slower on 2 cores (``scripts/benchmarks/results/threads_under_load.md``). Two measures:
+the team's threads wait for each other at every parallel region, spinning, and a training step of the copy detector
+became about 5x slower on 2 cores (``scripts/benchmarks/results/threads_under_load.md``). :class:`FairThreads`, an
+Ignite handler on the package's trainers, gives PyTorch as many threads as there are cores that other processes leave
+idle (at least one), measured from ``/proc/stat`` every ``interval`` seconds while an engine runs.
 
-* :func:`passive_wait` asks OpenMP to sleep instead of spin while it waits (``OMP_WAIT_POLICY=PASSIVE``). OpenMP reads
-  it when PyTorch is first imported, so the command line sets it before importing anything heavy;
-* :class:`FairThreads`, an Ignite handler, gives PyTorch as many threads as there are cores that other processes
-  leave idle (at least one), measured from ``/proc/stat`` every ``interval`` seconds while an engine runs.
-
-Both stand down when the user chose (``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS`` or ``MONAI_MEMORIZATION_THREADS``
-set), and outside Linux.
+It stands down when the user chose the thread count (``OMP_NUM_THREADS`` or ``MONAI_MEMORIZATION_THREADS`` set), and
+outside Linux. (OpenMP's passive waiting, ``OMP_WAIT_POLICY=PASSIVE``, also softens the collapse, but it made a
+detector step on a quiet machine 15-20% slower, so it is left to the user.)
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import os
 import time
 from typing import Any
 
-__all__ = ["FairThreads", "fair_thread_count", "passive_wait", "user_chose_threads"]
+__all__ = ["FairThreads", "fair_thread_count", "user_chose_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +38,6 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 def user_chose_threads() -> bool:
     """True when the user set the thread count (``OMP_NUM_THREADS`` or ``MONAI_MEMORIZATION_THREADS``)."""
     return bool(os.environ.get("OMP_NUM_THREADS") or os.environ.get("MONAI_MEMORIZATION_THREADS"))
-
-
-def passive_wait() -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set it: call before torch is imported (the CLI's entry point does)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _cores() -> int:

@@ -311,10 +311,14 @@ def build_ivf(reference: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
     sample = reference
     if len(reference) > 64 * nlist:
         sample = reference[np.sort(np.random.default_rng(seed).choice(len(reference), 64 * nlist, replace=False))]
-    km = faiss.Kmeans(reference.shape[1], int(nlist), niter=10, seed=seed, spherical=True,
-                      max_points_per_centroid=64, verbose=False)
-    km.train(sample)
-    return km.centroids
+    # faiss.Clustering trains into an index and the centroids are read back with reconstruct_n; faiss.Kmeans reads
+    # them as a SWIG std::vector, which fails once SimpleITK (MONAI Label's reader) has registered the same type
+    clustering = faiss.Clustering(reference.shape[1], int(nlist))
+    clustering.niter, clustering.seed, clustering.spherical = 10, int(seed), True
+    clustering.max_points_per_centroid, clustering.verbose = 64, False
+    cells = faiss.IndexFlatIP(reference.shape[1])
+    clustering.train(sample, cells)
+    return cells.reconstruct_n(0, int(nlist))
 
 
 def ivf_nearest(reference: np.ndarray, query: np.ndarray, nprobe: int = IVF_NPROBE, nlist: int | None = None,
