@@ -42,7 +42,25 @@ def test_configurations_and_bad_input(tmp_path):
         expand(load_study_config({"preset": "smoke", "sweeps": {"length": ["long"]}, "base": {**cfg["base"], "family": "gan", "n_train": 4}}))
 
 
-def test_smoke_study_end_to_end_then_resume(tmp_path, capfd):
+def test_fid_difference_is_monai_s_fid_with_an_interval(tmp_path):
+    import numpy as np
+    import torch
+    from monai.metrics import FIDMetric
+    from monai_memorization.study.summary import _fid_diff_ci
+
+    rng = np.random.default_rng(0)
+    a, b, t = rng.normal(size=(12, 16)), rng.normal(size=(10, 16)) + 0.5, rng.normal(size=(30, 16))
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    fid = [float(FIDMetric()(torch.as_tensor(x), torch.as_tensor(t))) for x in (a, b)]
+    d, lo, hi = _fid_diff_ci(tmp_path / "a.npy", tmp_path / "b.npy", t, n_boot=100)
+    assert d == pytest.approx(fid[0] - fid[1], rel=1e-6) and d < 0 and lo < d < hi
+
+
+def test_smoke_study_end_to_end_then_resume(tmp_path, capfd, monkeypatch):
+    from monai_memorization.study import summary
+
+    monkeypatch.setattr(summary, "FID_BOOTSTRAP", 20)  # the FID intervals' resamples: the pipeline, not the interval, is tested
     out = tmp_path / "study"
     s = run_study(SMOKE, out, progress=False)
     names = [r["name"] for r in s["configs"]]
