@@ -82,6 +82,22 @@ def _train(tmp_path: Path, lr: float, crash_after: int | None = None, max_epochs
         trainer.run()
 
 
+def test_an_iteration_is_one_write_with_its_learning_rate(tmp_path, monkeypatch):
+    writes = []
+    log_batch = mlflow.MlflowClient.log_batch
+
+    def counting(self, run_id, metrics=(), *args, **kwargs):
+        if metrics:
+            writes.append(sorted({m.key for m in metrics}))
+        return log_batch(self, run_id, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", counting)
+    _train(tmp_path, lr=0.1)  # 3 epochs of 2 iterations, no epoch metrics
+    (run,) = _runs(_store(tmp_path), "tiny")
+    assert writes == [["Loss", "lr_group_0"]] * 6  # MONAI's handler writes the loss and the lr in two calls a step
+    assert _steps(_store(tmp_path), run, "Loss") == _steps(_store(tmp_path), run, "lr_group_0") == [1, 2, 3, 4, 5, 6]
+
+
 def test_rerun_with_the_same_settings_continues_the_run_without_a_step_twice(tmp_path):
     uri = _store(tmp_path)
     _train(tmp_path, lr=0.1, crash_after=5)  # checkpoint at epoch 2 (iteration 4); iteration 5 was logged, then killed

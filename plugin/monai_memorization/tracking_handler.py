@@ -221,6 +221,22 @@ class SafeMLFlowHandler(MLFlowHandler):
         values = {k: float(v.item() if hasattr(v, "item") else v) for k, v in flatten_dict(metrics).items()}
         self._buffer(metrics=values, step=step or 0)
 
+    def _default_iteration_log(self, engine: Engine) -> None:
+        """MONAI's iteration log in one write: the step's losses and its optimizer values (``lr_group_<i>``) together.
+
+        The stock handler writes them in two calls, and each write to a local SQLite store costs about 7 ms: at one
+        step an epoch, two thirds of a small model's MLflow time went to these writes.
+        """
+        loss = self.output_transform(engine.state.output)
+        if loss is None:
+            return
+        values = dict(loss) if isinstance(loss, dict) else {self.tag_name: loss.item() if hasattr(loss, "item") else loss}
+        optimizer = getattr(engine, "optimizer", None)
+        if optimizer is not None:
+            for name in self.optimizer_param_names:
+                values.update({f"{name}_group_{i}": float(g[name]) for i, g in enumerate(optimizer.param_groups)})
+        self._log_metrics(values, step=engine.state.iteration)
+
     def complete(self) -> None:
         """Log the artifacts (only with the opt-in); a store failure leaves them on disk only."""
         if self.offline:

@@ -162,8 +162,10 @@ def summarise(cfg: dict, records: list[dict], out_dir: Path, uri: str, parent: s
     dirs = directions(records, out_dir, int(cfg.get("seed", 0)))
     figures = study_figures(records, out_dir)
     md = [f"# Memorization study ({cfg['preset']} preset, {cfg['modality']})", "",
-          f"Rates are fractions of {cfg['num_samples']} samples with 95% bootstrap CIs; FID, MMD: {feature_name} features; "
-          "MS-SSIM: mean over pairs of samples (higher = less diverse).", "", _markdown(rows), "## Directions", "",
+          f"Rates are fractions of {cfg['num_samples']} samples with 95% intervals: confirmed copies exact (Clopper-Pearson); "
+          "flagged copies and training images memorized a bootstrap that also moves the threshold, widened to contain the "
+          "exact interval. Directions: Newcombe's interval of a difference of two rates; FID differences a bootstrap of "
+          f"the samples. FID, MMD: {feature_name} features; MS-SSIM: mean over pairs of samples (higher = less diverse).", "", _markdown(rows), "## Directions", "",
           _markdown([{"claim": d["claim"], "compared": d["compared"], "measure": d["measure"],
                       "difference (95% CI)": f"{d['difference']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})",
                       "outcome": d["outcome"], "note": d["note"]} for d in dirs]), "## Figures", ""]
