@@ -235,7 +235,7 @@ def detector_encoder(spatial_dims: int, preset: str | None = None, network: str 
     Args:
         spatial_dims: 2 or 3.
         preset: the detector preset (None: the default).
-        network, network_kwargs, embed_dim: as :func:`train_detector`.
+        network, network_kwargs, embed_dim: as :class:`DetectorTraining`.
 
     Returns:
         the encoder module.
@@ -258,10 +258,47 @@ class DetectorTraining:
     (``seed``) before the encoder is made, so the encoder's weights and the data order do not depend on what ran before.
 
     Args:
-        source, out, modality, spatial_dims, spatial_size, section, epochs, batch_size, embed_dim, network,
-            network_kwargs, lr, temperature, preset, steps, augmentations, device, num_workers, cache_rate, seed,
-            log_to_mlflow, tracking_uri, mlflow_artifacts, allow_remote_tracking, experiment_name, run_name,
-            histogram_dir, histogram_every, progress, validate, channel: as :func:`train_detector`.
+        source: an :class:`~monai_memorization.data.imageset.ImageSet` (built at the edge), a datalist ``.json``, a folder
+            of images, a list of paths/items, or an in-memory
+            array ``[N, 1, *spatial]`` with values in [0, 1].
+        out: the detector checkpoint to write (``.pt``).
+        modality: ``ct``/``mr``/``xr``; read from the datalist's ``modality`` when None.
+        spatial_dims: 2 or 3; from the modality (X-ray 2, CT and MR 3) or the array when None; 2 for CT or MR slices.
+        spatial_size: training/scan image size; the datalist's ``shape`` (or the images') when None.
+        section: datalist section with the generator's training data.
+        epochs: training epochs; default: enough for the preset's optimizer ``steps`` on this data set.
+        batch_size: samples per batch (each brings its augmented view; the rest are negatives); default: the preset's.
+        embed_dim: embedding size (default: the preset's, 128 in 2D, 32 in 3D).
+        network: ``"resnet"`` or ``"conv"`` (default: the preset's).
+        network_kwargs: extra encoder arguments (e.g. ``{"layers": [1, 1, 1, 1]}`` for a small ResNet).
+        lr: Adam learning rate (cosine-decayed to 0 over the epochs); default: the preset's.
+        temperature: NT-Xent temperature; default: the preset's (0.07).
+        preset: ``"default"`` (the configuration validated on real images) or ``"study"`` (the
+            published settings, for thousands of images on a GPU); see
+            :mod:`monai_memorization.detection.presets`.
+        steps: optimizer steps to train for (default: the preset's); ignored when ``epochs`` is given.
+        augmentations: keyword arguments for :func:`contrastive_augmentations`.
+        device: ``"cuda"``/``"cpu"`` (default: CUDA when available).
+        num_workers: DataLoader workers.
+        cache_rate: fraction of preprocessed images cached in memory (``monai.data.CacheDataset``).
+        seed: random seed (``monai.utils.set_determinism``).
+        log_to_mlflow: track the run with MLflow.
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else
+            ``sqlite:///<folder of out>/mlflow.db``).
+        mlflow_artifacts: also log the detector weights (trained on patient images) and the training data's path
+            (default: aggregate metrics, parameters and similarity plots only; see
+            :func:`~monai_memorization.tracking.private_artifacts_allowed`).
+        allow_remote_tracking: allow more than aggregates to go to a remote tracking store.
+        experiment_name: MLflow experiment.
+        run_name: MLflow run name.
+        histogram_dir: folder for per-epoch similarity histograms (default: ``<out stem>_histograms``).
+        histogram_every: write a histogram every N epochs (default: about 50 in all, and the last epoch's; each costs
+            about as much as an optimizer step of a small data set).
+        progress: show an ignite progress bar.
+        validate: check every input image (readable, finite, one channel) before training.
+        channel: for multi-channel images (a Decathlon 4-channel MR volume), the channel to train on: an
+            index or a name of the datalist's ``modality`` dict (``"FLAIR"``); kept in the checkpoint, so
+            the scan reads the same channel.
         checkpoint_dir: also keep MONAI ``CheckpointSaver`` files there (as a bundle does): the network, optimizer and
             schedule about 20 times a run and at the end, and the network's weights as ``model.pt`` (what
             ``ckpt_export`` reads).
@@ -270,9 +307,9 @@ class DetectorTraining:
     """
 
     def __init__(
-            self,
-            source: Any,
-            out: str | os.PathLike,
+        self,
+        source: Any,
+        out: str | os.PathLike,
         modality: str | None = None,
         spatial_dims: int | None = None,
         spatial_size: Sequence[int] | int | None = None,
@@ -478,95 +515,14 @@ def _checkpoint_savers(folder: str | os.PathLike, network: torch.nn.Module, opti
             CheckpointSaver(str(folder), {"model": network}, save_final=True, final_filename="model.pt")]
 
 
-def train_detector(
-    source: Any,
-    out: str | os.PathLike,
-    modality: str | None = None,
-    spatial_dims: int | None = None,
-    spatial_size: Sequence[int] | int | None = None,
-    section: str = "training",
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    embed_dim: int | None = None,
-    network: str | None = None,
-    network_kwargs: dict | None = None,
-    lr: float | None = None,
-    temperature: float | None = None,
-    preset: str | None = None,
-    steps: int | None = None,
-    augmentations: dict | None = None,
-    device: str | None = None,
-    num_workers: int = 0,
-    cache_rate: float = 1.0,
-    seed: int = 0,
-    log_to_mlflow: bool = True,
-    tracking_uri: str | None = None,
-    mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
-    experiment_name: str = "copy_detector",
-    run_name: str | None = None,
-    histogram_dir: str | os.PathLike | None = None,
-    histogram_every: int | None = None,
-    progress: bool = True,
-    validate: bool = True,
-    channel: int | str | None = None,
-) -> dict[str, Any]:
-    """Train a contrastive copy-detector encoder and save it with :func:`save_detector` (:class:`DetectorTraining`).
+def train_detector(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Train a contrastive copy-detector encoder and save it with :func:`save_detector`.
 
     Args:
-        source: an :class:`~monai_memorization.data.imageset.ImageSet` (built at the edge), a datalist ``.json``, a folder
-            of images, a list of paths/items, or an in-memory
-            array ``[N, 1, *spatial]`` with values in [0, 1].
-        out: the detector checkpoint to write (``.pt``).
-        modality: ``ct``/``mr``/``xr``; read from the datalist's ``modality`` when None.
-        spatial_dims: 2 or 3; from the modality (X-ray 2, CT and MR 3) or the array when None; 2 for CT or MR slices.
-        spatial_size: training/scan image size; the datalist's ``shape`` (or the images') when None.
-        section: datalist section with the generator's training data.
-        epochs: training epochs; default: enough for the preset's optimizer ``steps`` on this data set.
-        batch_size: samples per batch (each brings its augmented view; the rest are negatives); default: the preset's.
-        embed_dim: embedding size (default: the preset's, 128 in 2D, 32 in 3D).
-        network: ``"resnet"`` or ``"conv"`` (default: the preset's).
-        network_kwargs: extra encoder arguments (e.g. ``{"layers": [1, 1, 1, 1]}`` for a small ResNet).
-        lr: Adam learning rate (cosine-decayed to 0 over the epochs); default: the preset's.
-        temperature: NT-Xent temperature; default: the preset's (0.07).
-        preset: ``"default"`` (the configuration validated on real images) or ``"study"`` (the
-            published settings, for thousands of images on a GPU); see
-            :mod:`monai_memorization.detection.presets`.
-        steps: optimizer steps to train for (default: the preset's); ignored when ``epochs`` is given.
-        augmentations: keyword arguments for :func:`contrastive_augmentations`.
-        device: ``"cuda"``/``"cpu"`` (default: CUDA when available).
-        num_workers: DataLoader workers.
-        cache_rate: fraction of preprocessed images cached in memory (``monai.data.CacheDataset``).
-        seed: random seed (``monai.utils.set_determinism``).
-        log_to_mlflow: track the run with MLflow.
-        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else
-            ``sqlite:///<folder of out>/mlflow.db``).
-        mlflow_artifacts: also log the detector weights (trained on patient images) and the training data's path
-            (default: aggregate metrics, parameters and similarity plots only; see
-            :func:`~monai_memorization.tracking.private_artifacts_allowed`).
-        allow_remote_tracking: allow more than aggregates to go to a remote tracking store.
-        experiment_name: MLflow experiment.
-        run_name: MLflow run name.
-        histogram_dir: folder for per-epoch similarity histograms (default: ``<out stem>_histograms``).
-        histogram_every: write a histogram every N epochs (default: about 50 in all, and the last epoch's; each costs
-            about as much as an optimizer step of a small data set).
-        progress: show an ignite progress bar.
-        validate: check every input image (readable, finite, one channel) before training.
-        channel: for multi-channel images (a Decathlon 4-channel MR volume), the channel to train on: an
-            index or a name of the datalist's ``modality`` dict (``"FLAIR"``); kept in the checkpoint, so
-            the scan reads the same channel.
+        args, kwargs: the arguments of :class:`DetectorTraining` (``source``, ``out``, then its settings).
 
     Returns:
         ``{"path", "config", "history": [{"epoch", "loss", "mean_positive_similarity", ...}],
         "mlflow_run_id"}``.
     """
-    return DetectorTraining(
-        source, out,
-        modality=modality, spatial_dims=spatial_dims, spatial_size=spatial_size, section=section, epochs=epochs,
-        batch_size=batch_size, embed_dim=embed_dim, network=network, network_kwargs=network_kwargs, lr=lr,
-        temperature=temperature, preset=preset, steps=steps, augmentations=augmentations, device=device,
-        num_workers=num_workers, cache_rate=cache_rate, seed=seed, log_to_mlflow=log_to_mlflow,
-        tracking_uri=tracking_uri, mlflow_artifacts=mlflow_artifacts,
-        allow_remote_tracking=allow_remote_tracking, experiment_name=experiment_name, run_name=run_name,
-        histogram_dir=histogram_dir, histogram_every=histogram_every, progress=progress, validate=validate,
-        channel=channel,
-    ).run()
+    return DetectorTraining(*args, **kwargs).run()
