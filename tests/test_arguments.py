@@ -41,7 +41,7 @@ WORK = [
     ("monai_memorization.release", "filter_release"),
     ("monai_memorization.study.run", "run_study"),
     ("monai_memorization.audit", "run_audit"),
-    ("monai_memorization.zoo.audit", "bundle_command"),
+    ("monai_memorization.audit.bundle_audit", "bundle_command"),
 ]
 
 
@@ -201,10 +201,10 @@ def test_accepted_command_lines_reach_the_work(work, capsys):
 
 def test_audit_bundle_gets_the_modality_it_was_given(monkeypatch, capsys):
     """``audit --bundle B --modality mr``: the modality reaches the bundle audit (it was dropped)."""
-    from monai_memorization.zoo import audit as zoo_audit
+    from monai_memorization.audit import bundle_audit
 
     seen = {}
-    monkeypatch.setattr(zoo_audit, "bundle_command", lambda *a, **kw: seen.update(kw) or 0)
+    monkeypatch.setattr(bundle_audit, "bundle_command", lambda *a, **kw: seen.update(kw) or 0)
     assert _run(["audit", "--bundle", "b", "--modality", "mr"], capsys)[0] == 0
     assert seen == {"modality": "mr", "allow_few_holdout": False}
 

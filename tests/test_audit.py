@@ -91,7 +91,7 @@ def test_audit_cli_exit_code_and_folder_safety(tmp_path, capsys):
 
 def test_quality_tells_a_learned_generator_from_noise():
     from monai_memorization.data.phantoms import make_phantom
-    from monai_memorization.detection.quality import confirm_copies, generator_quality
+    from monai_memorization.detection.evidence import confirm_copies, generator_quality
 
     train = np.stack([make_phantom("xr", seed=0, subject=i, shape=(32, 32)) for i in range(8)])
     holdout = np.stack([make_phantom("xr", seed=0, subject=50 + i, shape=(32, 32)) for i in range(6)])
@@ -118,7 +118,7 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
     unflagged novel (noise) image is not; the headline counts the missed copy and says so."""
     from monai_memorization.audit.verdict import confirmed_text, make_headline, rate_ci
     from monai_memorization.data.phantoms import make_phantom
-    from monai_memorization.detection.quality import confirm_copies, pixel_nearest
+    from monai_memorization.detection.evidence import confirm_copies, pixel_nearest
 
     train = np.stack([make_phantom("xr", seed=0, subject=i, shape=(32, 32)) for i in range(8)])
     holdout = np.stack([make_phantom("xr", seed=0, subject=50 + i, shape=(32, 32)) for i in range(6)])

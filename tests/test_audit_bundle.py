@@ -24,8 +24,9 @@ from fixtures.zoo import docs_commands
 def test_bundle_images_are_the_bundles_own_slices(zoo2d, tmp_path):
     """Training slices come through the bundle's chain (channel 0, RAS, centre crop, percentile scaling) minus Rand*."""
     import nibabel as nib
-    from monai_memorization.zoo.config import open_bundle
-    from monai_memorization.zoo.images import bundle_images
+    from monai_memorization.data.imageset import ImageSet
+    from monai_memorization.audit.bundle_config import open_bundle
+    from monai_memorization.audit.bundle_images import bundle_images
 
     bundle, data = zoo2d
     b = open_bundle(bundle, None, {"dataset_dir": str(data)})
@@ -46,16 +47,16 @@ def test_bundle_images_are_the_bundles_own_slices(zoo2d, tmp_path):
     datalist = tmp_path / "holdout.json"
     datalist.write_text(json.dumps({"holdout": [{"image": str(data / "Task01_BrainTumour" / "imagesTr" / f"{v}.nii.gz")}
                                                 for v in volumes]}))
-    given = bundle_images(b, "holdout", str(datalist))
+    given = bundle_images(b, "holdout", ImageSet.from_source(str(datalist), "holdout"))
     assert given.ids == held.ids and torch.equal(given.images, held.images)
 
 
 def test_sampler_is_the_bundles_generator(zoo2d):
     """The networks carry the trained weights (loaded weights_only), the scale factor is the bundle's formula, and
     sampling is seeded and in memory at the training images' size."""
-    from monai_memorization.zoo.config import open_bundle
-    from monai_memorization.zoo.generator import bundle_sampler
-    from monai_memorization.zoo.images import bundle_images
+    from monai_memorization.audit.bundle_config import open_bundle
+    from monai_memorization.audit.bundle_sampler import bundle_sampler
+    from monai_memorization.audit.bundle_images import bundle_images
 
     bundle, data = zoo2d
     # the bundle's own loading expressions (torch.load without weights_only) are never run: here they would fail
@@ -100,9 +101,9 @@ def test_a_copying_generator_is_caught(zoo2d, zoo2d_audit, tmp_path):
     """A generator that returns (slightly changed) training slices: its samples are flagged and confirmed; a generator
     returning new patients' slices is not (the detector from the first audit, given with detector=)."""
     from monai_memorization.data.phantoms import transformed_copy
-    from monai_memorization.zoo.audit import audit_bundle
-    from monai_memorization.zoo.config import open_bundle
-    from monai_memorization.zoo.images import bundle_images
+    from monai_memorization.audit.bundle_audit import audit_bundle
+    from monai_memorization.audit.bundle_config import open_bundle
+    from monai_memorization.audit.bundle_images import bundle_images
 
     bundle, data = zoo2d
     b = open_bundle(bundle, None, {"dataset_dir": str(data)})
@@ -154,7 +155,7 @@ def test_3d_bundle_end_to_end(zoo2d, tmp_path):
     """A brats_mri_generative_diffusion-shaped bundle (3D): random crop -> centre crop, one image per volume, audited
     end to end in memory with its own networks."""
     from fixtures.zoo import trained_zoo_2d
-    from monai_memorization.zoo.audit import audit_bundle
+    from monai_memorization.audit.bundle_audit import audit_bundle
 
     data = zoo2d[1]
     bundle = trained_zoo_2d(tmp_path, data, name="zoo_brats_3d")
@@ -172,9 +173,9 @@ def test_maisi_config_data_and_sampler(tmp_path):
     """A maisi_ct_generative-shaped bundle: train.json + inference.json read, its datalist through its transforms, and
     DiffusionModelUNetMaisi sampled with its body-region and spacing inputs and its checkpoint's scale factor."""
     from fixtures.zoo import make_maisi
-    from monai_memorization.zoo.config import open_bundle
-    from monai_memorization.zoo.generator import MaisiSampler, bundle_sampler
-    from monai_memorization.zoo.images import bundle_images
+    from monai_memorization.audit.bundle_config import open_bundle
+    from monai_memorization.audit.bundle_sampler import MaisiSampler, bundle_sampler
+    from monai_memorization.audit.bundle_images import bundle_images
 
     bundle = make_maisi(tmp_path)
     b = open_bundle(bundle)
@@ -196,8 +197,8 @@ def test_our_ldm_xr_bundle(xr_datalist, tmp_path, monkeypatch, capsys):
     from fixtures.zoo import docs_argv
     from monai.bundle import run
     from monai_memorization.cli import main
-    from monai_memorization.zoo.config import open_bundle
-    from monai_memorization.zoo.generator import bundle_sampler
+    from monai_memorization.audit.bundle_config import open_bundle
+    from monai_memorization.audit.bundle_sampler import bundle_sampler
     from test_ldm_bundles import cfg, tiny
 
     repo = Path(__file__).resolve().parents[1]
@@ -223,7 +224,7 @@ def test_a_detector_of_other_dimensions_is_one_line(zoo2d, zoo2d_audit, tmp_path
     from fixtures.zoo import trained_zoo_2d
 
     from monai_memorization.errors import DetectorError
-    from monai_memorization.zoo.audit import audit_bundle
+    from monai_memorization.audit.bundle_audit import audit_bundle
 
     bundle = trained_zoo_2d(tmp_path, zoo2d[1], epochs=1, name="zoo_brats_3d")
     detector = zoo2d_audit[1] / "detector" / "copy_detector.pt"

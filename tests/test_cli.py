@@ -23,8 +23,13 @@ def test_help_lists_every_command(capsys):
     assert e.value.code == 0
     captured = capsys.readouterr()
     out = captured.out + captured.err
-    for command in ("audit", "check", "filter", "phantoms", "scan", "train_detector", "validate"):
-        assert f"     {command}\n" in out
+    for command in ("audit", "check", "filter", "phantoms", "scan", "train-detector", "validate", "mlflow-replay"):
+        assert f"\n  {command} " in out
+    assert "_" not in "".join(ln.split()[0] for ln in out.splitlines() if ln.startswith("  "))  # one spelling: dashes
+    assert "train-detector  Train the self-supervised contrastive copy detector" in out
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 0 and "usage: monai-memorization COMMAND" in capsys.readouterr().out
 
 
 def test_mlflow_telemetry_is_off_once_the_command_line_starts():

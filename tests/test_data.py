@@ -241,3 +241,35 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, good):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("monai-memorization: error:")]
     assert len(lines) == 1 and "missing.nii.gz: file not found" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_datalist_is_read_once_for_all_its_lists_and_written_back_whole(tmp_path, monkeypatch):
+    """``ImageSet.from_datalist``: one parse gives every list asked for (absolute paths, subjects, the file's modality);
+    an optional list is read only when present and non-empty, and checked then; ``write_datalist`` round-trips."""
+    from pathlib import Path
+
+    from monai_memorization.data.datalist import write_datalist
+    from monai_memorization.data.imageset import ImageSet
+
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps({"modality": "xr", "name": "x", "training": [{"image": "a/p1.png"}, {"image": "a/p2.png"}],
+                             "holdout": [{"image": "/abs/h1.png"}], "validation": []}))
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or real(self, *a, **k))
+    lists = ImageSet.from_datalist(f, ("training", "holdout"), ("validation", "test"))
+    assert reads == ["d.json"]
+    assert list(lists) == ["training", "holdout"]  # the empty validation list and the absent test list are left out
+    assert lists["training"].paths == [str(tmp_path / "a" / "p1.png"), str(tmp_path / "a" / "p2.png")]
+    assert lists["training"].subjects == ["p1", "p2"] and lists["holdout"].name == "held-out"
+    assert lists["holdout"].modality == "xr" and lists["training"].meta == {"modality": "xr", "name": "x"}
+    out = write_datalist(tmp_path / "sub" / "d2.json", lists["training"].meta,
+                         {"training": lists["training"].items[:1], "holdout": lists["holdout"].items})
+    again = ImageSet.from_datalist(out, ("training", "holdout"))
+    assert again["training"].paths == lists["training"].paths[:1] and again["holdout"].paths == ["/abs/h1.png"]
+    assert again["training"].meta == {"modality": "xr", "name": "x"}
+    f.write_text(json.dumps({"training": [{"image": "a.png"}], "validation": ["b.png"]}))
+    with pytest.raises(DataValidationError, match=r"validation\[0\] is the string 'b.png'"):
+        ImageSet.from_datalist(f, ("training",), ("validation",))
+    with pytest.raises(DataValidationError, match="no 'holdout' list"):
+        ImageSet.from_datalist(f, ("training", "holdout"))

@@ -208,7 +208,7 @@ def test_missing_holdout_is_a_clear_error(xr_datalist, detector):
 def test_ddim_scheduler_like_copies_the_training_schedule():
     from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-    from monai_memorization.engines.engine_sampler import ddim_scheduler_like
+    from monai_memorization.engines.sampling import ddim_scheduler_like
 
     train = DDPMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
     ddim = ddim_scheduler_like(train)

@@ -12,15 +12,15 @@
 
 Floors, lowest first (a module may import its own floor and those below, never one above):
 
-0. helpers: ``errors``, ``io``, ``locking``, ``edge``, ``arguments``, ``defaults``, ``threads``, and MLflow tracking (``tracking``,
+0. helpers: ``errors``, ``files``, ``locking``, ``entry_points``, ``arguments``, ``defaults``, ``threads``, and MLflow tracking (``tracking``,
    ``tracking_store``, ``tracking_handler``: the private-by-default policy, the store helpers and the
    ``SafeMLFlowHandler`` that applies them; they need nothing of the package but the helpers);
 1. ``data/`` and ``networks/`` (the networks are plain ``torch`` modules the detector and the bundles build);
 2. ``engines/`` and ``detection/``;
 3. ``report/``;
-4. ``handlers/``, ``api.py``, ``audit/`` and the package's ``__init__`` (its ``check`` is ``api.check``);
-5. the applications built on those: ``zoo/`` (an existing bundle read and audited: it runs the audit), ``study/`` (runs
-   audits), ``label/`` (the MONAI Label app), ``release.py`` / ``release_manifest.py`` (the release gate's command) and
+4. ``handlers/``, ``api.py``, ``audit/`` (both audits: of generators trained here and of a trained bundle) and the
+   package's ``__init__`` (its ``check`` is ``api.check``);
+5. the applications built on those: ``study/`` (runs audits), ``label/`` (the MONAI Label app), ``release.py`` / ``release_manifest.py`` (the release gate's command) and
    ``bundle/`` (the namespace the bundle configs call: it wires engines, handlers and the scan);
 6. ``cli.py``.
 
@@ -37,13 +37,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "plugin" / "monai_memorization"
 
 FLOORS = {
-    0: {"errors", "io", "locking", "edge", "arguments", "defaults", "threads", "tracking", "tracking_store",
+    0: {"errors", "files", "locking", "entry_points", "arguments", "defaults", "threads", "tracking", "tracking_store",
         "tracking_handler"},
     1: {"data", "networks"},
     2: {"engines", "detection"},
     3: {"report"},
     4: {"handlers", "api", "audit", "__init__"},
-    5: {"zoo", "study", "label", "release", "release_manifest", "bundle"},
+    5: {"study", "label", "release", "release_manifest", "bundle"},
     6: {"cli"},
 }
 FLOOR = {part: floor for floor, parts in FLOORS.items() for part in parts}
@@ -122,7 +122,7 @@ def test_importing_the_package_changes_no_global_state():
         "import torch, ignite.engine, mlflow, monai.bundle, monai.handlers, faiss\n"
         "env = dict(os.environ)\n"
         "import monai_memorization.bundle, monai_memorization.handlers, monai_memorization.api, monai_memorization.cli\n"
-        "import monai_memorization.audit, monai_memorization.study, monai_memorization.zoo.audit\n"
+        "import monai_memorization.audit, monai_memorization.study, monai_memorization.audit.bundle_audit\n"
         "print(sys.excepthook is hook, sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)))\n"
         "from monai_memorization.tracking import prepare_mlflow_env\n"
         "prepare_mlflow_env()\n"

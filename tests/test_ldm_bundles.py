@@ -213,7 +213,7 @@ def test_gpu_sized_config_on_a_small_machine_stops_in_one_line_before_allocating
     """The design card's command (ldm_ct's GPU sizes) on a machine with less memory was killed by the kernel at 20.8 GB
     with no word; now it stops in one line at the start of initialize, naming quick.json, which passes the check.
     The available memory is faked (4 GB, RAM or free GPU memory): nothing large is allocated here."""
-    from monai_memorization.edge import one_line
+    from monai_memorization.entry_points import one_line
     from monai_memorization.engines import memory
 
     asked = []

@@ -321,7 +321,7 @@ def test_bundles_end_in_one_line_and_exit_2(w, tmp_path):
 def test_bool_flags_mean_what_they_say():
     """``--mlflow false`` is False (fire alone passes the truthy string "false")."""
     from monai_memorization.cli import Commands
-    from monai_memorization.edge import bool_flags
+    from monai_memorization.entry_points import bool_flags
 
     def _bool_flags(args):
         return bool_flags(args, Commands)
@@ -334,19 +334,19 @@ def test_bool_flags_mean_what_they_say():
 def test_bundle_excepthook_only_under_monai_bundle_one_line_for_every_error(monkeypatch, capsys):
     """Other programs keep their hook; under monai.bundle every error is one line and exit 2 (an error that is not
     ours with the debug hint; the debug variable and Ctrl-C keep the default traceback)."""
-    from monai_memorization import edge
+    from monai_memorization import entry_points
 
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
-    assert not edge.install_bundle_excepthook("/usr/bin/pytest")
+    assert not entry_points.install_bundle_excepthook("/usr/bin/pytest")
     assert sys.excepthook is sys.__excepthook__
-    assert edge.install_bundle_excepthook("/venv/lib/python3.11/site-packages/monai/bundle/__main__.py")
-    assert sys.excepthook is edge._bundle_excepthook
+    assert entry_points.install_bundle_excepthook("/venv/lib/python3.11/site-packages/monai/bundle/__main__.py")
+    assert sys.excepthook is entry_points._bundle_excepthook
     import atexit
 
     seen, exits = [], []
     monkeypatch.setattr(sys, "__excepthook__", lambda *a: seen.append(a[1]))
     monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)
-    monkeypatch.setattr(edge.os, "_exit", exits.append)
+    monkeypatch.setattr(entry_points.os, "_exit", exits.append)
     bug = ValueError("not ours")
     sys.excepthook(ValueError, bug, None)
     err = capsys.readouterr().err.strip()
@@ -358,10 +358,10 @@ def test_bundle_excepthook_only_under_monai_bundle_one_line_for_every_error(monk
     assert err == ("error: AttributeError: 'tuple' object has no attribute 'shape' (set MONAI_MEMORIZATION_DEBUG=1 "
                    "for the traceback)") and exits == [2, 2]
     sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)  # Ctrl-C: the default
-    monkeypatch.setenv(edge.DEBUG_ENV, "1")
+    monkeypatch.setenv(entry_points.DEBUG_ENV, "1")
     sys.excepthook(ValueError, bug, None)  # the debug variable: the traceback
     assert exits == [2, 2] and len(seen) == 2
     try:
-        raise RuntimeError("Failed to evaluate ConfigExpression") from edge.DataValidationError("x.json: datalist file not found")
+        raise RuntimeError("Failed to evaluate ConfigExpression") from entry_points.DataValidationError("x.json: datalist file not found")
     except RuntimeError as e:
-        assert edge.one_line(e) == "x.json: datalist file not found"
+        assert entry_points.one_line(e) == "x.json: datalist file not found"

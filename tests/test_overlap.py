@@ -289,9 +289,9 @@ def test_near_exact_pixel_duplicate_and_new_patients(xr_datalist, data, tmp_path
     import torch
 
     from monai_memorization.data import overlap as ov
-    from monai_memorization.detection.pipeline import load
+    from monai_memorization.detection.detector import open_detector
 
-    det = load(tiny_detector(xr_datalist, tmp_path / "det"), device="cpu")
+    det = open_detector(tiny_detector(xr_datalist, tmp_path / "det"), device="cpu")
     held = _holdout_folder(data, tmp_path / "held")
     noisy = _resave(data["train"][2]["image"], held / "zz_noisy.png", noise=0.01)  # pixel correlation 0.9993
     train, holdout = data["train"], [{"image": str(p)} for p in sorted(held.iterdir())]

@@ -34,7 +34,7 @@ def _run(bundle: Path, argv: list[str]) -> None:
     """``python -m monai.bundle run ...`` from the bundle folder, in this process (fire parses the flags as there)."""
     import fire
     from monai.bundle.scripts import run
-    from monai_memorization.zoo.config import bundle_env
+    from monai_memorization.audit.bundle_config import bundle_env
 
     assert argv[:4] == ["python", "-m", "monai.bundle", "run"]
     with bundle_env(bundle):
@@ -57,14 +57,14 @@ def test_a_failed_check_leaves_the_checkpoint_as_it_was(bundle, zoo2d, tmp_path)
     the check is set up while the trainer is built, so no handler of the bundle has run."""
     from monai.bundle import run
     from monai_memorization.errors import DetectorError
-    from monai_memorization.zoo.config import bundle_env
+    from monai_memorization.audit.bundle_config import bundle_env
 
     before = _sha(bundle / "models" / "model.pt")
     with bundle_env(bundle), pytest.raises(Exception) as e:
         run(config_file=FILES, dataset_dir=str(zoo2d[1]), **{"memorization_check#detector": str(tmp_path / "missing.pt"),
                                                              "train#trainer#max_epochs": 1,
                                                              "memorization_check#log_to_mlflow": False})
-    from monai_memorization.edge import chain
+    from monai_memorization.entry_points import chain
 
     assert any(isinstance(x, DetectorError) and "detector checkpoint not found" in str(x) for x in chain(e.value))
     assert _sha(bundle / "models" / "model.pt") == before
@@ -99,7 +99,7 @@ def test_overlay_without_tracking_logs_to_a_local_store_of_its_own(bundle, zoo2d
     (experiment memorization_check), and the log says so."""
     import mlflow
     from monai.bundle import run
-    from monai_memorization.zoo.config import bundle_env
+    from monai_memorization.audit.bundle_config import bundle_env
 
     detector = str(zoo2d_audit[1] / "detector" / "copy_detector.pt")
     with caplog.at_level(logging.INFO, logger="monai_memorization.handlers.memorization_check"), bundle_env(bundle):

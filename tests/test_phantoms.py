@@ -36,7 +36,7 @@ def test_xr_subjects_differ_as_patients_do():
     Before the variation, held-out radiographs correlated with their nearest training radiograph at a
     median of 0.98 (64^2), so a copy and a new patient were hard to tell apart.
     """
-    from monai_memorization.detection.quality import pixel_nearest
+    from monai_memorization.detection.evidence import pixel_nearest
 
     train = np.stack([ph.make_phantom("xr", seed=0, subject=i, shape=(64, 64)) for i in range(16)])
     new = np.stack([ph.make_phantom("xr", seed=0, subject=100 + i, shape=(64, 64)) for i in range(8)])

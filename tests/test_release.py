@@ -235,7 +235,7 @@ def test_scan_marks_samples_above_the_pixel_bar(scanned, xr_datalist):
 
     from monai_memorization.audit.steps import load_arrays
     from monai_memorization.data.datalist import load_datalist, read_datalist
-    from monai_memorization.detection.quality import pixel_nearest
+    from monai_memorization.detection.evidence import pixel_nearest
 
     root, syn, copies, novel = scanned
     summary = json.loads((root / "report" / "report.json").read_text())

@@ -116,6 +116,18 @@ def test_smoke_study_end_to_end_then_resume(tmp_path, capfd, monkeypatch):
         run_study(SMOKE, out, progress=False)
 
 
-def test_study_datalist_rejects_too_few(tmp_path, xr_datalist):
+def test_study_datalist_rejects_too_few_and_writes_duplicates_as_files(tmp_path, xr_datalist):
+    from monai_memorization.data.imageset import ImageSet
+
+    lists = ImageSet.from_datalist(xr_datalist, ("training", "holdout"), ("validation",))
     with pytest.raises(DataValidationError, match="the study asks for 500"):
-        study_datalist(xr_datalist, 500, 1, tmp_path / "d.json")
+        study_datalist(lists, 500, 1, tmp_path / "d.json")
+    path, n = study_datalist(lists, 8, 3, tmp_path / "dup" / "d.json")
+    again = ImageSet.from_datalist(path, ("training", "holdout"), ("validation",))
+    assert n == len(again["training"]) == 8 + 2 * 2  # the first quarter (2 images) twice more
+    assert again["training"].paths[:8] == lists["training"].paths[:8]
+    assert again["holdout"].paths == lists["holdout"].paths and again["training"].meta == lists["training"].meta
+    dups = again["training"].items[8:]
+    assert [d["subject"] for d in dups] == [lists["training"].items[i]["subject"] for i in (0, 0, 1, 1)]
+    assert all(Path(d["image"]).read_bytes() == Path(lists["training"].paths[i]).read_bytes()
+               for d, i in zip(dups, (0, 0, 1, 1)))

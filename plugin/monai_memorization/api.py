@@ -222,7 +222,7 @@ def _check_args(percentile: Any, out_dir: Any, device: Any, **counts: tuple[Any,
         ``(percentile, out_dir)`` as a float and a ``Path``.
     """
     from monai_memorization.detection.pipeline import check_percentile
-    from monai_memorization.edge import check_device, check_number
+    from monai_memorization.entry_points import check_device, check_number
     from monai_memorization.locking import hold_output
     from monai_memorization.report.writer import check_out_dir
 

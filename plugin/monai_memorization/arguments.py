@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_memorization.edge import bool_flags, check_number, check_percentile
+from monai_memorization.entry_points import bool_flags, check_number, check_percentile
 from monai_memorization.defaults import CALIBRATIONS
 from monai_memorization.errors import DataValidationError
 
@@ -52,7 +52,7 @@ DETECTOR_PRESETS = ("default", "study")
 AUDIT_PRESETS = ("cpu", "gpu", "smoke")
 STUDY_PRESETS = ("cpu", "gpu", "smoke")
 NETWORKS = ("resnet", "conv")
-#: the options ``audit --bundle DIR`` takes besides the audit's own (``monai_memorization.zoo.audit.bundle_command``)
+#: the options ``audit --bundle DIR`` takes besides the audit's own (``monai_memorization.audit.bundle_audit.bundle_command``)
 AUDIT_BUNDLE_OPTIONS = ("config_file", "override", "holdout", "detector", "modality", "num_inference_steps",
                        "slices_per_volume", "percentile", "device", "log_to_mlflow")
 #: the audit's options that an audit of a trained bundle does not use (it audits the bundle's own data and networks)
@@ -197,6 +197,28 @@ def _parse_value(text: str) -> Any:
     from fire.parser import DefaultParseValue
 
     return DefaultParseValue(text)
+
+
+def overview(commands: type, prog: str = "monai-memorization") -> str:
+    """The top-level help: what the program is for and each command as it is typed (``train-detector``), with the
+    first line of its docstring.
+
+    Args:
+        commands: the class whose public methods are the commands.
+        prog: the program name.
+
+    Returns:
+        the text (no trailing newline).
+    """
+    names = sorted(n for n in vars(commands) if not n.startswith("_") and callable(getattr(commands, n)))
+    width = max(len(n) for n in names) + 2
+    lines = [f"{prog}: {(commands.__doc__ or '').strip().splitlines()[0]}", "",
+             f"usage: {prog} COMMAND [ARGUMENTS] [--OPTION VALUE ...]",
+             f"       {prog} COMMAND --help     (a command's arguments and options)", "", "commands:"]
+    for n in names:
+        doc = (getattr(commands, n).__doc__ or "").replace("``", "").strip().splitlines()
+        lines.append(f"  {n.replace('_', '-'):<{width}}{doc[0] if doc else ''}")
+    return "\n".join(lines)
 
 
 def accept_command_line(args: Sequence[str], commands: type, prog: str = "monai-memorization") -> list[str]:

@@ -367,10 +367,10 @@ class Commands:
                 reports then state the real false-positive rate (always allowed in a smoke run, which gives no verdict).
             bundle: audit this trained generator bundle as it is instead; its further options: --config_file,
                 --override, --holdout, --detector, --num_inference_steps, --slices_per_volume, --percentile, --device,
-                --log_to_mlflow (see monai_memorization.zoo.audit).
+                --log_to_mlflow (see monai_memorization.audit.bundle_audit).
         """
         if bundle is not None or options:  # an existing trained generator, without retraining it
-            from monai_memorization.zoo.audit import bundle_command
+            from monai_memorization.audit.bundle_audit import bundle_command
 
             if modality is not None:
                 options["modality"] = modality
@@ -415,8 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     import fire
     import fire.core
 
-    from monai_memorization.arguments import accept_command_line
-    from monai_memorization.edge import EXIT_ERROR, debug, distributed_from_env, one_line
+    from monai_memorization.arguments import HELP_FLAGS, accept_command_line, overview
+    from monai_memorization.entry_points import EXIT_ERROR, debug, distributed_from_env, one_line
     from monai_memorization.tracking_store import mlflow_telemetry_off
 
     mlflow_telemetry_off()  # private by default, before anything can reach MLflow
@@ -430,6 +430,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"monai-memorization: error: {msg} (see {trace.GetCommand()} --help)", file=sys.stderr)
 
     fire.core._DisplayError = usage_error
+    given = sys.argv[1:] if argv is None else list(argv)
+    if not given or given[0] in HELP_FLAGS:  # the commands as they are typed (fire would list train_detector)
+        print(overview(Commands))
+        fire.core._DisplayError = show
+        sys.exit(0)
     try:
         args = accept_command_line(sys.argv[1:] if argv is None else argv, Commands)  # all of it, before any work
         with distributed_from_env():  # torchrun: the scan's embedding shared among the ranks

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_memorization.io import file_sha256, remove_stale_temporaries, replace_dir, writing
+from monai_memorization.files import file_sha256, remove_stale_temporaries, replace_dir, writing
 from monai_memorization.release_manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -324,7 +324,7 @@ def _main(argv: list[str] | None = None) -> int:
     """``python -m monai_memorization.release verify OUT [--report REPORT]`` for reviewers."""
     import argparse
 
-    from monai_memorization.edge import EXIT_ERROR, debug, one_line
+    from monai_memorization.entry_points import EXIT_ERROR, debug, one_line
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):  # one line, not usage + error

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_memorization.errors import MemorizationError
-from monai_memorization.io import file_sha256
+from monai_memorization.files import file_sha256
 
 __all__ = ["MANIFEST_NAME", "SUMS_NAME", "MANIFEST_FORMAT", "MANIFEST_VERSION", "ReleaseError", "PIXEL_REASON", "load_report",
            "left_out", "verify_manifest"]

@@ -86,7 +86,7 @@ class _NoStoreTraceback(logging.Filter):
     """Drops MLflow's logged traceback of a failed SQL statement; the error reaches our handlers, which say one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from monai_memorization.edge import debug
+        from monai_memorization.entry_points import debug
 
         return debug() or not (record.exc_info and record.levelno >= logging.ERROR)
 

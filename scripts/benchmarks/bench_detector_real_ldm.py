@@ -125,10 +125,10 @@ def ldm_figures(data: dict, hyb: dict, thr: float, near_idx: np.ndarray) -> dict
 def ldm_ground_truth(data: dict, pix_full: dict, size: int) -> None:
     """Mark the LDM samples that are copies of their source (see the module docstring); sets ``data`` keys.
 
-    The check is the audit's :func:`~monai_memorization.detection.quality.confirm_copies`, each sample paired with
+    The check is the audit's :func:`~monai_memorization.detection.evidence.confirm_copies`, each sample paired with
     its nearest source slice, against the highest held-out-to-training pixel correlation.
     """
-    from monai_memorization.detection.quality import CONFIRM_MARGIN, confirm_copies
+    from monai_memorization.detection.evidence import CONFIRM_MARGIN, confirm_copies
 
     info = data["ldm_info"]
     img = {k: v.reshape(len(v), size, size) for k, v in pix_full.items()}

@@ -81,7 +81,7 @@ def _write_files(x: torch.Tensor, folder: Path, dims: int) -> list[dict]:
 def run(dims: int, n: int, size: int, repeats: int) -> list[str]:
     from monai_memorization.data.validation import validate_items
     from monai_memorization.detection.embed import embed_items, embed_tensor
-    from monai_memorization.detection.loaded import preprocessing
+    from monai_memorization.detection.detector import preprocessing
 
     encoder = _encoder(dims)
     g = torch.Generator().manual_seed(1)

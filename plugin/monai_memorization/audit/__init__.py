@@ -8,9 +8,17 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The end-to-end memorization audit: ``monai-memorization audit --modality xr|ct|mr``.
+"""The two audits: of generators trained here (``audit --modality xr|ct|mr``) and of a bundle already trained
+(``audit --bundle DIR``).
 
-It reproduces the study's central finding in miniature, on the embedded phantoms, and gives a
+* :mod:`.run` -- the audit that trains (below); :mod:`.steps` its steps, :mod:`.evaluate` one generator's samples
+  scored, :mod:`.verdict` the per-configuration record and the headline both audits print, :mod:`.presets` its sizes;
+* :mod:`.bundle_audit` -- the audit of a trained bundle as it is (model-zoo, MAISI, this project's ``ldm_*``), over
+  :mod:`.bundle_config` (open the bundle: stage files, overrides, its ``scripts`` package), :mod:`.bundle_images` (its
+  training and held-out images through its own preprocessing) and :mod:`.bundle_sampler` (its networks rebuilt into a
+  seeded in-memory sampler).
+
+The audit that trains reproduces the study's central finding in miniature, on the embedded phantoms, and gives a
 verdict only where the evidence carries one:
 
 1. **data** -- a phantom data set (training, validation and held-out subjects), or your datalist;
@@ -21,7 +29,7 @@ verdict only where the evidence carries one:
    training) and a *mitigated* one (more images, augmentation, the same optimizer steps), each with
    the memorization-check overlay that records the copy rate while the model trains;
 4. **samples, quality, scan** -- per configuration: seeded DDIM samples; a pixel-space check that the
-   generator has learned its data (:mod:`monai_memorization.detection.quality`), FID and MS-SSIM;
+   generator has learned its data (:mod:`monai_memorization.detection.evidence`), FID and MS-SSIM;
    the scan (threshold from the held-out images); each flagged copy checked in pixel space;
 5. **positive control** -- planted exact and transformed copies of training images, scanned the
    same way: "no copies" means something only if the detector finds these.

@@ -71,7 +71,7 @@ def evaluate_samples(
     """
     from monai_memorization.api import run_scan
     from monai_memorization.data.imageset import ImageSet
-    from monai_memorization.detection.quality import confirm_copies, generator_quality
+    from monai_memorization.detection.evidence import confirm_copies, generator_quality
 
     train_arr = load_arrays(list(train_items), modality, list(spatial_size))
     synth = ImageSet.from_source(str(samples), name="synthetic")

@@ -122,7 +122,7 @@ def run_audit(
     from monai_memorization.detection.detector import load_detector
     from monai_memorization.detection.embed import embed_tensor
     from monai_memorization.detection.presets import detector_preset
-    from monai_memorization.detection.quality import CONVERGENCE_MARGIN, pixel_nearest
+    from monai_memorization.detection.evidence import CONVERGENCE_MARGIN, pixel_nearest
     from monai_memorization.data.imageset import ImageSet
     from monai_memorization.engines.contrastive import train_detector
     from monai_memorization.report.audit_report import write_audit_report
@@ -135,8 +135,10 @@ def run_audit(
     if preset not in AUDIT_PRESETS[modality]:
         raise DataValidationError(f"unknown audit preset {preset!r}: expected one of {', '.join(AUDIT_PRESETS[modality])}")
     p = AUDIT_PRESETS[modality][preset]
-    check_audit_args(datalist, percentile, num_samples=(num_samples, 1), detector_epochs=(detector_epochs, 1),
+    check_audit_args(percentile, num_samples=(num_samples, 1), detector_epochs=(detector_epochs, 1),
                      positive_control=(positive_control, 0))
+    # the datalist is parsed once, here, before the audit's folder is made (its images are read in step 1)
+    lists = None if datalist is None else ImageSet.from_datalist(datalist, ("training", "holdout"), ("validation",))
     out_dir = Path(out or f"audit_{modality}").resolve()
     prepare_out(out_dir)
     uri = tracking_uri or default_tracking_uri(out_dir)
@@ -168,11 +170,9 @@ def run_audit(
             fresh(data_dir)
             write_dataset(modality, data_dir, n=p["n"], seed=seed, shape=spatial_size, n_val=p["n_val"],
                           n_holdout=p["n_holdout"], progress=progress)
-        datalist = data_dir / "dataset.json"
-    datalist = str(Path(datalist).resolve())
-    # the datalist is parsed (and, when it is the user's, every image read) once, here
-    sets = [ImageSet.from_source(datalist, s, n) for s, n in (("training", "training"), ("holdout", "held-out"))]
-    if user_data:
+        lists = ImageSet.from_datalist(data_dir / "dataset.json", ("training", "holdout"), ("validation",))
+    sets = [lists["training"], lists["holdout"]]
+    if user_data:  # every image of the user's read once, here
         sets = [s.validate(progress=progress) for s in sets]
         for s in sets:
             s.check_dims(spatial_dims)
@@ -209,7 +209,7 @@ def run_audit(
     for c in configs:
         # 3. generator ---------------------------------------------------------------------------
         name = c["name"]
-        sub = sub_datalist(datalist, c["n_train"], out_dir / "configs" / name / "dataset.json")
+        sub = sub_datalist(lists, c["n_train"], out_dir / "configs" / name / "dataset.json")
         gen_dir = fresh(out_dir / f"ldm_{name}")
         interval = max(1, c["diffusion_epochs"] // max(1, p["checks"]))
         overrides: dict[str, Any] = {

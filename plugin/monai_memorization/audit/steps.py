@@ -71,26 +71,22 @@ def run_bundle(config_files: list[Path], run_id: str, **overrides: Any) -> None:
     )
 
 
-def check_audit_args(datalist: Any, percentile: Any, **counts: tuple[Any, int]) -> None:
-    """The audit's cheap checks, before its folder is made: the numbers, and the user's datalist's lists.
+def check_audit_args(percentile: Any, **counts: tuple[Any, int]) -> None:
+    """The audit's cheap checks of its numbers, before its folder is made.
 
     Args:
-        datalist: the user's datalist (None: phantoms); it needs non-empty ``training`` and ``holdout`` lists.
         percentile: the threshold percentile.
         counts: ``name=(value, minimum)`` of whole-number arguments (None passes).
 
     Raises:
         DataValidationError: the first wrong argument (one line).
     """
-    from monai_memorization.data.datalist import read_datalist
     from monai_memorization.detection.pipeline import check_percentile
-    from monai_memorization.edge import check_number
+    from monai_memorization.entry_points import check_number
 
     check_percentile(percentile)
     for name, (value, minimum) in counts.items():
         check_number(name, value, minimum)
-    if datalist is not None:
-        read_datalist(datalist, ("training", "holdout"))
 
 
 def prepare_out(out_dir: Path) -> None:
@@ -116,20 +112,19 @@ def fresh(folder: Path) -> Path:
     return folder
 
 
-def sub_datalist(datalist: str, n_train: int, path: Path) -> str:
-    """A datalist with the first ``n_train`` training items and the same held-out/validation lists (absolute paths)."""
-    from monai_memorization.data.datalist import load_datalist, read_datalist
+def sub_datalist(lists: dict[str, Any], n_train: int, path: Path) -> str:
+    """Write a generator's datalist: the first ``n_train`` training items and the other lists as they are.
 
-    meta = {k: v for k, v in read_datalist(datalist).items() if not isinstance(v, list)}
-    for section in ("training", "validation", "holdout"):
-        try:
-            meta[section] = load_datalist(datalist, section)
-        except DataValidationError:
-            continue
-    meta["training"] = meta["training"][:n_train]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=2))
-    return str(path)
+    Args:
+        lists: ``{section: ImageSet}`` of the audit's datalist, read once at its start
+            (:meth:`~monai_memorization.data.imageset.ImageSet.from_datalist`).
+        n_train: how many training items the generator gets.
+        path: the file to write (absolute image paths, so it can live anywhere).
+    """
+    from monai_memorization.data.datalist import write_datalist
+
+    meta = next(iter(lists.values())).meta
+    return write_datalist(path, meta, {k: list(v.items)[:n_train] if k == "training" else v.items for k, v in lists.items()})
 
 
 def load_arrays(items: list[dict], modality: str, spatial_size: list[int]):

@@ -25,8 +25,8 @@ def configuration_record(result: Any, quality: Any, confirmed: list[dict], repor
 
     Args:
         result: the scan's :class:`~monai_memorization.detection.scan.ScanResult`.
-        quality: the generator's :class:`~monai_memorization.detection.quality.GeneratorQuality`.
-        confirmed: :func:`~monai_memorization.detection.quality.confirm_copies` rows, one per sample.
+        quality: the generator's :class:`~monai_memorization.detection.evidence.GeneratorQuality`.
+        confirmed: :func:`~monai_memorization.detection.evidence.confirm_copies` rows, one per sample.
         report_link: the scan report, relative to the audit folder.
         extra: more keys (``name``, ``label``).
 
@@ -134,7 +134,7 @@ def missed_counts(confirmed: list[dict]) -> dict[str, int]:
     """How many confirmed copies the scan's score did not flag, and how many of those a release would still ship.
 
     Args:
-        confirmed: :func:`~monai_memorization.detection.quality.confirm_copies` rows (``confirmed``, ``flagged``,
+        confirmed: :func:`~monai_memorization.detection.evidence.confirm_copies` rows (``confirmed``, ``flagged``,
             ``above_pixel_bar``).
 
     Returns:

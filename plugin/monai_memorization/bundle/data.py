@@ -94,12 +94,11 @@ def checked_datalist(datalist_file: str, spatial_dims: int | None = None, max_tr
         ``{"datalist": datalist_file, "training": [...], "validation": [...]}`` (absolute image paths; no
         ``validation`` list: an empty one).
     """
-    from monai_memorization.data.datalist import read_datalist
     from monai_memorization.data.validation import validate_datalist
 
-    sections = ["training"] + (["validation"] if read_datalist(datalist_file).get("validation") else [])
     root = dataset_dir if dataset_dir and datalist else None
-    checked = validate_datalist(datalist_file, section=sections, data_root=root, spatial_dims=spatial_dims)
+    checked = validate_datalist(datalist_file, section=["training"], optional=["validation"], data_root=root,
+                                spatial_dims=spatial_dims)
     training = checked["training"]
     if max_train_items:
         training = training[: int(max_train_items)]

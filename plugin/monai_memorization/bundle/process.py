@@ -92,13 +92,13 @@ def is_not_rank0() -> bool:
 
 def one_line_errors() -> None:
     """Under ``python -m monai.bundle``, every failure from here on ends in one line on stderr and exit 2
-    (:func:`monai_memorization.edge.install_bundle_excepthook`; ``MONAI_MEMORIZATION_DEBUG=1`` shows the traceback);
+    (:func:`monai_memorization.entry_points.install_bundle_excepthook`; ``MONAI_MEMORIZATION_DEBUG=1`` shows the traceback);
     and MLflow private by default: its usage telemetry off, its HTTP timeouts short
     (:func:`monai_memorization.tracking.prepare_mlflow_env`).
 
     :func:`start` begins with it; the memorization-check overlay adds it to another bundle's ``initialize``.
     """
-    from monai_memorization.edge import install_bundle_excepthook
+    from monai_memorization.entry_points import install_bundle_excepthook
     from monai_memorization.tracking import prepare_mlflow_env
 
     install_bundle_excepthook()

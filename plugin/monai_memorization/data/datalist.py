@@ -27,7 +27,7 @@ from monai_memorization.errors import DataValidationError
 
 __all__ = [
     "IMAGE_SUFFIXES", "read_datalist", "load_datalist", "section_items", "items_from_folder", "items_from_source", "subject_of",
-    "datalist_modality", "resolve_channel",
+    "datalist_modality", "resolve_channel", "check_section", "write_datalist",
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm")
@@ -129,17 +129,43 @@ def read_datalist(path: str | os.PathLike, sections: Sequence[str] = ("training"
     if not isinstance(data, dict):
         raise DataValidationError(f"{p}: datalist must be a JSON object with lists such as 'training', got {type(data).__name__}")
     for sec in sections:
-        if sec not in data:
-            have = ", ".join(k for k, v in data.items() if isinstance(v, list)) or "none"
-            raise DataValidationError(f"{p}: datalist has no '{sec}' list (lists present: {have})")
-        items = data[sec]
-        if not isinstance(items, list):
-            raise DataValidationError(f"{p}: '{sec}' must be a list, got {type(items).__name__}")
-        if not items:
-            raise DataValidationError(f"{p}: '{sec}' list is empty")
-        for i, it in enumerate(items):
-            _check_item(p, f"{sec}[{i}]", it)
+        check_section(data, p, sec)
     return data
+
+
+def check_section(data: dict[str, Any], path: str | os.PathLike, section: str) -> None:
+    """One list of a parsed datalist: present, a list, not empty, and ``{"image": path}`` items.
+
+    Raises:
+        DataValidationError: the first thing wrong, naming the file and the item.
+    """
+    if section not in data:
+        have = ", ".join(k for k, v in data.items() if isinstance(v, list)) or "none"
+        raise DataValidationError(f"{path}: datalist has no '{section}' list (lists present: {have})")
+    items = data[section]
+    if not isinstance(items, list):
+        raise DataValidationError(f"{path}: '{section}' must be a list, got {type(items).__name__}")
+    if not items:
+        raise DataValidationError(f"{path}: '{section}' list is empty")
+    for i, it in enumerate(items):
+        _check_item(path, f"{section}[{i}]", it)
+
+
+def write_datalist(path: str | os.PathLike, meta: dict[str, Any], lists: dict[str, Sequence[dict]]) -> str:
+    """Write a Decathlon-style datalist: ``meta`` (``modality``, ``name``, ...) and the given lists.
+
+    Args:
+        path: the file to write (its folder is made).
+        meta: top-level values other than lists.
+        lists: ``{"training": items, "holdout": items, ...}``; items as they are (absolute paths keep it movable).
+
+    Returns:
+        ``path`` as a string.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({**meta, **{k: [dict(it) for it in v] for k, v in lists.items()}}, indent=2))
+    return str(p)
 
 
 def _check_item(where: Any, name: str, item: Any) -> None:

@@ -72,19 +72,44 @@ class ImageSet:
             return source
         if source is None:
             raise DataValidationError(f"{name} set not given")
-        from monai_memorization.data.datalist import datalist_modality, items_from_source, read_datalist, section_items
+        from monai_memorization.data.datalist import items_from_source
 
-        meta: dict[str, Any] = {}
         if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".json"):
-            data = read_datalist(source, (section,))
-            items = section_items(data, source, section)
-            meta = {k: v for k, v in data.items() if not isinstance(v, list)}
-        else:
-            items = items_from_source(source, section=section)
+            return replace(cls.from_datalist(source, (section,))[section], name=name)
+        items = items_from_source(source, section=section)
         if not items:
             raise DataValidationError(f"{source}: the {name} set is empty")
         is_path = isinstance(source, (str, os.PathLike))
-        return cls(name, tuple(items), str(source) if is_path else f"{len(items)} items", datalist_modality(meta), meta=meta)
+        return cls(name, tuple(items), str(source) if is_path else f"{len(items)} items")
+
+    @classmethod
+    def from_datalist(
+        cls, path: str | os.PathLike, sections: Sequence[str] = ("training",), optional: Sequence[str] = (),
+    ) -> dict[str, ImageSet]:
+        """Several lists of one datalist file, which is read once.
+
+        Args:
+            path: the JSON datalist.
+            sections: lists that must be present and non-empty (checked).
+            optional: lists read when present and non-empty (checked then).
+
+        Returns:
+            ``{section: ImageSet}`` in the order given; each set is named after its list (``holdout``: ``held-out``)
+            and carries the file's ``modality`` and other top-level values.
+
+        Raises:
+            DataValidationError: an unreadable datalist, or a required list missing, empty or with a bad item.
+        """
+        from monai_memorization.data.datalist import check_section, datalist_modality, read_datalist, section_items
+
+        data = read_datalist(path, tuple(sections))
+        meta = {k: v for k, v in data.items() if not isinstance(v, list)}
+        out: dict[str, ImageSet] = {}
+        for section in list(sections) + [s for s in optional if data.get(s) and s not in sections]:
+            check_section(data, path, section)
+            name = "held-out" if section == "holdout" else section
+            out[section] = cls(name, tuple(section_items(data, path, section)), str(path), datalist_modality(meta), meta=meta)
+        return out
 
     def __len__(self) -> int:
         return len(self.items)
@@ -107,7 +132,7 @@ class ImageSet:
 
     def content_hash(self, i: int) -> str | None:
         """sha256 of item ``i``'s file (None for a series folder or a missing file)."""
-        from monai_memorization.io import file_sha256
+        from monai_memorization.files import file_sha256
 
         path = Path(self.items[i]["image"])
         return file_sha256(path) if path.is_file() else None

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_memorization.errors import DataValidationError
-from monai_memorization.io import file_sha256
+from monai_memorization.files import file_sha256
 
 __all__ = ["Overlap", "OverlapResult", "find_overlaps", "check_overlap", "find_pixel_overlaps", "check_pixel_overlap",
            "pixel_digest", "SET_NAMES", "PIXEL_CANDIDATE_CORRELATION", "NEAR_EXACT_PIXEL_CORRELATION"]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from monai.transforms import MapTransform
 
-from monai_memorization.data.datalist import load_datalist, read_datalist, resolve_channel
+from monai_memorization.data.datalist import check_section, read_datalist, resolve_channel, section_items
 from monai_memorization.errors import DataValidationError
 
 __all__ = ["ImageInfo", "check_image", "check_present", "CheckImaged", "validate_items", "validate_datalist"]
@@ -214,8 +214,9 @@ def validate_datalist(
     channels: int | None = 1,
     progress: bool = True,
     channel: int | str | None = None,
+    optional: Sequence[str] = (),
 ) -> dict[str, list[dict]]:
-    """Validate a datalist's structure and every image it names, before training starts.
+    """Validate a datalist's structure and every image it names, before training starts (the file is read once).
 
     Checks, in order: the file is JSON with the requested non-empty lists; no image path appears twice
     and no subject in two lists (several images of one subject in one list are fine: slices, time
@@ -231,6 +232,7 @@ def validate_datalist(
         progress: show a progress bar.
         channel: the channel of multi-channel images to use, an index or a name of the datalist's
             ``modality`` dict (Decathlon: ``"FLAIR"``); then images need that channel instead.
+        optional: lists validated too when the datalist has them non-empty (``validation``).
 
     Returns:
         ``{section: items}`` with absolute paths, ready for a MONAI dataset.
@@ -240,8 +242,11 @@ def validate_datalist(
     """
     sections = [s.strip() for s in section.split(",")] if isinstance(section, str) else list(section)
     meta = read_datalist(datalist, sections)
+    sections += [s for s in optional if meta.get(s) and s not in sections]
+    for s in sections:
+        check_section(meta, datalist, s)
     channel = resolve_channel(channel, meta, datalist)
-    lists = {s: load_datalist(datalist, s, data_root) for s in sections}
+    lists = {s: section_items(meta, datalist, s, data_root) for s in sections}
     seen_path: dict[str, str] = {}
     seen_subject: dict[str, str] = {}
     for s, items in lists.items():

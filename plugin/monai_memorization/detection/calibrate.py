@@ -31,7 +31,7 @@ import numpy as np
 
 from monai_memorization.defaults import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
 from monai_memorization.detection import index as nn
-from monai_memorization.edge import check_percentile
+from monai_memorization.entry_points import check_percentile
 from monai_memorization.errors import DataValidationError, DetectorError
 
 __all__ = ["calibrate", "calibrate_threshold", "calibration_quantile", "calibration_note", "check_calibration_size",

@@ -48,7 +48,7 @@ from monai_memorization.detection.align import AlignSearch, aligned_nearest
 from monai_memorization.defaults import DEFAULT_CALIBRATION
 from monai_memorization.detection.calibrate import HybridScore, calibrate_threshold, nearest_training
 from monai_memorization.detection.index import CorrelationIndex, nearest_one_way, normalize_for_correlation, resolve_backend
-from monai_memorization.detection.loaded import Detector
+from monai_memorization.detection.detector import Detector
 from monai_memorization.detection.views import reduce_views
 
 __all__ = ["PIXEL_SIDE", "SCORES", "DEFAULT_SCORE", "HYBRID_AUTO_MAX_TRAIN", "resolve_score", "PixelEncoder", "HybridReference",

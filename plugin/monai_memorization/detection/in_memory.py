@@ -31,16 +31,16 @@ def memory_detector(detector: Any, **options: Any) -> Any:
 
     Args:
         detector: a detector checkpoint or a loaded ``Detector``.
-        options: :func:`~monai_memorization.detection.loaded.load` options (``modality``, ``device``, ``batch_size``).
+        options: :func:`~monai_memorization.detection.detector.open_detector` options (``modality``, ``device``, ``batch_size``).
 
     Returns:
         a ``Detector`` whose ``embed`` takes in-memory items too.
     """
     from dataclasses import fields
 
-    from monai_memorization.detection.loaded import Detector, load
+    from monai_memorization.detection.detector import Detector, open_detector
 
-    det = load(detector, **options)
+    det = open_detector(detector, **options)
 
     class MemoryDetector(Detector):
         def embed(self, images: Any, view: str | None = None, check: bool = False) -> tuple[np.ndarray, list]:

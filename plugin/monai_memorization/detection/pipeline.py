@@ -38,12 +38,12 @@ import torch
 
 from monai_memorization.data.imageset import ImageSet
 from monai_memorization.defaults import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_PERCENTILE
-from monai_memorization.detection.loaded import Detector, load, preprocessing
+from monai_memorization.detection.detector import Detector, open_detector, preprocessing
 from monai_memorization.detection.scan import ScanResult, scan_embeddings
-from monai_memorization.edge import check_percentile
+from monai_memorization.entry_points import check_percentile
 from monai_memorization.errors import DataValidationError, DetectorError
 
-__all__ = ["Detector", "Reference", "load", "preprocessing", "prepare", "scan", "run_pipeline", "nearest", "check_percentile"]
+__all__ = ["Detector", "Reference", "open_detector", "preprocessing", "prepare", "scan", "run_pipeline", "nearest", "check_percentile"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def prepare(
         from monai_memorization.detection.calibrate import check_calibration_size
 
         check_calibration_size(ho.subjects, percentile, allow_few_holdout)
-    det = load(detector, fallback_modality=tr.modality, **load_options)
+    det = open_detector(detector, fallback_modality=tr.modality, **load_options)
     sets = [s for s in (tr, ho, sy) if s is not None]
     check = bool(validate)
     if validate:  # what needs no read now; each image's content is checked as it is read to be embedded (once)
@@ -306,7 +306,7 @@ def _scan_hybrid(ref: Reference, synthetic: Any, synth_emb: np.ndarray, items: l
                        ref.hybrid.score)
     result = scan_scores(near, ref.hybrid.score.calibration, ref.percentile, ref.threshold, list(ref.train.items), items,
                          n_bootstrap, seed, len(ref.holdout.items), ref.views, calibration_rule=ref.calibration_rule)
-    from monai_memorization.detection.quality import CONFIRM_MARGIN
+    from monai_memorization.detection.evidence import CONFIRM_MARGIN
     from monai_memorization.detection.scan import _train_fields
 
     bar, train_items = ref.hybrid.pixel_bar, list(ref.train.items)
@@ -370,7 +370,7 @@ def nearest(reference: Reference, images: Sequence[str | os.PathLike], k: int = 
     """
     from monai_memorization.detection.calibrate import nearest_training
     from monai_memorization.detection.index import CorrelationIndex, normalize_for_correlation
-    from monai_memorization.detection.quality import CONFIRM_MARGIN
+    from monai_memorization.detection.evidence import CONFIRM_MARGIN
 
     query = ImageSet("query", tuple({"image": str(p)} for p in images))
     n_views = len(reference.views) if reference.views else 1

@@ -182,7 +182,7 @@ def _check_training_arguments(out: Any, augmentations: Any, device: Any, lr: Any
     """
     import inspect
 
-    from monai_memorization.edge import check_device, check_number
+    from monai_memorization.entry_points import check_device, check_number
     from monai_memorization.locking import hold_output
 
     for name, (value, minimum) in counts.items():

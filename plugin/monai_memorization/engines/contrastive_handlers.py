@@ -90,7 +90,7 @@ def plot_similarity_histogram(positive: np.ndarray, negative: np.ndarray, epoch:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from monai_memorization.io import save_figure
+    from monai_memorization.files import save_figure
 
     bins = np.histogram_bin_edges(np.concatenate([np.ravel(positive), np.ravel(negative)]), bins=60)
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -37,7 +37,7 @@ from torch.optim.optimizer import Optimizer
 
 from monai_memorization.engines.autoencoder import cuda_amp, prepare_image_batch
 from monai_memorization.errors import MemorizationError
-from monai_memorization.io import write_text_atomic
+from monai_memorization.files import write_text_atomic
 from monai_memorization.threads import FairThreads
 
 __all__ = [

@@ -26,6 +26,11 @@ call and returned to their previous mode afterwards. ``latent_shape``/``scale_fa
 :func:`save_samples` writes NIfTI (3D, with the training data's affine so spacing is kept) or
 16-bit PNG (2D) through MONAI's ``SaveImage``; :func:`save_montage` draws a PNG grid (middle slice
 for 3D); :class:`SampleMontage` is an Ignite handler drawing one at the end of training.
+
+:func:`sampler_from_engine` builds a sampler from a running diffusion trainer, for checks made while a generator
+trains: the trainer's own network, inferer and autoencoder (unwrapped from DDP, :func:`unwrap`) and the bundle's
+sampling scheduler (or a DDIM copy of the training schedule, :func:`ddim_scheduler_like`), so an Ignite handler needs
+no sampler of its own.
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ from monai.data import MetaTensor
 from monai.inferers import DiffusionInferer, LatentDiffusionInferer
 from monai.transforms import SaveImage
 
-from monai_memorization.io import save_figure
+from monai_memorization.errors import MemorizationError
+from monai_memorization.files import save_figure
 
 __all__ = [
     "LatentDiffusionSampler", "DiffusionSampler", "PriorSampler", "GeneratorSampler", "save_samples", "save_montage",
-    "SampleMontage",
+    "SampleMontage", "sampler_from_engine", "ddim_scheduler_like", "unwrap",
 ]
 
 logger = logging.getLogger(__name__)
@@ -344,3 +350,93 @@ class SampleMontage:
         save_montage(images, self.path, title=f"samples (epoch {epoch})" if epoch is not None else "samples")
         logger.info(f"sample montage written to {self.path}")
         return self.path
+
+
+def unwrap(module: Any) -> Any:
+    """The network inside ``DataParallel``/``DistributedDataParallel`` (the module itself otherwise)."""
+    return module.module if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else module
+
+
+def ddim_scheduler_like(scheduler: Any) -> Any:
+    """A ``DDIMScheduler`` with the noise schedule (betas, alphas, prediction type) of a training scheduler.
+
+    A DDIM scheduler (e.g. the bundle's own ``ddim_scheduler``) is copied, so setting its timesteps
+    does not touch the original.
+
+    Args:
+        scheduler: the training scheduler (``DDPMScheduler``, ``DDIMScheduler``, ...).
+
+    Returns:
+        a new DDIM scheduler (``clip_sample=False`` unless copied).
+    """
+    import copy
+
+    from monai.networks.schedulers import DDIMScheduler
+
+    if isinstance(scheduler, DDIMScheduler):
+        return copy.deepcopy(scheduler)
+    ddim = DDIMScheduler(int(scheduler.num_train_timesteps), clip_sample=False,
+                         prediction_type=getattr(scheduler, "prediction_type", "epsilon"))
+    ddim.betas, ddim.alphas = scheduler.betas.clone(), scheduler.alphas.clone()
+    ddim.alphas_cumprod = scheduler.alphas_cumprod.clone()
+    return ddim
+
+
+def _batch_shape(engine: Engine) -> tuple[int, ...] | None:
+    """``(channels, *spatial)`` of the images of the trainer's current batch."""
+    batch = getattr(engine.state, "batch", None)
+    images = batch.get("image") if isinstance(batch, dict) else batch
+    return tuple(int(s) for s in images.shape[1:]) if isinstance(images, torch.Tensor) else None
+
+
+def sampler_from_engine(
+    engine: Engine, num_inference_steps: int = 50, latent_shape: Sequence[int] | None = None,
+    scheduler: Any = None, batch_size: int = 8,
+) -> LatentDiffusionSampler | DiffusionSampler:
+    """A DDIM sampler built from a diffusion trainer's own network, inferer and autoencoder.
+
+    Args:
+        engine: a trainer with ``network`` (the diffusion UNet) and ``inferer`` (``LatentDiffusionInferer``
+            with ``autoencoder_model`` on the engine, or ``DiffusionInferer``).
+        num_inference_steps: DDIM steps.
+        latent_shape: ``(channels, *spatial)`` of the latents; default: ``engine.latent_shape``, else found by
+            encoding a zero image shaped like the current training batch.
+        scheduler: the sampling scheduler (e.g. the bundle's ``ddim_scheduler``); default: a DDIM copy of
+            the inferer's training schedule (:func:`ddim_scheduler_like`).
+        batch_size: images per sampling batch.
+
+    Returns:
+        a :class:`LatentDiffusionSampler` or :class:`DiffusionSampler`.
+
+    Raises:
+        MemorizationError: the engine does not hold what a sampler needs.
+    """
+    network, inferer = getattr(engine, "network", None), getattr(engine, "inferer", None)
+    if network is None or getattr(inferer, "scheduler", None) is None:
+        raise MemorizationError(
+            f"memorization check: cannot build a sampler from {type(engine).__name__} (it needs 'network' and an inferer "
+            "with a 'scheduler'); pass sampler=... (e.g. monai_memorization.engines.LatentDiffusionSampler)"
+        )
+    network = unwrap(network)
+    device = getattr(engine.state, "device", None) or next(network.parameters()).device
+    ddim = ddim_scheduler_like(scheduler if scheduler is not None else inferer.scheduler)
+    autoencoder, image_shape = getattr(engine, "autoencoder_model", None), _batch_shape(engine)
+    if not isinstance(inferer, LatentDiffusionInferer) and autoencoder is None:
+        if image_shape is None:
+            raise MemorizationError("memorization check: image shape unknown (no training batch seen)")
+        return DiffusionSampler(network, ddim, image_shape, num_inference_steps=num_inference_steps, device=device, batch_size=batch_size)
+    if autoencoder is None:
+        raise MemorizationError(f"memorization check: {type(engine).__name__} has a latent diffusion inferer but no "
+                                "'autoencoder_model'; pass sampler=...")
+    autoencoder = unwrap(autoencoder)
+    shape = latent_shape if latent_shape is not None else getattr(engine, "latent_shape", None)
+    if shape is None or isinstance(shape, int):  # an int is a GAN-style latent size, not a latent image shape
+        if image_shape is None:
+            raise MemorizationError("memorization check: latent shape unknown (no engine.latent_shape and no training batch)")
+        with torch.no_grad():
+            was = autoencoder.training
+            autoencoder.eval()
+            shape = tuple(autoencoder.encode_stage_2_inputs(torch.zeros((1, *image_shape), device=device)).shape[1:])
+            autoencoder.train(was)
+    return LatentDiffusionSampler(autoencoder, network, ddim, latent_shape=shape, scale_factor=float(getattr(inferer, "scale_factor", 1.0)),
+                                  num_inference_steps=num_inference_steps, device=device, batch_size=batch_size)

@@ -24,7 +24,7 @@ same preprocessing, threshold and definitions as ``monai-memorization scan``). I
 
 The overlay ``bundles/copy_detector/configs/memorization_check.json`` wires all of them into any bundle's
 ``train#handlers`` without editing it. With no ``sampler`` given, one is built from the trainer at the first
-check (:func:`monai_memorization.engines.engine_sampler.sampler_from_engine`).
+check (:func:`monai_memorization.engines.sampling.sampler_from_engine`).
 
 The check is set up when it is attached, that is while the bundle builds its trainer: a check that cannot start (no
 detector, no held-out images, held-out images that are training images) stops the run before the trainer exists,
@@ -247,7 +247,7 @@ class MemorizationCheckHandler:
         t0 = time.time()
         if idist.get_rank() == 0:
             if self.sampler is None:
-                from monai_memorization.engines.engine_sampler import sampler_from_engine
+                from monai_memorization.engines.sampling import sampler_from_engine
 
                 self.sampler = sampler_from_engine(engine, self.num_inference_steps, self.latent_shape, self.scheduler)
             r = self.compute(self.sampler(self.num_samples, seed=self.seed))

@@ -29,7 +29,7 @@ from monai.visualize import matshow3d  # noqa: E402
 
 from monai_memorization.defaults import DEFAULT_PERCENTILE
 from monai_memorization.engines.contrastive_handlers import plot_similarity_histogram  # noqa: E402
-from monai_memorization.io import save_figure  # noqa: E402
+from monai_memorization.files import save_figure  # noqa: E402
 
 __all__ = [
     "plot_correlation_histogram", "plot_pair_montage", "plot_similarity_histogram", "preview_slice", "plot_copy_rate_curves",

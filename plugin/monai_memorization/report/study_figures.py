@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from monai_memorization.io import save_figure  # noqa: E402
+from monai_memorization.files import save_figure  # noqa: E402
 from monai_memorization.report.plots import plot_copy_rate_curves  # noqa: E402
 
 __all__ = ["study_figures"]

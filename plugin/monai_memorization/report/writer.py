@@ -39,7 +39,7 @@ import numpy as np
 
 from monai_memorization.detection.scan import FRACTIONS, ScanResult
 from monai_memorization.errors import MemorizationError
-from monai_memorization.io import remove_stale_temporaries, replace_dir, write_text_atomic, writing
+from monai_memorization.files import remove_stale_temporaries, replace_dir, write_text_atomic, writing
 from monai_memorization.tracking import (
     BUFFER_NAME,
     artifacts_beside_store,

@@ -34,8 +34,7 @@ import numpy as np
 from monai_memorization.audit.evaluate import evaluate_samples
 from monai_memorization.defaults import DEFAULT_PERCENTILE
 from monai_memorization.audit.steps import (
-    adopt_child_runs, bundle_dir, fresh, load_arrays, prepare_out, run_bundle, say, start_parent_run, sub_datalist,
-    training_curve,
+    adopt_child_runs, bundle_dir, fresh, load_arrays, prepare_out, run_bundle, say, start_parent_run, training_curve,
 )
 from monai_memorization.errors import DataValidationError
 from monai_memorization.study.config import FAMILIES, epochs_for, expand, load_study_config
@@ -43,30 +42,38 @@ from monai_memorization.study.config import FAMILIES, epochs_for, expand, load_s
 __all__ = ["run_study", "study_datalist"]
 
 
-def study_datalist(datalist: str, n_train: int, duplication: int, path: Path) -> str:
-    """The first ``n_train`` training items, the first quarter of them present ``duplication`` times in all.
+def study_datalist(lists: dict[str, Any], n_train: int, duplication: int, path: Path) -> tuple[str, int]:
+    """Write one configuration's datalist: the first ``n_train`` training items, the first quarter of them present
+    ``duplication`` times in all.
 
     The duplicates are byte-identical copies of the files under other names, with the same subject; held-out and
     validation lists are kept; paths are absolute.
+
+    Args:
+        lists: ``{section: ImageSet}`` of the study's datalist, read once at its start.
+        n_train: training images of this configuration.
+        duplication: how many times each of the first quarter appears (1: no duplicates).
+        path: the datalist to write; the duplicates go to ``duplicates/`` beside it.
+
+    Returns:
+        ``(path, number of training items with the duplicates)``.
     """
-    sub_datalist(datalist, n_train, path)
-    meta = json.loads(path.read_text())
-    train = meta["training"]
+    from monai_memorization.data.datalist import write_datalist
+
+    train = list(lists["training"].items)[: int(n_train)]
     if len(train) < int(n_train):
-        raise DataValidationError(f"{datalist}: {len(train)} training images, the study asks for {n_train}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise DataValidationError(f"{lists['training'].source}: {len(train)} training images, the study asks for {n_train}")
     extra = []
     for it in train[: max(1, len(train) // 4)] if int(duplication) > 1 else []:
         src = Path(it["image"])
         for k in range(1, int(duplication)):  # byte-identical files under other names, as duplicates come in real data
             suffix = "".join(src.suffixes)
             dst = path.parent / "duplicates" / f"{src.name[: -len(suffix)]}_dup{k}{suffix}"
-            dst.parent.mkdir(exist_ok=True)
+            dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             extra.append({**it, "image": str(dst)})
-    meta["training"] = train + extra
-    path.write_text(json.dumps(meta, indent=2))
-    return str(path)
+    written = {**{k: v.items for k, v in lists.items()}, "training": train + extra}
+    return write_datalist(path, lists["training"].meta, written), len(written["training"])
 
 
 def _overrides(cfg: dict, c: dict, n_items: int) -> tuple[dict, dict]:
@@ -164,9 +171,9 @@ def run_study(
             write_dataset(m, data_dir, n=max(n_pool, int(cfg["data"].get("n", n_pool))), seed=seed, shape=shape,
                           n_val=cfg["data"].get("n_val"), n_holdout=cfg["data"].get("n_holdout"), progress=progress)
         datalist = str(data_dir / "dataset.json")
-    train_set = ImageSet.from_source(datalist, "training", "training")
+    lists = ImageSet.from_datalist(datalist, ("training", "holdout"), ("validation",))  # read once, here
+    train_set, holdout_set = lists["training"], lists["holdout"]
     train_all = list(train_set.items)
-    holdout_set = ImageSet.from_source(datalist, "holdout", "held-out")
     holdout_items = list(holdout_set.items)
     from monai_memorization.detection.calibrate import check_calibration_size
 
@@ -202,18 +209,17 @@ def run_study(
             continue
         if only and c["name"] not in only:
             continue
-        records.append(_run_config(cfg, c, spec, i, len(configs), folder, datalist, train_all, holdout_items, holdout_arr,
+        records.append(_run_config(cfg, c, spec, i, len(configs), folder, lists, train_all, holdout_items, holdout_arr,
                                    detector, features, feature_name, uri, experiment, parent, percentile, seed, progress))
     return summarise(cfg, records, out_dir, uri, parent, feature_name)
 
 
-def _run_config(cfg, c, spec, i, n, folder, datalist, train_all, holdout_items, holdout_arr, detector, features,
+def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, holdout_arr, detector, features,
                 feature_name, uri, experiment, parent, percentile, seed, progress) -> dict:
     """Train, sample and score one configuration; writes ``<folder>/result.json`` last."""
     m, shape = cfg["modality"], [int(s) for s in cfg["data"]["shape"]]
     t0 = time.time()
-    sub = study_datalist(datalist, c["n_train"], c["duplication"], folder / "dataset.json")
-    n_items = len(json.loads(Path(sub).read_text())["training"])
+    sub, n_items = study_datalist(lists, c["n_train"], c["duplication"], folder / "dataset.json")
     train_over, net_over = _overrides(cfg, c, n_items)
     bundle = bundle_dir(FAMILIES[c["family"]]["bundle"].format(m=m))
     gen_dir = folder / "generator"

@@ -133,7 +133,7 @@ def writing(output: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS:
             raise
-        from monai_memorization.edge import _DISK_HINTS
+        from monai_memorization.entry_points import _DISK_HINTS
         from monai_memorization.errors import MemorizationError
 
         hint = _DISK_HINTS.get(e.errno) or e.strerror or str(e)

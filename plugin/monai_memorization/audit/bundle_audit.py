@@ -11,10 +11,10 @@
 """``monai-memorization audit --bundle DIR``: audit a trained generator bundle as it is, without retraining it.
 
 1. **data** -- the training and held-out images through the bundle's own dataset and preprocessing
-   (:mod:`monai_memorization.zoo.images` over :mod:`monai_memorization.data.dataset_images`; axial slices of volumes
+   (:mod:`monai_memorization.audit.bundle_images` over :mod:`monai_memorization.data.dataset_images`; axial slices of volumes
    for a 2D slice bundle), in memory;
 2. **detector** -- the copy detector given, or one trained on exactly those training images;
-3. **samples** -- drawn in memory with the bundle's networks, schedule and latent shape (:mod:`.generator`);
+3. **samples** -- drawn in memory with the bundle's networks, schedule and latent shape (:mod:`monai_memorization.audit.bundle_sampler`);
 4. **scan** -- through the one scan path (:mod:`monai_memorization.detection.pipeline`), threshold from the held-out
    images; the generator's convergence checked in pixel space; each flagged copy confirmed in pixel space;
 5. **positive control** -- transformed copies of training images planted and scanned the same way.
@@ -62,6 +62,21 @@ def _to(images: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     return x[:, 0].numpy()
 
 
+def _holdout_set(bundle: Any, holdout: str | os.PathLike | None) -> Any:
+    """The held-out images named by the user (a datalist's ``holdout`` list, else its ``validation`` list), else this
+    project's LDM bundle's own datalist's ``holdout`` list; None: the bundle's validation split. Each datalist read once."""
+    from monai_memorization.data.imageset import ImageSet
+
+    if holdout is not None:
+        lists = ImageSet.from_datalist(holdout, (), ("holdout", "validation"))
+        if not lists:
+            ImageSet.from_datalist(holdout, ("holdout",))  # raises: no 'holdout' list (lists present: ...)
+        return next(iter(lists.values()))
+    if bundle.kind == "project_ldm" and bundle.has("data#datalist_file"):
+        return ImageSet.from_datalist(bundle.get("data#datalist_file"), (), ("holdout",)).get("holdout")
+    return None
+
+
 def audit_bundle(
     bundle: str | os.PathLike, config_file: Any = None, override: dict | None = None, out: str | os.PathLike | None = None,
     num_samples: int = 16, holdout: str | None = None, detector: str | None = None, modality: str | None = None,
@@ -98,20 +113,20 @@ def audit_bundle(
     from monai_memorization.detection.control import positive_control as positive_control_scan
     from monai_memorization.detection.pipeline import prepare, scan
     from monai_memorization.detection.presets import detector_preset
-    from monai_memorization.detection.quality import (
+    from monai_memorization.detection.evidence import (
         CONVERGENCE_MARGIN,
         confirm_copies,
         generator_quality,
         pixel_nearest,
     )
-    from monai_memorization.edge import check_number
+    from monai_memorization.entry_points import check_number
     from monai_memorization.engines.contrastive import train_detector
     from monai_memorization.report.audit_report import write_audit_report
     from monai_memorization.report.writer import write_scan_report
-    from monai_memorization.zoo.config import open_bundle
-    from monai_memorization.zoo.generator import bundle_sampler
+    from monai_memorization.audit.bundle_config import open_bundle
+    from monai_memorization.audit.bundle_sampler import bundle_sampler
     from monai_memorization.detection.in_memory import memory_detector
-    from monai_memorization.zoo.images import bundle_images
+    from monai_memorization.audit.bundle_images import bundle_images
 
     for name, value, low in (("num_samples", num_samples, 1), ("num_inference_steps", num_inference_steps, 1),
                              ("slices_per_volume", slices_per_volume, 1), ("positive_control", positive_control, 0)):
@@ -124,7 +139,7 @@ def audit_bundle(
     t = time.time()
     say(f"[1/5] data: the training and held-out images of {b.root} through its own preprocessing")
     train = bundle_images(b, "training", slices_per_volume=slices_per_volume)
-    held = bundle_images(b, "holdout", holdout, slices_per_volume=slices_per_volume)
+    held = bundle_images(b, "holdout", _holdout_set(b, holdout), slices_per_volume=slices_per_volume)
     shape = tuple(train.images.shape[2:])
     mod, dims = _modality(b, modality), len(shape)
     say(f"      {len(train)} training images of {len(set(train.subjects))} subjects, {len(held)} held-out images of "

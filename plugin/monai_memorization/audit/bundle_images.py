@@ -14,13 +14,12 @@ The images go through the bundle's training chain without its random transforms
 (:mod:`monai_memorization.data.dataset_images`, which also cuts axial slices of volumes for a 2D slice bundle).
 
 Sources: a ``monai.apps.DecathlonDataset`` section (``training``/``validation``, the bundle's own split), a
-dataset's ``data`` list (``train#dataset``, ``validate#dataset``, this project's ``data#train_dataset``), or a
-datalist given for the held-out side.
+dataset's ``data`` list (``train#dataset``, ``validate#dataset``, this project's ``data#train_dataset``), or an
+:class:`~monai_memorization.data.imageset.ImageSet` given for the held-out side (nothing here opens a datalist).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from monai_memorization.data.dataset_images import (
     images_from_dataset,
     trainer_images,
 )
+from monai_memorization.data.imageset import ImageSet
 from monai_memorization.detection.in_memory import memory_detector
 from monai_memorization.errors import DataValidationError
 
@@ -62,12 +62,12 @@ def _dataset_key(bundle: Any, keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if bundle.has(k)), None)
 
 
-def bundle_images(bundle: Any, side: str, holdout: str | os.PathLike | None = None, slices_per_volume: int = 8) -> BundleImages:
+def bundle_images(bundle: Any, side: str, holdout: ImageSet | None = None, slices_per_volume: int = 8) -> BundleImages:
     """The training (``side="training"``) or held-out (``"holdout"``) images of an opened bundle.
 
-    The held-out images come from ``holdout`` (a datalist's ``holdout`` list, else its ``validation`` list) when
-    given, else the bundle's validation split: a ``DecathlonDataset``'s ``validation`` section, ``validate#dataset``,
-    or this project's datalist's ``holdout`` list. They go through the training chain's deterministic part.
+    The held-out images are ``holdout`` when given (read by the caller from a datalist), else the bundle's validation
+    split: a ``DecathlonDataset``'s ``validation`` section or ``validate#dataset``. They go through the training chain's
+    deterministic part.
 
     Raises:
         DataValidationError: a bundle without a training dataset, or no held-out source (one line with the fix).
@@ -82,22 +82,13 @@ def bundle_images(bundle: Any, side: str, holdout: str | os.PathLike | None = No
         items = _decathlon(bundle, key, "training") if target.endswith("DecathlonDataset") else list(bundle.get(f"{key}#data"))
         return images_from_dataset(items, transform, f"training images of {bundle.root.name}", slices_per_volume)
     if holdout is not None:
-        from monai_memorization.data.datalist import load_datalist, read_datalist
-
-        section = "holdout" if read_datalist(holdout, ()).get("holdout") else "validation"
-        return images_from_dataset(load_datalist(holdout, section), transform, f"{holdout} ({section})", slices_per_volume)
+        return images_from_dataset(list(holdout.items), transform, holdout.source, slices_per_volume)
     if target.endswith("DecathlonDataset"):
         items = _decathlon(bundle, key, "validation")
         if not items:
             raise DataValidationError(f"{bundle.files[-1]}: the DecathlonDataset's validation split is empty (val_frac); give "
                                       "images the generator never saw with --holdout DATALIST")
         return images_from_dataset(items, transform, f"validation split of {bundle.root.name}", slices_per_volume)
-    if bundle.kind == "project_ldm" and bundle.has("data#datalist_file"):
-        from monai_memorization.data.datalist import load_datalist, read_datalist
-
-        datalist = bundle.get("data#datalist_file")
-        if read_datalist(datalist).get("holdout"):
-            return images_from_dataset(load_datalist(datalist, "holdout"), transform, f"{datalist} (holdout)", slices_per_volume)
     vkey = _dataset_key(bundle, HOLDOUT_KEYS)
     if vkey is not None and bundle.get(f"{vkey}#data"):
         return images_from_dataset(list(bundle.get(f"{vkey}#data")), transform, f"{vkey} of {bundle.root.name}", slices_per_volume)

@@ -101,7 +101,7 @@ def bundle_sampler(bundle: Any, train_images: torch.Tensor | None = None, num_in
     """A seeded DDIM sampler ``sampler(num_samples, seed) -> [n, 1, *spatial]`` in [0, 1] for an opened bundle.
 
     Args:
-        bundle: from :func:`~monai_memorization.zoo.config.open_bundle`.
+        bundle: from :func:`~monai_memorization.audit.bundle_config.open_bundle`.
         train_images: the bundle's training images (the scale factor of a model-zoo bundle is computed from them).
         num_inference_steps: DDIM steps.
         device: where the networks run.
@@ -111,7 +111,7 @@ def bundle_sampler(bundle: Any, train_images: torch.Tensor | None = None, num_in
         MemorizationError: a missing weights file or definition, weights that do not fit (one line each).
     """
     from monai_memorization.engines.checkpoint import load_weights
-    from monai_memorization.engines.engine_sampler import ddim_scheduler_like
+    from monai_memorization.engines.sampling import ddim_scheduler_like
 
     maisi = bundle.kind == "maisi"
     net_key = "diffusion_unet_def" if maisi else "network_def"
