@@ -82,7 +82,7 @@ def br35h_pool(n_train: int, n_free: int, size: int) -> dict:
     from monai.transforms import Resize
     from PIL import Image
 
-    from bench_detector_real_br35h import _square, br35h_folder, subject_groups
+    from monai_memorization.data.br35h import _square, br35h_folder, subject_groups
 
     files = sorted(br35h_folder().glob("*/*.jpg"))
     squares = [_square(np.asarray(Image.open(f).convert("L"), np.float32)) for f in files]
