@@ -233,8 +233,9 @@ def test_vocabularies_equal_what_the_code_accepts():
     from monai_memorization.detection.index import SEARCHES
     from monai_memorization.detection.presets import PRESETS
     from monai_memorization.networks.encoders import ENCODERS
-    from monai_memorization.study.config import STUDY_PRESETS
+    from monai_memorization.study.config import DATASETS, STUDY_PRESETS
 
+    assert a.STUDY_DATASETS == DATASETS
     assert a.MODALITIES == MODALITIES and a.SCORES == SCORES and a.SEARCHES == SEARCHES
     assert set(a.DETECTOR_PRESETS) == set(PRESETS) and set(a.NETWORKS) == set(ENCODERS)
     assert all(set(a.AUDIT_PRESETS) == set(p) for p in AUDIT_PRESETS.values()) and set(AUDIT_PRESETS) == set(MODALITIES)

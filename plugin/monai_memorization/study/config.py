@@ -18,7 +18,8 @@ and the factors that drive memorization. A configuration file (YAML or JSON) or 
 * ``sweeps`` -- for each factor, the values tried; each value changes that one factor of ``base``;
 * ``families`` -- per family its bundle overrides (``overrides``), its model sizes (``sizes``) and its
   training lengths in optimizer steps per stage (``lengths``);
-* ``data`` (phantoms: ``n``, ``n_holdout``, ``n_val``, ``shape``; or ``datalist``), ``num_samples``,
+* ``data``: ``dataset`` (``phantoms``, the default, or ``br35h``: real brain MR slices of many patients,
+  :mod:`monai_memorization.data.br35h`) with ``n``, ``n_holdout``, ``n_val``, ``shape``; or a ``datalist``; ``num_samples``,
   ``percentile``, ``seed``, ``checks`` (in-training checks of the LDM), ``detector`` (``steps``,
   ``feature_weights``).
 
@@ -36,7 +37,10 @@ from typing import Any
 
 from monai_memorization.errors import DataValidationError
 
-__all__ = ["FAMILIES", "FACTORS", "STUDY_PRESETS", "load_study_config", "expand", "epochs_for"]
+__all__ = ["DATASETS", "FAMILIES", "FACTORS", "STUDY_PRESETS", "load_study_config", "expand", "epochs_for"]
+
+#: the data sets a study can generate on its own (``data.dataset``; a ``data.datalist`` brings any other)
+DATASETS = ("phantoms", "br35h")
 
 #: family -> its bundle, and per training stage: (steps key of ``lengths``, epochs override, batch-size key)
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -119,7 +123,7 @@ STUDY_PRESETS["gpu"] = {
 KEYS: dict[str, Any] = {
     "preset": None, "modality": None, "seed": None, "num_samples": None, "percentile": None, "checks": None,
     "allow_few_holdout": None,
-    "data": dict.fromkeys(("n", "n_holdout", "n_val", "shape", "datalist")),
+    "data": dict.fromkeys(("dataset", "n", "n_holdout", "n_val", "shape", "datalist")),
     "base": dict.fromkeys(FACTORS),
     "sweeps": None,
     "families": None,
@@ -186,6 +190,11 @@ def load_study_config(config: str | Path | dict | None = None, preset: str | Non
     for fam in families:
         if fam not in FAMILIES:
             raise DataValidationError(f"unknown family {fam!r} in the study configuration: expected {', '.join(FAMILIES)}")
+    dataset = (cfg.get("data") or {}).get("dataset") or "phantoms"
+    if dataset not in DATASETS:
+        raise DataValidationError(f"unknown data set {dataset!r} in the study configuration: expected one of {', '.join(DATASETS)}")
+    if dataset != "phantoms" and (cfg["data"].get("datalist") or cfg.get("modality", "xr") != "xr"):
+        raise DataValidationError(f"data set {dataset!r}: 2D slices for the 2D bundles (modality xr), without a datalist")
     for factor in cfg.get("sweeps", {}):
         if factor not in FACTORS:
             raise DataValidationError(f"unknown sweep factor {factor!r}: expected one of {', '.join(FACTORS)}")

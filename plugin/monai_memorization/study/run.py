@@ -165,12 +165,20 @@ def run_study(
     datalist = cfg["data"].get("datalist")
     if datalist is None:
         data_dir = out_dir / "data"
-        if not (data_dir / "dataset.json").is_file():
-            n_pool = max([int(c["n_train"]) for c in configs])
-            fresh(data_dir)
-            write_dataset(m, data_dir, n=max(n_pool, int(cfg["data"].get("n", n_pool))), seed=seed, shape=shape,
-                          n_val=cfg["data"].get("n_val"), n_holdout=cfg["data"].get("n_holdout"), progress=progress)
-        datalist = str(data_dir / "dataset.json")
+        n_pool = max([int(c["n_train"]) for c in configs])
+        sizes = {"n": max(n_pool, int(cfg["data"].get("n") or n_pool)), "n_val": cfg["data"].get("n_val"),
+                 "n_holdout": cfg["data"].get("n_holdout")}
+        if (cfg["data"].get("dataset") or "phantoms") == "br35h":
+            from monai_memorization.data.br35h import write_br35h_dataset
+
+            say(f"study: Br35H brain MR slices, {sizes['n']} training, {sizes['n_holdout']} held-out subjects -> {data_dir}")
+            datalist = str(write_br35h_dataset(data_dir, sizes["n"], int(sizes["n_holdout"] or 24),
+                                               int(sizes["n_val"] or 1), shape, seed))
+        else:
+            if not (data_dir / "dataset.json").is_file():
+                fresh(data_dir)
+                write_dataset(m, data_dir, seed=seed, shape=shape, progress=progress, **sizes)
+            datalist = str(data_dir / "dataset.json")
     lists = ImageSet.from_datalist(datalist, ("training", "holdout"), ("validation",))  # read once, here
     train_set, holdout_set = lists["training"], lists["holdout"]
     train_all = list(train_set.items)
