@@ -52,6 +52,7 @@ def study(config: str | None = None, out: str = "study", preset: str | None = No
     lines = [f"{out}/results.md: {len(s['configs'])} configurations; MLflow: mlflow ui --backend-store-uri {s['tracking_uri']}"]
     if s["preset"] == "smoke":
         lines.insert(0, "SMOKE TEST: seconds of training; nothing below is a finding about memorization.")
-    lines += [f"  {d['outcome']:>12}: {d['claim']} ({d['difference']:+.3f}, 95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})"
+    lines += [f"  {d['outcome']:>12}: {d['claim']}" + ("" if d["difference"] != d["difference"] else
+              f" ({d['difference']:+.3f}, 95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})")
               + (f" [{d['note']}]" if d["note"] else "") for d in s["directions"]]
     return "\n".join(lines)

@@ -219,7 +219,46 @@ def run_study(
             continue
         records.append(_run_config(cfg, c, spec, i, len(configs), folder, lists, train_all, holdout_items, holdout_arr,
                                    detector, features, feature_name, uri, experiment, parent, percentile, seed, progress))
-    return summarise(cfg, records, out_dir, uri, parent, feature_name)
+    montage = copy_montage(records, out_dir, train_all, m, shape)
+    return summarise(cfg, records, out_dir, uri, parent, feature_name,
+                     {"confirmed copies beside the training images they copy": montage} if montage else None)
+
+
+def copy_montage(records: list[dict], out_dir: Path, train_items: list[dict], modality: str, shape: list[int],
+                 per_config: int = 4) -> Path | None:
+    """What a copy looks like here: each configuration's first confirmed copies above the training images they copy.
+
+    The picture holds training images: it stays in the study folder (the results page links it), like the samples.
+
+    Args:
+        records: the configurations' records (their ``copies``, from the pixel check).
+        out_dir: the study folder (samples under ``configs/<name>/samples``, duplicated files under ``duplicates``).
+        train_items: the study's training items (a duplicate's file is found beside its configuration's datalist).
+        modality, shape: how the images are read.
+        per_config: copies shown per configuration.
+
+    Returns:
+        ``out_dir/copies.png``, or None when no configuration has a confirmed copy.
+    """
+    from monai_memorization.data.datalist import subject_of
+    from monai_memorization.report.plots import plot_image_rows
+
+    known = {subject_of(it["image"]): it for it in train_items}
+    rows: dict[str, np.ndarray] = {}
+    for r in records:
+        copies = [c for c in r.get("copies", []) if c["confirmed"]][:per_config]
+        folder = out_dir / "configs" / r["name"]
+        files = {subject_of(f): {"image": str(f)} for sub in ("samples", "duplicates") if (folder / sub).is_dir()
+                 for f in sorted((folder / sub).iterdir())}
+        pairs = [(files[c["synthetic_id"]], known.get(c["train_id"]) or files.get(c["train_id"])) for c in copies
+                 if c["synthetic_id"] in files]
+        pairs = [(a, b) for a, b in pairs if b is not None]
+        if pairs:
+            n = len([c for c in r.get("copies", []) if c["confirmed"]])
+            rows[f"{r['name']}: {n} confirmed copies of {r['n_synthetic']} samples (first {len(pairs)})"] = load_arrays(
+                [a for a, _ in pairs], modality, shape)
+            rows[f"{r['name']}: the training images they copy"] = load_arrays([b for _, b in pairs], modality, shape)
+    return plot_image_rows(rows, out_dir / "copies.png", per_row=per_config) if rows else None
 
 
 def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, holdout_arr, detector, features,

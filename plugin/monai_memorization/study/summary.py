@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["summarise", "directions", "diff_ci"]
+__all__ = ["summarise", "directions", "diff_ci", "trend"]
 
 
 def diff_ci(k1: int, n1: int, k2: int, n2: int, seed: int = 0) -> tuple[float, float, float]:
@@ -66,42 +66,102 @@ def _fid_diff_ci(a: Path, b: Path, train_features: np.ndarray, seed: int = 0,
     return fid(fa) - fid(fb), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-#: (claim, factor, configuration picked as "more", "less", what is compared, claimed sign of more - less)
+#: (claim, factor, configuration picked as "more", "less", what is compared, claimed sign of more - less); "max" and
+#: "min" pick the extremes of the factor among the configurations that converged
 _CLAIMS = [
     ("LDM samples are copies more often than VAE samples", "family", {"family": "ldm"}, {"family": "vae"}, "copies", +1),
     ("LDM samples are copies more often than GAN samples", "family", {"family": "ldm"}, {"family": "gan"}, "copies", +1),
     ("LDM samples are of better quality (lower FID) than VAE samples", "family", {"family": "ldm"}, {"family": "vae"}, "fid", -1),
     ("LDM samples are of better quality (lower FID) than GAN samples", "family", {"family": "ldm"}, {"family": "gan"}, "fid", -1),
-    ("longer training raises copies", "length", "long", "short", "copies", +1),
+    ("longer training raises copies", "length", "max", "min", "copies", +1),
     ("more training data lowers copies", "n_train", "max", "min", "copies", -1),
     ("augmentation lowers copies", "augment", {"augment": True}, {"augment": False}, "copies", -1),
     ("a smaller model lowers copies", "size", {"size": "small"}, {"size": "base"}, "copies", -1),
     ("duplicated training images raise copies", "duplication", "max", "min", "copies", +1),
 ]
+#: factors whose values are names, in their order (``n_train`` and ``duplication`` are numbers)
+_ORDER = {"length": ("short", "base", "long")}
+#: the difference in copy rate (points) a direction should resolve; a wider interval says the study cannot
+RESOLVE = 0.15
+
+
+def _converged(r: dict) -> bool:
+    return bool(r["quality"].get("converged"))
+
+
+def _level(r: dict, factor: str) -> float:
+    return float(_ORDER[factor].index(r[factor])) if factor in _ORDER else float(r[factor])
+
+
+def _group(records: list[dict], factor: str) -> list[dict]:
+    """The base and the configurations that differ from it in ``factor`` only (an ordered factor in its order)."""
+    group = [r for r in records if r.get("varies") in (None, factor)]
+    return sorted(group, key=lambda r: _level(r, factor)) if factor in ("length", "n_train", "duplication") else group
 
 
 def _pick(records: list[dict], factor: str, which: Any) -> dict | None:
-    """The base, or the configuration that differs from it in ``factor`` as asked."""
-    group = [r for r in records if r.get("varies") in (None, factor)]
+    """The configuration asked for: a dict of values, or the ``max``/``min`` of ``factor`` among converged ones."""
+    group = _group(records, factor)
     if isinstance(which, dict):
         hits = [r for r in group if all(r[k] == v for k, v in which.items())]
         return hits[0] if hits else None
-    if factor == "length":
-        hits = [r for r in group if r["length"] == which]
-        return hits[0] if hits else None
+    group = [r for r in group if _converged(r)]
     if len(group) < 2:
         return None
-    key = sorted(group, key=lambda r: float(r[factor]))
-    return key[-1] if which == "max" else key[0]
+    return group[-1] if which == "max" else group[0]
+
+
+def trend(records: list[dict], factor: str = "n_train") -> dict | None:
+    """A trend of the confirmed copy rate over every level of ``factor`` among the converged configurations.
+
+    The slope is the rate's change per doubling of the factor (weighted least squares on ``log2`` of its value, each
+    configuration weighted by its samples), with a Wald 95% interval; the p-value is the Cochran-Armitage test for
+    trend with the same scores (two-sided).
+
+    Returns:
+        ``{"levels", "slope", "ci", "z", "p"}``, or None with fewer than three converged levels.
+    """
+    from scipy.stats import norm
+
+    group = [r for r in _group(records, factor) if _converged(r)]
+    if len({r[factor] for r in group}) < 3:
+        return None
+    x = np.log2([float(r[factor]) for r in group])
+    n = np.array([r["n_synthetic"] for r in group], float)
+    k = np.array([r["n_confirmed"] for r in group], float)
+    p_i, p_all = k / n, k.sum() / n.sum()
+    xbar = (n * x).sum() / n.sum()
+    sxx = (n * (x - xbar) ** 2).sum()
+    slope = float((n * (x - xbar) * (p_i - p_all)).sum() / sxx)
+    se = float(np.sqrt((n * (x - xbar) ** 2 * p_i * (1 - p_i)).sum()) / sxx)
+    t = (k * (x - xbar)).sum()
+    var_t = p_all * (1 - p_all) * sxx
+    z = float(t / np.sqrt(var_t)) if var_t > 0 else 0.0
+    return {"levels": [r[factor] for r in group], "slope": slope, "ci": [slope - 1.96 * se, slope + 1.96 * se], "z": z,
+            "p": float(2 * norm.sf(abs(z)))}
+
+
+def _outcome(lo: float, hi: float, sign: int) -> str:
+    return "reproduced" if (lo > 0 if sign > 0 else hi < 0) else "refuted" if (hi < 0 if sign > 0 else lo > 0) else "inconclusive"
 
 
 def directions(records: list[dict], out_dir: Path, seed: int = 0) -> list[dict]:
-    """Each claim of the study that the configurations can test, with its difference, 95% CI and outcome."""
+    """Each claim of the study that the configurations can test, with its difference, 95% CI and outcome.
+
+    A direction is judged only between configurations whose generators converged ("not judged" otherwise, with the
+    difference shown); an ordered factor (data size, length, duplication) compares its extremes among the converged
+    ones, and data size also gets a trend over all its converged levels (:func:`trend`). An inconclusive copy-rate
+    direction whose interval is wider than +/- :data:`RESOLVE` says that its sample sizes cannot resolve that much.
+    """
     out = []
     train_feats = out_dir / "train_features.npy"
     for claim, factor, more, less, what, sign in _CLAIMS:
         a, b = _pick(records, factor, more), _pick(records, factor, less)
         if a is None or b is None or a["name"] == b["name"]:
+            if isinstance(more, str) and len(_group(records, factor)) >= 2:
+                out.append({"claim": claim, "compared": ", ".join(r["name"] for r in _group(records, factor)),
+                            "measure": "confirmed copy rate", "difference": float("nan"), "ci": [float("nan")] * 2,
+                            "outcome": "not judged", "note": "not converged: fewer than two of these configurations converged"})
             continue
         if what == "copies":
             d, lo, hi = diff_ci(a["n_confirmed"], a["n_synthetic"], b["n_confirmed"], b["n_synthetic"], seed)
@@ -110,11 +170,21 @@ def directions(records: list[dict], out_dir: Path, seed: int = 0) -> list[dict]:
             if not (fa.is_file() and fb.is_file() and train_feats.is_file()):
                 continue
             d, lo, hi = _fid_diff_ci(fa, fb, np.load(train_feats), seed)
-        outcome = "reproduced" if (lo > 0 if sign > 0 else hi < 0) else "refuted" if (hi < 0 if sign > 0 else lo > 0) else "inconclusive"
-        caveat = [r["name"] for r in (a, b) if not r["quality"].get("converged")]
+        outcome, note = _outcome(lo, hi, sign), ""
+        caveat = [r["name"] for r in (a, b) if not _converged(r)]
+        if caveat:
+            outcome, note = "not judged", f"not converged: {', '.join(caveat)}"
+        elif outcome == "inconclusive" and what == "copies" and (hi - lo) / 2 > RESOLVE:
+            note = (f"{a['n_synthetic']} and {b['n_synthetic']} samples cannot resolve a {100 * RESOLVE:.0f}-point "
+                    f"difference (interval +/- {100 * (hi - lo) / 2:.0f} points)")
         out.append({"claim": claim, "compared": f"{a['name']} vs {b['name']}", "measure": "confirmed copy rate" if what == "copies" else "FID",
-                    "difference": d, "ci": [lo, hi], "outcome": outcome,
-                    "note": f"not converged: {', '.join(caveat)}" if caveat else ""})
+                    "difference": d, "ci": [lo, hi], "outcome": outcome, "note": note})
+    t = trend(records, "n_train")
+    if t is not None:
+        out.append({"claim": "more training data lowers copies (trend over every size)",
+                    "compared": "n_train " + ", ".join(str(v) for v in t["levels"]),
+                    "measure": "change in confirmed copy rate per doubling", "difference": t["slope"], "ci": t["ci"],
+                    "outcome": _outcome(t["ci"][0], t["ci"][1], -1), "note": f"Cochran-Armitage z {t['z']:+.2f}, p {t['p']:.3f}"})
     return out
 
 
@@ -148,8 +218,18 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarise(cfg: dict, records: list[dict], out_dir: Path, uri: str, parent: str | None, feature_name: str) -> dict:
-    """Write ``results.csv``, ``results.md``, ``directions.md``, the figures and ``study.json``; close the parent run."""
+def summarise(cfg: dict, records: list[dict], out_dir: Path, uri: str, parent: str | None, feature_name: str,
+              extra_figures: dict[str, Path] | None = None) -> dict:
+    """Write ``results.csv``, ``results.md``, the figures and ``study.json``; close the parent run.
+
+    Args:
+        cfg: the study's configuration.
+        records: one record per configuration.
+        out_dir: the study folder.
+        uri, parent: the MLflow store and the study's parent run.
+        feature_name: what made the FID and MMD features.
+        extra_figures: more ``{title: png}`` for the page (the copies montage).
+    """
     from monai_memorization.audit.verdict import finish_parent
     from monai_memorization.report.study_figures import study_figures
 
@@ -160,14 +240,15 @@ def summarise(cfg: dict, records: list[dict], out_dir: Path, uri: str, parent: s
             w.writeheader()
             w.writerows(rows)
     dirs = directions(records, out_dir, int(cfg.get("seed", 0)))
-    figures = study_figures(records, out_dir)
+    figures = {**study_figures(records, out_dir), **(extra_figures or {})}
     md = [f"# Memorization study ({cfg['preset']} preset, {cfg['modality']})", "",
           f"Rates are fractions of {cfg['num_samples']} samples with 95% intervals: confirmed copies exact (Clopper-Pearson); "
           "flagged copies and training images memorized a bootstrap that also moves the threshold, widened to contain the "
           "exact interval. Directions: Newcombe's interval of a difference of two rates; FID differences a bootstrap of "
           f"the samples. FID, MMD: {feature_name} features; MS-SSIM: mean over pairs of samples (higher = less diverse).", "", _markdown(rows), "## Directions", "",
           _markdown([{"claim": d["claim"], "compared": d["compared"], "measure": d["measure"],
-                      "difference (95% CI)": f"{d['difference']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})",
+                      "difference (95% CI)": "n/a" if d["difference"] != d["difference"] else
+                      f"{d['difference']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})",
                       "outcome": d["outcome"], "note": d["note"]} for d in dirs]), "## Figures", ""]
     md += [f"![{name}]({Path(p).name})" for name, p in figures.items()]
     (out_dir / "results.md").write_text("\n".join(md) + "\n")
