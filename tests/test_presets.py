@@ -57,6 +57,28 @@ def test_train_detector_uses_the_default_preset(tmp_path):
     assert cfg["batch_size"] == 16 and cfg["epochs"] == 3 and cfg["steps"] == 3 and len(res["history"]) == 3
 
 
+def test_large_2d_images_train_the_detector_at_the_validated_size(tmp_path):
+    """2D images larger than the real-image benchmarks' 96 a side (a model-zoo bundle's 240 x 240 slices) train and scan
+    at 96 on the longer side; smaller images and a size the caller gives are kept; 3D is not rescaled."""
+    import numpy as np
+    import torch
+
+    from monai_memorization.detection.detector import open_detector
+    from monai_memorization.detection.presets import detector_input_size
+    from monai_memorization.engines.contrastive import train_detector
+
+    assert detector_input_size([240, 240]) == [96, 96] and detector_input_size([120, 200]) == [58, 96]
+    assert detector_input_size([64, 64]) == [64, 64] and detector_input_size([128, 128, 128]) == [128, 128, 128]
+    x = np.random.default_rng(0).random((4, 1, 120, 200)).astype(np.float32)
+    kw = dict(steps=1, batch_size=2, log_to_mlflow=False, progress=False, device="cpu",
+              network_kwargs={"channels": [4, 8], "strides": [2, 2]})
+    assert train_detector(x, tmp_path / "d.pt", **kw)["config"]["spatial_size"] == [58, 96]
+    assert train_detector(x, tmp_path / "e.pt", spatial_size=[60, 100], **kw)["config"]["spatial_size"] == [60, 100]
+    det = open_detector(str(tmp_path / "d.pt"), modality="xr", device="cpu")
+    chain = det.preprocessing(in_memory=True)
+    assert tuple(chain({"image": torch.as_tensor(x[0])})["image"].shape) == (1, 58, 96)  # the scan resizes alike
+
+
 def test_bundle_train_config_reads_the_same_preset():
     """The copy_detector bundle names the preset and builds the preset's encoder (the CLI builds the same one)."""
     from monai.bundle import ConfigParser

@@ -39,7 +39,8 @@ from typing import Any
 
 from monai_memorization.errors import DataValidationError
 
-__all__ = ["PRESETS", "DEFAULT_PRESET", "MIN_RECOMMENDED_STEPS", "detector_preset", "epochs_for_steps", "steps_for_epochs"]
+__all__ = ["PRESETS", "DEFAULT_PRESET", "MIN_RECOMMENDED_STEPS", "VALIDATED_SIDE", "detector_input_size", "detector_preset",
+           "epochs_for_steps", "steps_for_epochs"]
 
 DEFAULT_PRESET = "default"
 #: optimizer steps below which a detector misses shifted, noisy and round-trip copies (the phantom
@@ -67,6 +68,27 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
             "temperature": 0.07, "epochs": 200},
     },
 }
+
+
+#: the largest side, per spatial dimensions, the detector was validated at (the real-image benchmarks of
+#: ``bench_detector_real.py`` train and score 96 x 96 slices); larger images are scaled down to it
+VALIDATED_SIDE = {2: 96}
+
+
+def detector_input_size(shape: list[int]) -> list[int]:
+    """The detector's input size for images of ``shape``: as they are, unless a 2D image is larger than the validated
+    side (:data:`VALIDATED_SIDE`); then scaled down so that its longer side is that (the aspect ratio kept).
+
+    Args:
+        shape: the images' spatial shape.
+
+    Returns:
+        the size the detector trains and scans at (a 240 x 240 slice: 96 x 96).
+    """
+    side = VALIDATED_SIDE.get(len(shape))
+    if side is None or max(shape) <= side:
+        return [int(s) for s in shape]
+    return [max(1, round(int(s) * side / max(shape))) for s in shape]
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:

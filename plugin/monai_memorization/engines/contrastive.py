@@ -264,7 +264,9 @@ class DetectorTraining:
         out: the detector checkpoint to write (``.pt``).
         modality: ``ct``/``mr``/``xr``; read from the datalist's ``modality`` when None.
         spatial_dims: 2 or 3; from the modality (X-ray 2, CT and MR 3) or the array when None; 2 for CT or MR slices.
-        spatial_size: training/scan image size; the datalist's ``shape`` (or the images') when None.
+        spatial_size: training/scan image size; when None, the datalist's ``shape`` (or the images'), with 2D images
+            larger than the real-image benchmarks' 96 a side scaled down to it (aspect kept;
+            :func:`~monai_memorization.detection.presets.detector_input_size`).
         section: datalist section with the generator's training data.
         epochs: training epochs; default: enough for the preset's optimizer ``steps`` on this data set.
         batch_size: samples per batch (each brings its augmented view; the rest are negatives); default: the preset's.
@@ -349,6 +351,7 @@ class DetectorTraining:
                                  batch_size=(batch_size, 2), embed_dim=(embed_dim, 1), num_workers=(num_workers, 0),
                                  histogram_every=(histogram_every, 1))
         from_files = not isinstance(source, (np.ndarray, torch.Tensor))
+        given_size = spatial_size is not None
         meta: dict = {}
         if from_files:
             from monai_memorization.data.imageset import ImageSet
@@ -389,6 +392,10 @@ class DetectorTraining:
             spatial_size = None
         if not spatial_size or len(spatial_size) != spatial_dims or min(spatial_size) < 1:
             raise DataValidationError(f"{source}: spatial_size must be {spatial_dims} positive whole numbers")
+        if not given_size:
+            from monai_memorization.detection.presets import detector_input_size
+
+            spatial_size = detector_input_size(spatial_size)
         if len(items) < 2:
             raise DataValidationError(f"{source}: contrastive training needs at least 2 images, got {len(items)}")
 
