@@ -18,7 +18,8 @@ so a bundle never names a deeper one.
 Process (:mod:`.process`)
     :func:`bundle_root` (the folder of the command's ``configs/``), :func:`config_path`, :func:`start` (the first
     ``initialize`` step: one-line errors, MLflow private, the process group, the override check, the folder lock),
-    :func:`one_line_errors`, :func:`finish`, :func:`device`, :func:`set_determinism`, :func:`is_not_rank0`.
+    :func:`one_line_errors`, :func:`finish`, :func:`device`, :func:`set_determinism`, :func:`is_not_rank0`,
+    :func:`hide_progress`.
 Data (:mod:`.data`)
     :func:`datalist_file`, :func:`checked_datalist`, :func:`phantom_datalist`, :func:`compose` (a transform chain,
     the augmentation on ``augment``), :func:`train_loader`.
@@ -44,6 +45,7 @@ from monai_memorization.bundle.process import (
     config_path,
     device,
     finish,
+    hide_progress,
     is_not_rank0,
     one_line_errors,
     set_determinism,
@@ -79,7 +81,8 @@ from monai_memorization.tracking_handler import SafeMLFlowHandler
 
 __all__ = [
     # process
-    "bundle_root", "config_path", "device", "finish", "is_not_rank0", "one_line_errors", "set_determinism", "start",
+    "bundle_root", "config_path", "device", "finish", "hide_progress", "is_not_rank0", "one_line_errors", "set_determinism",
+    "start",
     # data
     "checked_datalist", "compose", "datalist_file", "phantom_datalist", "train_loader",
     # stages

@@ -90,6 +90,19 @@ def is_not_rank0() -> bool:
     return rank() > 0
 
 
+def hide_progress(progress_bar: Any = True) -> bool:
+    """``_disabled_`` of a bundle's progress bar: hidden on every rank but the first, and everywhere with
+    ``--progress_bar false`` (the audit and the study pass their own ``progress`` through it).
+
+    Args:
+        progress_bar: the bundle's ``progress_bar`` value (``--progress_bar false`` arrives as a string or a bool).
+
+    Returns:
+        True when the bar is not drawn.
+    """
+    return is_not_rank0() or not str2bool(str(progress_bar))
+
+
 def one_line_errors() -> None:
     """Under ``python -m monai.bundle``, every failure from here on ends in one line on stderr and exit 2
     (:func:`monai_memorization.entry_points.install_bundle_excepthook`; ``MONAI_MEMORIZATION_DEBUG=1`` shows the traceback);
