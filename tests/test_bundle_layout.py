@@ -171,3 +171,19 @@ def test_inference_builds_the_networks_training_trains(bundle, nets):
     assert {k: infer[k] for k in sizes} == {k: train[k] for k in sizes}
     for mine, theirs in nets.items():
         assert infer[mine] == train[theirs], (bundle, mine)
+
+
+@pytest.mark.parametrize("bundle", ["ldm_ct", "ldm_mr", "ldm_xr", "vae_xr", "gan_xr"])
+def test_progress_bars_follow_progress_bar(bundle):
+    """Every training progress bar is hidden by ``--progress_bar false`` (the audit and the study pass their own
+    ``--progress false`` through it), and on every rank but the first."""
+    from monai.bundle import ConfigParser
+
+    configs = sorted((BUNDLES / bundle / "configs").glob("train*.json"))
+    bars = [m for f in configs for m in re.findall(r'\{"_target_": "ignite\.handlers\.ProgressBar"[^}]*\}', f.read_text())]
+    assert bars and all('"_disabled_": "@hide_progress"' in b for b in bars)
+    parser = ConfigParser(ConfigParser.load_config_files([str(BUNDLES / bundle / "configs" / "train.json")]))
+    assert parser.get_parsed_content("hide_progress") is False  # a bar by default
+    for value in (False, "false"):
+        parser["progress_bar"] = value
+        assert parser.get_parsed_content("hide_progress", lazy=False) is True

@@ -220,7 +220,7 @@ def run_audit(
             "memorization_check#detector": str(detector), "memorization_check#holdout": sub,
             "memorization_check#interval": interval, "memorization_check#num_samples": 8,
             "memorization_check#num_inference_steps": "@num_inference_steps", "memorization_check#percentile": percentile,
-            "memorization_check#allow_few_holdout": few, **privacy,
+            "memorization_check#allow_few_holdout": few, "progress_bar": bool(progress), **privacy,
         }
         overrides.update(bundle_overrides or {})
         files = bundle_configs + [bundle_dir("copy_detector") / "configs" / "memorization_check.json"]

@@ -274,7 +274,8 @@ def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, hol
     files = [bundle / "configs" / "train.json"]
     overrides: dict[str, Any] = {
         "bundle_root": str(gen_dir), "datalist": sub, "tracking_uri": uri, "experiment_name": experiment, "seed": seed,
-        "spatial_size": shape, "augment": bool(c["augment"]), "val_interval": 10**6, "save_interval": 50, **train_over,
+        "spatial_size": shape, "augment": bool(c["augment"]), "val_interval": 10**6, "save_interval": 50,
+        "progress_bar": bool(progress), **train_over,
     }
     if c["family"] == "ldm" and int(cfg.get("checks", 0)) > 0:  # the copy rate along training
         files.append(bundle_dir("copy_detector") / "configs" / "memorization_check.json")
