@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> str:
     cmd = ["monai-memorization", "audit", "--bundle", str(bundle), "--override", override, "--out", str(audit)]
     print("$ " + shlex.join(cmd), flush=True)
     t = time.time()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    exe = shutil.which("monai-memorization") or str(Path(sys.executable).parent / "monai-memorization")
+    proc = subprocess.run(["/usr/bin/time", "-v", exe, *cmd[1:]], capture_output=True, text=True)
     wall = time.time() - t
     rss = next((int(ln.split(":")[1]) / 1024 for ln in proc.stderr.splitlines() if "Maximum resident set size" in ln), None)
     result = json.loads((audit / "audit.json").read_text()) if (audit / "audit.json").is_file() else {}
