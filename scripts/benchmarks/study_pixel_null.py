@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> str:
     for rec in summary["configs"]:
         folder = study / "configs" / rec["name"]
         lists = ImageSet.from_datalist(folder / "dataset.json", ("training", "holdout"))
-        shape = [int(s) for s in rec.get("spatial_size") or lists["training"].meta.get("shape") or [64, 64]]
-        train = _rows(load_arrays(list(lists["training"].items), "xr", shape))
-        held = _rows(load_arrays(list(lists["holdout"].items), "xr", shape))
+        shape = [int(s) for s in lists["training"].meta.get("shape") or [64, 64]]
+        modality = lists["training"].modality or "xr"  # read as the study read them
+        train = _rows(load_arrays(list(lists["training"].items), modality, shape))
+        held = _rows(load_arrays(list(lists["holdout"].items), modality, shape))
         synth_set = ImageSet.from_source(str(folder / "samples"), name="synthetic")
-        synth = _rows(load_arrays(list(synth_set.items), "xr", shape))
+        synth = _rows(load_arrays(list(synth_set.items), modality, shape))
         ids = [Path(p).name.split(".")[0] for p in synth_set.paths]
         confirmed = {c["synthetic_id"] for c in rec["copies"] if c["confirmed"]}
         pick = [i for i, s in enumerate(ids) if s in confirmed]
