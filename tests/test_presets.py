@@ -76,7 +76,15 @@ def test_large_2d_images_train_the_detector_at_the_validated_size(tmp_path):
     assert train_detector(x, tmp_path / "e.pt", spatial_size=[60, 100], **kw)["config"]["spatial_size"] == [60, 100]
     det = open_detector(str(tmp_path / "d.pt"), modality="xr", device="cpu")
     chain = det.preprocessing(in_memory=True)
-    assert tuple(chain({"image": torch.as_tensor(x[0])})["image"].shape) == (1, 58, 96)  # the scan resizes alike
+    scanned = chain({"image": torch.as_tensor(x[0])})["image"]
+    assert tuple(scanned.shape) == (1, 58, 96)  # the scan resizes alike
+    # and training sees those very pixels (in-memory images once trained at their own size, unnormalised)
+    from monai_memorization.engines.contrastive import DetectorTraining
+
+    training = DetectorTraining(x * 0.5, tmp_path / "f.pt", modality="xr", **kw)
+    first = training.dataset[0]
+    assert tuple(first["image"].shape) == tuple(first["image_2"].shape) == (1, 58, 96)
+    assert torch.allclose(torch.as_tensor(first["image"]), torch.as_tensor(scanned), atol=1e-6)  # x * 0.5 rescaled too
 
 
 def test_bundle_train_config_reads_the_same_preset():

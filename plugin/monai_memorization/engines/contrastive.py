@@ -132,14 +132,18 @@ def contrastive_transform(
     from_files: bool = True,
     channel: int | None = None,
 ):
-    """Preprocessing (from files) + a copied, augmented view under ``image_2``.
+    """The detector's input chain (the one its scans use) + a copied, augmented view under ``image_2``.
 
     Args:
-        modality: ``ct``/``mr``/``xr`` (the data layer's normalisation); ignored for in-memory data.
+        modality: ``ct``/``mr``/``xr`` (the data layer's normalisation); for in-memory data without one, the images
+            are only resized.
         spatial_dims: 2 or 3.
         spatial_size: size images are resized to.
         augmentations: keyword arguments for :func:`contrastive_augmentations`.
-        from_files: items hold file paths (True) or ``[1, *spatial]`` arrays in [0, 1] (False).
+        from_files: items hold file paths (True) or ``[1, *spatial]`` arrays in [0, 1] (False): those go through the
+            chain a scan puts in-memory samples through
+            (:func:`~monai_memorization.detection.detector.preprocessing` with ``in_memory``), so the detector trains
+            on what it will later see, at its input size.
         channel: the channel of multi-channel files to keep (see ``get_transforms``).
 
     Returns:
@@ -147,12 +151,15 @@ def contrastive_transform(
     """
     from monai import transforms as mt
 
-    if from_files:
-        from monai_memorization.data.transforms import get_transforms
+    if modality:
+        from monai_memorization.detection.detector import preprocessing
 
-        pre = get_transforms(modality, spatial_size=spatial_size, spatial_dims=spatial_dims, channel=channel)
+        pre = preprocessing(modality, spatial_size, in_memory=not from_files, spatial_dims=spatial_dims, channel=channel)
     else:
-        pre = mt.EnsureTyped(keys="image", dtype="float32", track_meta=False)
+        if from_files:
+            raise ValueError("modality: needed to read images from files")
+        pre = mt.Compose([mt.EnsureTyped(keys="image", dtype="float32", track_meta=False),
+                          mt.Resized(keys="image", spatial_size=list(spatial_size), mode="area")])
     aug = contrastive_augmentations(spatial_dims, keys=VIEW_KEY, spatial_size=spatial_size, **(augmentations or {}))
     return pair_views(pre, aug)
 
