@@ -291,7 +291,11 @@ class TrainingCheckpoint:
         def _due(eng: Engine, epoch: int) -> bool:
             return epoch % self.save_interval == 0 or epoch >= (eng.state.max_epochs or 0)
 
+        from monai_memorization.tracking_handler import request_flush
+
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=_due), self.checkpointer)
+        # the metrics up to this checkpoint reach the MLflow store with it, so a rerun resuming here misses none
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=_due), lambda _: request_flush())
         if self.final_filename is not None:
             engine.add_event_handler(Events.COMPLETED, self._save_final)
 

@@ -336,4 +336,5 @@ def mlflow_handler(
         allow_remote_tracking=allow_remote_tracking,
         buffer_dir=buffer_dir,
         owner=owner,
+        flush_seconds=0,  # about 50 logged epochs a training: each written as it ends (a rerun starts over)
     )
