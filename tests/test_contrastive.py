@@ -17,6 +17,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 
 from monai_memorization.detection.detector import load_detector
 from monai_memorization.detection.embed import embed_tensor
@@ -253,3 +254,27 @@ def test_untracked_compose_from_two_threads_keeps_tracking_off_inside_and_restor
         t.join(20)
     assert seen == {"early": False, "late": False}
     assert get_track_meta() is True
+
+
+def test_epoch_batches_run_on_across_epochs_without_an_image_twice_in_a_batch(tmp_path):
+    """The detector's loader is one pass over every epoch's batches (its thread makes the next views across epoch
+    ends): each epoch a new order of all images cut into full batches; the trainer takes n // batch of them an epoch."""
+    import torch
+
+    from monai_memorization.engines.contrastive import DetectorTraining, EpochBatches
+
+    batches = list(EpochBatches(10, 4, 3, torch.Generator().manual_seed(0)))
+    assert len(batches) == len(EpochBatches(10, 4, 3, torch.Generator())) == 6
+    for e in range(3):
+        epoch = batches[2 * e : 2 * e + 2]
+        flat = [i for b in epoch for i in b]
+        assert all(len(b) == 4 for b in epoch) and len(set(flat)) == 8 and set(flat) <= set(range(10))
+    assert batches[:2] != batches[2:4]  # a new order each epoch
+    x = np.random.default_rng(0).random((10, 1, 16, 16)).astype(np.float32)
+    training = DetectorTraining(x, tmp_path / "d.pt", epochs=3, batch_size=4, log_to_mlflow=False, progress=False,
+                                device="cpu", network_kwargs={"channels": [4, 8], "strides": [2, 2]}, embed_dim=8)
+    seen = []
+    training.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append((e.state.epoch, e.state.iteration)))
+    res = training.run()
+    assert seen == [(1, 1), (1, 2), (2, 3), (2, 4), (3, 5), (3, 6)] and res["config"]["steps"] == 6
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]

@@ -61,3 +61,24 @@ def test_the_user_s_choice_stands(monkeypatch):
     handler = threads.FairThreads(interval=0.0)
     handler.attach(engine)
     assert not engine.has_event_handler(handler, Events.ITERATION_COMPLETED)
+
+
+def test_a_reserved_core_is_left_to_the_view_thread_and_given_back(monkeypatch):
+    """The copy detector's training makes its views in a thread: PyTorch gets one core fewer while it runs, and its
+    thread count is restored at the end."""
+    import torch
+    from ignite.engine import Engine
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MONAI_MEMORIZATION_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        engine = Engine(lambda e, b: seen.append(torch.get_num_threads()))
+        threads.FairThreads(interval=60.0, reserve=1).attach(engine)
+        engine.run(range(3), max_epochs=1)
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Events
-from monai.data import CacheDataset, DataLoader, Dataset, DistributedSampler
+from monai.data import CacheDataset, DataLoader, Dataset, DistributedSampler, ThreadDataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, StatsHandler
 from monai.losses import ContrastiveLoss
@@ -102,7 +102,8 @@ class ContrastiveTrainer(SupervisedTrainer):
         super().__init__(*args, **kwargs)
         self.image_key = image_key
         self.view_key = view_key
-        FairThreads().attach(self)  # a job sharing the machine costs its share, not a collapse
+        # a job sharing the machine costs its share, not a collapse; a core is left to the thread making the views
+        FairThreads(reserve=int(isinstance(self.data_loader, ThreadDataLoader))).attach(self)
 
     def _iteration(self, engine: ContrastiveTrainer, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -162,6 +163,31 @@ def contrastive_transform(
                           mt.Resized(keys="image", spatial_size=list(spatial_size), mode="area")])
     aug = contrastive_augmentations(spatial_dims, keys=VIEW_KEY, spatial_size=spatial_size, **(augmentations or {}))
     return pair_views(pre, aug)
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches of ``epochs`` epochs in one pass: each epoch a new order of the ``n`` images cut into full batches
+    (the last incomplete one dropped, so no batch holds an image twice), so that a loader's prefetching runs on across
+    epoch ends. The trainer takes ``n // batch_size`` of them an epoch (``epoch_length``).
+
+    Args:
+        n: images.
+        batch_size: images a batch.
+        epochs: epochs.
+        generator: the random order's generator.
+    """
+
+    def __init__(self, n: int, batch_size: int, epochs: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.epochs, self.generator = int(n), int(batch_size), int(epochs), generator
+
+    def __len__(self) -> int:
+        return self.epochs * (self.n // self.batch_size)
+
+    def __iter__(self):
+        for _ in range(self.epochs):
+            order = torch.randperm(self.n, generator=self.generator).tolist()
+            for b in range(self.n // self.batch_size):
+                yield order[b * self.batch_size : (b + 1) * self.batch_size]
 
 
 def _in_memory_items(images) -> list[dict]:
@@ -436,11 +462,19 @@ class DetectorTraining:
         else:
             ds = Dataset(items, transform)
         bs = min(batch_size, len(items))
-        # persistent workers: an epoch of a small data set is one step, and re-forking the workers every epoch
-        # costs more than the augmentations they run
-        sampler = DistributedSampler(ds, even_divisible=True, shuffle=True) if ddp else None
-        loader = DataLoader(ds, batch_size=bs, shuffle=sampler is None, drop_last=True, num_workers=num_workers,
-                            persistent_workers=num_workers > 0, sampler=sampler)
+        epoch_length = None
+        if ddp:
+            # persistent workers: an epoch of a small data set is one step, and re-forking the workers every epoch
+            # costs more than the augmentations they run
+            loader = DataLoader(ds, batch_size=bs, drop_last=True, num_workers=num_workers, persistent_workers=num_workers > 0,
+                                sampler=DistributedSampler(ds, even_divisible=True, shuffle=True))
+        else:
+            # one pass over every epoch's batches, the augmented views made in a thread while the encoder trains on the
+            # batch before (across epoch ends too: an epoch of a small data set is one or two steps)
+            generator = torch.Generator().manual_seed(int(seed))
+            epoch_length = steps_per_epoch(len(items), bs)
+            loader = ThreadDataLoader(ds, batch_sampler=EpochBatches(len(items), bs, epochs, generator),
+                                      num_workers=num_workers, persistent_workers=num_workers > 0, generator=generator)
 
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
@@ -492,6 +526,7 @@ class DetectorTraining:
         trainer = ContrastiveTrainer(
             device=dev,
             max_epochs=epochs,
+            epoch_length=epoch_length,
             train_data_loader=loader,
             network=net,
             optimizer=optimizer,
