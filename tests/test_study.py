@@ -23,7 +23,7 @@ from monai_memorization.errors import DataValidationError
 from monai_memorization.study.config import expand, load_study_config
 from monai_memorization.study.run import run_study, study_datalist
 
-SMOKE = {"preset": "smoke", "sweeps": {"family": ["vae", "gan"], "duplication": [3]}}
+SMOKE = {"preset": "smoke", "sweeps": {"family": ["vae", "gan"], "duplication": [3]}, "length_curve": 2}
 
 
 def test_configurations_and_bad_input(tmp_path):
@@ -85,8 +85,14 @@ def test_smoke_study_end_to_end_then_resume(tmp_path, capfd, monkeypatch):
     dup = json.loads((out / "configs" / "ldm-n4-noaug-base-base-dup3" / "dataset.json").read_text())["training"]
     assert len(dup) == 6 and Path(dup[4]["image"]).read_bytes() == Path(dup[0]["image"]).read_bytes()
     assert dup[4]["subject"] == dup[0]["subject"]
-    # the LDM's copy rate along training comes from the in-training check
+    # the LDM's copy rate along training comes from the in-training check, and from its checkpoints (the length curve:
+    # 2 diffusion steps, a checkpoint after each, 4 samples from each)
     assert s["configs"][0]["training_checks"] and s["configs"][1]["training_checks"] == []
+    curve = s["configs"][0]["length_curve"]
+    assert [p["steps"] for p in curve] == [1, 2] and [p["n_synthetic"] for p in curve] == [4, 4]
+    assert curve[-1]["n_confirmed"] == s["configs"][0]["n_confirmed"]  # the last point is the configuration itself
+    assert len(list((out / "configs" / "ldm-n4-noaug-base-base" / "curve" / "step_1" / "samples").iterdir())) == 4
+    assert all("length_curve" not in r for r in s["configs"][1:])
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("configuration,family,n_train")
     md = (out / "results.md").read_text()
@@ -97,7 +103,10 @@ def test_smoke_study_end_to_end_then_resume(tmp_path, capfd, monkeypatch):
         assert d["outcome"] == "not judged" and d["note"].startswith("not converged")
     assert claims["LDM samples are copies more often than VAE samples"]["ci"][0] <= claims[
         "LDM samples are copies more often than VAE samples"]["difference"]
-    for png in ("copy_rate_vs_steps.png", "quality_vs_copy_rate.png", "factors.png"):
+    assert "## Training length along one training" in md
+    assert claims["longer training raises copies (trend along one training's checkpoints)"]["compared"] == (
+        "ldm-n4-noaug-base-base at 1, 2 steps")
+    for png in ("copy_rate_vs_steps.png", "quality_vs_copy_rate.png", "factors.png", "copy_rate_vs_length.png"):
         assert (out / png).stat().st_size > 5000
 
     client = mlflow.MlflowClient(s["tracking_uri"])
@@ -124,6 +133,11 @@ def test_smoke_study_end_to_end_then_resume(tmp_path, capfd, monkeypatch):
     del rec["n_missed_by_scan"]  # a result from before every sample was checked in pixels counts copies differently
     result.write_text(json.dumps(rec))
     with pytest.raises(DataValidationError, match="was made before every sample was checked in pixels"):
+        run_study(SMOKE, out, progress=False)
+    rec["n_missed_by_scan"] = 0
+    del rec["length_curve"]  # the curve's configuration trained without its checkpoints: not reused as if it had them
+    result.write_text(json.dumps(rec))
+    with pytest.raises(DataValidationError, match="without the checkpoints of the length curve"):
         run_study(SMOKE, out, progress=False)
 
 
@@ -235,6 +249,27 @@ def test_directions_judge_only_converged_configurations_and_say_what_they_cannot
     t = d["more training data lowers copies (trend over every size)"]
     assert t["compared"] == "n_train 6, 12, 24, 48" and t["outcome"] == "reproduced" and t["ci"][1] < 0
     assert "duplicated training images raise copies" not in d  # nothing varies duplication
+
+
+def test_length_curve_direction_is_a_trend_over_the_converged_checkpoints(tmp_path):
+    """The checkpoints of one training give the length direction as a trend; checkpoints before convergence are left
+    out and named; fewer than three converged ones are not judged."""
+    from monai_memorization.study.summary import directions
+
+    def point(steps, k, converged=True):
+        return {"steps": steps, "n_confirmed": k, "n_synthetic": 32, "confirmed_copy_rate": k / 32,
+                "confirmed_copy_rate_ci": [0, 1], "quality": {"converged": converged}}
+
+    long = _rec("long", "length", 25, length="long")
+    long["length_curve"] = [point(750, 0, False), point(1500, 4), point(3000, 10), point(6000, 25)]
+    d = {x["claim"]: x for x in directions([_rec("base", None, 16), long], tmp_path)}
+    t = d["longer training raises copies (trend along one training's checkpoints)"]
+    assert t["compared"] == "long at 1500, 3000, 6000 steps" and t["outcome"] == "reproduced" and t["ci"][0] > 0
+    assert t["difference"] == pytest.approx((25 - 4) / 32 / 2, abs=0.02)  # about +33 points per doubling
+    assert t["note"].endswith("not converged, left out: 750 steps")
+    long["length_curve"] = long["length_curve"][:3]
+    t = {x["claim"]: x for x in directions([long], tmp_path)}["longer training raises copies (trend along one training's checkpoints)"]
+    assert t["outcome"] == "not judged" and "fewer than three of its checkpoints converged" in t["note"]
 
 
 def test_trend_is_the_cochran_armitage_test():

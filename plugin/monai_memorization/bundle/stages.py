@@ -313,7 +313,8 @@ def gan_trainer(device: Any, max_epochs: int, train_data_loader: Any, g_network:
     )
 
 
-def load_weights(network: torch.nn.Module, path: str | os.PathLike, old_format: Any = None, device: Any = None) -> Any:
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, old_format: Any = None, device: Any = None,
+                 key: str | None = None) -> Any:
     """``network`` with the weights in ``path`` (``torch.load(weights_only=True)``; old ``monai-generative`` files
     mapped), moved to ``device``.
 
@@ -322,13 +323,15 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, old_format: 
         path: the weights file.
         old_format: None (detect), True or False.
         device: where to move it (None: where it is).
+        key: the entry of a training checkpoint that holds the network (``--diffusion#key diffusion`` samples
+            ``models/diffusion_checkpoint_<epoch>.pt``); None: the file is the network's state dict.
 
     Returns:
         the network.
     """
     from monai_memorization.engines.checkpoint import load_weights as _load
 
-    net = _load(network, path, old_format=old_format)
+    net = _load(network, path, old_format=old_format, key=key)
     return net.to(device) if device is not None else net
 
 

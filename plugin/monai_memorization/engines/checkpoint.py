@@ -45,7 +45,7 @@ from monai.utils import str2bool
 
 from monai_memorization.errors import MemorizationError
 
-__all__ = ["TrainingCheckpoint", "latest_checkpoint", "intact_checkpoint", "resume_choice", "resuming", "stage_complete",
+__all__ = ["TrainingCheckpoint", "checkpoints", "latest_checkpoint", "intact_checkpoint", "resume_choice", "resuming", "stage_complete",
            "load_weights"]
 
 logger = logging.getLogger(__name__)
@@ -61,21 +61,25 @@ def latest_checkpoint(save_dir: str | Path, prefix: str) -> Path | None:
     Returns:
         the path or None when there is none.
     """
-    pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_(\d+)\.pt$")
-    found = []
+    found = checkpoints(save_dir, prefix)
+    return found[0][1] if found else None
+
+
+def checkpoints(save_dir: str | Path, prefix: str) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every ``<prefix>_checkpoint_<epoch>.pt`` in ``save_dir``, newest first.
+
+    Args:
+        save_dir: checkpoint folder (a missing one has none).
+        prefix: the stage prefix given to :class:`TrainingCheckpoint`.
+
+    Returns:
+        the list, highest epoch first.
+    """
     folder = Path(save_dir)
-    if folder.is_dir():
-        for p in folder.iterdir():
-            m = pattern.match(p.name)
-            if m:
-                found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
-
-
-def _checkpoints(save_dir: Path, prefix: str) -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of every ``<prefix>_checkpoint_<epoch>.pt`` in ``save_dir``, newest first."""
+    if not folder.is_dir():
+        return []
     pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_(\d+)\.pt$")
-    found = [(int(m.group(1)), p) for p in save_dir.glob(f"{prefix}_checkpoint_*.pt") if (m := pattern.match(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.glob(f"{prefix}_checkpoint_*.pt") if (m := pattern.match(p.name))]
     return sorted(found, reverse=True)
 
 
@@ -89,7 +93,7 @@ def intact_checkpoint(save_dir: str | Path, prefix: str) -> Path | None:
     Returns:
         the path, or None when no checkpoint loads.
     """
-    for _, path in _checkpoints(Path(save_dir), prefix):
+    for _, path in checkpoints(save_dir, prefix):
         try:
             torch.load(path, map_location="cpu", weights_only=True)
             return path
@@ -263,7 +267,7 @@ class TrainingCheckpoint:
             loader.attach(engine)
             logger.warning(f"{self.prefix}: continuing from {path} (--resume false starts over)")
             return self._attach_savers(engine)
-        old = _checkpoints(self.save_dir, self.prefix) if self.save_dir.is_dir() else []
+        old = checkpoints(self.save_dir, self.prefix)
         for _, p in old:  # with --resume false, or none of them loads: they would be taken for this run's later
             p.unlink()
         if old:

@@ -61,6 +61,26 @@ def study_figures(records: list[dict], out_dir: Path) -> dict[str, Path]:
     if curves:
         figs["copy rate vs training steps"] = plot_copy_rate_curves(
             curves, out_dir / "copy_rate_vs_steps.png", "Copy rate along training (in-training check, 8 samples a check)")
+    for r in records:
+        points = r.get("length_curve") or []
+        if len(points) > 1:
+            fig, ax = plt.subplots(figsize=(5.6, 3.6))
+            for converged, marker_face, label in ((True, "tab:red", "converged"), (False, "white", "not converged")):
+                sel = [p for p in points if bool(p["quality"].get("converged")) == converged]
+                if sel:
+                    vals, errs = zip(*(_err(p) for p in sel))
+                    ax.errorbar([p["steps"] for p in sel], vals, yerr=list(zip(*errs)), fmt="o", capsize=4,
+                                color="tab:red", markerfacecolor=marker_face, label=label)
+            ax.plot([p["steps"] for p in points], [100 * p["confirmed_copy_rate"] for p in points], color="tab:red", alpha=0.4)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([p["steps"] for p in points], [str(p["steps"]) for p in points], fontsize=7)
+            ax.set_xlabel("diffusion optimizer steps (checkpoints of one training)")
+            ax.set_ylabel("confirmed copies (% of samples)")
+            ax.set_ylim(-2, 105)
+            ax.set_title(f"Copy rate along one training ({r['name']})", fontsize=10)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            figs["copy rate along one training"] = save_figure(fig, out_dir / "copy_rate_vs_length.png", dpi=110)
     sized = [r for r in _by_factor(records, "n_train")]
     if len(sized) > 1:
         fig, ax = plt.subplots(figsize=(5.6, 3.6))

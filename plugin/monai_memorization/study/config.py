@@ -20,8 +20,9 @@ and the factors that drive memorization. A configuration file (YAML or JSON) or 
   training lengths in optimizer steps per stage (``lengths``);
 * ``data``: ``dataset`` (``phantoms``, the default, or ``br35h``: real brain MR slices of many patients,
   :mod:`monai_memorization.data.br35h`) with ``n``, ``n_holdout``, ``n_val``, ``shape``; or a ``datalist``; ``num_samples``,
-  ``percentile``, ``seed``, ``checks`` (in-training checks of the LDM), ``detector`` (``steps``,
-  ``feature_weights``).
+  ``percentile``, ``seed``, ``checks`` (in-training checks of the LDM), ``length_curve`` (checkpoints of the longest
+  LDM training scored as a curve over training length, :mod:`monai_memorization.study.length_curve`; 0: none),
+  ``detector`` (``steps``, ``feature_weights``).
 
 Training length is given in optimizer steps, so that configurations with more data train the same
 number of steps (their epochs follow from the data set size), as in the study.
@@ -65,7 +66,7 @@ _VAE_CPU = {k: v for k, v in _LDM_CPU.items() if k.startswith(("ae_", "disc_", "
 #: preset name -> study configuration (``cpu``: about an hour on 2 cores; ``gpu``: the study's sizes; ``smoke``: tests)
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "modality": "xr", "seed": 0, "num_samples": 32, "percentile": 95.0, "checks": 6,
+        "modality": "xr", "seed": 0, "num_samples": 32, "percentile": 95.0, "checks": 6, "length_curve": 8,
         "data": {"n": 48, "n_holdout": 24, "n_val": 2, "shape": [64, 64]},
         "base": {"family": "ldm", "n_train": 12, "augment": False, "size": "base", "length": "base", "duplication": 1},
         "sweeps": {"family": ["vae", "gan"], "n_train": [6, 24, 48], "augment": [True], "size": ["small"],
@@ -122,7 +123,7 @@ STUDY_PRESETS["gpu"] = {
 #: each family's keys; its family names and ``sweeps``' factors are checked against FAMILIES and FACTORS)
 KEYS: dict[str, Any] = {
     "preset": None, "modality": None, "seed": None, "num_samples": None, "percentile": None, "checks": None,
-    "allow_few_holdout": None,
+    "allow_few_holdout": None, "length_curve": None,
     "data": dict.fromkeys(("dataset", "n", "n_holdout", "n_val", "shape", "datalist")),
     "base": dict.fromkeys(FACTORS),
     "sweeps": None,

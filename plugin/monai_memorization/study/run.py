@@ -200,6 +200,9 @@ def run_study(
     if not (out_dir / "train_features.npy").is_file():  # the common reference of the FID comparisons
         np.save(out_dir / "train_features.npy", features(load_arrays(train_all, m, shape)))
 
+    from monai_memorization.study.length_curve import curve_configuration
+
+    curve_name = curve_configuration(cfg, configs)
     records = []
     for i, c in enumerate(configs, 1):
         folder = out_dir / "configs" / c["name"]
@@ -212,13 +215,17 @@ def run_study(
             if "n_missed_by_scan" not in rec:
                 raise DataValidationError(f"{result}: was made before every sample was checked in pixels, so its copy "
                                           "count is not comparable with new ones; use a new --out")
+            if c["name"] == curve_name and "length_curve" not in rec:
+                raise DataValidationError(f"{result}: was trained without the checkpoints of the length curve; remove "
+                                          f"{folder} to train it again, or use a new --out")
             say(f"[{i}/{len(configs)}] {c['name']}: done earlier ({rec['confirmed_copy_rate']:.0%} confirmed copies), kept")
             records.append(rec)
             continue
         if only and c["name"] not in only:
             continue
         records.append(_run_config(cfg, c, spec, i, len(configs), folder, lists, train_all, holdout_items, holdout_arr,
-                                   detector, features, feature_name, uri, experiment, parent, percentile, seed, progress))
+                                   detector, features, feature_name, uri, experiment, parent, percentile, seed, progress,
+                                   curve=c["name"] == curve_name))
     montage = copy_montage(records, out_dir, train_all, m, shape)
     return summarise(cfg, records, out_dir, uri, parent, feature_name,
                      {"confirmed copies beside the training images they copy": montage} if montage else None)
@@ -262,8 +269,9 @@ def copy_montage(records: list[dict], out_dir: Path, train_items: list[dict], mo
 
 
 def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, holdout_arr, detector, features,
-                feature_name, uri, experiment, parent, percentile, seed, progress) -> dict:
-    """Train, sample and score one configuration; writes ``<folder>/result.json`` last."""
+                feature_name, uri, experiment, parent, percentile, seed, progress, curve: bool = False) -> dict:
+    """Train, sample and score one configuration; writes ``<folder>/result.json`` last. ``curve``: also keep
+    ``length_curve`` diffusion checkpoints along its training and score each (:mod:`.length_curve`)."""
     m, shape = cfg["modality"], [int(s) for s in cfg["data"]["shape"]]
     t0 = time.time()
     sub, n_items = study_datalist(lists, c["n_train"], c["duplication"], folder / "dataset.json")
@@ -277,6 +285,9 @@ def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, hol
         "spatial_size": shape, "augment": bool(c["augment"]), "val_interval": 10**6, "save_interval": 50,
         "progress_bar": bool(progress), **train_over,
     }
+    if curve:  # evenly spaced checkpoints, all kept
+        overrides.update(save_interval=max(1, train_over["diffusion_max_epochs"] // int(cfg["length_curve"])),
+                         n_saved=int(cfg["length_curve"]) + 1)
     if c["family"] == "ldm" and int(cfg.get("checks", 0)) > 0:  # the copy rate along training
         files.append(bundle_dir("copy_detector") / "configs" / "memorization_check.json")
         overrides.update({
@@ -299,11 +310,26 @@ def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, hol
         scan_options={"tracking_uri": uri, "experiment_name": experiment,
                       "allow_few_holdout": bool(cfg.get("allow_few_holdout", False))})
     np.save(folder / "synthetic_features.npy", features(synth_arr))
-    adopt_child_runs(uri, experiment, parent, t0, {"audit_config": c["name"]})
-    curve = training_curve(uri, experiment, c["name"]) if c["family"] == "ldm" else []
     batch = int(net_over.get("diffusion_batch_size") or 8)
     per_epoch = -(-n_items // batch)
-    rec.update({**c, "spec": spec, "training_checks": [(e * per_epoch, r) for e, r in curve], "seconds": time.time() - t0,
+    if curve:
+        from monai_memorization.study.length_curve import checkpoint_sample_sets, curve_point
+
+        say(f"[{i}/{n}] {c['name']}: the copy rate at its checkpoints (length curve)")
+        points = []
+        for steps, samples_at in checkpoint_sample_sets(bundle, gen_dir, folder / "curve", per_epoch,
+                                                        {"num_samples": int(cfg["num_samples"]), "seed": seed,
+                                                         "spatial_size": shape, **net_over}):
+            at, _ = evaluate_samples(
+                f"{c['name']}-step{steps}", samples_at, train_all[: int(c["n_train"])], holdout_items, holdout_arr,
+                detector, samples_at.parent, m, shape, features, feature_name, percentile=percentile, seed=seed,
+                progress=progress, scan_options={"tracking_uri": uri, "experiment_name": experiment,
+                                                 "allow_few_holdout": bool(cfg.get("allow_few_holdout", False))})
+            points.append(curve_point(steps, at))
+        rec["length_curve"] = points + [curve_point(int(train_over["diffusion_max_epochs"]) * per_epoch, rec)]
+    adopt_child_runs(uri, experiment, parent, t0, {"audit_config": c["name"]})
+    checks = training_curve(uri, experiment, c["name"]) if c["family"] == "ldm" else []
+    rec.update({**c, "spec": spec, "training_checks": [(e * per_epoch, r) for e, r in checks], "seconds": time.time() - t0,
                 "overrides": train_over})
     tmp = folder / ".result.json.tmp"
     tmp.write_text(json.dumps(rec, indent=2))

@@ -116,7 +116,8 @@ def _pick(records: list[dict], factor: str, which: Any) -> dict | None:
 
 
 def trend(records: list[dict], factor: str = "n_train") -> dict | None:
-    """A trend of the confirmed copy rate over every level of ``factor`` among the converged configurations.
+    """A trend of the confirmed copy rate over every level of ``factor`` among the converged configurations (or the
+    converged points of a length curve, ``factor="steps"``).
 
     The slope is the rate's change per doubling of the factor (weighted least squares on ``log2`` of its value, each
     configuration weighted by its samples), with a Wald 95% interval; the p-value is the Cochran-Armitage test for
@@ -189,7 +190,33 @@ def directions(records: list[dict], out_dir: Path, seed: int = 0) -> list[dict]:
                     "compared": "n_train " + ", ".join(str(v) for v in t["levels"]),
                     "measure": "change in confirmed copy rate per doubling", "difference": t["slope"], "ci": t["ci"],
                     "outcome": _outcome(t["ci"][0], t["ci"][1], -1), "note": f"Cochran-Armitage z {t['z']:+.2f}, p {t['p']:.3f}"})
+    for r in records:  # the length curve: one training's checkpoints
+        points = r.get("length_curve") or []
+        if not points:
+            continue
+        claim = "longer training raises copies (trend along one training's checkpoints)"
+        left_out = [str(p["steps"]) for p in points if not _converged(p)]
+        t = trend(points, "steps")
+        if t is None:
+            out.append({"claim": claim, "compared": f"{r['name']} at {', '.join(str(p['steps']) for p in points)} steps",
+                        "measure": "change in confirmed copy rate per doubling of steps", "difference": float("nan"),
+                        "ci": [float("nan")] * 2, "outcome": "not judged",
+                        "note": "not converged: fewer than three of its checkpoints converged"})
+            continue
+        note = f"Cochran-Armitage z {t['z']:+.2f}, p {t['p']:.3f}" + (
+            f"; not converged, left out: {', '.join(left_out)} steps" if left_out else "")
+        out.append({"claim": claim, "compared": f"{r['name']} at {', '.join(str(v) for v in t['levels'])} steps",
+                    "measure": "change in confirmed copy rate per doubling of steps", "difference": t["slope"],
+                    "ci": t["ci"], "outcome": _outcome(t["ci"][0], t["ci"][1], +1), "note": note})
     return out
+
+
+def _curve_rows(records: list[dict]) -> list[dict]:
+    """The length curve's table: the copy rate at each checkpoint of the configuration that has one."""
+    return [{"configuration": r["name"], "optimizer steps": p["steps"], "confirmed copies": _fmt_rate(p, "confirmed_copy_rate"),
+             "converged": p["quality"].get("converged"),
+             "FID": f"{p['quality'].get('fid_synthetic') or float('nan'):.2f}"}
+            for r in records for p in r.get("length_curve") or []]
 
 
 def _fmt_rate(r: dict, key: str) -> str:
@@ -253,7 +280,13 @@ def summarise(cfg: dict, records: list[dict], out_dir: Path, uri: str, parent: s
           _markdown([{"claim": d["claim"], "compared": d["compared"], "measure": d["measure"],
                       "difference (95% CI)": "n/a" if d["difference"] != d["difference"] else
                       f"{d['difference']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})",
-                      "outcome": d["outcome"], "note": d["note"]} for d in dirs]), "## Figures", ""]
+                      "outcome": d["outcome"], "note": d["note"]} for d in dirs])]
+    curve = _curve_rows(records)
+    if curve:
+        md += ["## Training length along one training", "",
+               "The copy rate of samples drawn from the checkpoints of one training (the same data and random start), "
+               "judged only where the generator had converged.", "", _markdown(curve)]
+    md += ["## Figures", ""]
     md += [f"![{name}]({Path(p).name})" for name, p in figures.items()]
     (out_dir / "results.md").write_text("\n".join(md) + "\n")
     summary = {"preset": cfg["preset"], "configs": records, "directions": dirs, "figures": {k: str(v) for k, v in figures.items()},
