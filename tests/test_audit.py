@@ -145,8 +145,12 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
     rec = {"name": "mitigated", "quality": {"converged": True}, "n_copies": 1, "n_confirmed": 2, "n_missed_by_scan": 1,
            "n_synthetic": 3, "confirmed_copy_rate": 2 / 3, "confirmed_copy_rate_ci": rate_ci(2, 3),
            "synthetic_copy_rate": 1 / 3}
-    assert confirmed_text(rec) == ("2 of 3 samples are confirmed copies of training images (1 flagged by the scan and "
+    assert confirmed_text(rec) == ("2 of 3 samples are confirmed copies of training images (the 1 the scan flagged, "
                                    "checked in pixel space; 1 more found by the pixel check of every sample)")
+    # the main job's prone generator on 2026-12-08: 10 flagged, 9 of them confirmed, 4 more by the pixel check (13, not 14)
+    assert confirmed_text({**rec, "n_copies": 10, "n_confirmed": 13, "n_missed_by_scan": 4, "n_synthetic": 32}) == (
+        "13 of 32 samples are confirmed copies of training images (9 of the 10 the scan flagged, checked in pixel space; "
+        "4 more found by the pixel check of every sample)")
     lines, code = make_headline([rec], {"by_kind": {}}, "cpu")
     assert code == 0 and "mitigated 67% of samples are copies" in lines[0]
     assert any(line.startswith("mitigated: 1 sample the scan did not flag is closer in pixels") and "counted as a copy:"

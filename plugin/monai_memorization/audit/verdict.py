@@ -149,8 +149,10 @@ def missed_counts(confirmed: list[dict]) -> dict[str, int]:
 def confirmed_text(rec: dict) -> str:
     """One configuration's count of confirmed copies, in words (the audit's and the model-zoo audit's)."""
     missed = int(rec.get("n_missed_by_scan", 0))
+    flagged, by_scan = int(rec["n_copies"]), int(rec["n_confirmed"]) - missed
+    scan = (f"the {flagged} the scan flagged" if by_scan == flagged else f"{by_scan} of the {flagged} the scan flagged")
     text = (f"{rec['n_confirmed']} of {rec['n_synthetic']} samples are confirmed copies of training images "
-            f"({rec['n_copies']} flagged by the scan and checked in pixel space")
+            f"({scan}, checked in pixel space")
     return text + (f"; {missed} more found by the pixel check of every sample)" if missed else ")")
 
 
