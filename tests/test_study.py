@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
+from monai_memorization.audit.verdict import rate_ci
 from monai_memorization.errors import DataValidationError
 from monai_memorization.study.config import expand, load_study_config
 from monai_memorization.study.run import run_study, study_datalist
@@ -139,6 +141,32 @@ def test_smoke_study_end_to_end_then_resume(tmp_path, capfd, monkeypatch):
     result.write_text(json.dumps(rec))
     with pytest.raises(DataValidationError, match="without the checkpoints of the length curve"):
         run_study(SMOKE, out, progress=False)
+
+
+def test_seeds_train_each_configuration_again_and_pool_their_samples(tmp_path, monkeypatch):
+    """seeds: 2 trains every configuration twice (seeds 0 and 1, the second in seed1/); the record pools both sample
+    sets (exact intervals over 8 samples), keeps each training's count, and a rerun keeps both."""
+    from monai_memorization.study import summary
+
+    monkeypatch.setattr(summary, "FID_BOOTSTRAP", 20)
+    out = tmp_path / "study"
+    cfg = {"preset": "smoke", "sweeps": {}, "seeds": 2}
+    s = run_study(cfg, out, progress=False)
+    assert [r["name"] for r in s["configs"]] == ["ldm-n4-noaug-base-base"]
+    for r in s["configs"]:
+        folder = out / "configs" / r["name"]
+        one, two = (json.loads((f / "result.json").read_text()) for f in (folder, folder / "seed1"))
+        assert (one["seed"], two["seed"]) == (0, 1) and [x["seed"] for x in r["seeds"]] == [0, 1]
+        assert r["n_synthetic"] == 8 and r["n_confirmed"] == one["n_confirmed"] + two["n_confirmed"]
+        assert r["confirmed_copy_rate_ci"] == rate_ci(r["n_confirmed"], 8)
+        assert r["seed_spread"] == [min(one["confirmed_copy_rate"], two["confirmed_copy_rate"]),
+                                    max(one["confirmed_copy_rate"], two["confirmed_copy_rate"])]
+        assert r["quality"]["converged"] == (one["quality"]["converged"] and two["quality"]["converged"])
+        assert np.load(folder / r["features_file"]).shape[0] == 8  # FID compares the pooled samples
+    assert "from each of 2 trainings (seeds 0 to 1), pooled" in (out / "results.md").read_text()
+    assert (out / "results.csv").read_text().splitlines()[0].endswith(",confirmed per seed")
+    again = run_study(cfg, out, progress=False)
+    assert [r["n_confirmed"] for r in again["configs"]] == [r["n_confirmed"] for r in s["configs"]]
 
 
 def test_study_datalist_rejects_too_few_and_writes_duplicates_as_files(tmp_path, xr_datalist):

@@ -22,7 +22,8 @@ and the factors that drive memorization. A configuration file (YAML or JSON) or 
   :mod:`monai_memorization.data.br35h`) with ``n``, ``n_holdout``, ``n_val``, ``shape``; or a ``datalist``; ``num_samples``,
   ``percentile``, ``seed``, ``checks`` (in-training checks of the LDM), ``length_curve`` (checkpoints of the longest
   LDM training scored as a curve over training length, :mod:`monai_memorization.study.length_curve`; 0: none),
-  ``detector`` (``steps``, ``feature_weights``).
+  ``seeds`` (trainings per configuration with seeds ``seed``, ``seed + 1``, ...; their samples pooled, each
+  training's rate shown: :mod:`monai_memorization.study.seeds`; default 1), ``detector`` (``steps``, ``feature_weights``).
 
 Training length is given in optimizer steps, so that configurations with more data train the same
 number of steps (their epochs follow from the data set size), as in the study.
@@ -123,7 +124,7 @@ STUDY_PRESETS["gpu"] = {
 #: each family's keys; its family names and ``sweeps``' factors are checked against FAMILIES and FACTORS)
 KEYS: dict[str, Any] = {
     "preset": None, "modality": None, "seed": None, "num_samples": None, "percentile": None, "checks": None,
-    "allow_few_holdout": None, "length_curve": None,
+    "allow_few_holdout": None, "length_curve": None, "seeds": None,
     "data": dict.fromkeys(("dataset", "n", "n_holdout", "n_val", "shape", "datalist")),
     "base": dict.fromkeys(FACTORS),
     "sweeps": None,

@@ -203,29 +203,37 @@ def run_study(
     from monai_memorization.study.length_curve import curve_configuration
 
     curve_name = curve_configuration(cfg, configs)
+    from monai_memorization.study.seeds import pool_seeds, seed_folder
+
+    seeds = int(cfg.get("seeds") or 1)
     records = []
     for i, c in enumerate(configs, 1):
-        folder = out_dir / "configs" / c["name"]
-        result = folder / "result.json"
         spec = {k: c[k] for k in ("family", "n_train", "augment", "size", "length", "duplication")}
-        if result.is_file():
-            rec = json.loads(result.read_text())
-            if rec.get("spec") != spec:
-                raise DataValidationError(f"{result}: was made with other settings than {c['name']} now has; use a new --out")
-            if "n_missed_by_scan" not in rec:
-                raise DataValidationError(f"{result}: was made before every sample was checked in pixels, so its copy "
-                                          "count is not comparable with new ones; use a new --out")
-            if c["name"] == curve_name and "length_curve" not in rec:
-                raise DataValidationError(f"{result}: was trained without the checkpoints of the length curve; remove "
-                                          f"{folder} to train it again, or use a new --out")
-            say(f"[{i}/{len(configs)}] {c['name']}: done earlier ({rec['confirmed_copy_rate']:.0%} confirmed copies), kept")
-            records.append(rec)
-            continue
-        if only and c["name"] not in only:
-            continue
-        records.append(_run_config(cfg, c, spec, i, len(configs), folder, lists, train_all, holdout_items, holdout_arr,
-                                   detector, features, feature_name, uri, experiment, parent, percentile, seed, progress,
-                                   curve=c["name"] == curve_name))
+        runs = []
+        for k in range(seeds):  # training randomness: the configuration trained with seeds seed .. seed + seeds - 1
+            folder = seed_folder(out_dir / "configs" / c["name"], k)
+            result = folder / "result.json"
+            if result.is_file():
+                rec = json.loads(result.read_text())
+                if rec.get("spec") != spec:
+                    raise DataValidationError(f"{result}: was made with other settings than {c['name']} now has; use a new --out")
+                if "n_missed_by_scan" not in rec:
+                    raise DataValidationError(f"{result}: was made before every sample was checked in pixels, so its copy "
+                                              "count is not comparable with new ones; use a new --out")
+                if c["name"] == curve_name and k == 0 and "length_curve" not in rec:
+                    raise DataValidationError(f"{result}: was trained without the checkpoints of the length curve; remove "
+                                              f"{folder} to train it again, or use a new --out")
+                say(f"[{i}/{len(configs)}] {c['name']}{f' seed {seed + k}' if k else ''}: done earlier "
+                    f"({rec['confirmed_copy_rate']:.0%} confirmed copies), kept")
+                runs.append(rec)
+                continue
+            if only and c["name"] not in only:
+                continue
+            runs.append(_run_config(cfg, c, spec, i, len(configs), folder, lists, train_all, holdout_items, holdout_arr,
+                                    detector, features, feature_name, uri, experiment, parent, percentile, seed + k,
+                                    progress, curve=c["name"] == curve_name and k == 0))
+        if runs:
+            records.append(pool_seeds(runs, out_dir / "configs" / c["name"]) if len(runs) == seeds else runs[0])
     montage = copy_montage(records, out_dir, train_all, m, shape)
     return summarise(cfg, records, out_dir, uri, parent, feature_name,
                      {"confirmed copies beside the training images they copy": montage} if montage else None)
@@ -330,7 +338,7 @@ def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, hol
     adopt_child_runs(uri, experiment, parent, t0, {"audit_config": c["name"]})
     checks = training_curve(uri, experiment, c["name"]) if c["family"] == "ldm" else []
     rec.update({**c, "spec": spec, "training_checks": [(e * per_epoch, r) for e, r in checks], "seconds": time.time() - t0,
-                "overrides": train_over})
+                "overrides": train_over, "seed": seed})
     tmp = folder / ".result.json.tmp"
     tmp.write_text(json.dumps(rec, indent=2))
     os.replace(tmp, folder / "result.json")

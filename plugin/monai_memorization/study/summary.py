@@ -171,7 +171,7 @@ def directions(records: list[dict], out_dir: Path, seed: int = 0) -> list[dict]:
         if what == "copies":
             d, lo, hi = diff_ci(a["n_confirmed"], a["n_synthetic"], b["n_confirmed"], b["n_synthetic"], seed)
         else:
-            fa, fb = (out_dir / "configs" / r["name"] / "synthetic_features.npy" for r in (a, b))
+            fa, fb = (out_dir / "configs" / r["name"] / r.get("features_file", "synthetic_features.npy") for r in (a, b))
             if not (fa.is_file() and fb.is_file() and train_feats.is_file()):
                 continue
             d, lo, hi = _fid_diff_ci(fa, fb, np.load(train_feats), seed)
@@ -237,6 +237,8 @@ def _table_rows(records: list[dict]) -> list[dict]:
             "MS-SSIM (training)": f"{q.get('ms_ssim_synthetic') or float('nan'):.3f} ({q.get('ms_ssim_train') or float('nan'):.3f})",
             "converged": q.get("converged"), "minutes": round(r.get("seconds", 0) / 60, 1),
         })
+        if any(x.get("seeds") for x in records):  # training randomness: each training's own count
+            rows[-1]["confirmed per seed"] = ", ".join(f"{s['n_confirmed']}/{s['n_synthetic']}" for s in r.get("seeds", [])) or "-"
     return rows
 
 
@@ -272,8 +274,11 @@ def summarise(cfg: dict, records: list[dict], out_dir: Path, uri: str, parent: s
             w.writerows(rows)
     dirs = directions(records, out_dir, int(cfg.get("seed", 0)))
     figures = {**study_figures(records, out_dir), **(extra_figures or {})}
+    seeds = int(cfg.get("seeds") or 1)
+    pooled = (f" from each of {seeds} trainings (seeds {cfg.get('seed', 0)} to {int(cfg.get('seed', 0)) + seeds - 1}), "
+              "pooled (all rates exact; each training's count in the last column)" if seeds > 1 else "")
     md = [f"# Memorization study ({cfg['preset']} preset, {cfg['modality']})", "",
-          f"Rates are fractions of {cfg['num_samples']} samples with 95% intervals: confirmed copies exact (Clopper-Pearson); "
+          f"Rates are fractions of {cfg['num_samples']} samples{pooled} with 95% intervals: confirmed copies exact (Clopper-Pearson); "
           "flagged copies and training images memorized a bootstrap that also moves the threshold, widened to contain the "
           "exact interval. Directions: Newcombe's interval of a difference of two rates; FID differences a bootstrap of "
           f"the samples, widened to contain the estimate. FID, MMD: {feature_name} features; MS-SSIM: mean over pairs of samples (higher = less diverse).", "", _markdown(rows), "## Directions", "",
