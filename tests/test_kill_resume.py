@@ -31,10 +31,12 @@ def test_sigkill_then_rerun_the_same_command(tmp_path, xr_datalist):
     bench = _bench()
     window = bench.reference_duration(tmp_path / "reference", xr_datalist)
     assert 0 < window[0] < window[1]
+    reference = bench.finished_steps(tmp_path / "reference")  # every step of every metric, once
+    assert reference["diffusion"]["loss"] == sorted(set(reference["diffusion"]["loss"]))
     rng = random.Random(3)
     results = []  # three trials (the bench runs more), a fourth when one ended before its kill
     for i in range(4):
-        results.append(bench.trial(tmp_path / f"trial_{i}", xr_datalist, rng, window))
+        results.append(bench.trial(tmp_path / f"trial_{i}", xr_datalist, rng, window, reference=reference))
         if results[-1]["killed_at"] is None:  # the reference ran slower than this trial (a busier machine then)
             window = (window[0], min(window[1], 0.9 * results[-1]["ran_s"]))
         if i >= 2 and sum(r["killed_at"] is not None for r in results) >= 2:
@@ -44,5 +46,6 @@ def test_sigkill_then_rerun_the_same_command(tmp_path, xr_datalist):
         assert r["lost_epochs"] <= 0, r  # continued from the newest checkpoint the killed process wrote
         for stage, statuses in r["runs"].items():
             assert statuses.count("FINISHED") == 1 and set(statuses) <= {"FINISHED", "KILLED"}, r
+        assert r["steps_ok"], r  # MLflow batches: the rerun logs what the killed process had not written
         assert r["ok"], r
     assert sum(r["killed_at"] is not None for r in results) >= 2  # the kills really happened mid-run

@@ -15,7 +15,9 @@ Each trial starts ``python -m monai.bundle run training --config_file bundles/ld
 moment of its training (from one second before training starts to the end of an uninterrupted run, both
 measured first), then reruns the *same* command, without ``--resume``, to the end. A trial passes when the rerun exits 0, continued from the newest checkpoint the
 killed process had written (so at most one checkpoint interval, the epoch in progress, was lost), left no
-temporary file, and MLflow holds one FINISHED run per stage with every other run of that name KILLED.
+temporary file, and MLflow holds one FINISHED run per stage with every other run of that name KILLED, whose metrics
+have every step of the uninterrupted run exactly once (metrics are written in batches, with each checkpoint: the
+steps a killed process had not written yet are logged by the rerun that resumes from its checkpoint).
 
 Run from the repository root::
 
@@ -85,7 +87,23 @@ def reference_duration(root: Path, datalist: str, timeout: float = 600.0) -> tup
     return started or 0.0, time.time() - t0
 
 
-def trial(root: Path, datalist: str, rng: random.Random, window: tuple[float, float], timeout: float = 600.0) -> dict:
+def finished_steps(root: Path) -> dict[str, dict[str, list[int]]]:
+    """``{stage: {metric: sorted steps}}`` of each stage's FINISHED MLflow run (duplicates kept, so a step logged
+    twice shows)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'eval' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ldm_xr")
+    out: dict[str, dict[str, list[int]]] = {}
+    for r in client.search_runs([exp.experiment_id]) if exp else []:
+        if r.info.status == "FINISHED":
+            out[r.info.run_name] = {k: sorted(m.step for m in client.get_metric_history(r.info.run_id, k))
+                                    for k in r.data.metrics}
+    return out
+
+
+def trial(root: Path, datalist: str, rng: random.Random, window: tuple[float, float], timeout: float = 600.0,
+          reference: dict | None = None) -> dict:
     """One kill-and-rerun trial in the fresh folder ``root``.
 
     Args:
@@ -95,6 +113,7 @@ def trial(root: Path, datalist: str, rng: random.Random, window: tuple[float, fl
         window: (training start, end) of an uninterrupted run (:func:`reference_duration`); the kill falls
             uniformly between one second before the start and the end.
         timeout: seconds allowed for each process.
+        reference: :func:`finished_steps` of the uninterrupted run (None: not compared).
 
     Returns:
         a dict: ``target`` (seconds after start of the kill), ``ran_s`` (how long the first process ran: the kill time,
@@ -130,11 +149,12 @@ def trial(root: Path, datalist: str, rng: random.Random, window: tuple[float, fl
     lost = 0 if killed_at is None else (killed_at[0] - resumed[0]) * EPOCHS + killed_at[1] - resumed[1]
     runs = _runs(root)
     tmp_left = sorted(p.name for p in models.glob("tmp*")) if models.is_dir() else []
+    steps_ok = reference is None or finished_steps(root) == reference
     ok = (rerun.returncode == 0 and (models / "model.pt").is_file() and not tmp_left and lost <= 0
           and all(st.count("FINISHED") == 1 and set(st) <= {"FINISHED", "KILLED"} for st in runs.values())
-          and set(runs) == set(STAGES))
+          and set(runs) == set(STAGES) and steps_ok)
     return {"target": target, "ran_s": ran, "killed_at": killed_at, "resumed": resumed, "lost_epochs": lost,
-            "rerun_rc": rerun.returncode, "tmp_left": tmp_left, "runs": runs, "ok": ok}
+            "rerun_rc": rerun.returncode, "tmp_left": tmp_left, "runs": runs, "steps_ok": steps_ok, "ok": ok}
 
 
 def _runs(root: Path) -> dict[str, list[str]]:
@@ -164,9 +184,10 @@ def main() -> None:
     datalist = ensure_phantoms("xr", work / "data", n=10, seed=0)
     rng = random.Random(args.seed)
     window = reference_duration(work / "reference", datalist)
+    reference = finished_steps(work / "reference")
     rows = []
     for i in range(args.trials):
-        r = trial(work / f"trial_{i}", datalist, rng, window)
+        r = trial(work / f"trial_{i}", datalist, rng, window, reference=reference)
         rows.append(r)
         print(i, r, flush=True)
     lines = ["# Kill -9 and rerun: LDM bundle training", "",
@@ -177,14 +198,14 @@ def main() -> None:
              f"at a uniformly random moment from 1 s before training starts to the end of an uninterrupted run (here "
              f"{window[0]:.1f} s and {window[1]:.1f} s after launch); then the same command again, no `--resume`.", "",
              "| trial | killed after (s) | newest checkpoint at kill (stage, epoch) | rerun continued from | "
-             "epochs lost beyond the one in progress | rerun exit | MLflow runs | pass |",
-             "|---|---|---|---|---|---|---|---|"]
+             "epochs lost beyond the one in progress | rerun exit | MLflow runs | metric steps as uninterrupted | pass |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
         k = ("ended before the kill" if r["killed_at"] is None else "none yet" if r["killed_at"][0] < 0
              else f"{STAGES[r['killed_at'][0]]} {r['killed_at'][1]}")
         c = "start" if r["resumed"][0] < 0 else f"{STAGES[r['resumed'][0]]} {r['resumed'][1]}"
         lines.append(f"| {i} | {r['target']:.1f} | {k} | {c} | {max(0, r['lost_epochs'])} | {r['rerun_rc']} | "
-                     f"{r['runs']} | {'yes' if r['ok'] else 'NO'} |")
+                     f"{r['runs']} | {'yes' if r['steps_ok'] else 'NO'} | {'yes' if r['ok'] else 'NO'} |")
     lines += ["", f"**{sum(r['ok'] for r in rows)} of {len(rows)} trials passed.**"]
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
