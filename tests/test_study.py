@@ -158,6 +158,8 @@ def test_seeds_train_each_configuration_again_and_pool_their_samples(tmp_path, m
         one, two = (json.loads((f / "result.json").read_text()) for f in (folder, folder / "seed1"))
         assert (one["seed"], two["seed"]) == (0, 1) and [x["seed"] for x in r["seeds"]] == [0, 1]
         assert r["n_synthetic"] == 8 and r["n_confirmed"] == one["n_confirmed"] + two["n_confirmed"]
+        assert r["n_train"] == 4 and r["n_memorized"] == one["n_memorized"] + two["n_memorized"]  # the same 4 images
+        assert r["memorized_fraction_ci"] == rate_ci(r["n_memorized"], 8)
         assert r["confirmed_copy_rate_ci"] == rate_ci(r["n_confirmed"], 8)
         assert r["seed_spread"] == [min(one["confirmed_copy_rate"], two["confirmed_copy_rate"]),
                                     max(one["confirmed_copy_rate"], two["confirmed_copy_rate"])]

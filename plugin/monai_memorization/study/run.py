@@ -223,6 +223,7 @@ def run_study(
                 if c["name"] == curve_name and k == 0 and "length_curve" not in rec:
                     raise DataValidationError(f"{result}: was trained without the checkpoints of the length curve; remove "
                                               f"{folder} to train it again, or use a new --out")
+                rec.setdefault("seed", seed + k)  # a result written before the seed was recorded
                 say(f"[{i}/{len(configs)}] {c['name']}{f' seed {seed + k}' if k else ''}: done earlier "
                     f"({rec['confirmed_copy_rate']:.0%} confirmed copies), kept")
                 runs.append(rec)

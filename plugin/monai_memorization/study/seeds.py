@@ -42,7 +42,8 @@ def pool_seeds(records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
             ``synthetic_features_pooled.npy`` there (the FID comparisons read it).
 
     Returns:
-        the first record with pooled counts, rates (exact intervals), mean quality, ``converged`` for all, ``seeds``
+        the first record with pooled counts (``n_train`` stays the training set's size; ``n_memorized`` counts a
+        training image once per training that copied it), rates (exact intervals), mean quality, ``converged`` for all, ``seeds``
         (each training's seed, counts, rate and convergence), ``seed_spread`` (lowest and highest rate) and ``seconds``
         summed. One record is returned as it is.
     """
@@ -52,16 +53,17 @@ def pool_seeds(records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
         return records[0]
     first = records[0]
     pooled: dict[str, Any] = dict(first)
-    for key in ("n_synthetic", "n_copies", "n_confirmed", "n_missed_by_scan", "n_missed_by_release", "n_memorized",
-                "n_train"):
+    for key in ("n_synthetic", "n_copies", "n_confirmed", "n_missed_by_scan", "n_missed_by_release", "n_memorized"):
         if all(key in r for r in records):
             pooled[key] = sum(int(r[key]) for r in records)
+    totals = {"n_synthetic": pooled["n_synthetic"],  # the training set is the same for every training: n_train stays
+              "n_train": sum(int(r.get("n_train", 0)) for r in records)}
     for rate, count, total in (("confirmed_copy_rate", "n_confirmed", "n_synthetic"),
                                ("synthetic_copy_rate", "n_copies", "n_synthetic"),
                                ("memorized_fraction", "n_memorized", "n_train")):
-        if count in pooled and total in pooled:
-            pooled[rate] = pooled[count] / max(1, pooled[total])
-            pooled[f"{rate}_ci"] = rate_ci(pooled[count], pooled[total])
+        if count in pooled and totals[total] > 0:
+            pooled[rate] = pooled[count] / totals[total]
+            pooled[f"{rate}_ci"] = rate_ci(pooled[count], totals[total])
     quality = dict(first["quality"])
     for key, value in first["quality"].items():
         values = [r["quality"].get(key) for r in records]
