@@ -40,6 +40,10 @@ def test_configurations_and_bad_input(tmp_path):
     (tmp_path / "bad.yaml").write_text("base: [unclosed")
     with pytest.raises(DataValidationError, match="bad.yaml: not a readable YAML/JSON study configuration"):
         load_study_config(tmp_path / "bad.yaml")
+    for bad in ({"seeds": 0}, {"seeds": "3"}, {"length_curve": 1}, {"length_curve": -2}):
+        with pytest.raises(DataValidationError, match=f"{next(iter(bad))}: .* in the study configuration; give"):
+            load_study_config(bad)
+    assert load_study_config({"seeds": 3, "length_curve": 0})["seeds"] == 3
     with pytest.raises(DataValidationError, match="family gan has no length 'long'"):
         expand(load_study_config({"preset": "smoke", "sweeps": {"length": ["long"]}, "base": {**cfg["base"], "family": "gan", "n_train": 4}}))
 

@@ -197,6 +197,12 @@ def load_study_config(config: str | Path | dict | None = None, preset: str | Non
         raise DataValidationError(f"unknown data set {dataset!r} in the study configuration: expected one of {', '.join(DATASETS)}")
     if dataset != "phantoms" and (cfg["data"].get("datalist") or cfg.get("modality", "xr") != "xr"):
         raise DataValidationError(f"data set {dataset!r}: 2D slices for the 2D bundles (modality xr), without a datalist")
+    for key, low in (("seeds", 1), ("length_curve", 0)):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low
+                                  or (key == "length_curve" and value == 1)):
+            want = "a whole number of at least 1" if key == "seeds" else "0 (none) or a whole number of at least 2"
+            raise DataValidationError(f"{key}: {value!r} in the study configuration; give {want}")
     for factor in cfg.get("sweeps", {}):
         if factor not in FACTORS:
             raise DataValidationError(f"unknown sweep factor {factor!r}: expected one of {', '.join(FACTORS)}")
