@@ -151,6 +151,9 @@ def test_copies_the_scan_missed_are_found_by_the_pixel_check_and_counted():
     assert confirmed_text({**rec, "n_copies": 10, "n_confirmed": 13, "n_missed_by_scan": 4, "n_synthetic": 32}) == (
         "13 of 32 samples are confirmed copies of training images (9 of the 10 the scan flagged, checked in pixel space; "
         "4 more found by the pixel check of every sample)")
+    assert confirmed_text({**rec, "n_copies": 0, "n_confirmed": 5, "n_missed_by_scan": 5, "n_synthetic": 32}) == (
+        "5 of 32 samples are confirmed copies of training images (none flagged by the scan; 5 found by the pixel check "
+        "of every sample)")
     lines, code = make_headline([rec], {"by_kind": {}}, "cpu")
     assert code == 0 and "mitigated 67% of samples are copies" in lines[0]
     assert any(line.startswith("mitigated: 1 sample the scan did not flag is closer in pixels") and "counted as a copy:"
@@ -207,3 +210,4 @@ def test_too_few_held_out_subjects_are_refused_before_anything_trains(tmp_path, 
     with pytest.raises(DataValidationError, match="^8 held-out subjects cannot calibrate a 95th-percentile threshold") as e:
         run_audit("xr", out=tmp_path / "audit", datalist=few, preset="cpu", progress=False)
     assert "--allow_few_holdout" in str(e.value) and not (tmp_path / "audit" / "detector").exists()
+

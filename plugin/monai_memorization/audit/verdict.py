@@ -150,10 +150,12 @@ def confirmed_text(rec: dict) -> str:
     """One configuration's count of confirmed copies, in words (the audit's and the model-zoo audit's)."""
     missed = int(rec.get("n_missed_by_scan", 0))
     flagged, by_scan = int(rec["n_copies"]), int(rec["n_confirmed"]) - missed
+    text = f"{rec['n_confirmed']} of {rec['n_synthetic']} samples are confirmed copies of training images "
+    if flagged == 0:
+        return text + "(none flagged by the scan" + (f"; {missed} found by the pixel check of every sample)" if missed else ")")
     scan = (f"the {flagged} the scan flagged" if by_scan == flagged else f"{by_scan} of the {flagged} the scan flagged")
-    text = (f"{rec['n_confirmed']} of {rec['n_synthetic']} samples are confirmed copies of training images "
-            f"({scan}, checked in pixel space")
-    return text + (f"; {missed} more found by the pixel check of every sample)" if missed else ")")
+    return text + f"({scan}, checked in pixel space" + (f"; {missed} more found by the pixel check of every sample)"
+                                                          if missed else ")")
 
 
 def rate_ci(k: int, n: int, seed: int | None = None) -> list[float]:
