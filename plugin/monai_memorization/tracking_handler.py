@@ -56,9 +56,8 @@ _BATCH_LIMIT = 1000
 _LIVE: Any = None  # the handlers of this process (a WeakSet, made on first use)
 
 
-def _flush_at_exit(ref: Any) -> None:
-    handler = ref()
-    if handler is not None:
+def _flush_at_exit() -> None:
+    for handler in list(_LIVE or ()):
         handler.flush()
 
 
@@ -87,7 +86,7 @@ class SafeMLFlowHandler(MLFlowHandler):
     **Writes in batches.** Metrics are held in memory and written in one ``log_batch`` call at the end of an epoch
     when :data:`FLUSH_SECONDS` have passed, at the end of an epoch in which a checkpoint was saved
     (:func:`request_flush`), and when the engine completes, the run closes or the process exits: each write to a local
-    SQLite store costs about 7 ms, and a small model logging every step spent a tenth of the audit's time writing. A
+    SQLite store costs 7-9 ms on a 2-core machine, and the main audit made about 7,900 of them (counted in its store). A
     process killed hard loses the metrics logged since its last checkpoint, which its rerun logs again when it resumes
     from that checkpoint.
 
@@ -146,12 +145,13 @@ class SafeMLFlowHandler(MLFlowHandler):
             try:
                 super().__init__(tracking_uri=tracking_uri, **kwargs)
                 global _LIVE
-                import atexit
-                import weakref
+                if _LIVE is None:  # the first handler of this process: one flush of them all at exit
+                    import atexit
+                    import weakref
 
-                _LIVE = _LIVE if _LIVE is not None else weakref.WeakSet()
+                    _LIVE = weakref.WeakSet()
+                    atexit.register(_flush_at_exit)
                 _LIVE.add(self)
-                atexit.register(_flush_at_exit, weakref.ref(self))
                 return
             except ValueError:
                 raise  # MONAI's own argument check (a file-store URI): a configuration error

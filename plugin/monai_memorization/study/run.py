@@ -203,6 +203,9 @@ def run_study(
     from monai_memorization.study.length_curve import curve_configuration
 
     curve_name = curve_configuration(cfg, configs)
+    if curve_name is None and int(cfg.get("length_curve") or 0) >= 2:
+        say(f"study: length_curve {cfg['length_curve']} asks for a length curve, but no LDM configuration trains here; "
+            "none is drawn")
     from monai_memorization.study.seeds import pool_seeds, seed_folder
 
     seeds = int(cfg.get("seeds") or 1)
