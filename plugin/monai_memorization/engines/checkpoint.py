@@ -295,10 +295,12 @@ class TrainingCheckpoint:
         def _due(eng: Engine, epoch: int) -> bool:
             return epoch % self.save_interval == 0 or epoch >= (eng.state.max_epochs or 0)
 
-        from monai_memorization.tracking_handler import request_flush
+        from monai_memorization.tracking_handler import flush_all, request_flush
 
+        # the metrics up to this checkpoint reach the MLflow store before it exists, so a rerun resuming here misses
+        # none; the epoch's own metrics (logged after it) follow at the end of the epoch
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=_due), flush_all)
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=_due), self.checkpointer)
-        # the metrics up to this checkpoint reach the MLflow store with it, so a rerun resuming here misses none
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=_due), lambda _: request_flush())
         if self.final_filename is not None:
             engine.add_event_handler(Events.COMPLETED, self._save_final)
