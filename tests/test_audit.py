@@ -87,6 +87,11 @@ def test_audit_cli_exit_code_and_folder_safety(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["audit", "--preset", "nope", "--out", str(tmp_path / "a")])
     assert e.value.code == 2
+    for bad, says in ((["--workers", "0"], "workers"), (["--bundle", str(tmp_path), "--workers", "2"], "--workers is not used by 'audit --bundle DIR'")):
+        with pytest.raises(SystemExit) as e:
+            main(["audit", "--out", str(tmp_path / "b"), *bad])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # refused before anything was made
 
 
 def test_quality_tells_a_learned_generator_from_noise():

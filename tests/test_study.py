@@ -40,7 +40,8 @@ def test_configurations_and_bad_input(tmp_path):
     (tmp_path / "bad.yaml").write_text("base: [unclosed")
     with pytest.raises(DataValidationError, match="bad.yaml: not a readable YAML/JSON study configuration"):
         load_study_config(tmp_path / "bad.yaml")
-    for bad in ({"seeds": 0}, {"seeds": "3"}, {"length_curve": 1}, {"length_curve": -2}):
+    assert cfg["seeds"] == 3 and cfg.get("workers") is None  # the cpu preset: 3 trainings each, one process per core
+    for bad in ({"seeds": 0}, {"seeds": "3"}, {"length_curve": 1}, {"length_curve": -2}, {"workers": 0}, {"workers": 1.5}):
         with pytest.raises(DataValidationError, match=f"{next(iter(bad))}: .* in the study configuration; give"):
             load_study_config(bad)
     assert load_study_config({"seeds": 3, "length_curve": 0})["seeds"] == 3
@@ -148,13 +149,14 @@ def test_smoke_study_end_to_end_then_resume(tmp_path, capfd, monkeypatch):
 
 
 def test_seeds_train_each_configuration_again_and_pool_their_samples(tmp_path, monkeypatch):
-    """seeds: 2 trains every configuration twice (seeds 0 and 1, the second in seed1/); the record pools both sample
-    sets (exact intervals over 8 samples), keeps each training's count, and a rerun keeps both."""
+    """seeds: 2 trains every configuration twice (seeds 0 and 1, the second in seed1/), here side by side in two
+    processes; the record pools both sample sets (exact intervals over 8 samples), keeps each training's count, and a
+    rerun keeps both. MLflow tells the two trainings apart (each run tagged with its own seed)."""
     from monai_memorization.study import summary
 
     monkeypatch.setattr(summary, "FID_BOOTSTRAP", 20)
     out = tmp_path / "study"
-    cfg = {"preset": "smoke", "sweeps": {}, "seeds": 2}
+    cfg = {"preset": "smoke", "sweeps": {}, "seeds": 2, "workers": 2}
     s = run_study(cfg, out, progress=False)
     assert [r["name"] for r in s["configs"]] == ["ldm-n4-noaug-base-base"]
     for r in s["configs"]:
@@ -171,6 +173,10 @@ def test_seeds_train_each_configuration_again_and_pool_their_samples(tmp_path, m
         assert np.load(folder / r["features_file"]).shape[0] == 8  # FID compares the pooled samples
     assert "from each of 2 trainings (seeds 0 to 1), pooled" in (out / "results.md").read_text()
     assert (out / "results.csv").read_text().splitlines()[0].endswith(",confirmed per seed")
+    client = mlflow.MlflowClient(s["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("study_xr").experiment_id])
+    tagged = sorted((r.info.run_name, r.data.tags.get("seed")) for r in runs if r.data.tags.get("audit_config") == s["configs"][0]["name"])
+    assert tagged == [(n, k) for n in ("autoencoder", "diffusion", "scan_ldm-n4-noaug-base-base") for k in ("0", "1")]
     again = run_study(cfg, out, progress=False)
     assert [r["n_confirmed"] for r in again["configs"]] == [r["n_confirmed"] for r in s["configs"]]
 

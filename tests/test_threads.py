@@ -82,3 +82,42 @@ def test_a_reserved_core_is_left_to_the_view_thread_and_given_back(monkeypatch):
         assert seen == [1, 1, 1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_worker_layout_one_process_per_core_or_the_user_s_threads_each(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MONAI_MEMORIZATION_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_cores", lambda: 2)
+    assert threads.worker_layout(2) == (2, 1)  # the audit's two generators on 2 cores: one thread each
+    assert threads.worker_layout(30) == (2, 1)
+    assert threads.worker_layout(1) == (1, 0)  # one job: in this process, with its own threads
+    assert threads.worker_layout(5, workers=1) == (1, 0)
+    monkeypatch.setattr(threads, "_cores", lambda: 16)
+    assert threads.worker_layout(2) == (2, 8) and threads.worker_layout(40) == (16, 1)
+    monkeypatch.setenv("MONAI_MEMORIZATION_THREADS", "4")  # the user's threads per process are kept
+    assert threads.worker_layout(40) == (4, 4) and threads.worker_layout(40, workers=2) == (2, 4)
+    monkeypatch.setenv("MONAI_MEMORIZATION_THREADS", "torch-default")  # not a count: the cores are shared out
+    assert threads.worker_layout(2) == (2, 8)
+
+
+def _job(k: int) -> tuple[int, int, int, str]:
+    import torch
+
+    if k < 0:
+        raise ValueError(f"job {k} failed")
+    time.sleep(1.0)  # long enough for the second process to take a job
+    return k * k, os.getpid(), torch.get_num_threads(), os.environ.get("MONAI_MEMORIZATION_THREADS", "")
+
+
+def test_side_by_side_runs_jobs_in_processes_with_fixed_threads_in_order(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MONAI_MEMORIZATION_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_cores", lambda: 2)
+    ended = []
+    out = threads.side_by_side(_job, [(k,) for k in range(4)], done=lambda i, r: ended.append(i))
+    assert [r[0] for r in out] == [0, 1, 4, 9] and sorted(ended) == [0, 1, 2, 3]  # results in the jobs' order
+    assert all(r[1] != os.getpid() for r in out) and len({r[1] for r in out}) == 2  # two processes, not this one
+    assert {r[2] for r in out} == {1} and {r[3] for r in out} == {"1"}  # one PyTorch thread each; FairThreads stands down
+    with pytest.raises(ValueError, match="job -1 failed"):  # a job's error reaches the caller
+        threads.side_by_side(_job, [(1,), (-1,)])
+    assert [r[1] for r in threads.side_by_side(_job, [(2,), (3,)], workers=1)] == [os.getpid()] * 2  # 1: in turn, here

@@ -58,7 +58,7 @@ NETWORKS = ("resnet", "conv")
 AUDIT_BUNDLE_OPTIONS = ("config_file", "override", "holdout", "detector", "modality", "num_inference_steps",
                        "slices_per_volume", "percentile", "device", "log_to_mlflow")
 #: the audit's options that an audit of a trained bundle does not use (it audits the bundle's own data and networks)
-AUDIT_NOT_WITH_BUNDLE = ("datalist", "preset", "mlflow_artifacts", "allow_remote_tracking")
+AUDIT_NOT_WITH_BUNDLE = ("datalist", "preset", "mlflow_artifacts", "allow_remote_tracking", "workers")
 _EXTRA_OPTIONS = {"audit": AUDIT_BUNDLE_OPTIONS}
 _EXTRA_BOOLS = {"audit": ("log_to_mlflow",)}
 
@@ -152,7 +152,8 @@ def _boolean(flag: str, value: Any, given: dict) -> None:
 
 
 _COUNTS = {"steps": 1, "epochs": 1, "detector_epochs": 1, "embed_dim": 1, "num_workers": 0, "top_k": 0,
-           "num_samples": 1, "positive_control": 0, "num_inference_steps": 1, "slices_per_volume": 1, "channels": 1}
+           "num_samples": 1, "positive_control": 0, "num_inference_steps": 1, "slices_per_volume": 1, "channels": 1,
+           "workers": 1, "seeds": 1}
 
 #: command (``None``: every command) -> option -> its rule; a command's own entry wins
 RULES: dict[str | None, dict[str, Rule]] = {

@@ -343,7 +343,7 @@ class Commands:
         seed: int = 0,
         tracking_uri: str | None = None,
         mlflow_artifacts: bool = False, allow_remote_tracking: bool = False, allow_few_holdout: bool = False,
-        bundle: str | None = None, **options,
+        workers: int | None = None, bundle: str | None = None, **options,
     ) -> None:
         """End-to-end audit: a memorization-prone and a mitigated LDM, side by side, each scanned for copies.
 
@@ -365,6 +365,8 @@ class Commands:
             allow_remote_tracking: let a remote tracking store (also MLFLOW_TRACKING_URI) get more than aggregates.
             allow_few_holdout: calibrate on fewer held-out subjects than the percentile needs (19 at the 95th); the
                 reports then state the real false-positive rate (always allowed in a smoke run, which gives no verdict).
+            workers: processes that train the generators side by side (default: one per core on the cpu preset, with
+                a fixed thread count each, so the results do not depend on other jobs; 1: one after the other).
             bundle: audit this trained generator bundle as it is instead; its further options: --config_file,
                 --override, --holdout, --detector, --num_inference_steps, --slices_per_volume, --percentile, --device,
                 --log_to_mlflow (see monai_memorization.audit.bundle_audit).
@@ -380,7 +382,7 @@ class Commands:
         r = run_audit(modality=modality or "xr", out=out, datalist=datalist, preset=preset, num_samples=num_samples,
                       detector_epochs=detector_epochs, positive_control=positive_control, seed=seed, tracking_uri=tracking_uri,
                       mlflow_artifacts=mlflow_artifacts, allow_remote_tracking=allow_remote_tracking,
-                      allow_few_holdout=allow_few_holdout)
+                      allow_few_holdout=allow_few_holdout, workers=workers)
         print(r.summary(), flush=True)
         if r.exit_code:
             sys.exit(r.exit_code)

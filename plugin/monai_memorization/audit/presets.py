@@ -25,13 +25,15 @@ def _cfg(name, label, n_train, augment, ae_epochs, diffusion_epochs):
 _PRONE = "memorization-prone: {n} images, no augmentation, long training"
 _MITIGATED = "mitigated: {n} images with augmentation, the same optimizer steps"
 #: modality -> preset -> data sizes, bundle configs and the configurations compared. ``cpu`` is the
-#: default (2 CPU cores), ``gpu`` uses the bundles' full-size networks, ``smoke`` is for tests.
+#: default (2 CPU cores; its generators train side by side, one process per core), ``gpu`` uses the bundles'
+#: full-size networks (one generator after the other: ``workers`` 1), ``smoke`` is for tests.
 AUDIT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     m: {
         "cpu": {"n": 32, "n_holdout": 24, "n_val": 2, "shape": shape, "quick": True, "num_samples": 32, "checks": 8,
                 "configs": [_cfg("prone", _PRONE.format(n=8), 8, False, ae, 2400),
                             _cfg("mitigated", _MITIGATED.format(n=32), 32, True, ae // 4, 600)]},
         "gpu": {"n": 256, "n_holdout": 64, "n_val": 8, "shape": gpu_shape, "quick": False, "num_samples": 256, "checks": 10,
+                "workers": 1,
                 "configs": [_cfg("prone", _PRONE.format(n=32), 32, False, 400, 8000),
                             _cfg("mitigated", _MITIGATED.format(n=256), 256, True, 50, 1000)]},
         "smoke": {"n": 8, "n_holdout": 20, "n_val": 1, "shape": [32] * len(shape), "quick": True, "num_samples": 4,

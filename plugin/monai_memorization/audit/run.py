@@ -23,11 +23,12 @@ from monai_memorization.defaults import DEFAULT_PERCENTILE
 from monai_memorization.audit.evaluate import evaluate_samples
 from monai_memorization.audit.presets import AUDIT_PRESETS
 from monai_memorization.audit.steps import (
-    adopt_child_runs, bundle_value, check_audit_args, fresh, load_arrays, prepare_out, run_bundle, say,
-    start_parent_run, sub_datalist, training_curve, bundle_dir,
+    adopt_child_runs, bundle_value, check_audit_args, fresh, load_arrays, prepare_out, say, start_parent_run,
+    sub_datalist, train_and_sample, training_curve, bundle_dir,
 )
 from monai_memorization.audit.verdict import confirmed_text, finish_parent, make_headline
 from monai_memorization.errors import DataValidationError
+from monai_memorization.threads import side_by_side, worker_layout
 
 __all__ = ["run_audit", "AuditResult"]
 
@@ -89,6 +90,7 @@ def run_audit(
     progress: bool = True,
     mlflow_artifacts: bool | None = None, allow_remote_tracking: bool | None = None,
     allow_few_holdout: bool = False,
+    workers: int | None = None,
 ) -> AuditResult:
     """Run the audit; see the docstring of :mod:`monai_memorization.audit` for the steps.
 
@@ -114,6 +116,9 @@ def run_audit(
         allow_few_holdout: calibrate on fewer held-out subjects than ``percentile`` needs (19 at the 95th); the scans
             then state the real false-positive rate. Otherwise that is an error, before anything is trained. A
             ``smoke`` run, which gives no verdict, always allows it.
+        workers: processes that train the generators side by side, each with a fixed share of the cores (default:
+            the preset's; on ``cpu`` one per core, so the results do not depend on what else runs; 1: one after the
+            other in this process).
 
     Returns:
         :class:`AuditResult`.
@@ -135,7 +140,7 @@ def run_audit(
     if preset not in AUDIT_PRESETS[modality]:
         raise DataValidationError(f"unknown audit preset {preset!r}: expected one of {', '.join(AUDIT_PRESETS[modality])}")
     p = AUDIT_PRESETS[modality][preset]
-    check_audit_args(percentile, num_samples=(num_samples, 1), detector_epochs=(detector_epochs, 1),
+    check_audit_args(percentile, num_samples=(num_samples, 1), detector_epochs=(detector_epochs, 1), workers=(workers, 1),
                      positive_control=(positive_control, 0))
     # the datalist is parsed once, here, before the audit's folder is made (its images are read in step 1)
     lists = None if datalist is None else ImageSet.from_datalist(datalist, ("training", "holdout"), ("validation",))
@@ -206,8 +211,10 @@ def run_audit(
     curves: dict[str, list] = {}
     montage: dict[str, Any] = {"training images": load_arrays(train_all[:8], modality, spatial_size)}
     bundle_configs = [ldm / "configs" / "train.json"] + ([ldm / "configs" / "quick.json"] if p["quick"] else [])
+    n_proc, threads = worker_layout(len(configs), p.get("workers") if workers is None else workers)
+    jobs, t_gen = [], time.time()
     for c in configs:
-        # 3. generator ---------------------------------------------------------------------------
+        # 3. generators: trained and sampled side by side (one process each) or in turn ----------------------------
         name = c["name"]
         sub = sub_datalist(lists, c["n_train"], out_dir / "configs" / name / "dataset.json")
         gen_dir = fresh(out_dir / f"ldm_{name}")
@@ -220,39 +227,45 @@ def run_audit(
             "memorization_check#detector": str(detector), "memorization_check#holdout": sub,
             "memorization_check#interval": interval, "memorization_check#num_samples": 8,
             "memorization_check#num_inference_steps": "@num_inference_steps", "memorization_check#percentile": percentile,
-            "memorization_check#allow_few_holdout": few, "progress_bar": bool(progress), **privacy,
+            "memorization_check#allow_few_holdout": few, "progress_bar": bool(progress) and n_proc == 1, **privacy,
         }
         overrides.update(bundle_overrides or {})
         files = bundle_configs + [bundle_dir("copy_detector") / "configs" / "memorization_check.json"]
-        t = stage(f"generator '{name}' ({c['label']}): python -m monai.bundle run training --config_file "
-                  f"\"{[str(f) for f in files]}\" " + " ".join(f"--{k} {v}" for k, v in overrides.items()))
-        t0 = time.time()
-        run_bundle(files, "training", **overrides)
-        # 4. samples, quality, scan ----------------------------------------------------------------
-        samples = fresh(out_dir / f"samples_{name}")
-        inf = {"bundle_root": str(gen_dir), "output_dir": str(samples), "num_samples": n_samples, "seed": seed,
-               "spatial_size": spatial_size}
+        stage(f"generator '{name}' ({c['label']}): python -m monai.bundle run training --config_file "
+              f"\"{[str(f) for f in files]}\" " + " ".join(f"--{k} {v}" for k, v in overrides.items()))
+        inf = {"bundle_root": str(gen_dir), "output_dir": str(fresh(out_dir / f"samples_{name}")), "num_samples": n_samples,
+               "seed": seed, "spatial_size": spatial_size, "sampler#verbose": bool(progress) and n_proc == 1}
         inf.update({k: v for k, v in (bundle_overrides or {}).items() if not k.startswith("memorization_check")})
-        run_bundle([ldm / "configs" / "inference.json"] + bundle_configs[1:], "run", **inf)
+        jobs.append((files, overrides, [ldm / "configs" / "inference.json"] + bundle_configs[1:], inf))
+    if n_proc > 1:
+        say(f"    the {len(jobs)} generators train side by side: {n_proc} processes, {threads} PyTorch thread"
+            f"{'s' if threads > 1 else ''} each (--workers 1: one after the other)")
+    side_by_side(train_and_sample, jobs, n_proc if n_proc > 1 else 1,
+                 done=lambda i, sec: say(f"    generator '{configs[i]['name']}': trained and sampled in {sec:.0f} s"))
+    seconds["generators"] = time.time() - t_gen
+    for c, job in zip(configs, jobs):
+        # 4. samples, quality, scan ----------------------------------------------------------------
+        name, t = c["name"], time.time()
+        adopt_child_runs(uri, experiment, parent, t_gen, {"audit_config": name}, owners=[Path(job[1]["bundle_root"]) / "eval"])
         train_items = train_all[: c["n_train"]]
         rec, synth_arr = evaluate_samples(
-            name, samples, train_items, holdout_items, holdout_arr, detector, out_dir, modality, spatial_size, features,
-            percentile=percentile, seed=seed, progress=progress,
+            name, Path(job[3]["output_dir"]), train_items, holdout_items, holdout_arr, detector, out_dir, modality,
+            spatial_size, features, percentile=percentile, seed=seed, progress=progress,
             scan_options={"tracking_uri": uri, "experiment_name": experiment, "allow_few_holdout": few, **privacy})
         montage[f"samples: {name}"] = synth_arr[:8]
-        adopt_child_runs(uri, experiment, parent, t0, {"audit_config": name})
+        adopt_child_runs(uri, experiment, parent, t, {"audit_config": name})
         if preset == "smoke":
             verdict = "SMOKE TEST: tiny training, no verdict"
         elif not rec["quality"]["converged"]:
             verdict = "generator not converged: the copy rate says nothing about privacy"
         else:
             verdict = confirmed_text(rec)
-        batch = int(overrides.get("diffusion_batch_size") or bundle_value(bundle_configs, "diffusion_batch_size"))
+        batch = int(job[1].get("diffusion_batch_size") or bundle_value(bundle_configs, "diffusion_batch_size"))
         per_epoch = -(-len(train_items) // batch)  # the bundle's diffusion loader keeps the last partial batch
         curves[name] = [(e * per_epoch, rate) for e, rate in training_curve(uri, experiment, name)]
         records.append({**c, **rec, "verdict": verdict, "training_checks": curves[name],
                         "diffusion_steps": c["diffusion_epochs"] * per_epoch})
-        seconds[name] = time.time() - t
+        seconds[f"scan {name}"] = time.time() - t
 
     # 5. positive control --------------------------------------------------------------------------
     control = None

@@ -71,6 +71,22 @@ def run_bundle(config_files: list[Path], run_id: str, **overrides: Any) -> None:
     )
 
 
+def train_and_sample(train_files: list[Path], train_overrides: dict, inference_files: list[Path],
+                     inference_overrides: dict) -> float:
+    """Train a generator bundle and draw its samples (``run_bundle`` twice): one job of
+    :func:`~monai_memorization.threads.side_by_side`.
+
+    Returns:
+        the seconds it took.
+    """
+    import time
+
+    t = time.time()
+    run_bundle(train_files, "training", **train_overrides)
+    run_bundle(inference_files, "run", **inference_overrides)
+    return time.time() - t
+
+
 def check_audit_args(percentile: Any, **counts: tuple[Any, int]) -> None:
     """The audit's cheap checks of its numbers, before its folder is made.
 
@@ -145,8 +161,9 @@ def bundle_value(config_files: list[Path], key: str) -> Any:
     return value
 
 
-def training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, float]]:
-    """The in-training ``synthetic_copy_rate`` of one configuration, read back from MLflow (empty when the store failed)."""
+def training_curve(uri: str, experiment: str, config: str, seed: int | None = None) -> list[tuple[int, float]]:
+    """The in-training ``synthetic_copy_rate`` of one configuration (of its training with ``seed``, when given: the
+    ``seed`` tag of :func:`adopt_child_runs`), read back from MLflow (empty when the store failed)."""
     from monai_memorization.tracking import store_failed
 
     if store_failed(uri):
@@ -158,6 +175,7 @@ def training_curve(uri: str, experiment: str, config: str) -> list[tuple[int, fl
         exp = client.get_experiment_by_name(experiment)
         runs = client.search_runs(
             [exp.experiment_id], filter_string=f"attributes.run_name = 'diffusion' and tags.audit_config = '{config}'"
+            + ("" if seed is None else f" and tags.seed = '{int(seed)}'")
         )
         hist = client.get_metric_history(runs[0].info.run_id, "memorization_synthetic_copy_rate") if runs else []
         return sorted((int(m.step), float(m.value)) for m in hist)
@@ -203,7 +221,8 @@ def start_parent_run(
 
 
 def adopt_child_runs(
-    tracking_uri: str, experiment_name: str, parent_run_id: str | None, since: float, tags: dict | None = None
+    tracking_uri: str, experiment_name: str, parent_run_id: str | None, since: float, tags: dict | None = None,
+    owners: list[Path] | None = None,
 ) -> list[str]:
     """Nest every run of ``experiment_name`` started since ``since`` (and not yet nested) under the parent.
 
@@ -213,6 +232,9 @@ def adopt_child_runs(
         parent_run_id: the parent run (None: nothing is done).
         since: a ``time.time()`` taken before the child runs started.
         tags: extra tags for the children (e.g. the configuration they belong to).
+        owners: only runs owned by one of these paths or by something in them (their
+            :data:`~monai_memorization.tracking_store.OWNER_TAG`: a bundle's ``eval`` folder, a scan's report folder),
+            so that trainings that ran side by side are told apart.
 
     Returns:
         the ids of the runs nested.
@@ -229,9 +251,14 @@ def adopt_child_runs(
         if exp is None:
             return []
         runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {int(since * 1000)}")
+        from monai_memorization.tracking_store import OWNER_TAG, owner_tag
+
+        mine = None if owners is None else {owner_tag(p) for o in owners for p in [Path(o), *Path(o).rglob("*")]}
         adopted = []
         for r in runs:
             if r.info.run_id == parent_run_id or "mlflow.parentRunId" in r.data.tags:
+                continue
+            if mine is not None and r.data.tags.get(OWNER_TAG) not in mine:
                 continue
             client.set_tag(r.info.run_id, "mlflow.parentRunId", parent_run_id)
             for k, v in (tags or {}).items():

@@ -51,7 +51,7 @@ from monai_memorization.tracking import (
     store_failed,
     tracking_policy,
 )
-from monai_memorization.tracking_store import experiment_id
+from monai_memorization.tracking_store import OWNER_TAG, experiment_id, owner_tag
 
 __all__ = ["SCORE_UNITS", "check_out_dir", "headline", "log_scan_to_mlflow", "report_summary", "scan_metrics", "write_csv",
            "write_scan_report"]
@@ -265,7 +265,7 @@ def log_scan_to_mlflow(
         mark_store_failed(policy.uri, None, buffer)
     else:
         try:
-            rid = _log_run(policy.uri, experiment_name, run_name, params, metrics, [out_dir / f for f in files])
+            rid = _log_run(policy.uri, experiment_name, run_name, params, metrics, [out_dir / f for f in files], out_dir)
         except Exception as e:  # noqa: BLE001 - tracking never costs a scan
             mark_store_failed(policy.uri, e, buffer)
     if rid is None:
@@ -279,8 +279,9 @@ def log_scan_to_mlflow(
 
 
 def _log_run(uri: str, experiment_name: str, run_name: str | None, params: Mapping[str, Any], metrics: Mapping[str, float],
-             files: Sequence[Path]) -> str:
-    """One finished run with ``params``, ``metrics`` and ``files``; raises when the store fails."""
+             files: Sequence[Path], owner: Path) -> str:
+    """One finished run with ``params``, ``metrics`` and ``files``, tagged with its report folder's
+    :func:`~monai_memorization.tracking_store.owner_tag`; raises when the store fails."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -291,7 +292,7 @@ def _log_run(uri: str, experiment_name: str, run_name: str | None, params: Mappi
                  f"{experiment.artifact_location}, the working directory, not beside the store; the report's files stay "
                  "on disk only (metrics and parameters are logged)")
         files = []
-    rid = client.create_run(eid, run_name=run_name, tags={"monai_memorization.kind": "scan"}).info.run_id
+    rid = client.create_run(eid, run_name=run_name, tags={"monai_memorization.kind": "scan", OWNER_TAG: owner_tag(owner)}).info.run_id
     try:
         for k, v in params.items():
             client.log_param(rid, k, v)

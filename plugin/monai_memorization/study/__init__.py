@@ -24,7 +24,8 @@ __all__ = ["study"]
 
 
 def study(config: str | None = None, out: str = "study", preset: str | None = None, dataset: str | None = None,
-          tracking_uri: str | None = None, only: str | None = None, progress: bool = True) -> str:
+          tracking_uri: str | None = None, only: str | None = None, progress: bool = True, seeds: int | None = None,
+          workers: int | None = None) -> str:
     """The memorization study: LDM vs VAE vs GAN, and augmentation, model size, data size, training length, duplication.
 
     Args:
@@ -36,6 +37,9 @@ def study(config: str | None = None, out: str = "study", preset: str | None = No
         tracking_uri: MLflow store (default: sqlite mlflow.db in the study folder).
         only: comma-separated configuration names to run now.
         progress: progress bars.
+        seeds: trainings per configuration (default: the configuration's; 3 on the cpu preset).
+        workers: trainings side by side, one process each (default: the configuration's; one per core on the cpu
+            preset; 1: one after the other).
 
     Returns:
         Where the results are, and each direction's outcome.
@@ -43,11 +47,14 @@ def study(config: str | None = None, out: str = "study", preset: str | None = No
     from monai_memorization.study.run import run_study
 
     names = [n.strip() for n in only.split(",")] if isinstance(only, str) else list(only) if only else None
-    if dataset is not None:
+    given = {"seeds": seeds, "workers": workers}
+    if dataset is not None or any(v is not None for v in given.values()):
         from monai_memorization.study.config import load_study_config
 
         config = load_study_config(config, preset)
-        config["data"] = {**config.get("data", {}), "dataset": dataset}
+        if dataset is not None:
+            config["data"] = {**config.get("data", {}), "dataset": dataset}
+        config = load_study_config({**config, **{k: v for k, v in given.items() if v is not None}})  # checked again
     s = run_study(config, out, preset=preset, tracking_uri=tracking_uri, progress=progress, only=names)
     lines = [f"{out}/results.md: {len(s['configs'])} configurations; MLflow: mlflow ui --backend-store-uri {s['tracking_uri']}"]
     if s["preset"] == "smoke":

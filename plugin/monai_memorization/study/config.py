@@ -23,7 +23,9 @@ and the factors that drive memorization. A configuration file (YAML or JSON) or 
   ``percentile``, ``seed``, ``checks`` (in-training checks of the LDM), ``length_curve`` (checkpoints of the longest
   LDM training scored as a curve over training length, :mod:`monai_memorization.study.length_curve`; 0: none),
   ``seeds`` (trainings per configuration with seeds ``seed``, ``seed + 1``, ...; their samples pooled, each
-  training's rate shown: :mod:`monai_memorization.study.seeds`; default 1), ``detector`` (``steps``, ``feature_weights``).
+  training's rate shown: :mod:`monai_memorization.study.seeds`; default 1), ``workers`` (trainings side by side, one
+  process each with a fixed share of the cores: :func:`monai_memorization.threads.side_by_side`; default one per core,
+  1 on the ``gpu`` preset), ``detector`` (``steps``, ``feature_weights``).
 
 Training length is given in optimizer steps, so that configurations with more data train the same
 number of steps (their epochs follow from the data set size), as in the study.
@@ -67,7 +69,7 @@ _VAE_CPU = {k: v for k, v in _LDM_CPU.items() if k.startswith(("ae_", "disc_", "
 #: preset name -> study configuration (``cpu``: about an hour on 2 cores; ``gpu``: the study's sizes; ``smoke``: tests)
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "modality": "xr", "seed": 0, "num_samples": 32, "percentile": 95.0, "checks": 6, "length_curve": 8,
+        "modality": "xr", "seed": 0, "num_samples": 32, "percentile": 95.0, "checks": 6, "length_curve": 8, "seeds": 3,
         "data": {"n": 48, "n_holdout": 24, "n_val": 2, "shape": [64, 64]},
         "base": {"family": "ldm", "n_train": 12, "augment": False, "size": "base", "length": "base", "duplication": 1},
         "sweeps": {"family": ["vae", "gan"], "n_train": [6, 24, 48], "augment": [True], "size": ["small"],
@@ -86,7 +88,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "smoke": {
-        "modality": "xr", "seed": 0, "num_samples": 4, "percentile": 95.0, "checks": 1, "allow_few_holdout": True,
+        "modality": "xr", "seed": 0, "num_samples": 4, "percentile": 95.0, "checks": 1, "allow_few_holdout": True, "workers": 1,
         "data": {"n": 8, "n_holdout": 4, "n_val": 1, "shape": [32, 32]}, "detector": {"steps": 4},
         "base": {"family": "ldm", "n_train": 4, "augment": False, "size": "base", "length": "base", "duplication": 1},
         "sweeps": {"family": ["vae", "gan"], "n_train": [8]},
@@ -99,7 +101,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 STUDY_PRESETS["gpu"] = {
-    **copy.deepcopy(STUDY_PRESETS["cpu"]), "num_samples": 256, "checks": 10,
+    **copy.deepcopy(STUDY_PRESETS["cpu"]), "num_samples": 256, "checks": 10, "workers": 1,
     "data": {"n": 512, "n_holdout": 128, "n_val": 8, "shape": [256, 256]},
     "base": {"family": "ldm", "n_train": 64, "augment": False, "size": "base", "length": "base", "duplication": 1},
     "sweeps": {"family": ["vae", "gan"], "n_train": [32, 256, 512], "augment": [True], "size": ["small"],
@@ -124,7 +126,7 @@ STUDY_PRESETS["gpu"] = {
 #: each family's keys; its family names and ``sweeps``' factors are checked against FAMILIES and FACTORS)
 KEYS: dict[str, Any] = {
     "preset": None, "modality": None, "seed": None, "num_samples": None, "percentile": None, "checks": None,
-    "allow_few_holdout": None, "length_curve": None, "seeds": None,
+    "allow_few_holdout": None, "length_curve": None, "seeds": None, "workers": None,
     "data": dict.fromkeys(("dataset", "n", "n_holdout", "n_val", "shape", "datalist")),
     "base": dict.fromkeys(FACTORS),
     "sweeps": None,
@@ -197,11 +199,11 @@ def load_study_config(config: str | Path | dict | None = None, preset: str | Non
         raise DataValidationError(f"unknown data set {dataset!r} in the study configuration: expected one of {', '.join(DATASETS)}")
     if dataset != "phantoms" and (cfg["data"].get("datalist") or cfg.get("modality", "xr") != "xr"):
         raise DataValidationError(f"data set {dataset!r}: 2D slices for the 2D bundles (modality xr), without a datalist")
-    for key, low in (("seeds", 1), ("length_curve", 0)):
+    for key, low in (("seeds", 1), ("workers", 1), ("length_curve", 0)):
         value = cfg.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low
                                   or (key == "length_curve" and value == 1)):
-            want = "a whole number of at least 1" if key == "seeds" else "0 (none) or a whole number of at least 2"
+            want = "0 (none) or a whole number of at least 2" if key == "length_curve" else "a whole number of at least 1"
             raise DataValidationError(f"{key}: {value!r} in the study configuration; give {want}")
     for factor in cfg.get("sweeps", {}):
         if factor not in FACTORS:

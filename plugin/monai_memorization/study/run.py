@@ -38,6 +38,7 @@ from monai_memorization.audit.steps import (
 )
 from monai_memorization.errors import DataValidationError
 from monai_memorization.study.config import FAMILIES, epochs_for, expand, load_study_config
+from monai_memorization.threads import side_by_side, worker_layout
 
 __all__ = ["run_study", "study_datalist"]
 
@@ -209,10 +210,10 @@ def run_study(
     from monai_memorization.study.seeds import pool_seeds, seed_folder
 
     seeds = int(cfg.get("seeds") or 1)
-    records = []
+    done: dict[tuple[int, int], dict] = {}
+    jobs: list[tuple] = []
     for i, c in enumerate(configs, 1):
         spec = {k: c[k] for k in ("family", "n_train", "augment", "size", "length", "duplication")}
-        runs = []
         for k in range(seeds):  # training randomness: the configuration trained with seeds seed .. seed + seeds - 1
             folder = seed_folder(out_dir / "configs" / c["name"], k)
             result = folder / "result.json"
@@ -229,13 +230,22 @@ def run_study(
                 rec.setdefault("seed", seed + k)  # a result written before the seed was recorded
                 say(f"[{i}/{len(configs)}] {c['name']}{f' seed {seed + k}' if k else ''}: done earlier "
                     f"({rec['confirmed_copy_rate']:.0%} confirmed copies), kept")
-                runs.append(rec)
-                continue
-            if only and c["name"] not in only:
-                continue
-            runs.append(_run_config(cfg, c, spec, i, len(configs), folder, lists, train_all, holdout_items, holdout_arr,
-                                    detector, features, feature_name, uri, experiment, parent, percentile, seed + k,
-                                    progress, curve=c["name"] == curve_name and k == 0))
+                done[i, k] = rec
+            elif not only or c["name"] in only:
+                jobs.append(((i, k), (cfg, c, spec, i, len(configs), folder, lists, train_all, holdout_items, holdout_arr,
+                                      detector, uri, experiment, parent, percentile, seed + k, progress,
+                                      c["name"] == curve_name and k == 0)))
+    jobs.sort(key=lambda j: (not j[1][-1], j[1][1]["length"] != "long"))  # the longest first: the curve's, the long ones
+    n_proc, threads = worker_layout(len(jobs), cfg.get("workers"))
+    if n_proc > 1:
+        say(f"study: {len(jobs)} trainings, {n_proc} side by side (one process each, {threads} PyTorch thread"
+            f"{'s' if threads > 1 else ''} each; \"workers\": 1 in the configuration: one after the other)")
+        jobs = [(key, args[:16] + (False,) + args[17:]) for key, args in jobs]  # no progress bars side by side
+    for (key, _), rec in zip(jobs, side_by_side(_run_config_job, [args for _, args in jobs], n_proc)):
+        done[key] = rec
+    records = []
+    for i, c in enumerate(configs, 1):
+        runs = [done[i, k] for k in range(seeds) if (i, k) in done]
         if runs:
             records.append(pool_seeds(runs, out_dir / "configs" / c["name"]) if len(runs) == seeds else runs[0])
     montage = copy_montage(records, out_dir, train_all, m, shape)
@@ -280,6 +290,15 @@ def copy_montage(records: list[dict], out_dir: Path, train_items: list[dict], mo
     return plot_image_rows(rows, out_dir / "copies.png", per_row=per_config) if rows else None
 
 
+def _run_config_job(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, holdout_arr, detector, uri, experiment,
+                    parent, percentile, seed, progress, curve) -> dict:
+    """:func:`_run_config` as one job of :func:`~monai_memorization.threads.side_by_side` (it loads the features'
+    network in the process that runs it)."""
+    features, feature_name = _feature_function(cfg, detector, len(cfg["data"]["shape"]))
+    return _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, holdout_arr, detector, features,
+                       feature_name, uri, experiment, parent, percentile, seed, progress, curve)
+
+
 def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, holdout_arr, detector, features,
                 feature_name, uri, experiment, parent, percentile, seed, progress, curve: bool = False) -> dict:
     """Train, sample and score one configuration; writes ``<folder>/result.json`` last. ``curve``: also keep
@@ -309,12 +328,13 @@ def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, hol
             "memorization_check#percentile": percentile,
             "memorization_check#allow_few_holdout": bool(cfg.get("allow_few_holdout", False)),
         })
-    say(f"[{i}/{n}] {c['name']}: python -m monai.bundle run training --config_file \"{[str(f) for f in files]}\" "
+    say(f"[{i}/{n}] {c['name']} (seed {seed}): python -m monai.bundle run training --config_file \"{[str(f) for f in files]}\" "
         + " ".join(f"--{k} {v}" for k, v in overrides.items()))
     run_bundle(files, "training", **overrides)
     samples = fresh(folder / "samples")
+    quiet = {"sampler#verbose": bool(progress)} if c["family"] == "ldm" else {}  # the LDM sampler's progress bar
     run_bundle([bundle / "configs" / "inference.json"], "run", bundle_root=str(gen_dir), output_dir=str(samples),
-               num_samples=int(cfg["num_samples"]), seed=seed, spatial_size=shape, **net_over)
+               num_samples=int(cfg["num_samples"]), seed=seed, spatial_size=shape, **net_over, **quiet)
     train_items = train_all[: int(c["n_train"])]
     rec, synth_arr = evaluate_samples(
         c["name"], samples, train_items, holdout_items, holdout_arr, detector, folder, m, shape, features, feature_name,
@@ -331,7 +351,7 @@ def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, hol
         points = []
         for steps, samples_at in checkpoint_sample_sets(bundle, gen_dir, folder / "curve", per_epoch,
                                                         {"num_samples": int(cfg["num_samples"]), "seed": seed,
-                                                         "spatial_size": shape, **net_over}):
+                                                         "spatial_size": shape, **net_over, **quiet}):
             at, _ = evaluate_samples(
                 f"{c['name']}-step{steps}", samples_at, train_all[: int(c["n_train"])], holdout_items, holdout_arr,
                 detector, samples_at.parent, m, shape, features, feature_name, percentile=percentile, seed=seed,
@@ -339,13 +359,14 @@ def _run_config(cfg, c, spec, i, n, folder, lists, train_all, holdout_items, hol
                                                  "allow_few_holdout": bool(cfg.get("allow_few_holdout", False))})
             points.append(curve_point(steps, at))
         rec["length_curve"] = points + [curve_point(int(train_over["diffusion_max_epochs"]) * per_epoch, rec)]
-    adopt_child_runs(uri, experiment, parent, t0, {"audit_config": c["name"]})
-    checks = training_curve(uri, experiment, c["name"]) if c["family"] == "ldm" else []
+    adopt_child_runs(uri, experiment, parent, t0, {"audit_config": c["name"], "seed": str(seed)},
+                     owners=[gen_dir / "eval", folder / f"report_{c['name']}", folder / "curve"])  # not seed1/.. below
+    checks = training_curve(uri, experiment, c["name"], seed) if c["family"] == "ldm" else []
     rec.update({**c, "spec": spec, "training_checks": [(e * per_epoch, r) for e, r in checks], "seconds": time.time() - t0,
                 "overrides": train_over, "seed": seed})
     tmp = folder / ".result.json.tmp"
     tmp.write_text(json.dumps(rec, indent=2))
     os.replace(tmp, folder / "result.json")
-    say(f"[{i}/{n}] {c['name']}: {rec['n_confirmed']}/{rec['n_synthetic']} confirmed copies, "
+    say(f"[{i}/{n}] {c['name']} (seed {seed}): {rec['n_confirmed']}/{rec['n_synthetic']} confirmed copies, "
         f"{rec['n_copies']} flagged, FID {rec['quality'].get('fid_synthetic') or float('nan'):.2f}, {rec['seconds'] / 60:.1f} min")
     return rec
