@@ -363,3 +363,26 @@ def test_copy_montage_shows_each_confirmed_copy_above_the_training_image_it_copi
     top, below = seen.values()
     np.testing.assert_array_equal(top, load_arrays([train[2], train[3]], "xr", [32, 32]))
     np.testing.assert_array_equal(below, load_arrays([train[2], train[0]], "xr", [32, 32]))  # x_dup1 is train[0]
+
+
+def test_pooled_seeds_leave_out_the_trainings_that_did_not_converge(tmp_path):
+    """An unconverged generator's samples say nothing about memorization: pooled are the converged trainings (their
+    counts, intervals and sample features); the configuration counts as converged when more than half did."""
+    from monai_memorization.study.seeds import pool_seeds, seed_folder
+
+    def rec(seed, confirmed, converged):
+        folder = seed_folder(tmp_path, seed)
+        folder.mkdir(exist_ok=True)
+        np.save(folder / "synthetic_features.npy", np.full((32, 2), float(seed)))
+        return {"seed": seed, "n_synthetic": 32, "n_confirmed": confirmed, "n_copies": confirmed, "n_memorized": 1,
+                "n_train": 12, "confirmed_copy_rate": confirmed / 32, "seconds": 60.0,
+                "quality": {"converged": converged, "fid_synthetic": 10.0 + seed}}
+
+    p = pool_seeds([rec(0, 13, True), rec(1, 13, True), rec(2, 0, False)], tmp_path)
+    assert p["quality"]["converged"] and p["n_synthetic"] == 64 and p["n_confirmed"] == 26
+    assert p["confirmed_copy_rate_ci"] == rate_ci(26, 64) and p["memorized_fraction"] == 2 / 24
+    assert [(s["seed"], s["pooled"], s["converged"]) for s in p["seeds"]] == [(0, True, True), (1, True, True), (2, False, False)]
+    assert p["seed_spread"] == [13 / 32, 13 / 32] and p["seconds"] == 180.0 and p["quality"]["fid_synthetic"] == 10.5
+    assert sorted(set(np.load(tmp_path / p["features_file"])[:, 0])) == [0.0, 1.0]  # FID over the pooled trainings only
+    q = pool_seeds([rec(0, 13, True), rec(1, 2, False), rec(2, 0, False)], tmp_path)  # one of three: not converged
+    assert not q["quality"]["converged"] and q["n_synthetic"] == 96 and q["n_confirmed"] == 15

@@ -240,7 +240,7 @@ def run_audit(
     if n_proc > 1:
         say(f"    the {len(jobs)} generators train side by side: {n_proc} processes, {threads} PyTorch thread"
             f"{'s' if threads > 1 else ''} each (--workers 1: one after the other)")
-    side_by_side(train_and_sample, jobs, n_proc if n_proc > 1 else 1,
+    side_by_side(train_and_sample, jobs, n_proc,
                  done=lambda i, sec: say(f"    generator '{configs[i]['name']}': trained and sampled in {sec:.0f} s"))
     seconds["generators"] = time.time() - t_gen
     for c, job in zip(configs, jobs):

@@ -238,7 +238,9 @@ def _table_rows(records: list[dict]) -> list[dict]:
             "converged": q.get("converged"), "minutes": round(r.get("seconds", 0) / 60, 1),
         })
         if any(x.get("seeds") for x in records):  # training randomness: each training's own count
-            rows[-1]["confirmed per seed"] = ", ".join(f"{s['n_confirmed']}/{s['n_synthetic']}" for s in r.get("seeds", [])) or "-"
+            rows[-1]["confirmed per seed"] = ", ".join(
+                f"{s['n_confirmed']}/{s['n_synthetic']}" + ("" if s.get("converged", True) else " (not converged)")
+                for s in r.get("seeds", [])) or "-"
     return rows
 
 
@@ -276,7 +278,8 @@ def summarise(cfg: dict, records: list[dict], out_dir: Path, uri: str, parent: s
     figures = {**study_figures(records, out_dir), **(extra_figures or {})}
     seeds = int(cfg.get("seeds") or 1)
     pooled = (f" from each of {seeds} trainings (seeds {cfg.get('seed', 0)} to {int(cfg.get('seed', 0)) + seeds - 1}), "
-              "pooled (all rates exact; each training's count in the last column)" if seeds > 1 else "")
+              "pooled over the trainings whose generator converged (all rates exact; each training's count in the last "
+              "column; a configuration counts as converged when more than half of its trainings did)" if seeds > 1 else "")
     md = [f"# Memorization study ({cfg['preset']} preset, {cfg['modality']})", "",
           f"Rates are fractions of {cfg['num_samples']} samples{pooled} with 95% intervals: confirmed copies exact (Clopper-Pearson); "
           "flagged copies and training images memorized a bootstrap that also moves the threshold, widened to contain the "
