@@ -13,10 +13,11 @@
 Usage::
 
     python scripts/study_results_page.py --phantoms study_phantoms --br35h study_br35h --header header.md \
-        --out scripts/benchmarks/results/study
+        --notes notes.md --out scripts/benchmarks/results/study
 
-``--header`` is the hand-written top of the page (the commands, their times, what the runs show); after it come the
-directions of both studies in one table, then each study's own ``results.md`` (its tables and figures). The figures
+``--header`` is the hand-written top of the page (the commands, their times, what was compared); after it come the
+directions of both studies in one table, ``--notes`` (what the runs show, hand-written), then each study's own
+``results.md`` (its tables and figures). The figures
 are copied beside the page (the Br35H ones under ``br35h/``). The montage of confirmed copies (``copies.png``) is
 copied for the phantoms only: the Br35H one shows real patients' images and stays in its study folder.
 """
@@ -36,7 +37,7 @@ def _cell(d: dict) -> str:
         return f"**{d['outcome']}**"
     scale = 100 if d["measure"] in ("confirmed copy rate", "change in confirmed copy rate per doubling",
                                     "change in confirmed copy rate per doubling of steps") else 1
-    fmt = (lambda v: f"{v * scale:+.0f}") if scale == 100 else (lambda v: f"{v:+.1f}")
+    fmt = (lambda v: f"{round(v * scale) + 0:+d}") if scale == 100 else (lambda v: f"{v:+.1f}")  # + 0: no "-0"
     return f"**{d['outcome']}**: {fmt(d['difference'])} ({fmt(d['ci'][0])} to {fmt(d['ci'][1])})"
 
 
@@ -45,6 +46,7 @@ def main() -> None:
     ap.add_argument("--phantoms", required=True, type=Path)
     ap.add_argument("--br35h", required=True, type=Path)
     ap.add_argument("--header", required=True, type=Path)
+    ap.add_argument("--notes", type=Path, default=None)
     ap.add_argument("--out", required=True, type=Path)
     a = ap.parse_args()
     folders = {"phantoms": a.phantoms, "br35h": a.br35h}
@@ -58,6 +60,8 @@ def main() -> None:
              "| claim | X-ray phantoms | real brain MR (Br35H) |", "|---|---|---|"]
     for c in claims:
         lines.append(f"| {c} | " + " | ".join(_cell(by[k][c]) if c in by[k] else "not run" for k in folders) + " |")
+    if a.notes is not None:
+        lines += ["", a.notes.read_text().strip()]
     a.out.mkdir(parents=True, exist_ok=True)
     for key, title, prefix in PARTS:
         body = (folders[key] / "results.md").read_text().split("\n", 1)[1]  # without its own title

