@@ -121,3 +121,51 @@ def test_side_by_side_runs_jobs_in_processes_with_fixed_threads_in_order(monkeyp
     with pytest.raises(ValueError, match="job -1 failed"):  # a job's error reaches the caller
         threads.side_by_side(_job, [(1,), (-1,)])
     assert [r[1] for r in threads.side_by_side(_job, [(2,), (3,)], workers=1)] == [os.getpid()] * 2  # 1: in turn, here
+
+
+_ORPHAN = """
+import sys, time
+from monai_memorization import threads
+threads._cores = lambda: 2
+print("started", flush=True)
+threads.side_by_side(time.sleep, [(120,), (120,)])
+"""
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, state) of every process, from /proc."""
+    found = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found.append((int(d), int(fields[1]), fields[0]))
+    return found
+
+
+def test_side_by_side_processes_end_when_the_process_that_started_them_is_killed(tmp_path):
+    """A killed audit leaves no generator training on in its folder: the side-by-side processes get SIGTERM."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")  # CI runs Linux: it runs there
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdout=subprocess.PIPE, text=True)
+    children: list[int] = []
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        for _ in range(200):  # the two workers appear within seconds (spawn imports torch)
+            children = [pid for pid, ppid, _ in _processes() if ppid == parent.pid]
+            if len(children) >= 2:
+                break
+            time.sleep(0.1)
+        assert len(children) >= 2
+    finally:
+        parent.kill()
+        parent.wait()
+    for _ in range(100):
+        alive = [pid for pid, _, state in _processes() if pid in children and state != "Z"]
+        if not alive:
+            break
+        time.sleep(0.1)
+    for pid in alive:  # not left behind by a failing run
+        os.kill(pid, 9)
+    assert not alive

@@ -163,9 +163,23 @@ def worker_layout(n_jobs: int, workers: int | None = None) -> tuple[int, int]:
     return (1, 0) if n == 1 else (n, per or max(1, cores // n))
 
 
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGTERM when the process that started it dies, so that a killed audit or study leaves
+    no training running on in its folder (``PR_SET_PDEATHSIG``); elsewhere nothing."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_start(threads: int) -> None:
     """A side-by-side process: a fixed thread count, set before PyTorch starts its thread pool (FairThreads then
-    stands down, see :func:`user_chose_threads`)."""
+    stands down, see :func:`user_chose_threads`); it ends with the process that started it."""
+    _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = os.environ["MONAI_MEMORIZATION_THREADS"] = str(threads)
     import torch
 
