@@ -21,10 +21,11 @@ outside Linux. (OpenMP's passive waiting, ``OMP_WAIT_POLICY=PASSIVE``, also soft
 detector step on a quiet machine 15-20% slower, so it is left to the user.)
 
 :func:`side_by_side` runs independent trainings (the audit's generators, the study's configurations) in processes of
-their own with a fixed thread count each: the small networks of the CPU presets gain little from a second thread
-(a diffusion step of the study's CPU network: 24.5 ms with two threads, 26.1 ms with one), so two one-thread
-processes do nearly twice the work of one two-thread process, and a fixed count keeps the floating-point sums, and
-with them the results, the same whatever else runs on the machine.
+their own with a fixed thread count each: the small networks of the CPU presets gain nothing from a second thread
+(a diffusion step of the study's CPU network: 24.6 ms with two threads or one, and 24.7 and 24.9 ms each in two
+one-thread processes at once: ``scripts/benchmarks/bench_threads_per_process.py``), so two one-thread processes do
+about twice the work of one two-thread process; and a fixed count keeps the floating-point sums, and with them the
+results, the same whatever else runs on the machine.
 """
 
 from __future__ import annotations
