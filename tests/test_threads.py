@@ -105,7 +105,7 @@ def _job(k: int) -> tuple[int, int, int, str]:
 
     if k < 0:
         raise ValueError(f"job {k} failed")
-    time.sleep(1.0)  # long enough for the second process to take a job
+    time.sleep(2.0)  # long enough for the second process to take a job, on a loaded machine too
     return k * k, os.getpid(), torch.get_num_threads(), os.environ.get("MONAI_MEMORIZATION_THREADS", "")
 
 
